@@ -1,0 +1,36 @@
+//! The shared vocabulary of Tocsin: the ANS-compatible event model, the configuration model
+//! (actions, conditions, subscriptions) and the messages that travel on the bus.
+//!
+//! Data flows through these types as: a producer's JSON is validated into a [`ResourceEvent`]
+//! ([`validate`]), wrapped in an [`IngestedEvent`] on the bus, fanned out by the router into
+//! [`DeliveryJob`]s, and finally recorded and served as a [`ConsumerEvent`].
+//! Field names and field sets follow the SAP Alert Notification service API to the byte: the
+//! official Java client rejects unknown fields, so nothing here serializes an extra one.
+
+pub mod bus;
+pub mod config;
+pub mod consumer;
+pub mod event;
+pub mod validate;
+
+pub use bus::{DeliveryJob, IngestedEvent};
+pub use config::{Action, Condition, Configuration, Predicate, State, Subscription};
+pub use consumer::{
+    ConsumerEvent, ConsumerEventMetadata, ConsumerPagedResponse, DeliveryStatus, FailureReason,
+    ResponseMetadata,
+};
+pub use event::{AffectedResource, Category, ResourceEvent, Severity, Tags};
+pub use validate::{parse_event, parse_events, ValidationError};
+
+/// Seconds since the Unix epoch, the unit of every ANS timestamp.
+pub fn now_epoch_seconds() -> i64 {
+    now_epoch_millis() / 1000
+}
+
+/// Milliseconds since the Unix epoch, used internally where seconds are too coarse (latency).
+pub fn now_epoch_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
