@@ -1,1 +1,294 @@
-//! storage
+//! SQLite plumbing shared by everything that keeps state in a Tocsin data file: the embedded
+//! queue, the delivery records and, later, configuration.
+//!
+//! A [`Database`] owns one file. All writes go to a single dedicated writer thread, which takes
+//! every write waiting in its channel, runs them in one transaction (each inside its own
+//! savepoint, so that one failing write does not undo its neighbours) and commits once: concurrent
+//! callers share one fsync (group commit), and nothing blocks the async runtime. Reads run on
+//! a small pool of read-only connections through `spawn_blocking`; WAL mode lets them proceed
+//! while the writer commits.
+
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// Writes taken into one transaction at most; bounds the latency a single commit adds.
+const MAX_WRITES_PER_COMMIT: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("commit failed: {0}")]
+    Commit(String),
+    #[error("the database writer has stopped")]
+    WriterGone,
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("a blocking database task failed: {0}")]
+    Join(String),
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// How durable a commit must be before a write is reported done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync on every commit: a write that returned survives a power cut (the queue).
+    Full,
+    /// fsync at WAL checkpoints: a write that returned survives a crash of the process, not of
+    /// the machine (records that can be re-derived by redelivery).
+    Normal,
+}
+
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// A write: given the connection inside the open transaction (or `None` when the transaction
+/// could not even begin, so it must not run), it does its work and returns how to report it.
+type WriteJob = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
+
+/// Observes each commit (writes in it, time it took) — for metrics, without this crate knowing
+/// about Prometheus.
+pub type CommitObserver = Arc<dyn Fn(usize, std::time::Duration) + Send + Sync>;
+
+/// A handle to one SQLite file; cheap to clone.
+#[derive(Clone)]
+pub struct Database {
+    writer: mpsc::Sender<WriteJob>,
+    readers: Arc<ReaderPool>,
+}
+
+struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Database {
+    /// Opens (creating if needed) the file at `path` and brings its schema up to date:
+    /// `migrations[i]` runs once, when the file's `user_version` is `i`.
+    pub fn open(
+        path: &Path,
+        migrations: &[&str],
+        durability: Durability,
+        observer: Option<CommitObserver>,
+    ) -> Result<Self> {
+        let open_error = |source| StorageError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_error)?;
+        let synchronous = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
+             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;"
+        ))
+        .map_err(open_error)?;
+        migrate(&mut conn, migrations)?;
+
+        let (writer, jobs) = mpsc::channel(4 * MAX_WRITES_PER_COMMIT);
+        let name = format!(
+            "sqlite-writer-{}",
+            path.file_stem().unwrap_or_default().to_string_lossy()
+        );
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || run_writer(conn, jobs, observer))
+            .map_err(|e| StorageError::Commit(format!("cannot start writer thread: {e}")))?;
+        Ok(Database {
+            writer,
+            readers: Arc::new(ReaderPool {
+                path: path.to_owned(),
+                idle: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Runs `write` in the writer's next transaction and returns its result once that
+    /// transaction is committed. If `write` fails, only its own changes are rolled back.
+    pub async fn write<T, F>(&self, write: F) -> Result<T>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (done, result) = oneshot::channel();
+        let job: WriteJob = Box::new(move |conn| {
+            let outcome = match conn {
+                Some(conn) => in_savepoint(conn, write).map_err(StorageError::from),
+                None => Err(StorageError::Commit(
+                    "the transaction could not begin".into(),
+                )),
+            };
+            Box::new(move |commit: Result<(), String>| {
+                let outcome = commit.map_err(StorageError::Commit).and(outcome);
+                let _ = done.send(outcome);
+            })
+        });
+        self.writer
+            .send(job)
+            .await
+            .map_err(|_| StorageError::WriterGone)?;
+        result.await.map_err(|_| StorageError::WriterGone)?
+    }
+
+    /// Runs `read` on a read-only connection off the async runtime.
+    pub async fn read<T, F>(&self, read: F) -> Result<T>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let result = read(&conn);
+            pool.give_back(conn);
+            Ok(result?)
+        })
+        .await
+        .map_err(|e| StorageError::Join(e.to_string()))?
+    }
+}
+
+impl ReaderPool {
+    fn take(&self) -> Result<Connection> {
+        if let Some(conn) = self.idle.lock().expect("reader pool poisoned").pop() {
+            return Ok(conn);
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(conn)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        self.idle.lock().expect("reader pool poisoned").push(conn);
+    }
+}
+
+fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<()> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    for (index, migration) in migrations.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(migration)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", index + 1))?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    write: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.execute_batch("SAVEPOINT write")?;
+    match write(conn) {
+        Ok(value) => {
+            conn.execute_batch("RELEASE write")?;
+            Ok(value)
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO write; RELEASE write")?;
+            Err(e)
+        }
+    }
+}
+
+fn run_writer(
+    conn: Connection,
+    mut jobs: mpsc::Receiver<WriteJob>,
+    observer: Option<CommitObserver>,
+) {
+    let mut batch = Vec::with_capacity(MAX_WRITES_PER_COMMIT);
+    let mut completions: Vec<Completion> = Vec::with_capacity(MAX_WRITES_PER_COMMIT);
+    while jobs.blocking_recv_many(&mut batch, MAX_WRITES_PER_COMMIT) > 0 {
+        let started = Instant::now();
+        let writes = batch.len();
+        let outcome = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
+            completions.extend(batch.drain(..).map(|job| job(Some(&conn))));
+            conn.execute_batch("COMMIT")
+        });
+        let outcome = outcome.map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            tracing::error!(error = %e, writes, "sqlite commit failed");
+            e.to_string()
+        });
+        // Jobs never run when BEGIN failed still owe their callers an answer.
+        completions.extend(batch.drain(..).map(|job| job(None)));
+        for complete in completions.drain(..) {
+            complete(outcome.clone());
+        }
+        if let Some(observe) = &observer {
+            observe(writes, started.elapsed());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &[&str] = &["CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)"];
+
+    fn open(dir: &tempfile::TempDir) -> Database {
+        Database::open(&dir.path().join("t.db"), SCHEMA, Durability::Full, None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_commit_and_a_failing_one_leaves_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                db.write(move |c| c.execute("INSERT INTO t VALUES (?1, ?2)", (format!("k{i}"), i)))
+                    .await
+            }));
+        }
+        let duplicate = db
+            .write(|c| {
+                c.execute("INSERT INTO t VALUES ('dup', 1)", [])?;
+                c.execute("INSERT INTO t VALUES ('dup', 2)", [])
+            })
+            .await;
+        assert!(duplicate.is_err());
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap(), 1);
+        }
+        let (count, dup): (i64, i64) = db
+            .read(|c| {
+                c.query_row(
+                    "SELECT COUNT(*), (SELECT COUNT(*) FROM t WHERE k = 'dup') FROM t",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!((count, dup), (200, 0), "the failed write rolled back alone");
+    }
+
+    #[tokio::test]
+    async fn migrations_run_once_and_data_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        db.write(|c| c.execute("INSERT INTO t VALUES ('a', 1)", []))
+            .await
+            .unwrap();
+        drop(db);
+        let db = open(&dir);
+        let v: i64 = db
+            .read(|c| c.query_row("SELECT v FROM t WHERE k = 'a'", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(v, 1);
+    }
+}
