@@ -1,1 +1,133 @@
-//! bus
+//! The durable bus between Tocsin's stages, with two interchangeable backends.
+//!
+//! Sources publish on the events queue, the router consumes it and publishes on the deliveries
+//! queue, delivery workers consume that. Every message is JSON bytes. The contract is the same
+//! on both backends:
+//! - `publish` returns only once every message is durable (RabbitMQ publisher confirms for
+//!   persistent messages on quorum queues; a committed SQLite transaction);
+//! - a delivery leaves its queue only when it is acked; a consumer that crashes or drops a
+//!   delivery gets it again (at least once), flagged `redelivered`;
+//! - at most `prefetch` deliveries of a subscription are unsettled at a time.
+
+pub mod embedded;
+pub mod rabbitmq;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+pub use embedded::EmbeddedBus;
+pub use rabbitmq::{RabbitBus, RabbitSettings};
+
+/// The queues of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Queue {
+    /// Accepted events, waiting for the router.
+    Events,
+    /// One job per (event, action), waiting for a delivery worker.
+    Deliveries,
+}
+
+impl Queue {
+    pub const ALL: [Queue; 2] = [Queue::Events, Queue::Deliveries];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Queue::Events => "events",
+            Queue::Deliveries => "deliveries",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The backend cannot take messages right now (broker down, reconnecting); retry later.
+    #[error("the bus is unavailable: {0}")]
+    Unavailable(String),
+    /// The backend refused a message (broker nack, unroutable).
+    #[error("the bus refused a message: {0}")]
+    Refused(String),
+    #[error("{0} already has a subscriber in this process")]
+    AlreadySubscribed(&'static str),
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+}
+
+/// The interface the pipeline stages see; `Arc<dyn Bus>` is passed around.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Durably enqueues `payloads` on `queue`, in order, returning once all of them are safe.
+    async fn publish(&self, queue: Queue, payloads: Vec<Bytes>) -> Result<(), BusError>;
+
+    /// Starts consuming `queue` with at most `prefetch` unsettled deliveries.
+    async fn subscribe(&self, queue: Queue, prefetch: u16) -> Result<Subscription, BusError>;
+
+    /// Whether publishing can succeed now: connected and topology declared.
+    fn is_ready(&self) -> bool;
+
+    /// Which backend this is, for logs and metrics.
+    fn backend(&self) -> &'static str;
+}
+
+/// A stream of deliveries from one queue. Dropping it stops consumption; deliveries not yet
+/// settled are handed out again later (to this process after a restart, or to another one).
+pub struct Subscription {
+    deliveries: mpsc::Receiver<Delivery>,
+}
+
+impl Subscription {
+    pub(crate) fn new(deliveries: mpsc::Receiver<Delivery>) -> Self {
+        Subscription { deliveries }
+    }
+
+    /// The next delivery; `None` once the bus has shut down.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        self.deliveries.recv().await
+    }
+}
+
+/// How a consumer settles a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settlement {
+    /// Done: remove it from the queue.
+    Ack,
+    /// Not done, try again later.
+    Requeue,
+    /// Cannot ever be processed (e.g. undecodable): park it on the dead-letter queue.
+    DeadLetter,
+}
+
+#[async_trait]
+pub(crate) trait Settle: Send + Sync {
+    async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), BusError>;
+}
+
+/// One message handed to a consumer; settle it with `ack`, `requeue` or `dead_letter`.
+pub struct Delivery {
+    pub payload: Bytes,
+    /// The message may have been handed out before (a crash, a requeue, a lost connection).
+    pub redelivered: bool,
+    settler: Box<dyn Settle>,
+}
+
+impl Delivery {
+    pub(crate) fn new(payload: Bytes, redelivered: bool, settler: Box<dyn Settle>) -> Self {
+        Delivery {
+            payload,
+            redelivered,
+            settler,
+        }
+    }
+
+    pub async fn ack(self) -> Result<(), BusError> {
+        self.settler.settle(Settlement::Ack).await
+    }
+
+    pub async fn requeue(self) -> Result<(), BusError> {
+        self.settler.settle(Settlement::Requeue).await
+    }
+
+    pub async fn dead_letter(self) -> Result<(), BusError> {
+        self.settler.settle(Settlement::DeadLetter).await
+    }
+}

@@ -1,0 +1,367 @@
+//! The embedded backend: a durable queue in a SQLite file, so that Tocsin runs with nothing
+//! else installed.
+//!
+//! A message is a row; publishing inserts rows through the database's group-commit writer, so
+//! concurrent producers share one fsync. Each queue has one dispatcher task that reads rows
+//! past its cursor in id order, hands them out, and wakes when a publish commits. Acking
+//! deletes the row; requeueing puts the row back in front of the cursor; a crash simply leaves
+//! the rows there, and the next start hands them all out again, flagged `redelivered`.
+//! One process owns a data file (a lock file enforces it), so the in-memory cursor is the only
+//! record of what is in flight.
+
+use crate::{Bus, BusError, Delivery, Queue, Settle, Settlement, Subscription};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use storage::{CommitObserver, Database, Durability};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        queue TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        enqueued_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX messages_by_queue ON messages (queue, id);
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY,
+        queue TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        enqueued_at_ms INTEGER NOT NULL,
+        dead_at_ms INTEGER NOT NULL
+    );
+"];
+
+/// Rows read per dispatcher round trip, at most.
+const READ_BATCH: usize = 256;
+
+pub struct EmbeddedBus {
+    db: Database,
+    queues: HashMap<Queue, Arc<QueueState>>,
+    /// Rows with an id up to this one existed at start, so may have been handed out before.
+    last_id_at_start: i64,
+}
+
+#[derive(Default)]
+struct QueueState {
+    published: Notify,
+    /// Deliveries given back by their consumer, served before the cursor moves on.
+    requeued: Mutex<VecDeque<(i64, Bytes)>>,
+    subscribed: AtomicBool,
+}
+
+impl EmbeddedBus {
+    pub fn open(path: &Path, observer: Option<CommitObserver>) -> Result<Self, BusError> {
+        let db = Database::open(path, MIGRATIONS, Durability::Full, observer)?;
+        let last_id_at_start = {
+            let conn = rusqlite::Connection::open(path).map_err(storage::StorageError::from)?;
+            conn.query_row("SELECT COALESCE(MAX(id), 0) FROM messages", [], |r| {
+                r.get(0)
+            })
+            .map_err(storage::StorageError::from)?
+        };
+        let queues = Queue::ALL
+            .into_iter()
+            .map(|q| (q, Arc::new(QueueState::default())))
+            .collect();
+        Ok(EmbeddedBus {
+            db,
+            queues,
+            last_id_at_start,
+        })
+    }
+
+    /// Messages waiting in `queue` (handed out but unacked ones included).
+    pub async fn depth(&self, queue: Queue) -> Result<u64, BusError> {
+        let name = queue.as_str();
+        Ok(self
+            .db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM messages WHERE queue = ?1",
+                    [name],
+                    |r| r.get(0),
+                )
+            })
+            .await?)
+    }
+}
+
+#[async_trait]
+impl Bus for EmbeddedBus {
+    async fn publish(&self, queue: Queue, payloads: Vec<Bytes>) -> Result<(), BusError> {
+        let name = queue.as_str();
+        let now = model::now_epoch_millis();
+        self.db
+            .write(move |c| {
+                let mut insert = c.prepare_cached(
+                    "INSERT INTO messages (queue, payload, enqueued_at_ms) VALUES (?1, ?2, ?3)",
+                )?;
+                for payload in &payloads {
+                    insert.execute((name, payload.as_ref(), now))?;
+                }
+                Ok(())
+            })
+            .await?;
+        self.queues[&queue].published.notify_one();
+        Ok(())
+    }
+
+    async fn subscribe(&self, queue: Queue, prefetch: u16) -> Result<Subscription, BusError> {
+        let state = Arc::clone(&self.queues[&queue]);
+        if state.subscribed.swap(true, Ordering::SeqCst) {
+            return Err(BusError::AlreadySubscribed(queue.as_str()));
+        }
+        let (sender, receiver) = mpsc::channel(usize::from(prefetch.max(1)));
+        let dispatcher = Dispatcher {
+            db: self.db.clone(),
+            queue,
+            state,
+            in_flight: Arc::new(Semaphore::new(usize::from(prefetch.max(1)))),
+            last_id_at_start: self.last_id_at_start,
+            sender,
+        };
+        tokio::spawn(dispatcher.run());
+        Ok(Subscription::new(receiver))
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+}
+
+struct Dispatcher {
+    db: Database,
+    queue: Queue,
+    state: Arc<QueueState>,
+    in_flight: Arc<Semaphore>,
+    last_id_at_start: i64,
+    sender: mpsc::Sender<Delivery>,
+}
+
+impl Dispatcher {
+    async fn run(self) {
+        let mut cursor = 0_i64;
+        loop {
+            let Some(mut permits) = self.take_permits().await else {
+                return;
+            };
+            let mut batch: Vec<(i64, Bytes, bool)> = {
+                let mut requeued = self.state.requeued.lock().expect("requeue list poisoned");
+                let take = permits.len().min(requeued.len());
+                requeued
+                    .drain(..take)
+                    .map(|(id, p)| (id, p, true))
+                    .collect()
+            };
+            if batch.len() < permits.len() {
+                match self.read_after(cursor, permits.len() - batch.len()).await {
+                    Ok(rows) => {
+                        if let Some((last, _)) = rows.last() {
+                            cursor = *last;
+                        }
+                        let since_start = self.last_id_at_start;
+                        batch.extend(rows.into_iter().map(|(id, p)| (id, p, id <= since_start)));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, queue = self.queue.as_str(), "cannot read the embedded queue");
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            if batch.is_empty() {
+                drop(permits);
+                tokio::select! {
+                    _ = self.state.published.notified() => continue,
+                    _ = self.sender.closed() => return,
+                }
+            }
+            for (id, payload, redelivered) in batch {
+                let settler = Box::new(EmbeddedSettler {
+                    id,
+                    payload: payload.clone(),
+                    db: self.db.clone(),
+                    state: Arc::clone(&self.state),
+                    permit: Some(permits.pop().expect("one permit per message")),
+                    settled: false,
+                });
+                if self
+                    .sender
+                    .send(Delivery::new(payload, redelivered, settler))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits for room for one delivery, then takes what more room there is, up to a batch.
+    async fn take_permits(&self) -> Option<Vec<OwnedSemaphorePermit>> {
+        let first = tokio::select! {
+            permit = Arc::clone(&self.in_flight).acquire_owned() => permit.ok()?,
+            _ = self.sender.closed() => return None,
+        };
+        let mut permits = vec![first];
+        while permits.len() < READ_BATCH {
+            match Arc::clone(&self.in_flight).try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        Some(permits)
+    }
+
+    async fn read_after(&self, cursor: i64, limit: usize) -> Result<Vec<(i64, Bytes)>, BusError> {
+        let name = self.queue.as_str();
+        Ok(self
+            .db
+            .read(move |c| {
+                let mut select = c.prepare_cached(
+                    "SELECT id, payload FROM messages WHERE queue = ?1 AND id > ?2 \
+                     ORDER BY id LIMIT ?3",
+                )?;
+                let rows = select.query_map((name, cursor, limit as i64), |r| {
+                    Ok((r.get::<_, i64>(0)?, Bytes::from(r.get::<_, Vec<u8>>(1)?)))
+                })?;
+                rows.collect()
+            })
+            .await?)
+    }
+}
+
+struct EmbeddedSettler {
+    id: i64,
+    payload: Bytes,
+    db: Database,
+    state: Arc<QueueState>,
+    /// Held while the delivery is unsettled: that is what bounds the prefetch.
+    permit: Option<OwnedSemaphorePermit>,
+    settled: bool,
+}
+
+impl EmbeddedSettler {
+    fn give_back(&self) {
+        self.state
+            .requeued
+            .lock()
+            .expect("requeue list poisoned")
+            .push_back((self.id, self.payload.clone()));
+        self.state.published.notify_one();
+    }
+}
+
+#[async_trait]
+impl Settle for EmbeddedSettler {
+    async fn settle(mut self: Box<Self>, settlement: Settlement) -> Result<(), BusError> {
+        let id = self.id;
+        let result = match settlement {
+            Settlement::Ack => self
+                .db
+                .write(move |c| c.execute("DELETE FROM messages WHERE id = ?1", [id]))
+                .await
+                .map(drop),
+            Settlement::DeadLetter => self
+                .db
+                .write(move |c| {
+                    c.execute(
+                        "INSERT INTO dead_letters (id, queue, payload, enqueued_at_ms, dead_at_ms) \
+                         SELECT id, queue, payload, enqueued_at_ms, ?2 FROM messages WHERE id = ?1",
+                        (id, model::now_epoch_millis()),
+                    )?;
+                    c.execute("DELETE FROM messages WHERE id = ?1", [id])
+                })
+                .await
+                .map(drop),
+            Settlement::Requeue => Ok(()),
+        };
+        if settlement == Settlement::Requeue || result.is_err() {
+            // A settlement that did not reach the file leaves the row in place; handing it out
+            // again keeps at-least-once without waiting for a restart.
+            self.give_back();
+        }
+        self.settled = true;
+        self.permit.take();
+        Ok(result?)
+    }
+}
+
+impl Drop for EmbeddedSettler {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.give_back();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    async fn next(sub: &mut Subscription) -> Delivery {
+        tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("a delivery in time")
+            .expect("subscription open")
+    }
+
+    #[tokio::test]
+    async fn at_least_once_across_a_reopen_with_requeue_and_prefetch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.db");
+        {
+            let bus = EmbeddedBus::open(&path, None).unwrap();
+            let payloads = (0..5).map(|i| Bytes::from(format!("m{i}"))).collect();
+            bus.publish(Queue::Events, payloads).await.unwrap();
+            let mut sub = bus.subscribe(Queue::Events, 2).await.unwrap();
+            let first = next(&mut sub).await;
+            let second = next(&mut sub).await;
+            assert_eq!((&first.payload[..], first.redelivered), (&b"m0"[..], false));
+            // Prefetch 2: nothing more until one is settled.
+            assert!(tokio::time::timeout(Duration::from_millis(200), sub.next())
+                .await
+                .is_err());
+            first.ack().await.unwrap();
+            second.requeue().await.unwrap();
+            let again = next(&mut sub).await;
+            assert_eq!((&again.payload[..], again.redelivered), (&b"m1"[..], true));
+            again.ack().await.unwrap();
+            let third = next(&mut sub).await;
+            assert_eq!(&third.payload[..], b"m2");
+            assert!(bus.subscribe(Queue::Events, 1).await.is_err());
+            assert_eq!(bus.depth(Queue::Events).await.unwrap(), 3);
+            // `third` is dropped unsettled and the bus goes away: as after a crash.
+        }
+        let bus = EmbeddedBus::open(&path, None).unwrap();
+        let mut sub = bus.subscribe(Queue::Events, 10).await.unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let d = next(&mut sub).await;
+            assert!(d.redelivered);
+            seen.push(String::from_utf8(d.payload.to_vec()).unwrap());
+            d.ack().await.unwrap();
+        }
+        assert_eq!(seen, ["m2", "m3", "m4"]);
+        bus.publish(Queue::Events, vec![Bytes::from_static(b"new")])
+            .await
+            .unwrap();
+        let fresh = next(&mut sub).await;
+        assert_eq!(
+            (&fresh.payload[..], fresh.redelivered),
+            (&b"new"[..], false)
+        );
+        fresh.dead_letter().await.unwrap();
+        assert_eq!(bus.depth(Queue::Events).await.unwrap(), 0);
+        assert_eq!(bus.depth(Queue::Deliveries).await.unwrap(), 0);
+    }
+}

@@ -1,0 +1,462 @@
+//! The RabbitMQ backend, through `lapin`.
+//!
+//! A supervisor task owns the connection: it connects (retrying with exponential backoff),
+//! declares the topology, opens a publisher channel in confirm mode and shares the result as
+//! the current [`Link`]; when the connection fails it withdraws the link and starts over.
+//! Publishers wait a bounded time for a link, publish persistent messages and wait for every
+//! confirm. Each subscription is a task that (re)opens a consumer channel with a prefetch on
+//! each new link and forwards deliveries; unacked ones go back to the queue when a channel
+//! dies, which is what makes a broker restart lose nothing.
+//!
+//! Topology (`<p>` is the configured prefix): a durable direct exchange `<p>` routing to the
+//! durable quorum queues `<p>.events` and `<p>.deliveries`, whose rejected or over-delivered
+//! messages dead-letter through the fanout exchange `<p>.dlx` into the quorum queue `<p>.dead`.
+
+use crate::{Bus, BusError, Delivery, Queue, Settle, Settlement, Subscription};
+use async_trait::async_trait;
+use backoff::backoff::Backoff;
+use bytes::Bytes;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::Confirmation;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Where the broker is and how Tocsin's topology is named.
+#[derive(Debug, Clone)]
+pub struct RabbitSettings {
+    /// `amqp://user:password@host:port/vhost`.
+    pub uri: String,
+    /// Prefix of every exchange and queue name, so that several installations (or tests) can
+    /// share one broker.
+    pub prefix: String,
+    /// Deliveries after which a message that keeps failing is dead-lettered.
+    pub delivery_limit: u32,
+    /// How long a publish waits for a connection before it fails as unavailable.
+    pub publish_timeout: Duration,
+}
+
+impl RabbitSettings {
+    pub fn queue_name(&self, queue: Queue) -> String {
+        format!("{}.{}", self.prefix, queue.as_str())
+    }
+}
+
+/// A live connection with its topology declared.
+#[derive(Clone)]
+struct Link {
+    connection: Arc<Connection>,
+    publisher: Channel,
+}
+
+pub struct RabbitBus {
+    settings: Arc<RabbitSettings>,
+    link: watch::Receiver<Option<Link>>,
+    reconnects: Arc<AtomicU64>,
+    supervisor: tokio::task::JoinHandle<()>,
+}
+
+impl RabbitBus {
+    /// Starts the connection supervisor. Returns at once: the bus is not ready until the first
+    /// connection is up, and publishes wait for it up to `publish_timeout`.
+    pub fn start(settings: RabbitSettings) -> Self {
+        let settings = Arc::new(settings);
+        let (publish_link, link) = watch::channel(None);
+        let reconnects = Arc::new(AtomicU64::new(0));
+        let supervisor = tokio::spawn(supervise(
+            Arc::clone(&settings),
+            publish_link,
+            Arc::clone(&reconnects),
+        ));
+        RabbitBus {
+            settings,
+            link,
+            reconnects,
+            supervisor,
+        }
+    }
+
+    /// Connections lost and re-established since start.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Waits until connected, for at most `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        current_link(&mut self.link.clone(), timeout)
+            .await
+            .is_some()
+    }
+}
+
+impl Drop for RabbitBus {
+    fn drop(&mut self) {
+        self.supervisor.abort();
+    }
+}
+
+async fn current_link(link: &mut watch::Receiver<Option<Link>>, timeout: Duration) -> Option<Link> {
+    let waited = tokio::time::timeout(timeout, link.wait_for(Option::is_some)).await;
+    match waited {
+        Ok(Ok(link)) => link.clone(),
+        _ => None,
+    }
+}
+
+async fn supervise(
+    settings: Arc<RabbitSettings>,
+    publish_link: watch::Sender<Option<Link>>,
+    reconnects: Arc<AtomicU64>,
+) {
+    let mut backoff = backoff::ExponentialBackoff {
+        initial_interval: Duration::from_millis(100),
+        max_interval: Duration::from_secs(5),
+        max_elapsed_time: None,
+        ..Default::default()
+    };
+    let mut connected_before = false;
+    loop {
+        match connect(&settings).await {
+            Ok(link) => {
+                backoff.reset();
+                if connected_before {
+                    reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                connected_before = true;
+                tracing::info!(prefix = %settings.prefix, "connected to RabbitMQ, topology declared");
+                let connection = Arc::clone(&link.connection);
+                publish_link.send_replace(Some(link));
+                wait_until_lost(&connection).await;
+                publish_link.send_replace(None);
+                tracing::warn!("lost the RabbitMQ connection; reconnecting");
+            }
+            Err(e) => {
+                let delay = backoff.next_backoff().unwrap_or(backoff.max_interval);
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot connect to RabbitMQ");
+                tokio::time::sleep(delay).await;
+            }
+        }
+        if publish_link.is_closed() {
+            return;
+        }
+    }
+}
+
+async fn wait_until_lost(connection: &Connection) {
+    let mut events = Box::pin(connection.events_listener());
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(lapin::Event::Error(e)) => {
+                    tracing::warn!(error = %e, "RabbitMQ connection error");
+                    return;
+                }
+                None => return,
+                Some(_) => {}
+            },
+            _ = check.tick() => if !connection.status().connected() {
+                return;
+            },
+        }
+    }
+}
+
+async fn connect(settings: &RabbitSettings) -> Result<Link, lapin::Error> {
+    let connection = Connection::connect(
+        &settings.uri,
+        ConnectionProperties::default()
+            .with_connection_name(format!("tocsin {}", settings.prefix).into()),
+    )
+    .await?;
+    let channel = connection.create_channel().await?;
+    declare_topology(&channel, settings).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(Link {
+        connection: Arc::new(connection),
+        publisher: channel,
+    })
+}
+
+async fn declare_topology(
+    channel: &Channel,
+    settings: &RabbitSettings,
+) -> Result<(), lapin::Error> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let exchange = settings.prefix.as_str();
+    let dead_letter_exchange = format!("{exchange}.dlx");
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            dead_letter_exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    let quorum = |dead_letter: bool| {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from("quorum")),
+        );
+        if dead_letter {
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(LongString::from(dead_letter_exchange.as_str())),
+            );
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(i64::from(settings.delivery_limit)),
+            );
+        }
+        args
+    };
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let dead = format!("{exchange}.dead");
+    channel
+        .queue_declare(dead.as_str().into(), durable_queue, quorum(false))
+        .await?;
+    channel
+        .queue_bind(
+            dead.as_str().into(),
+            dead_letter_exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    for queue in Queue::ALL {
+        let name = settings.queue_name(queue);
+        channel
+            .queue_declare(name.as_str().into(), durable_queue, quorum(true))
+            .await?;
+        channel
+            .queue_bind(
+                name.as_str().into(),
+                exchange.into(),
+                queue.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+impl RabbitBus {
+    async fn publish_on(
+        &self,
+        link: &Link,
+        queue: Queue,
+        payloads: &[Bytes],
+    ) -> Result<(), BusError> {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        // Publish everything first and then wait for the confirms: they are pipelined.
+        let mut confirms = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let confirm = link
+                .publisher
+                .basic_publish(
+                    self.settings.prefix.as_str().into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    payload,
+                    properties.clone(),
+                )
+                .await
+                .map_err(unavailable)?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            match confirm.await.map_err(unavailable)? {
+                Confirmation::Ack(None) => {}
+                Confirmation::Ack(Some(returned)) => {
+                    return Err(BusError::Refused(format!(
+                        "unroutable: {}",
+                        returned.reply_text
+                    )))
+                }
+                Confirmation::Nack(_) => {
+                    return Err(BusError::Refused("nacked by the broker".into()))
+                }
+                Confirmation::NotRequested => {
+                    return Err(BusError::Refused("publisher confirms are off".into()))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unavailable(e: lapin::Error) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+#[async_trait]
+impl Bus for RabbitBus {
+    async fn publish(&self, queue: Queue, payloads: Vec<Bytes>) -> Result<(), BusError> {
+        // A connection can break under a publish before the supervisor notices; retrying on the
+        // next link until the deadline turns a broker blip into latency instead of an error.
+        // A retried batch may be partly duplicated, which at-least-once allows.
+        let deadline = tokio::time::Instant::now() + self.settings.publish_timeout;
+        let mut link_watch = self.link.clone();
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let link = current_link(&mut link_watch, remaining)
+                .await
+                .ok_or_else(|| BusError::Unavailable("not connected to RabbitMQ".into()))?;
+            match self.publish_on(&link, queue, &payloads).await {
+                Err(BusError::Unavailable(reason)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(%reason, "publish failed on a broken link; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn subscribe(&self, queue: Queue, prefetch: u16) -> Result<Subscription, BusError> {
+        let (sender, receiver) = mpsc::channel(usize::from(prefetch.max(1)));
+        let consumer = Consumer {
+            queue_name: self.settings.queue_name(queue),
+            prefetch: prefetch.max(1),
+            link: self.link.clone(),
+            sender,
+        };
+        tokio::spawn(consumer.run());
+        Ok(Subscription::new(receiver))
+    }
+
+    fn is_ready(&self) -> bool {
+        self.link.borrow().is_some()
+    }
+
+    fn backend(&self) -> &'static str {
+        "rabbitmq"
+    }
+}
+
+struct Consumer {
+    queue_name: String,
+    prefetch: u16,
+    link: watch::Receiver<Option<Link>>,
+    sender: mpsc::Sender<Delivery>,
+}
+
+impl Consumer {
+    async fn run(mut self) {
+        loop {
+            let link = tokio::select! {
+                link = self.link.wait_for(Option::is_some) => match link {
+                    Ok(link) => link.clone().expect("waited for a link"),
+                    Err(_) => return,
+                },
+                _ = self.sender.closed() => return,
+            };
+            match self.consume(&link).await {
+                Ok(Stop::SubscriberGone) => return,
+                Ok(Stop::ChannelEnded) => {}
+                Err(e) => tracing::warn!(error = %e, queue = %self.queue_name, "consumer failed"),
+            }
+            // The link may still look alive for a moment after its connection broke.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn consume(&self, link: &Link) -> Result<Stop, lapin::Error> {
+        let channel = link.connection.create_channel().await?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await?;
+        let mut consumer = channel
+            .basic_consume(
+                self.queue_name.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        // The consumer stream does not always end when the connection dies; the supervisor
+        // withdrawing the link is the reliable signal.
+        let mut link_watch = self.link.clone();
+        link_watch.mark_unchanged();
+        loop {
+            let delivery = tokio::select! {
+                delivery = consumer.next() => delivery,
+                _ = link_watch.changed() => return Ok(Stop::ChannelEnded),
+                _ = self.sender.closed() => {
+                    // Stop receiving, but keep the channel open so that deliveries already
+                    // handed out can still be acked by the workers finishing them.
+                    channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await?;
+                    return Ok(Stop::SubscriberGone);
+                }
+            };
+            let delivery = match delivery {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(Stop::ChannelEnded),
+            };
+            let settler = Box::new(RabbitSettler(delivery.acker));
+            let forwarded =
+                Delivery::new(Bytes::from(delivery.data), delivery.redelivered, settler);
+            if self.sender.send(forwarded).await.is_err() {
+                return Ok(Stop::SubscriberGone);
+            }
+        }
+    }
+}
+
+enum Stop {
+    SubscriberGone,
+    ChannelEnded,
+}
+
+struct RabbitSettler(lapin::Acker);
+
+#[async_trait]
+impl Settle for RabbitSettler {
+    async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), BusError> {
+        let settled = match settlement {
+            Settlement::Ack => self.0.ack(BasicAckOptions::default()).await,
+            Settlement::Requeue => {
+                self.0
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+            }
+            Settlement::DeadLetter => self.0.nack(BasicNackOptions::default()).await,
+        };
+        settled.map(drop).map_err(unavailable)
+    }
+}
