@@ -1,0 +1,399 @@
+//! Who may call which API. Every API needs credentials: HTTP Basic with a configured client, or
+//! a bearer token that the OAuth client-credentials endpoint issued to such a client.
+//!
+//! A client has scopes (producer, consumer, configuration); each API route requires one.
+//! Passwords are kept only as SHA-256 digests and compared in constant time. Tokens are
+//! stateless — `base64url(client|scopes|expiry).base64url(HMAC-SHA256)` — so that they survive
+//! restarts and work across Tocsin processes that share the signing key; a token dies with its
+//! client (it is checked against the current client list on every request).
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use warp::{Filter, Rejection};
+
+/// What a client may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Send events.
+    Producer,
+    /// Read matched and undelivered events.
+    Consumer,
+    /// Read and change actions, conditions and subscriptions.
+    Configuration,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Producer, Scope::Consumer, Scope::Configuration];
+
+    fn bit(self) -> u8 {
+        match self {
+            Scope::Producer => 1,
+            Scope::Consumer => 2,
+            Scope::Configuration => 4,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Producer => "producer",
+            Scope::Consumer => "consumer",
+            Scope::Configuration => "configuration",
+        }
+    }
+}
+
+/// A configured API client.
+#[derive(Clone, serde::Deserialize)]
+pub struct Client {
+    pub name: String,
+    pub password: String,
+    pub scopes: Vec<Scope>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("name", &self.name)
+            .field("password", &"<redacted>")
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+struct KnownClient {
+    password_digest: [u8; 32],
+    scopes: u8,
+}
+
+/// Rejection: no or wrong credentials (401).
+#[derive(Debug)]
+pub struct Unauthorized {
+    pub message: String,
+}
+impl warp::reject::Reject for Unauthorized {}
+
+/// Rejection: valid credentials without the needed scope (403).
+#[derive(Debug)]
+pub struct Forbidden {
+    pub message: String,
+}
+impl warp::reject::Reject for Forbidden {}
+
+fn unauthorized(message: impl Into<String>) -> Rejection {
+    warp::reject::custom(Unauthorized {
+        message: message.into(),
+    })
+}
+
+/// Checks credentials and issues tokens.
+pub struct Authenticator {
+    clients: HashMap<String, KnownClient>,
+    token_key: Vec<u8>,
+    token_lifetime: Duration,
+}
+
+/// A successful client-credentials grant.
+#[derive(Debug, serde::Serialize)]
+pub struct IssuedToken {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+    pub scope: String,
+}
+
+impl Authenticator {
+    pub fn new(clients: &[Client], token_key: Vec<u8>, token_lifetime: Duration) -> Self {
+        let clients = clients
+            .iter()
+            .map(|c| {
+                let known = KnownClient {
+                    password_digest: Sha256::digest(c.password.as_bytes()).into(),
+                    scopes: c.scopes.iter().fold(0, |bits, s| bits | s.bit()),
+                };
+                (c.name.clone(), known)
+            })
+            .collect();
+        Authenticator {
+            clients,
+            token_key,
+            token_lifetime,
+        }
+    }
+
+    /// The scopes of `name` if `password` is its password.
+    fn check_password(&self, name: &str, password: &str) -> Option<u8> {
+        let digest: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+        // Compare against a dummy when the client is unknown, so timing does not tell names.
+        let (expected, scopes) = match self.clients.get(name) {
+            Some(client) => (client.password_digest, Some(client.scopes)),
+            None => ([0u8; 32], None),
+        };
+        let equal: bool = expected.ct_eq(&digest).into();
+        scopes.filter(|_| equal)
+    }
+
+    fn signature(&self, claims: &str) -> Vec<u8> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.token_key).expect("any key length");
+        mac.update(claims.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// Issues a bearer token to a client that proved its password.
+    pub fn issue_token(&self, name: &str, password: &str, now: i64) -> Option<IssuedToken> {
+        let scopes = self.check_password(name, password)?;
+        let expiry = now + self.token_lifetime.as_secs() as i64;
+        let claims = format!("{name}|{scopes}|{expiry}");
+        let token = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(&claims),
+            URL_SAFE_NO_PAD.encode(self.signature(&claims))
+        );
+        Some(IssuedToken {
+            access_token: token,
+            token_type: "bearer",
+            expires_in: self.token_lifetime.as_secs(),
+            scope: Scope::ALL
+                .iter()
+                .filter(|s| scopes & s.bit() != 0)
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+        })
+    }
+
+    /// The client name and scopes a token stands for, if it is genuine, unexpired and its
+    /// client still exists.
+    fn check_token(&self, token: &str, now: i64) -> Option<(String, u8)> {
+        let (claims, signature) = token.split_once('.')?;
+        let claims = String::from_utf8(URL_SAFE_NO_PAD.decode(claims).ok()?).ok()?;
+        let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.token_key).expect("any key length");
+        mac.update(claims.as_bytes());
+        mac.verify_slice(&signature).ok()?;
+        let mut parts = claims.rsplitn(3, '|');
+        let expiry: i64 = parts.next()?.parse().ok()?;
+        let scopes: u8 = parts.next()?.parse().ok()?;
+        let name = parts.next()?.to_owned();
+        (expiry > now && self.clients.contains_key(&name)).then_some((name, scopes))
+    }
+
+    /// Resolves an `Authorization` header to the caller's scopes.
+    pub fn authenticate(&self, header: Option<&str>, now: i64) -> Result<(String, u8), Rejection> {
+        let header = header.ok_or_else(|| {
+            unauthorized("credentials are required: use HTTP Basic or a bearer token")
+        })?;
+        let (kind, value) = header.split_once(' ').unwrap_or((header, ""));
+        if kind.eq_ignore_ascii_case("basic") {
+            let (name, password) = decode_basic(value.trim())
+                .ok_or_else(|| unauthorized("malformed Basic credentials"))?;
+            let scopes = self
+                .check_password(&name, &password)
+                .ok_or_else(|| unauthorized("unknown client or wrong password"))?;
+            Ok((name, scopes))
+        } else if kind.eq_ignore_ascii_case("bearer") {
+            self.check_token(value.trim(), now)
+                .ok_or_else(|| unauthorized("the bearer token is invalid or expired"))
+        } else {
+            Err(unauthorized(
+                "unsupported authorization scheme: use Basic or Bearer",
+            ))
+        }
+    }
+
+    /// A filter that lets a request through only if its credentials carry `scope`.
+    pub fn require(
+        self: &Arc<Self>,
+        scope: Scope,
+    ) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+        let auth = Arc::clone(self);
+        warp::header::optional::<String>("authorization")
+            .and_then(move |header: Option<String>| {
+                let auth = Arc::clone(&auth);
+                async move {
+                    let (name, scopes) =
+                        auth.authenticate(header.as_deref(), model::now_epoch_seconds())?;
+                    if scopes & scope.bit() == 0 {
+                        return Err(warp::reject::custom(Forbidden {
+                            message: format!(
+                                "client `{name}` lacks the `{}` scope",
+                                scope.as_str()
+                            ),
+                        }));
+                    }
+                    Ok(())
+                }
+            })
+            .untuple_one()
+    }
+
+    /// The OAuth 2.0 client-credentials token endpoint, `GET` or `POST /oauth/token`: the SAP
+    /// clients use both. Client credentials come as HTTP Basic, or as `client_id` and
+    /// `client_secret` form or query parameters.
+    pub fn token_endpoint(
+        self: &Arc<Self>,
+    ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+        let auth = Arc::clone(self);
+        let form = warp::body::content_length_limit(16 * 1024)
+            .and(warp::body::form::<HashMap<String, String>>())
+            .or(warp::any().map(HashMap::new))
+            .unify();
+        warp::path!("oauth" / "token")
+            .and(warp::get().or(warp::post()).unify())
+            .and(warp::query::<HashMap<String, String>>())
+            .and(form)
+            .and(warp::header::optional::<String>("authorization"))
+            .map(
+                move |query: HashMap<String, String>,
+                      form: HashMap<String, String>,
+                      header: Option<String>| {
+                    auth.grant(&query, &form, header.as_deref())
+                },
+            )
+    }
+
+    fn grant(
+        &self,
+        query: &HashMap<String, String>,
+        form: &HashMap<String, String>,
+        header: Option<&str>,
+    ) -> warp::reply::Response {
+        use warp::http::StatusCode;
+        use warp::Reply;
+        let param = |key: &str| form.get(key).or_else(|| query.get(key)).map(String::as_str);
+        match param("grant_type") {
+            Some("client_credentials") => {}
+            Some(other) => {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "unsupported_grant_type",
+                    &format!("grant_type `{other}` is not supported; use client_credentials"),
+                )
+            }
+            None => {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "`grant_type` is required (client_credentials)",
+                )
+            }
+        }
+        let credentials = match header.and_then(|h| h.split_once(' ')) {
+            Some((kind, value)) if kind.eq_ignore_ascii_case("basic") => decode_basic(value.trim()),
+            _ => param("client_id")
+                .zip(param("client_secret"))
+                .map(|(i, s)| (i.to_owned(), s.to_owned())),
+        };
+        let Some((name, password)) = credentials else {
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client credentials are required (HTTP Basic or client_id/client_secret)",
+            );
+        };
+        match self.issue_token(&name, &password, model::now_epoch_seconds()) {
+            Some(token) => warp::reply::json(&token).into_response(),
+            None => oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "unknown client or wrong secret",
+            ),
+        }
+    }
+}
+
+/// RFC 6749 error body, with `message` too so that ANS-style clients show something useful.
+fn oauth_error(
+    status: warp::http::StatusCode,
+    error: &str,
+    description: &str,
+) -> warp::reply::Response {
+    use warp::Reply;
+    let body = serde_json::json!({ "error": error, "error_description": description, "message": description });
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+fn decode_basic(value: &str) -> Option<(String, String)> {
+    let decoded = String::from_utf8(STANDARD.decode(value).ok()?).ok()?;
+    let (name, password) = decoded.split_once(':')?;
+    Some((name.to_owned(), password.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authenticator() -> Authenticator {
+        let clients = [Client {
+            name: "ops".into(),
+            password: "s3cret".into(),
+            scopes: vec![Scope::Producer, Scope::Consumer],
+        }];
+        Authenticator::new(&clients, b"key".to_vec(), Duration::from_secs(60))
+    }
+
+    fn basic(user: &str, password: &str) -> String {
+        format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
+    }
+
+    #[test]
+    fn basic_credentials_resolve_to_scopes() {
+        let auth = authenticator();
+        let (name, scopes) = auth.authenticate(Some(&basic("ops", "s3cret")), 0).unwrap();
+        assert_eq!(name, "ops");
+        assert_eq!(scopes, Scope::Producer.bit() | Scope::Consumer.bit());
+        assert!(auth.authenticate(Some(&basic("ops", "wrong")), 0).is_err());
+        assert!(auth
+            .authenticate(Some(&basic("nobody", "s3cret")), 0)
+            .is_err());
+        assert!(auth.authenticate(None, 0).is_err());
+        assert!(auth.authenticate(Some("Digest abc"), 0).is_err());
+    }
+
+    #[test]
+    fn tokens_expire_and_cannot_be_forged() {
+        let auth = authenticator();
+        let issued = auth.issue_token("ops", "s3cret", 1000).unwrap();
+        assert_eq!(issued.scope, "producer consumer");
+        let header = format!("Bearer {}", issued.access_token);
+        assert!(auth.authenticate(Some(&header), 1059).is_ok());
+        assert!(auth.authenticate(Some(&header), 1060).is_err(), "expired");
+        let (claims, _) = issued.access_token.split_once('.').unwrap();
+        let forged_claims = URL_SAFE_NO_PAD.encode("ops|7|99999");
+        let forged = format!(
+            "Bearer {forged_claims}.{}",
+            issued.access_token.split_once('.').unwrap().1
+        );
+        assert!(
+            auth.authenticate(Some(&forged), 1001).is_err(),
+            "claims changed: {claims}"
+        );
+        let other_key = Authenticator::new(
+            &[Client {
+                name: "ops".into(),
+                password: "s3cret".into(),
+                scopes: vec![],
+            }],
+            b"other".to_vec(),
+            Duration::from_secs(60),
+        );
+        assert!(other_key.authenticate(Some(&header), 1001).is_err());
+        assert!(auth.issue_token("ops", "nope", 0).is_none());
+    }
+
+    #[test]
+    fn secrets_are_not_debug_printed() {
+        let client = Client {
+            name: "a".into(),
+            password: "hunter2".into(),
+            scopes: vec![],
+        };
+        assert!(!format!("{client:?}").contains("hunter2"));
+    }
+}
