@@ -84,6 +84,14 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Delivery> {
         self.deliveries.recv().await
     }
+
+    /// Waits for one delivery, then takes those already waiting too, up to `limit` in all:
+    /// consumers that batch their work use this. Empty once the bus has shut down.
+    pub async fn next_batch(&mut self, limit: usize) -> Vec<Delivery> {
+        let mut batch = Vec::new();
+        self.deliveries.recv_many(&mut batch, limit.max(1)).await;
+        batch
+    }
 }
 
 /// How a consumer settles a delivery.

@@ -8,12 +8,14 @@
 //! official Java client rejects unknown fields, so nothing here serializes an extra one.
 
 pub mod bus;
+pub mod catalog;
 pub mod config;
 pub mod consumer;
 pub mod event;
 pub mod validate;
 
 pub use bus::{DeliveryJob, IngestedEvent};
+pub use catalog::{Catalog, SharedCatalog};
 pub use config::{Action, Condition, Configuration, Predicate, State, Subscription};
 pub use consumer::{
     ConsumerEvent, ConsumerEventMetadata, ConsumerPagedResponse, DeliveryStatus, FailureReason,

@@ -105,7 +105,7 @@ pub fn parse_events(body: &[u8]) -> Result<Vec<serde_json::Value>, ValidationErr
 
 /// Validates one already-parsed JSON value as an event.
 pub fn validate_value(
-    value: serde_json::Value,
+    value: &serde_json::Value,
     id: String,
     now: i64,
 ) -> Result<ResourceEvent, ValidationError> {
@@ -305,7 +305,7 @@ mod tests {
     fn batch_errors_are_prefixed_with_the_index() {
         let value: serde_json::Value =
             serde_json::from_str(&with("severity", "BAD".into())).unwrap();
-        let err = validate_value(value, "i".into(), 0)
+        let err = validate_value(&value, "i".into(), 0)
             .unwrap_err()
             .in_batch(2);
         assert_eq!(err.field, "[2].severity");

@@ -9,3 +9,10 @@ pub mod errors;
 
 pub use auth::{Authenticator, Client, Scope};
 pub use errors::{json_error, recover, ApiError};
+
+use warp::{Filter, Rejection};
+
+/// Matches the ANS platform path segment, `cf` or `neo`: both serve the same API.
+pub fn platform() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::path("cf").or(warp::path("neo")).unify()
+}
