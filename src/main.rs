@@ -1,1 +1,97 @@
-fn main() {}
+//! The `tocsin` command: parses the command line, loads settings and logging, and runs the
+//! chosen subcommand. Errors end here, as `anyhow` reports with their causes.
+
+mod credentials;
+mod server;
+mod settings;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Tocsin: a self-hosted alert broker. It takes alarms in (the SAP Alert Notification service
+/// producer API, OCI Notifications, …), routes them through subscriptions to actions, delivers
+/// them, and keeps a record of every event it could not deliver.
+#[derive(Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// Settings file (TOML). Every setting can also be given as a TOCSIN_* variable.
+    #[arg(long, short, global = true, env = "TOCSIN_SETTINGS")]
+    settings: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker: HTTP APIs, router and delivery workers.
+    Serve {
+        /// Address to listen on (overrides `listen`).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Data directory (overrides `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// AMQP URI of a RabbitMQ broker; selects the rabbitmq backend (overrides `bus.url`).
+        #[arg(long)]
+        bus_url: Option<String>,
+        /// Load this configuration (ANS import format: actions, conditions, subscriptions).
+        #[arg(long)]
+        config_import: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOCSIN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let mut settings = settings::Settings::load(cli.settings.as_deref(), std::env::vars())?;
+    match cli.command {
+        Command::Serve {
+            listen,
+            data_dir,
+            bus_url,
+            config_import,
+        } => {
+            if let Some(listen) = listen {
+                settings.listen = listen;
+            }
+            if let Some(data_dir) = data_dir {
+                settings.data_dir = data_dir;
+            }
+            if let Some(url) = bus_url {
+                settings.bus.url = url;
+                settings.bus.backend = settings::Backend::Rabbitmq;
+            }
+            if let Some(file) = config_import {
+                settings.config_import = file;
+            }
+            server::serve(settings).await
+        }
+    }
+}

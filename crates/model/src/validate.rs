@@ -146,6 +146,12 @@ fn required_text(value: Option<String>, field: &str) -> Result<String, Validatio
 
 impl EventInput {
     fn validate(self, id: String, now: i64) -> Result<ResourceEvent, ValidationError> {
+        // Checked in the order the API documents the fields, so the first error is predictable.
+        let event_type = required_text(self.event_type, "eventType")?;
+        let severity = required(self.severity, "severity")?;
+        let category = required(self.category, "category")?;
+        let subject = required(self.subject, "subject")?;
+        let body = required(self.body, "body")?;
         let resource = required(self.resource, "resource")?;
         let priority = match self.priority {
             None => None,
@@ -169,11 +175,11 @@ impl EventInput {
         };
         Ok(ResourceEvent {
             id,
-            event_type: required_text(self.event_type, "eventType")?,
-            severity: required(self.severity, "severity")?,
-            category: required(self.category, "category")?,
-            subject: required(self.subject, "subject")?,
-            body: required(self.body, "body")?,
+            event_type,
+            severity,
+            category,
+            subject,
+            body,
             resource: AffectedResource {
                 resource_name: required_text(resource.resource_name, "resource.resourceName")?,
                 resource_type: required_text(resource.resource_type, "resource.resourceType")?,

@@ -28,8 +28,8 @@ pub fn routes(
     publisher: EventPublisher,
     guard: impl Filter<Extract = (), Error = Rejection> + Clone + Send + Sync + 'static,
 ) -> BoxedFilter<(Response,)> {
-    let base = warp::post()
-        .and(web::platform())
+    // Path before method, so that an unknown path is a 404 rather than a 405.
+    let base = web::platform()
         .and(warp::path("producer"))
         .and(warp::path("v1"));
     let publisher = warp::any().map(move || publisher.clone());
@@ -37,6 +37,7 @@ pub fn routes(
         .clone()
         .and(warp::path("resource-events"))
         .and(warp::path::end())
+        .and(warp::post())
         .and(guard.clone())
         .and(web::body::json(config.body_limit))
         .and(publisher.clone())
@@ -44,6 +45,7 @@ pub fn routes(
     let batch = base
         .and(warp::path("resource-events-batch"))
         .and(warp::path::end())
+        .and(warp::post())
         .and(guard)
         .and(web::body::json(config.body_limit))
         .and(publisher)

@@ -1,0 +1,174 @@
+//! `tocsin serve`: opens the data directory, starts the bus, the router and the delivery
+//! workers, and serves the HTTP APIs until SIGTERM or SIGINT.
+//!
+//! Shutdown runs in pipeline order: the HTTP server stops accepting and finishes the requests
+//! in flight (so every 202 it sends is honoured); then the router and the workers stop taking
+//! messages and finish those in hand; whatever they had not started stays queued.
+
+use crate::credentials;
+use crate::settings::{Backend, Settings};
+use anyhow::Context;
+use bus::{Bus, EmbeddedBus, RabbitBus, RabbitSettings};
+use delivery::channels::Channels;
+use delivery::records::{RecordStore, Region};
+use delivery::{DeliveryConfig, DeliveryWorker};
+use ingest::sources::ans::AnsProducerConfig;
+use ingest::EventPublisher;
+use model::{Catalog, Configuration};
+use router::{Router, RouterConfig};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use warp::Filter;
+use web::{Authenticator, Scope};
+
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let data_dir = &settings.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let _lock = lock_data_dir(data_dir)?;
+
+    let catalog = Catalog::new(load_configuration(&settings)?)
+        .context("the imported configuration is inconsistent")?
+        .shared();
+    let bus: Arc<dyn Bus> = match settings.bus.backend {
+        Backend::Embedded => Arc::new(EmbeddedBus::open(&data_dir.join("queue.db"), None)?),
+        Backend::Rabbitmq => Arc::new(RabbitBus::start(RabbitSettings {
+            uri: settings.bus.url.clone(),
+            prefix: settings.bus.prefix.clone(),
+            delivery_limit: settings.bus.delivery_limit,
+            publish_timeout: Duration::from_millis(settings.bus.publish_timeout_ms),
+        })),
+    };
+    let records = RecordStore::open(
+        &data_dir.join("records.db"),
+        Region {
+            name: settings.region.clone(),
+            kind: settings.region_type.clone(),
+        },
+        None,
+    )?;
+    let auth = Arc::new(Authenticator::new(
+        &credentials::clients(&settings.auth.clients, data_dir)?,
+        credentials::token_key(&settings.auth.token_secret.0, data_dir)?,
+        Duration::from_secs(settings.auth.token_lifetime_seconds),
+    ));
+
+    let (stop_pipeline, pipeline_stopping) = watch::channel(false);
+    let router = Router::new(
+        RouterConfig {
+            prefetch: settings.router.prefetch,
+        },
+        Arc::clone(&bus),
+        catalog.clone(),
+    );
+    let router = tokio::spawn(router.run(pipeline_stopping.clone()));
+    let worker = DeliveryWorker::new(
+        DeliveryConfig {
+            prefetch: settings.delivery.prefetch,
+        },
+        Arc::clone(&bus),
+        catalog,
+        Channels::new(records.clone()),
+        records.clone(),
+    );
+    let worker = tokio::spawn(worker.run(pipeline_stopping));
+
+    let routes = api_routes(&settings, &auth, Arc::clone(&bus), records);
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    tracing::info!(
+        address = %listener.local_addr()?,
+        backend = bus.backend(),
+        data_dir = %data_dir.display(),
+        "Tocsin is listening"
+    );
+    warp::serve(routes)
+        .incoming(listener)
+        .graceful(termination())
+        .run()
+        .await;
+    tracing::info!("HTTP stopped; finishing the work in hand");
+    stop_pipeline.send_replace(true);
+    router.await?.context("router")?;
+    worker.await?.context("delivery")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn api_routes(
+    settings: &Settings,
+    auth: &Arc<Authenticator>,
+    bus: Arc<dyn Bus>,
+    records: RecordStore,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone {
+    let producer = ingest::sources::ans::routes(
+        AnsProducerConfig {
+            body_limit: settings.body_limit_bytes,
+        },
+        EventPublisher::new(Arc::clone(&bus)),
+        auth.require(Scope::Producer),
+    );
+    let consumer = delivery::consumer_api::routes(records, auth.require(Scope::Consumer));
+    let health = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})))
+        .or(warp::path!("readyz").and(warp::get()).map(move || {
+                let ready = bus.is_ready();
+                let status = if ready {
+                    warp::http::StatusCode::OK
+                } else {
+                    warp::http::StatusCode::SERVICE_UNAVAILABLE
+                };
+                let body = serde_json::json!({"status": if ready { "ready" } else { "not ready" }, "bus": bus.backend()});
+                warp::reply::with_status(warp::reply::json(&body), status)
+            }));
+    auth.token_endpoint()
+        .or(producer)
+        .or(consumer)
+        .or(health)
+        .recover(web::recover)
+}
+
+fn load_configuration(settings: &Settings) -> anyhow::Result<Configuration> {
+    let Some(path) = settings.config_import() else {
+        tracing::warn!("no configuration imported: no subscription will match until one is");
+        return Ok(Configuration::default());
+    };
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let configuration: Configuration = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not an ANS configuration", path.display()))?;
+    tracing::info!(
+        file = %path.display(),
+        actions = configuration.actions.len(),
+        conditions = configuration.conditions.len(),
+        subscriptions = configuration.subscriptions.len(),
+        "configuration imported"
+    );
+    Ok(configuration)
+}
+
+/// One process per data directory: the embedded queue's in-flight state lives in memory.
+fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join("tocsin.lock");
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "another Tocsin process is using {}; give each process its own data_dir",
+            data_dir.display()
+        )
+    })?;
+    Ok(file)
+}
+
+async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}

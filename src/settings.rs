@@ -1,0 +1,295 @@
+//! Tocsin's settings: one TOML file, every key overridable by an environment variable named
+//! `TOCSIN_` + the key's path in upper case joined by `_` (`[bus] url` → `TOCSIN_BUS_URL`,
+//! `data_dir` → `TOCSIN_DATA_DIR`). Everything has a default, so no file is needed.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use web::Client;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address the HTTP APIs listen on.
+    pub listen: SocketAddr,
+    /// Where Tocsin keeps its files (queue, records, generated credentials).
+    pub data_dir: PathBuf,
+    /// A configuration (actions, conditions, subscriptions) in the ANS import format, loaded
+    /// at start; empty for none.
+    pub config_import: PathBuf,
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: u64,
+    /// The `region` and `regionType` reported on stored events.
+    pub region: String,
+    pub region_type: String,
+    pub bus: BusSettings,
+    pub router: StageSettings,
+    pub delivery: StageSettings,
+    pub auth: AuthSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// A durable queue in the data directory's SQLite file; nothing else to install.
+    Embedded,
+    /// RabbitMQ at `bus.url`.
+    Rabbitmq,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusSettings {
+    pub backend: Backend,
+    /// AMQP URI of the broker, for the rabbitmq backend.
+    pub url: String,
+    /// Prefix of Tocsin's exchanges and queues on the broker.
+    pub prefix: String,
+    /// Deliveries of one message before RabbitMQ dead-letters it.
+    pub delivery_limit: u32,
+    /// How long an API call waits for the broker before answering 503.
+    pub publish_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StageSettings {
+    /// Messages a stage holds unacknowledged at most.
+    pub prefetch: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// API clients; with none, Tocsin generates one at first start (see the README).
+    #[serde(skip_serializing)]
+    pub clients: Vec<Client>,
+    /// Key that signs bearer tokens; generated into the data directory when empty. Set the same
+    /// value on every process that shares a broker, so their tokens are interchangeable.
+    pub token_secret: Secret,
+    /// Lifetime of issued bearer tokens.
+    pub token_lifetime_seconds: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("data"),
+            config_import: PathBuf::new(),
+            body_limit_bytes: 1024 * 1024,
+            region: "local".into(),
+            region_type: "tocsin".into(),
+            bus: BusSettings::default(),
+            router: StageSettings { prefetch: 256 },
+            delivery: StageSettings { prefetch: 64 },
+            auth: AuthSettings::default(),
+        }
+    }
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        BusSettings {
+            backend: Backend::Embedded,
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            prefix: "tocsin".into(),
+            delivery_limit: 20,
+            publish_timeout_ms: 5000,
+        }
+    }
+}
+
+impl Default for StageSettings {
+    fn default() -> Self {
+        StageSettings { prefetch: 64 }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            clients: Vec::new(),
+            token_secret: Secret::default(),
+            token_lifetime_seconds: 3600,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+/// A string setting that must never reach a log: `Debug` shows only whether it is set.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "<unset>"
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+impl Settings {
+    /// The configuration file to import at start, if one is set.
+    pub fn config_import(&self) -> Option<&Path> {
+        (!self.config_import.as_os_str().is_empty()).then_some(self.config_import.as_path())
+    }
+
+    /// The defaults, then the file (if any), then `TOCSIN_*` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, SettingsError> {
+        let mut tree = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str::<toml::Table>(&text).map_err(|e| SettingsError::Invalid {
+                    origin: path.display().to_string(),
+                    message: e.to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        let defaults = toml::Table::try_from(Settings::default()).expect("defaults serialize");
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix("TOCSIN_") else {
+                continue;
+            };
+            // Variables that are not settings (e.g. TOCSIN_LOG) are left to their readers.
+            if let Some(typed) =
+                override_value(&defaults, &mut tree, &key.to_ascii_lowercase(), &value)
+            {
+                typed.map_err(|message| SettingsError::Invalid {
+                    origin: name.clone(),
+                    message,
+                })?;
+            }
+        }
+        let origin = file.map_or("settings".to_owned(), |p| p.display().to_string());
+        toml::Value::Table(tree)
+            .try_into()
+            .map_err(|e: toml::de::Error| SettingsError::Invalid {
+                origin,
+                message: e.to_string(),
+            })
+    }
+}
+
+/// Sets the key that `name` (lower case, `_`-joined path) denotes in `tree`, typed like its
+/// default. `None` when `name` is no setting.
+fn override_value(
+    defaults: &toml::Table,
+    tree: &mut toml::Table,
+    name: &str,
+    raw: &str,
+) -> Option<Result<(), String>> {
+    for (key, default) in defaults {
+        if name == key {
+            let value = match default {
+                toml::Value::Table(_) | toml::Value::Array(_) => return None,
+                toml::Value::Integer(_) => raw
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .map_err(|_| format!("`{raw}` is not an integer")),
+                toml::Value::Boolean(_) => raw
+                    .parse::<bool>()
+                    .map(toml::Value::Boolean)
+                    .map_err(|_| format!("`{raw}` is not true or false")),
+                _ => Ok(toml::Value::String(raw.to_owned())),
+            };
+            return Some(value.map(|v| {
+                tree.insert(key.clone(), v);
+            }));
+        }
+        if let (Some(rest), toml::Value::Table(section)) = (
+            name.strip_prefix(key.as_str())
+                .and_then(|r| r.strip_prefix('_')),
+            default,
+        ) {
+            let entry = tree
+                .entry(key.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(target) = entry {
+                if let Some(done) = override_value(section, target, rest, raw) {
+                    return Some(done);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let s = Settings::load(None, env(&[])).unwrap();
+        assert_eq!(s.bus.backend, Backend::Embedded);
+        assert_eq!(s.body_limit_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tocsin.toml");
+        std::fs::write(&file, "data_dir = \"/var/lib/a\"\n[bus]\nbackend = \"rabbitmq\"\nprefix = \"p\"\n[[auth.clients]]\nname = \"ops\"\npassword = \"x\"\nscopes = [\"producer\"]\n").unwrap();
+        let s = Settings::load(
+            Some(&file),
+            env(&[
+                ("TOCSIN_DATA_DIR", "/tmp/b"),
+                ("TOCSIN_BUS_URL", "amqp://h"),
+                ("TOCSIN_ROUTER_PREFETCH", "7"),
+                ("TOCSIN_AUTH_TOKEN_SECRET", "k"),
+                ("TOCSIN_CONFIG_IMPORT", "/etc/routing.json"),
+                ("TOCSIN_LOG", "debug"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/b"));
+        assert_eq!(
+            (s.bus.backend, s.bus.url.as_str(), s.bus.prefix.as_str()),
+            (Backend::Rabbitmq, "amqp://h", "p")
+        );
+        assert_eq!(s.router.prefetch, 7);
+        assert_eq!(s.auth.token_secret.0, "k");
+        assert_eq!(format!("{:?}", s.auth.token_secret), "<redacted>");
+        assert_eq!(s.auth.clients[0].name, "ops");
+        assert_eq!(s.config_import(), Some(Path::new("/etc/routing.json")));
+    }
+
+    #[test]
+    fn bad_values_name_their_origin() {
+        let err = Settings::load(None, env(&[("TOCSIN_ROUTER_PREFETCH", "many")])).unwrap_err();
+        assert!(
+            err.to_string().starts_with("TOCSIN_ROUTER_PREFETCH"),
+            "{err}"
+        );
+        let err = Settings::load(None, env(&[("TOCSIN_BUS_BACKEND", "kafka")])).unwrap_err();
+        assert!(err.to_string().contains("kafka"), "{err}");
+    }
+}

@@ -1,0 +1,308 @@
+//! Test harness: runs the real `tocsin` binary on a free loopback port with its own data
+//! directory, on either bus backend, and talks to it over real HTTP.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    Rabbitmq,
+}
+
+pub const BACKENDS: [Backend; 2] = [Backend::Embedded, Backend::Rabbitmq];
+
+pub fn amqp_uri() -> String {
+    std::env::var("TOCSIN_TEST_AMQP_URI")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A routing configuration: events of type `eventType` go to a STORE action `to-store`, events
+/// of type `Unsupported` to an action whose type has no channel.
+pub fn store_configuration(event_type: &str) -> Value {
+    json!({
+        "actions": [
+            {"name": "to-store", "type": "STORE", "state": "ENABLED"},
+            {"name": "to-nowhere", "type": "NOT_A_CHANNEL", "state": "ENABLED"}
+        ],
+        "conditions": [
+            {"name": "stored-type", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": event_type},
+            {"name": "unsupported-type", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": "Unsupported"}
+        ],
+        "subscriptions": [
+            {"name": "store-it", "state": "ENABLED", "conditions": ["stored-type"], "actions": ["to-store"]},
+            {"name": "cannot-deliver", "state": "ENABLED", "conditions": ["unsupported-type"], "actions": ["to-nowhere"]}
+        ]
+    })
+}
+
+pub fn event(event_type: &str, source_event_id: &str) -> Value {
+    json!({
+        "eventType": event_type,
+        "resource": {"resourceName": "web-1", "resourceType": "vm", "resourceInstance": "i-1", "tags": {"zone": "a"}},
+        "severity": "WARNING",
+        "category": "ALERT",
+        "subject": "CPU above 90%",
+        "body": "CPU has been above 90% for 5 minutes",
+        "priority": 7,
+        "eventTimestamp": 1_700_000_000,
+        "tags": {"ans:sourceEventId": source_event_id, "ans:correlationId": format!("corr-{source_event_id}")}
+    })
+}
+
+pub struct Tocsin {
+    child: Option<Child>,
+    pub backend: Backend,
+    pub base: String,
+    pub data_dir: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    prefix: String,
+    env: Vec<(String, String)>,
+    pub user: String,
+    pub password: String,
+    pub http: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn unique(label: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "tocsin-e2e-{label}-{}-{}-{n}",
+        std::process::id(),
+        model::now_epoch_millis()
+    )
+}
+
+impl Tocsin {
+    /// Starts Tocsin with `configuration` imported and extra `TOCSIN_*` settings.
+    pub async fn start(backend: Backend, configuration: &Value, env: &[(&str, &str)]) -> Tocsin {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let routing = dir.path().join("routing.json");
+        std::fs::write(&routing, configuration.to_string()).unwrap();
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.push(("TOCSIN_CONFIG_IMPORT".into(), routing.display().to_string()));
+        let prefix = unique("bus");
+        if backend == Backend::Rabbitmq {
+            env.push(("TOCSIN_BUS_BACKEND".into(), "rabbitmq".into()));
+            env.push(("TOCSIN_BUS_URL".into(), amqp_uri()));
+            env.push(("TOCSIN_BUS_PREFIX".into(), prefix.clone()));
+        }
+        let mut tocsin = Tocsin {
+            child: None,
+            backend,
+            base: String::new(),
+            data_dir,
+            _dir: Some(dir),
+            prefix,
+            env,
+            user: "admin".into(),
+            password: String::new(),
+            http: reqwest::Client::new(),
+        };
+        tocsin.launch().await;
+        tocsin
+    }
+
+    /// (Re)starts the process on a fresh port with the same data directory and settings.
+    pub async fn launch(&mut self) {
+        let port = free_port();
+        self.base = format!("http://127.0.0.1:{port}");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tocsin"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(&self.data_dir)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("TOCSIN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tocsin starts");
+        self.child = Some(child);
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.base)).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("tocsin exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "tocsin not ready:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Ok(credentials) =
+            std::fs::read_to_string(self.data_dir.join("initial-credentials.toml"))
+        {
+            let parsed: toml::Table = toml::from_str(&credentials).unwrap();
+            self.password = parsed["password"].as_str().unwrap().to_owned();
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.data_dir.parent().unwrap().join("tocsin.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(self.url(path))
+            .basic_auth(&self.user, Some(&self.password))
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url(path))
+            .basic_auth(&self.user, Some(&self.password))
+            .json(body)
+    }
+
+    /// Posts one event and returns the accepted event (202 asserted).
+    pub async fn send(&self, event: &Value) -> Value {
+        let response = self
+            .post("/cf/producer/v1/resource-events", event)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+        response.json().await.unwrap()
+    }
+
+    /// GETs a consumer API path and returns the JSON page (200 asserted).
+    pub async fn page(&self, path: &str) -> Value {
+        let response = self.get(path).send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "{path}: {}",
+            response.text().await.unwrap()
+        );
+        response.json().await.unwrap()
+    }
+
+    /// Waits until the consumer API path reports `count` results in all.
+    pub async fn wait_for_count(&self, path: &str, count: u64) -> Value {
+        let started = Instant::now();
+        loop {
+            let page = self.page(path).await;
+            let total = page["responseMetadata"]["totalResultsCount"]
+                .as_u64()
+                .unwrap();
+            if total == count {
+                return page;
+            }
+            assert!(total < count, "{path}: {total} results, expected {count}");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{path}: {total} results after 30 s, expected {count}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the process at once, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().unwrap()
+    }
+
+    pub fn records_db(&self) -> PathBuf {
+        self.data_dir.join("records.db")
+    }
+
+    async fn delete_broker_topology(&self) {
+        let Ok(conn) = lapin::Connection::connect(&amqp_uri(), Default::default()).await else {
+            return;
+        };
+        let Ok(channel) = conn.create_channel().await else {
+            return;
+        };
+        for queue in ["events", "deliveries", "dead"] {
+            let _ = channel
+                .queue_delete(
+                    format!("{}.{queue}", self.prefix).as_str().into(),
+                    Default::default(),
+                )
+                .await;
+        }
+        for exchange in [self.prefix.clone(), format!("{}.dlx", self.prefix)] {
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), Default::default())
+                .await;
+        }
+    }
+
+    /// Stops the process and removes what it left on the shared broker.
+    pub async fn shutdown(mut self) {
+        self.kill();
+        if self.backend == Backend::Rabbitmq {
+            self.delete_broker_topology().await;
+        }
+    }
+}
+
+impl Drop for Tocsin {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Counts rows of `status` in a records file, read directly (the process may be dead).
+pub fn count_records(db: &Path, status: &str) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row(
+        "SELECT COUNT(*) FROM records WHERE status = ?1",
+        [status],
+        |r| r.get(0),
+    )
+    .unwrap_or(0)
+}
