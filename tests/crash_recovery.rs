@@ -11,7 +11,12 @@ const EVENTS: usize = 400;
 
 async fn kill_after_accept_then_recover(backend: Backend) {
     // A small router batch makes routing lag behind a burst, so the kill lands mid-routing.
-    let mut tocsin = Tocsin::start(backend, &store_configuration("Crash"), &[("TOCSIN_ROUTER_PREFETCH", "1")]).await;
+    let mut tocsin = Tocsin::start(
+        backend,
+        &store_configuration("Crash"),
+        &[("TOCSIN_ROUTER_PREFETCH", "1")],
+    )
+    .await;
     let accepted: Vec<String> = futures::stream::iter(0..EVENTS)
         .map(|i| {
             let tocsin = &tocsin;
@@ -33,21 +38,35 @@ async fn kill_after_accept_then_recover(backend: Backend) {
     tocsin.launch().await;
     let mut stored = BTreeSet::new();
     let mut page = 0;
-    tocsin.wait_for_count("/cf/consumer/v1/matched-events", EVENTS as u64).await;
+    tocsin
+        .wait_for_count("/cf/consumer/v1/matched-events", EVENTS as u64)
+        .await;
     loop {
-        let found = tocsin.page(&format!("/cf/consumer/v1/matched-events?pageSize=1000&page={page}")).await;
+        let found = tocsin
+            .page(&format!(
+                "/cf/consumer/v1/matched-events?pageSize=1000&page={page}"
+            ))
+            .await;
         let results = found["results"].as_array().unwrap();
         if results.is_empty() {
             break;
         }
         for result in results {
-            assert!(stored.insert(result["id"].as_str().unwrap().to_owned()), "stored twice: {result}");
+            assert!(
+                stored.insert(result["id"].as_str().unwrap().to_owned()),
+                "stored twice: {result}"
+            );
         }
         page += 1;
     }
     let accepted: BTreeSet<String> = accepted.into_iter().collect();
-    assert_eq!(stored, accepted, "{backend:?}: every accepted event stored exactly once");
-    eprintln!("{backend:?}: {stored_before_kill} of {EVENTS} stored before the kill, all after recovery");
+    assert_eq!(
+        stored, accepted,
+        "{backend:?}: every accepted event stored exactly once"
+    );
+    eprintln!(
+        "{backend:?}: {stored_before_kill} of {EVENTS} stored before the kill, all after recovery"
+    );
     tocsin.shutdown().await;
 }
 

@@ -10,7 +10,9 @@ use std::process::Command;
 fn conformance(tocsin: &Tocsin, mode: &str, auth: &str) -> (bool, String) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sap-client");
     assert!(
-        std::path::Path::new(dir).join("node_modules/@sap_oss/alert-notification-client").exists(),
+        std::path::Path::new(dir)
+            .join("node_modules/@sap_oss/alert-notification-client")
+            .exists(),
         "the SAP client is not installed: run `npm ci --prefix tests/sap-client`"
     );
     let output = Command::new("node")
@@ -34,10 +36,19 @@ fn conformance(tocsin: &Tocsin, mode: &str, auth: &str) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_node_client_sends_and_reads_events() {
-    let tocsin = Tocsin::start(Backend::Embedded, &store_configuration("ConformanceStore"), &[]).await;
+    let tocsin = Tocsin::start(
+        Backend::Embedded,
+        &store_configuration("ConformanceStore"),
+        &[],
+    )
+    .await;
     for auth in ["basic", "oauth"] {
         let (passed, report) = conformance(&tocsin, "events", auth);
-        assert!(passed, "SAP client with {auth} auth:\n{report}\n{}", tocsin.log());
+        assert!(
+            passed,
+            "SAP client with {auth} auth:\n{report}\n{}",
+            tocsin.log()
+        );
         assert!(report.contains(" 0 failed"), "{report}");
         eprintln!("{auth}: {}", report.lines().last().unwrap_or_default());
     }

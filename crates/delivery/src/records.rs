@@ -294,7 +294,7 @@ mod tests {
             .record(
                 &job("e3", "CPU", 300, "hook"),
                 DeliveryStatus::Undelivered,
-                &[reason.clone()],
+                std::slice::from_ref(&reason),
             )
             .await
             .unwrap();
