@@ -1,0 +1,289 @@
+//! `tocsin-bench`: measures how fast a Tocsin accepts a burst of events and how fast it stores
+//! them end to end.
+//!
+//! It starts a Tocsin itself (`--backend embedded|rabbitmq`, the `tocsin` binary next to this
+//! one, a fresh data directory, a STORE subscription) or points at one (`--url`, which must
+//! route `eventType` `--event-type` to a STORE action). It then posts `--events` events with
+//! `--concurrency` connections as fast as they are answered, and reports accepted/s, the POST
+//! latency percentiles, and stored/s — the time until the last event shows up in
+//! matched-events.
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Start a Tocsin on this backend (ignored with --url).
+    #[arg(long, value_enum, default_value_t = Backend::Embedded)]
+    backend: Backend,
+    /// Use a running Tocsin instead of starting one.
+    #[arg(long)]
+    url: Option<String>,
+    #[arg(long, default_value = "admin")]
+    user: String,
+    /// Password for --user (with --url).
+    #[arg(long, default_value = "")]
+    password: String,
+    /// The tocsin binary to start (default: next to this one).
+    #[arg(long)]
+    tocsin: Option<PathBuf>,
+    /// Events in the burst.
+    #[arg(long, default_value_t = 20_000)]
+    events: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Events per request (1: resource-events; more: resource-events-batch).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    #[arg(long, default_value = "BenchStore")]
+    event_type: String,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug)]
+enum Backend {
+    Embedded,
+    Rabbitmq,
+}
+
+struct Target {
+    base: String,
+    user: String,
+    password: String,
+    _process: Option<Spawned>,
+}
+
+struct Spawned {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let target = match &args.url {
+        Some(url) => Target {
+            base: url.clone(),
+            user: args.user.clone(),
+            password: args.password.clone(),
+            _process: None,
+        },
+        None => spawn(&args, &http).await?,
+    };
+    let label = match &args.url {
+        Some(url) => url.clone(),
+        None => format!("{:?} backend (started by the bench)", args.backend),
+    };
+    let requests = args.events.div_ceil(args.batch);
+    let (path, body) = if args.batch == 1 {
+        (
+            "/cf/producer/v1/resource-events",
+            event(&args.event_type, 0),
+        )
+    } else {
+        let events: Vec<_> = (0..args.batch)
+            .map(|i| event(&args.event_type, i))
+            .collect();
+        ("/cf/producer/v1/resource-events-batch", json!(events))
+    };
+    let body = Arc::new(serde_json::to_vec(&body)?);
+    let url = Arc::new(format!("{}{path}", target.base));
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|_| {
+            let (http, url, body, next) = (
+                http.clone(),
+                Arc::clone(&url),
+                Arc::clone(&body),
+                Arc::clone(&next),
+            );
+            let (user, password) = (target.user.clone(), target.password.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < requests {
+                    let sent = Instant::now();
+                    let response = http
+                        .post(url.as_str())
+                        .basic_auth(&user, Some(&password))
+                        .header("content-type", "application/json")
+                        .body(body.as_ref().clone())
+                        .send()
+                        .await?;
+                    if response.status() != 202 {
+                        bail!(
+                            "{} {}",
+                            response.status(),
+                            response.text().await.unwrap_or_default()
+                        );
+                    }
+                    latencies.push(sent.elapsed());
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(requests);
+    for worker in workers {
+        latencies.extend(worker.await??);
+    }
+    let accepted_in = started.elapsed();
+    let total_events = requests * args.batch;
+    let stored_in = wait_stored(&http, &target, &args.event_type, total_events, started).await?;
+    latencies.sort();
+    let percentile = |p: f64| {
+        let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[index].as_secs_f64() * 1000.0
+    };
+    println!("target:      {label}");
+    println!(
+        "burst:       {total_events} events, {requests} requests of {} event(s), {} connections",
+        args.batch, args.concurrency
+    );
+    println!(
+        "accepted/s:  {:.0}  ({:.2} s)",
+        total_events as f64 / accepted_in.as_secs_f64(),
+        accepted_in.as_secs_f64()
+    );
+    println!(
+        "stored/s:    {:.0}  (last stored after {:.2} s)",
+        total_events as f64 / stored_in.as_secs_f64(),
+        stored_in.as_secs_f64()
+    );
+    println!(
+        "POST latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        percentile(0.50),
+        percentile(0.90),
+        percentile(0.99),
+        percentile(0.999),
+        percentile(1.0)
+    );
+    Ok(())
+}
+
+fn event(event_type: &str, index: usize) -> serde_json::Value {
+    json!({
+        "eventType": event_type,
+        "resource": {"resourceName": format!("bench-{index}"), "resourceType": "vm"},
+        "severity": "WARNING",
+        "category": "ALERT",
+        "subject": "CPU above 90% on bench host",
+        "body": "CPU utilization has been above 90% for 5 minutes on the bench host",
+        "tags": {"ans:sourceEventId": format!("bench-{index}")}
+    })
+}
+
+async fn wait_stored(
+    http: &reqwest::Client,
+    target: &Target,
+    event_type: &str,
+    expected: usize,
+    started: Instant,
+) -> anyhow::Result<Duration> {
+    let url = format!(
+        "{}/cf/consumer/v1/matched-events?eventType={event_type}&pageSize=1",
+        target.base
+    );
+    loop {
+        let page: serde_json::Value = http
+            .get(&url)
+            .basic_auth(&target.user, Some(&target.password))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let stored = page["responseMetadata"]["totalResultsCount"]
+            .as_u64()
+            .context("a consumer page")? as usize;
+        if stored >= expected {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("only {stored} of {expected} stored after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn spawn(args: &Args, http: &reqwest::Client) -> anyhow::Result<Target> {
+    let binary = match &args.tocsin {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("tocsin"),
+    };
+    let dir = tempfile::tempdir()?;
+    let routing = dir.path().join("routing.json");
+    std::fs::write(&routing, json!({
+        "actions": [{"name": "bench-store", "type": "STORE", "state": "ENABLED"}],
+        "conditions": [{"name": "bench-type", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": args.event_type}],
+        "subscriptions": [{"name": "bench", "state": "ENABLED", "conditions": ["bench-type"], "actions": ["bench-store"]}]
+    }).to_string())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut command = Command::new(&binary);
+    command
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .arg("--config-import")
+        .arg(&routing)
+        .env("TOCSIN_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if let Backend::Rabbitmq = args.backend {
+        // One fixed prefix: each run drains what it queued, so nothing piles up on the broker.
+        command
+            .env("TOCSIN_BUS_BACKEND", "rabbitmq")
+            .env("TOCSIN_BUS_PREFIX", "tocsin-bench");
+    }
+    let child = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            let credentials: toml::Table = toml::from_str(&std::fs::read_to_string(
+                dir.path().join("data/initial-credentials.toml"),
+            )?)?;
+            let password = credentials["password"]
+                .as_str()
+                .context("a password")?
+                .to_owned();
+            return Ok(Target {
+                base,
+                user: "admin".into(),
+                password,
+                _process: Some(Spawned { child, _dir: dir }),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("tocsin did not become ready")
+}
