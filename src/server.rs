@@ -69,7 +69,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         },
         Arc::clone(&bus),
         catalog,
-        Channels::new(records.clone()),
+        Channels::open(records.clone(), data_dir, &settings.channels)?,
         records.clone(),
     );
     let worker = tokio::spawn(worker.run(pipeline_stopping));

@@ -25,6 +25,8 @@ pub struct Settings {
     pub bus: BusSettings,
     pub router: StageSettings,
     pub delivery: StageSettings,
+    /// How channels treat destinations: timeouts, requests in flight per destination.
+    pub channels: delivery::channels::ChannelSettings,
     pub auth: AuthSettings,
 }
 
@@ -83,6 +85,7 @@ impl Default for Settings {
             bus: BusSettings::default(),
             router: StageSettings { prefetch: 256 },
             delivery: StageSettings { prefetch: 64 },
+            channels: Default::default(),
             auth: AuthSettings::default(),
         }
     }

@@ -9,7 +9,12 @@
 
 pub mod channels;
 pub mod consumer_api;
+pub mod http;
+pub mod lifecycle;
+pub mod links;
+pub mod properties;
 pub mod records;
+pub mod templates;
 
 use bus::{Bus, Delivery, Queue};
 use channels::{Channels, Failure, Outcome};

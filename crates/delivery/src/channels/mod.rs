@@ -1,13 +1,28 @@
 //! Channels: one per action `type`, each in its own file, each implementing [`Channel`].
-//! Adding one means writing the file and registering it in [`Channels::new`]; nothing else.
+//! Adding one means writing the file and registering it in [`Channels::open`]; nothing else.
+//!
+//! A channel gets the job (the event) and the action (its properties), makes one attempt and
+//! says how it ended: [`Outcome::Delivered`], or a [`Failure`] with a code, a reason fit for
+//! the undelivered record (never a secret), and whether trying again can help. Channels share
+//! their plumbing through [`Tools`]: the HTTP client with its per-destination limits
+//! ([`crate::http`]), the template engine ([`crate::templates`]), the action-property readers
+//! ([`crate::properties`]) and the map from alert keys to what a destination created for them
+//! ([`crate::links`]).
 
 mod store;
+mod webhook;
 
 pub use store::StoreChannel;
+pub use webhook::WebhookChannel;
 
+use crate::http::Http;
+use crate::links::Links;
+use crate::templates::Templates;
 use async_trait::async_trait;
 use model::{Action, DeliveryJob};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +32,15 @@ pub const CODE_ACTION_MISSING: i32 = 901;
 pub const CODE_UNSUPPORTED_TYPE: i32 = 902;
 /// Failure code: Tocsin could not record the outcome locally.
 pub const CODE_LOCAL_STORAGE: i32 = 903;
+/// Failure code: the destination could not be reached, or the connection broke.
+pub const CODE_CONNECTION: i32 = 904;
+/// Failure code: no answer in time (or no free slot for the destination in that time).
+pub const CODE_TIMEOUT: i32 = 905;
+/// Failure code: the action's properties are missing, invalid, or a template does not render.
+pub const CODE_BAD_ACTION: i32 = 906;
+/// Failure code: the destination answered with success but its answer reports an error, or
+/// cannot be used (Slack `ok:false`, an incident created without an id).
+pub const CODE_BAD_ANSWER: i32 = 907;
 
 /// How one delivery attempt ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,10 +49,19 @@ pub enum Outcome {
     Failed(Failure),
 }
 
+impl From<Result<(), Failure>> for Outcome {
+    fn from(result: Result<(), Failure>) -> Self {
+        match result {
+            Ok(()) => Outcome::Delivered,
+            Err(failure) => Outcome::Failed(failure),
+        }
+    }
+}
+
 /// Why an attempt failed, and whether trying again can help.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
-    /// The destination's HTTP status, or one of the `CODE_*` constants.
+    /// The destination's status (HTTP, or SMTP for email), or one of the `CODE_*` constants.
     pub code: i32,
     pub reason: String,
     /// `None`: permanent. `Some(None)`: retry on the usual schedule. `Some(Some(d))`: the
@@ -52,6 +85,24 @@ impl Failure {
             retry: Some(None),
         }
     }
+
+    /// Retryable, after `after` when the destination said how long to wait.
+    pub fn transient_after(code: i32, reason: impl Into<String>, after: Option<Duration>) -> Self {
+        Failure {
+            code,
+            reason: reason.into(),
+            retry: Some(after),
+        }
+    }
+
+    /// The action is configured wrongly: permanent until someone fixes it.
+    pub fn bad_action(reason: impl Into<String>) -> Self {
+        Failure::permanent(CODE_BAD_ACTION, reason)
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.retry.is_some()
+    }
 }
 
 /// Delivers a job for an action of one type.
@@ -64,6 +115,49 @@ pub trait Channel: Send + Sync {
     async fn deliver(&self, job: &DeliveryJob, action: &Action) -> Outcome;
 }
 
+/// The `[channels]` settings: how Tocsin treats the destinations it talks to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelSettings {
+    /// Requests in flight to one destination (scheme, host and port) at most; further jobs for
+    /// it wait, so that one slow endpoint cannot take every worker.
+    pub max_in_flight_per_destination: usize,
+    /// Longest wait for an answer (and for a free slot at the destination), unless an action
+    /// sets its own.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ChannelSettings {
+    fn default() -> Self {
+        ChannelSettings {
+            max_in_flight_per_destination: 8,
+            request_timeout_ms: 15_000,
+        }
+    }
+}
+
+/// What channels share: one HTTP client, one template engine, one link map.
+#[derive(Clone)]
+pub struct Tools {
+    pub http: Arc<Http>,
+    pub templates: Arc<Templates>,
+    pub links: Links,
+}
+
+impl Tools {
+    /// Opens the link map in `data_dir` (`links.db`) and sets up HTTP per `settings`.
+    pub fn open(
+        data_dir: &Path,
+        settings: &ChannelSettings,
+    ) -> Result<Self, storage::StorageError> {
+        Ok(Tools {
+            http: Arc::new(Http::new(settings)),
+            templates: Arc::new(Templates::new()),
+            links: Links::open(&data_dir.join("links.db"))?,
+        })
+    }
+}
+
 /// The channels by action type.
 #[derive(Clone)]
 pub struct Channels {
@@ -71,14 +165,65 @@ pub struct Channels {
 }
 
 impl Channels {
-    pub fn new(records: crate::records::RecordStore) -> Self {
-        let all: Vec<Arc<dyn Channel>> = vec![Arc::new(StoreChannel::new(records))];
-        Channels {
+    /// Every channel, sharing the tools opened on `data_dir` with `settings`.
+    pub fn open(
+        records: crate::records::RecordStore,
+        data_dir: &Path,
+        settings: &ChannelSettings,
+    ) -> Result<Self, storage::StorageError> {
+        let tools = Tools::open(data_dir, settings)?;
+        let all: Vec<Arc<dyn Channel>> = vec![
+            Arc::new(StoreChannel::new(records)),
+            Arc::new(WebhookChannel::new(tools)),
+        ];
+        Ok(Channels {
             by_type: all.into_iter().map(|c| (c.action_type(), c)).collect(),
-        }
+        })
     }
 
     pub fn get(&self, action_type: &str) -> Option<&Arc<dyn Channel>> {
         self.by_type.get(action_type)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Tools on a fresh data directory (kept alive by the returned guard), 5 s timeout.
+    pub fn tools() -> (Tools, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = ChannelSettings {
+            max_in_flight_per_destination: 4,
+            request_timeout_ms: 5000,
+        };
+        (Tools::open(dir.path(), &settings).unwrap(), dir)
+    }
+
+    pub fn action(name: &str, action_type: &str, properties: serde_json::Value) -> Action {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "type": action_type, "state": "ENABLED", "properties": properties
+        }))
+        .unwrap()
+    }
+
+    /// A FATAL alert about `web-1` with `tags`.
+    pub fn job(tags: serde_json::Value) -> DeliveryJob {
+        job_with_id("0196a1b2-0000-7000-8000-000000000001", tags)
+    }
+
+    pub fn job_with_id(id: &str, tags: serde_json::Value) -> DeliveryJob {
+        serde_json::from_value(serde_json::json!({
+            "event": {
+                "id": id, "eventType": "HighCPU", "severity": "FATAL", "category": "ALERT",
+                "subject": "CPU above 90%", "body": "CPU has been above 90% for 5 minutes",
+                "eventTimestamp": 1_700_000_000,
+                "resource": {"resourceName": "web-1", "resourceType": "vm"},
+                "tags": tags
+            },
+            "acceptedAtMs": 0,
+            "action": "a"
+        }))
+        .unwrap()
     }
 }

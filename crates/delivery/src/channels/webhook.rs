@@ -1,0 +1,489 @@
+//! `WEB_HOOK`: sends the event (or the action's `payloadTemplate`, rendered) as JSON to any
+//! HTTP endpoint.
+//!
+//! Properties: `destination` (URL, required), `method` (`POST`, `PUT` or `PATCH`; default
+//! `POST`), `header.<Name>` (extra headers), `payloadTemplate` (JSON template; default: the
+//! event as accepted), `sslTrustAll`, `timeoutSeconds`; authentication by `username` +
+//! `password` (Basic), `bearerToken`, or `oauthTokenUrl` + `clientId` + `clientSecret` (+
+//! `oauthScope`) for an OAuth 2 client-credentials token, fetched once and reused until it
+//! expires; `signingSecret` (`whsec_…`) to sign per Standard Webhooks v1.
+//!
+//! Signed requests carry `webhook-id` (the same for every attempt of one event on one action:
+//! receivers de-duplicate on it), `webhook-timestamp` (the attempt, epoch seconds) and
+//! `webhook-signature: v1,<base64 HMAC-SHA256(secret, "{id}.{timestamp}.{body}")>`.
+//! Any 2xx is delivered; otherwise the status decides (see [`crate::http`]). A 401 while using
+//! a cached OAuth token drops the token and is worth retrying.
+
+use super::{Channel, Failure, Outcome, Tools, CODE_BAD_ANSWER};
+use crate::http::{parse_url, redact};
+use crate::properties::Properties;
+use crate::templates::Scope;
+use async_trait::async_trait;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use model::{Action, DeliveryJob};
+use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use reqwest::{Method, RequestBuilder, Url};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A token is renewed this long before the expiry its endpoint announced.
+const TOKEN_MARGIN: Duration = Duration::from_secs(30);
+
+/// Identifies an OAuth client: (token URL, client id, scope).
+type ClientKey = (String, String, String);
+
+pub struct WebhookChannel {
+    tools: Tools,
+    /// OAuth tokens and when to stop using them.
+    tokens: Mutex<HashMap<ClientKey, (String, Instant)>>,
+}
+
+enum Auth {
+    Anonymous,
+    Basic { username: String, password: String },
+    Bearer(String),
+    ClientCredentials(OAuthClient),
+}
+
+struct OAuthClient {
+    token_url: Url,
+    client_id: String,
+    client_secret: String,
+    scope: String,
+}
+
+impl OAuthClient {
+    fn cache_key(&self) -> ClientKey {
+        (
+            self.token_url.to_string(),
+            self.client_id.clone(),
+            self.scope.clone(),
+        )
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    expires_in: Option<u64>,
+}
+
+impl WebhookChannel {
+    pub fn new(tools: Tools) -> Self {
+        WebhookChannel {
+            tools,
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn attempt(&self, job: &DeliveryJob, action: &Action) -> Result<(), Failure> {
+        let p = Properties::of(action);
+        let url = parse_url("destination", &p.required("destination")?)?;
+        let method = match p
+            .text("method")
+            .map(|m| m.trim().to_ascii_uppercase())
+            .as_deref()
+        {
+            None | Some("POST") => Method::POST,
+            Some("PUT") => Method::PUT,
+            Some("PATCH") => Method::PATCH,
+            Some(other) => {
+                return Err(Failure::bad_action(format!(
+                    "`method` must be POST, PUT or PATCH, not `{other}`"
+                )))
+            }
+        };
+        let trust_all = p.flag("sslTrustAll", false)?;
+        let timeout = p.parsed::<u64>("timeoutSeconds")?.map(Duration::from_secs);
+        let auth = auth(&p)?;
+        let signing_key = p
+            .text("signingSecret")
+            .map(|s| signing_key(&s))
+            .transpose()?;
+        let body = match p.text("payloadTemplate") {
+            Some(template) => {
+                let scope = Scope::new(job, action);
+                let payload =
+                    self.tools
+                        .templates
+                        .render_json("payloadTemplate", &template, &scope)?;
+                serde_json::to_vec(&payload).expect("JSON values serialize")
+            }
+            None => serde_json::to_vec(&job.event).expect("events serialize"),
+        };
+
+        let mut request = self
+            .tools
+            .http
+            .request(method, url.clone(), trust_all)
+            .header(CONTENT_TYPE, "application/json");
+        for (name, value) in p.prefixed("header.") {
+            let name = HeaderName::try_from(name)
+                .map_err(|_| Failure::bad_action(format!("`header.{name}` is no header name")))?;
+            let value = HeaderValue::try_from(value.as_str()).map_err(|_| {
+                Failure::bad_action(format!("`header.{name}` has an invalid value"))
+            })?;
+            request = request.header(name, value);
+        }
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        if let Some(key) = &signing_key {
+            let id = message_id(job, action);
+            let timestamp = model::now_epoch_seconds();
+            request = request
+                .header("webhook-id", &id)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", sign(key, &id, timestamp, &body));
+        }
+        let (request, oauth) = match &auth {
+            Auth::Anonymous => (request, None),
+            Auth::Basic { username, password } => {
+                (request.basic_auth(username, Some(password)), None)
+            }
+            Auth::Bearer(token) => (request.bearer_auth(token), None),
+            Auth::ClientCredentials(client) => {
+                (request.bearer_auth(self.token(client).await?), Some(client))
+            }
+        };
+        let reply = self.tools.http.send(request.body(body)).await?;
+        if reply.is_success() {
+            return Ok(());
+        }
+        let mut failure = reply.failure(&reply.quote());
+        if let (Some(client), 401) = (oauth, reply.status.as_u16()) {
+            self.tokens
+                .lock()
+                .expect("not poisoned")
+                .remove(&client.cache_key());
+            failure.retry = Some(None);
+            failure
+                .reason
+                .push_str(" (the OAuth token was dropped; a retry fetches a new one)");
+        }
+        Err(failure)
+    }
+
+    /// A valid token for `client`: the cached one, or a new one from its token endpoint.
+    async fn token(&self, client: &OAuthClient) -> Result<String, Failure> {
+        let key = client.cache_key();
+        if let Some((token, expires)) = self.tokens.lock().expect("not poisoned").get(&key) {
+            if Instant::now() < *expires {
+                return Ok(token.clone());
+            }
+        }
+        let mut form = vec![("grant_type", "client_credentials")];
+        if !client.scope.is_empty() {
+            form.push(("scope", client.scope.as_str()));
+        }
+        let request: RequestBuilder = self
+            .tools
+            .http
+            .request(Method::POST, client.token_url.clone(), false)
+            .basic_auth(&client.client_id, Some(&client.client_secret))
+            .form(&form);
+        let reply = self.tools.http.send(request).await?;
+        if !reply.is_success() {
+            let mut failure = reply.failure(&reply.quote());
+            failure.reason = format!("OAuth token endpoint: {}", failure.reason);
+            return Err(failure);
+        }
+        let answer: TokenAnswer = serde_json::from_slice(&reply.body).map_err(|_| {
+            Failure::permanent(
+                CODE_BAD_ANSWER,
+                format!(
+                    "OAuth token endpoint {} answered without an access_token",
+                    redact(&client.token_url)
+                ),
+            )
+        })?;
+        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600));
+        let expires = Instant::now() + lifetime.saturating_sub(TOKEN_MARGIN);
+        self.tokens
+            .lock()
+            .expect("not poisoned")
+            .insert(key, (answer.access_token.clone(), expires));
+        Ok(answer.access_token)
+    }
+}
+
+#[async_trait]
+impl Channel for WebhookChannel {
+    fn action_type(&self) -> &'static str {
+        "WEB_HOOK"
+    }
+
+    async fn deliver(&self, job: &DeliveryJob, action: &Action) -> Outcome {
+        self.attempt(job, action).await.into()
+    }
+}
+
+fn auth(p: &Properties) -> Result<Auth, Failure> {
+    if let Some(token_url) = p.text("oauthTokenUrl") {
+        return Ok(Auth::ClientCredentials(OAuthClient {
+            token_url: parse_url("oauthTokenUrl", &token_url)?,
+            client_id: p.required("clientId")?,
+            client_secret: p.required("clientSecret")?,
+            scope: p.text("oauthScope").unwrap_or_default(),
+        }));
+    }
+    if let Some(token) = p.text("bearerToken") {
+        return Ok(Auth::Bearer(token));
+    }
+    if let Some(username) = p.text("username") {
+        return Ok(Auth::Basic {
+            username,
+            password: p.required("password")?,
+        });
+    }
+    Ok(Auth::Anonymous)
+}
+
+/// The key in a Standard Webhooks secret: base64 after an optional `whsec_`.
+fn signing_key(secret: &str) -> Result<Vec<u8>, Failure> {
+    let encoded = secret.trim();
+    let encoded = encoded.strip_prefix("whsec_").unwrap_or(encoded);
+    BASE64
+        .decode(encoded)
+        .ok()
+        .filter(|key| !key.is_empty())
+        .ok_or_else(|| Failure::bad_action("`signingSecret` must be `whsec_` followed by base64"))
+}
+
+/// Stable across attempts of one event on one action; distinct between actions, so that a
+/// receiver behind two actions does not drop one of them as a duplicate.
+fn message_id(job: &DeliveryJob, action: &Action) -> String {
+    let digest = Sha256::digest(action.name.as_bytes());
+    let action_part: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("msg_{}_{action_part}", job.event.id)
+}
+
+fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channels::tests::{action, job, tools};
+    use crate::channels::{CODE_BAD_ACTION, CODE_TIMEOUT};
+    use wiremock::matchers::{body_json, body_string, header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    #[tokio::test]
+    async fn sends_the_event_signed_with_headers_and_basic_auth() {
+        let server = MockServer::start().await;
+        Mock::given(method("PUT"))
+            .and(path("/hooks/in"))
+            .respond_with(ResponseTemplate::new(204))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let (tools, _dir) = tools();
+        let channel = WebhookChannel::new(tools);
+        let secret = format!(
+            "whsec_{}",
+            BASE64.encode(b"0123456789abcdef0123456789abcdef")
+        );
+        let action = action(
+            "hook",
+            "WEB_HOOK",
+            serde_json::json!({
+                "destination": format!("{}/hooks/in", server.uri()),
+                "method": "put", "header.X-Team": "ops",
+                "username": "alice", "password": "s3cret", "signingSecret": secret
+            }),
+        );
+        let job = job(serde_json::json!({"ans:sourceEventId": "k1"}));
+        assert_eq!(channel.deliver(&job, &action).await, Outcome::Delivered);
+
+        let sent = &server.received_requests().await.unwrap()[0];
+        let h = |name: &str| sent.headers.get(name).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(
+            sent.body,
+            serde_json::to_vec(&job.event).unwrap(),
+            "the event as accepted"
+        );
+        assert_eq!(h("content-type"), "application/json");
+        assert_eq!(h("x-team"), "ops");
+        assert_eq!(
+            h("authorization"),
+            format!("Basic {}", BASE64.encode("alice:s3cret"))
+        );
+        // Verify as a Standard Webhooks receiver would.
+        let (id, timestamp) = (h("webhook-id"), h("webhook-timestamp"));
+        assert_eq!(id, message_id(&job, &action));
+        assert!(id.starts_with(&format!("msg_{}_", job.event.id)));
+        let now = model::now_epoch_seconds();
+        assert!((now - timestamp.parse::<i64>().unwrap()).abs() < 5);
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"0123456789abcdef0123456789abcdef").unwrap();
+        mac.update(format!("{id}.{timestamp}.").as_bytes());
+        mac.update(&sent.body);
+        let expected = format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()));
+        assert_eq!(h("webhook-signature"), expected);
+    }
+
+    #[tokio::test]
+    async fn payload_template_and_bearer_token() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(header("authorization", "Bearer tok-1"))
+            .and(body_json(
+                serde_json::json!({"alert": "CPU above 90%", "resolved": false, "sev": "FATAL"}),
+            ))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let (tools, _dir) = tools();
+        let channel = WebhookChannel::new(tools);
+        let action = action(
+            "hook",
+            "WEB_HOOK",
+            serde_json::json!({
+                "destination": server.uri(), "bearerToken": "tok-1",
+                "payloadTemplate": r#"{"sev": {{ event.severity }}, "alert": {{ event.subject }}, "resolved": {{ resolved }}}"#
+            }),
+        );
+        let outcome = channel.deliver(&job(serde_json::json!({})), &action).await;
+        assert_eq!(outcome, Outcome::Delivered);
+    }
+
+    #[tokio::test]
+    async fn oauth_token_is_fetched_once_and_dropped_on_401() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/oauth/token"))
+            .and(header(
+                "authorization",
+                format!("Basic {}", BASE64.encode("client-1:shh")).as_str(),
+            ))
+            .and(body_string("grant_type=client_credentials&scope=alerts"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(serde_json::json!({"access_token": "at-1", "token_type": "bearer", "expires_in": 3600})),
+            )
+            .expect(2)
+            .mount(&server)
+            .await;
+        Mock::given(path("/in"))
+            .and(header("authorization", "Bearer at-1"))
+            .respond_with(ResponseTemplate::new(200))
+            .up_to_n_times(2)
+            .mount(&server)
+            .await;
+        Mock::given(path("/in"))
+            .respond_with(ResponseTemplate::new(401).set_body_string("token expired"))
+            .mount(&server)
+            .await;
+        let (tools, _dir) = tools();
+        let channel = WebhookChannel::new(tools);
+        let action = action(
+            "hook",
+            "WEB_HOOK",
+            serde_json::json!({
+                "destination": format!("{}/in", server.uri()),
+                "oauthTokenUrl": format!("{}/oauth/token", server.uri()),
+                "clientId": "client-1", "clientSecret": "shh", "oauthScope": "alerts"
+            }),
+        );
+        let job = job(serde_json::json!({}));
+        assert_eq!(channel.deliver(&job, &action).await, Outcome::Delivered);
+        assert_eq!(channel.deliver(&job, &action).await, Outcome::Delivered);
+        let Outcome::Failed(failure) = channel.deliver(&job, &action).await else {
+            panic!("the third call is refused");
+        };
+        assert_eq!((failure.code, failure.retry), (401, Some(None)));
+        assert!(
+            failure.reason.contains("token expired"),
+            "{}",
+            failure.reason
+        );
+        // The next attempt fetches a new token (the mock expects two fetches in all).
+        let _ = channel.deliver(&job, &action).await;
+    }
+
+    #[tokio::test]
+    async fn refusals_timeouts_and_bad_actions() {
+        let server = MockServer::start().await;
+        Mock::given(path("/gone"))
+            .respond_with(ResponseTemplate::new(410).set_body_string("endpoint disabled"))
+            .mount(&server)
+            .await;
+        Mock::given(path("/slow"))
+            .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(3)))
+            .mount(&server)
+            .await;
+        Mock::given(path("/busy"))
+            .respond_with(ResponseTemplate::new(503).insert_header("retry-after", "120"))
+            .mount(&server)
+            .await;
+        let (tools, _dir) = tools();
+        let channel = WebhookChannel::new(tools);
+        let deliver = |properties: serde_json::Value| {
+            let action = action("hook", "WEB_HOOK", properties);
+            let channel = &channel;
+            async move {
+                match channel.deliver(&job(serde_json::json!({})), &action).await {
+                    Outcome::Failed(failure) => failure,
+                    Outcome::Delivered => panic!("delivered"),
+                }
+            }
+        };
+        let gone =
+            deliver(serde_json::json!({"destination": format!("{}/gone?key=abc", server.uri())}))
+                .await;
+        assert_eq!((gone.code, gone.retry.is_some()), (410, false));
+        assert!(
+            gone.reason.contains("endpoint disabled") && !gone.reason.contains("abc"),
+            "{}",
+            gone.reason
+        );
+        let slow = deliver(serde_json::json!({"destination": format!("{}/slow", server.uri()), "timeoutSeconds": 1})).await;
+        assert_eq!((slow.code, slow.retry), (CODE_TIMEOUT, Some(None)));
+        let busy =
+            deliver(serde_json::json!({"destination": format!("{}/busy", server.uri())})).await;
+        assert_eq!(
+            (busy.code, busy.retry),
+            (503, Some(Some(Duration::from_secs(120))))
+        );
+        for (properties, complaint) in [
+            (serde_json::json!({}), "needs the property `destination`"),
+            (
+                serde_json::json!({"destination": "ftp://x/y"}),
+                "http or https",
+            ),
+            (
+                serde_json::json!({"destination": server.uri(), "method": "GET"}),
+                "`method`",
+            ),
+            (
+                serde_json::json!({"destination": server.uri(), "username": "u"}),
+                "`password`",
+            ),
+            (
+                serde_json::json!({"destination": server.uri(), "signingSecret": "whsec_!!"}),
+                "`signingSecret`",
+            ),
+            (
+                serde_json::json!({"destination": server.uri(), "payloadTemplate": "{{"}),
+                "`payloadTemplate`",
+            ),
+        ] {
+            let failure = deliver(properties).await;
+            assert_eq!((failure.code, failure.retry), (CODE_BAD_ACTION, None));
+            assert!(
+                failure.reason.contains(complaint),
+                "{complaint}: {}",
+                failure.reason
+            );
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! The HTTP side of every HTTP channel: one `reqwest` client (a connection pool per host, no
+//! redirects followed), at most `max_in_flight_per_destination` requests in flight per
+//! destination, a timeout per request, and the classification of what came back.
+//!
+//! A channel builds its request with [`Http::request`] and hands it to [`Http::send`], which
+//! waits for a slot at the destination (scheme, host, port), sends, and reads the answer
+//! (bounded) into a [`Reply`] — whatever its status. No answer at all becomes a [`Failure`]:
+//! 904 (connection) or 905 (timeout), both retryable. The channel then decides what the
+//! answer means; for the usual case [`Reply::failure`] turns a non-2xx status into a failure
+//! carrying that status: 408, 425, 429 and 5xx retryable (after `Retry-After` when given), the
+//! rest permanent.
+//!
+//! URLs of Slack, Teams and many webhooks carry their credentials in the path or query, so no
+//! reason and no log line shows more of a URL than [`redact`] does: `scheme://host[:port]/…`.
+
+use crate::channels::{ChannelSettings, Failure, CODE_CONNECTION, CODE_TIMEOUT};
+use reqwest::header::HeaderMap;
+use reqwest::{Client, Method, RequestBuilder, StatusCode, Url};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::Semaphore;
+
+/// The most of an answer's body that is read; the rest is dropped.
+const MAX_BODY: usize = 64 * 1024;
+/// The most of an answer's body quoted in a failure reason.
+const MAX_QUOTED: usize = 300;
+
+pub struct Http {
+    client: Client,
+    /// For actions with `sslTrustAll`: accepts any certificate.
+    trusting: Client,
+    timeout: Duration,
+    per_destination: usize,
+    destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// An answer, read whole (up to 64 KiB).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    /// The destination, redacted, for reasons.
+    pub destination: String,
+}
+
+impl Http {
+    pub fn new(settings: &ChannelSettings) -> Self {
+        let build = |trust_all: bool| {
+            Client::builder()
+                .user_agent(concat!("tocsin/", env!("CARGO_PKG_VERSION")))
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_max_idle_per_host(settings.max_in_flight_per_destination)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .danger_accept_invalid_certs(trust_all)
+                .build()
+                .expect("the HTTP client's TLS backend initializes")
+        };
+        Http {
+            client: build(false),
+            trusting: build(true),
+            timeout: Duration::from_millis(settings.request_timeout_ms),
+            per_destination: settings.max_in_flight_per_destination.max(1),
+            destinations: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The default time an answer may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Starts a request; `trust_all` skips certificate checks (the `sslTrustAll` property).
+    pub fn request(&self, method: Method, url: Url, trust_all: bool) -> RequestBuilder {
+        let client = if trust_all {
+            &self.trusting
+        } else {
+            &self.client
+        };
+        client.request(method, url)
+    }
+
+    /// Sends `request` once its destination has a free slot, and reads the answer. A timeout
+    /// set on the request replaces the default; it bounds both the wait for a slot and the
+    /// exchange.
+    pub async fn send(&self, request: RequestBuilder) -> Result<Reply, Failure> {
+        let (client, request) = request.build_split();
+        let mut request = request.map_err(|e| {
+            Failure::bad_action(format!(
+                "cannot build the request: {}",
+                chain(&e.without_url())
+            ))
+        })?;
+        let url = request.url();
+        let destination = redact(url);
+        let key = format!(
+            "{}://{}:{}",
+            url.scheme(),
+            url.host_str().unwrap_or_default(),
+            url.port_or_known_default().unwrap_or_default()
+        );
+        let timeout = *request.timeout_mut().get_or_insert(self.timeout);
+        let slots = self.slots(&key);
+        let started = tokio::time::Instant::now();
+        let _slot = tokio::time::timeout(timeout, slots.acquire_owned())
+            .await
+            .map_err(|_| {
+                Failure::transient(
+                    CODE_TIMEOUT,
+                    format!(
+                        "{destination}: no free slot within {} ms ({} requests already in flight)",
+                        timeout.as_millis(),
+                        self.per_destination
+                    ),
+                )
+            })?
+            .expect("destination semaphores are never closed");
+        *request.timeout_mut() = Some(timeout.saturating_sub(started.elapsed()));
+        let no_answer = |e: reqwest::Error| {
+            if e.is_timeout() {
+                Failure::transient(
+                    CODE_TIMEOUT,
+                    format!("{destination}: no answer within {} ms", timeout.as_millis()),
+                )
+            } else {
+                Failure::transient(
+                    CODE_CONNECTION,
+                    format!("{destination}: {}", chain(&e.without_url())),
+                )
+            }
+        };
+        let mut response = client.execute(request).await.map_err(no_answer)?;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(no_answer)? {
+            let room = MAX_BODY.saturating_sub(body.len());
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if room <= chunk.len() {
+                break;
+            }
+        }
+        Ok(Reply {
+            status: response.status(),
+            headers: response.headers().clone(),
+            body,
+            destination,
+        })
+    }
+
+    fn slots(&self, key: &str) -> Arc<Semaphore> {
+        let mut destinations = self.destinations.lock().expect("not poisoned");
+        Arc::clone(
+            destinations
+                .entry(key.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_destination))),
+        )
+    }
+}
+
+impl Reply {
+    pub fn is_success(&self) -> bool {
+        self.status.is_success()
+    }
+
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The start of the body, on one line, for a reason.
+    pub fn quote(&self) -> String {
+        let text = self.text();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        crate::templates::limit(&text, MAX_QUOTED)
+    }
+
+    /// `Retry-After` as a duration: delay-seconds or an HTTP date.
+    pub fn retry_after(&self) -> Option<Duration> {
+        let value = self
+            .headers
+            .get(reqwest::header::RETRY_AFTER)?
+            .to_str()
+            .ok()?;
+        let value = value.trim();
+        if let Ok(seconds) = value.parse::<u64>() {
+            return Some(Duration::from_secs(seconds));
+        }
+        let at = httpdate::parse_http_date(value).ok()?;
+        Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+    }
+
+    /// The usual reading of a status that is not a success: the status is the code; 408, 425,
+    /// 429 and 5xx are worth retrying (after `Retry-After` if given), the rest are not (a 3xx
+    /// included: redirects are not followed). `detail` says what the destination said.
+    pub fn failure(&self, detail: &str) -> Failure {
+        let reason = if detail.is_empty() {
+            format!("{} answered {}", self.destination, self.status)
+        } else {
+            format!("{} answered {}: {detail}", self.destination, self.status)
+        };
+        let code = i32::from(self.status.as_u16());
+        match self.status.as_u16() {
+            408 | 425 | 429 | 500..=599 => {
+                Failure::transient_after(code, reason, self.retry_after())
+            }
+            _ => Failure::permanent(code, reason),
+        }
+    }
+}
+
+/// Parses a destination URL from an action property (http or https only).
+pub fn parse_url(property: &str, value: &str) -> Result<Url, Failure> {
+    let url = Url::parse(value.trim())
+        .map_err(|e| Failure::bad_action(format!("`{property}` is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(Failure::bad_action(format!(
+            "`{property}` must be an http or https URL with a host"
+        )));
+    }
+    Ok(url)
+}
+
+/// `scheme://host[:port]/…`: enough to tell destinations apart, never a path or a query,
+/// where tokens live.
+pub fn redact(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(port) => format!("{}://{host}:{port}/…", url.scheme()),
+        None => format!("{}://{host}/…", url.scheme()),
+    }
+}
+
+/// An error and its causes, `: `-joined (reqwest's own message is only the outermost).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    fn http(per_destination: usize, timeout_ms: u64) -> Http {
+        Http::new(&ChannelSettings {
+            max_in_flight_per_destination: per_destination,
+            request_timeout_ms: timeout_ms,
+        })
+    }
+
+    #[test]
+    fn redaction_keeps_only_scheme_host_and_port() {
+        let url = Url::parse("https://hooks.slack.com/services/T0/B0/secret?x=1").unwrap();
+        assert_eq!(redact(&url), "https://hooks.slack.com/…");
+        let url = Url::parse("http://user:pw@127.0.0.1:8080/a").unwrap();
+        assert_eq!(redact(&url), "http://127.0.0.1:8080/…");
+    }
+
+    #[tokio::test]
+    async fn statuses_are_classified_and_retry_after_honoured() {
+        let server = MockServer::start().await;
+        for (route, status, header) in [
+            ("/throttled", 429, Some("7")),
+            ("/down", 503, Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+            ("/gone", 410, None),
+            ("/moved", 301, None),
+            ("/ok", 202, None),
+        ] {
+            let mut answer = ResponseTemplate::new(status).set_body_string("no_service\n");
+            if let Some(value) = header {
+                answer = answer.insert_header("retry-after", value);
+            }
+            Mock::given(path(route))
+                .respond_with(answer)
+                .mount(&server)
+                .await;
+        }
+        let http = http(2, 5000);
+        let call = |route: &str| {
+            let url = Url::parse(&format!("{}{route}?token=secret", server.uri())).unwrap();
+            http.send(http.request(Method::POST, url, false))
+        };
+
+        let throttled = call("/throttled").await.unwrap();
+        let failure = throttled.failure(&throttled.quote());
+        assert_eq!(failure.code, 429);
+        assert_eq!(failure.retry, Some(Some(Duration::from_secs(7))));
+        assert!(
+            failure
+                .reason
+                .ends_with("answered 429 Too Many Requests: no_service"),
+            "{}",
+            failure.reason
+        );
+        assert!(!failure.reason.contains("secret") && !failure.reason.contains("/throttled"));
+
+        let down = call("/down").await.unwrap();
+        assert_eq!(
+            down.failure("").retry,
+            Some(Some(Duration::ZERO)),
+            "a past date: now"
+        );
+        assert_eq!(call("/gone").await.unwrap().failure("").retry, None);
+        let moved = call("/moved").await.unwrap().failure("");
+        assert_eq!(
+            (moved.code, moved.retry),
+            (301, None),
+            "redirects are not followed"
+        );
+        assert!(call("/ok").await.unwrap().is_success());
+    }
+
+    #[tokio::test]
+    async fn no_answer_is_a_retryable_connection_or_timeout_failure() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let http = http(2, 300);
+        let url = Url::parse(&format!("http://127.0.0.1:{port}/hook/secret")).unwrap();
+        let failure = http
+            .send(http.request(Method::POST, url, false))
+            .await
+            .unwrap_err();
+        assert_eq!(failure.code, CODE_CONNECTION);
+        assert!(failure.is_retryable());
+        assert!(!failure.reason.contains("secret"), "{}", failure.reason);
+
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(2)))
+            .mount(&server)
+            .await;
+        let url = Url::parse(&format!("{}/slow", server.uri())).unwrap();
+        let failure = http
+            .send(http.request(Method::POST, url, false))
+            .await
+            .unwrap_err();
+        assert_eq!((failure.code, failure.retry), (CODE_TIMEOUT, Some(None)));
+    }
+
+    #[tokio::test]
+    async fn one_slow_destination_does_not_hold_up_another() {
+        let slow = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(400)))
+            .mount(&slow)
+            .await;
+        let fast = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200))
+            .mount(&fast)
+            .await;
+        let http = Arc::new(http(2, 5000));
+        let started = std::time::Instant::now();
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let http = Arc::clone(&http);
+            let url = Url::parse(&slow.uri()).unwrap();
+            calls.spawn(async move { http.send(http.request(Method::POST, url, false)).await });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let url = Url::parse(&fast.uri()).unwrap();
+        http.send(http.request(Method::POST, url, false))
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "the fast destination waited for the slow one"
+        );
+        while let Some(call) = calls.join_next().await {
+            call.unwrap().unwrap();
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(800),
+            "4 slow calls, 2 at a time, 400 ms each: two rounds"
+        );
+        let saturated = Http::new(&ChannelSettings {
+            max_in_flight_per_destination: 1,
+            request_timeout_ms: 200,
+        });
+        let saturated = Arc::new(saturated);
+        let first = {
+            let http = Arc::clone(&saturated);
+            let url = Url::parse(&slow.uri()).unwrap();
+            // This one may take longer than the default: it holds the only slot meanwhile.
+            let request = http
+                .request(Method::POST, url, false)
+                .timeout(Duration::from_secs(2));
+            tokio::spawn(async move { http.send(request).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let url = Url::parse(&slow.uri()).unwrap();
+        let waited = saturated
+            .send(saturated.request(Method::POST, url, false))
+            .await
+            .unwrap_err();
+        assert_eq!(waited.code, CODE_TIMEOUT);
+        assert!(waited.reason.contains("no free slot"), "{}", waited.reason);
+        assert!(first.await.unwrap().unwrap().is_success());
+    }
+}

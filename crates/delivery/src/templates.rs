@@ -1,0 +1,248 @@
+//! Templates: one engine (MiniJinja, Jinja syntax) for every subject, body and payload a
+//! channel renders, from its built-in default or from the action's `…Template` property.
+//!
+//! A channel builds a [`Scope`] from the job and the action — `event` (the event exactly as
+//! accepted: `event.subject`, `event.resource.resourceName`, `event.tags["ans:detailsLink"]`,
+//! …), `action` (its name) and `resolved` (whether the event closes its alert, see
+//! [`crate::lifecycle`]), plus what the channel adds — and renders a source in a [`Format`]:
+//! plain text as is, HTML with every value HTML-escaped, JSON with every value written as JSON
+//! (so `{"text": {{ event.subject }}}` is valid JSON whatever the subject holds). Helpers:
+//! `limit(n)` cuts to `n` characters with an ellipsis, `datetime` writes epoch seconds as
+//! `YYYY-MM-DD HH:MM:SS UTC`, `mrkdwn` escapes `&`, `<`, `>` for Slack. A template that does
+//! not parse or render is the action's fault: a permanent 906 failure naming the property.
+
+use crate::channels::Failure;
+use crate::lifecycle::Transition;
+use minijinja::value::{Serde, Value};
+use minijinja::{Environment, UndefinedBehavior};
+use model::{Action, DeliveryJob};
+use serde::Serialize;
+
+/// How rendered values are escaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Html,
+    Json,
+}
+
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+/// The variables a template sees.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    vars: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Scope {
+    pub fn new(job: &DeliveryJob, action: &Action) -> Self {
+        let mut vars = serde_json::Map::new();
+        vars.insert(
+            "event".into(),
+            serde_json::to_value(&job.event).expect("events serialize"),
+        );
+        vars.insert("action".into(), action.name.clone().into());
+        vars.insert(
+            "resolved".into(),
+            (Transition::of(&job.event) == Transition::Close).into(),
+        );
+        Scope { vars }
+    }
+
+    /// Adds (or replaces) a variable.
+    pub fn with(mut self, name: &str, value: impl Serialize) -> Self {
+        self.vars.insert(
+            name.to_owned(),
+            serde_json::to_value(value).expect("scope values serialize"),
+        );
+        self
+    }
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Templates {
+    pub fn new() -> Self {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        env.add_filter("limit", |text: String, chars: usize| limit(&text, chars));
+        env.add_filter("datetime", datetime);
+        env.add_filter("mrkdwn", |text: String| mrkdwn(&text));
+        Templates { env }
+    }
+
+    /// Renders `source` (the value of, or the default for, the property `property`).
+    pub fn render(
+        &self,
+        property: &str,
+        format: Format,
+        source: &str,
+        scope: &Scope,
+    ) -> Result<String, Failure> {
+        // The name's extension selects the escaping (MiniJinja's default callback).
+        let name = match format {
+            Format::Text => format!("{property}.txt"),
+            Format::Html => format!("{property}.html"),
+            Format::Json => format!("{property}.json"),
+        };
+        self.env
+            .render_named_str(&name, source, Value::from(Serde(&scope.vars)))
+            .map_err(|e| Failure::bad_action(format!("`{property}` does not render: {e}")))
+    }
+
+    /// Renders a JSON template and parses the result.
+    pub fn render_json(
+        &self,
+        property: &str,
+        source: &str,
+        scope: &Scope,
+    ) -> Result<serde_json::Value, Failure> {
+        let text = self.render(property, Format::Json, source, scope)?;
+        serde_json::from_str(&text)
+            .map_err(|e| Failure::bad_action(format!("`{property}` does not render to JSON: {e}")))
+    }
+}
+
+/// At most `chars` characters of `text`; a cut text ends with `…` (within the limit).
+pub fn limit(text: &str, chars: usize) -> String {
+    if text.chars().count() <= chars {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(chars.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// Slack's escaping for text that is not markup.
+pub fn mrkdwn(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Epoch seconds as `YYYY-MM-DD HH:MM:SS UTC`.
+fn datetime(seconds: i64) -> String {
+    let (days, time) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        time / 3600,
+        time % 3600 / 60,
+        time % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channels::CODE_BAD_ACTION;
+
+    fn scope(subject: &str, tags: serde_json::Value) -> Scope {
+        let job: DeliveryJob = serde_json::from_value(serde_json::json!({
+            "event": {
+                "id": "e1", "eventType": "HighCPU", "severity": "FATAL", "category": "ALERT",
+                "subject": subject, "body": "b", "eventTimestamp": 1_700_000_000,
+                "resource": {"resourceName": "web-1", "resourceType": "vm"},
+                "tags": tags
+            },
+            "acceptedAtMs": 0,
+            "action": "a"
+        }))
+        .unwrap();
+        let action: Action = serde_json::from_value(
+            serde_json::json!({"name": "a", "type": "WEB_HOOK", "state": "ENABLED"}),
+        )
+        .unwrap();
+        Scope::new(&job, &action)
+    }
+
+    #[test]
+    fn each_format_escapes_its_way() {
+        let t = Templates::new();
+        let s = scope(r#"CPU "high" <90%> & more"#, serde_json::json!({}));
+        let text = t.render(
+            "subjectTemplate",
+            Format::Text,
+            "[{{ event.severity }}] {{ event.subject }}",
+            &s,
+        );
+        assert_eq!(text.unwrap(), r#"[FATAL] CPU "high" <90%> & more"#);
+        let html = t.render(
+            "bodyTemplate",
+            Format::Html,
+            "<b>{{ event.subject }}</b>",
+            &s,
+        );
+        assert_eq!(
+            html.unwrap(),
+            "<b>CPU &quot;high&quot; &lt;90%&gt; &amp; more</b>"
+        );
+        let json = t.render_json(
+            "payloadTemplate",
+            r#"{"text": {{ event.subject }}, "n": {{ event.eventTimestamp }}}"#,
+            &s,
+        );
+        assert_eq!(
+            json.unwrap(),
+            serde_json::json!({"text": r#"CPU "high" <90%> & more"#, "n": 1_700_000_000})
+        );
+    }
+
+    #[test]
+    fn helpers_and_missing_values() {
+        let t = Templates::new();
+        let s = scope("x", serde_json::json!({"ans:status": "CLOSE"})).with("extra", "added");
+        let out = t.render(
+            "bodyTemplate",
+            Format::Text,
+            "{{ 'abcdefgh' | limit(5) }}|{{ event.eventTimestamp | datetime }}|{{ '<a&b>' | mrkdwn }}|{{ resolved }}|{{ event.tags.missing.deeper }}|{{ extra }}",
+            &s,
+        );
+        assert_eq!(
+            out.unwrap(),
+            "abcd…|2023-11-14 22:13:20 UTC|&lt;a&amp;b&gt;|True||added"
+        );
+        assert_eq!(datetime(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(datetime(951_782_400), "2000-02-29 00:00:00 UTC");
+    }
+
+    #[test]
+    fn broken_templates_are_permanent_failures_naming_the_property() {
+        let t = Templates::new();
+        let s = scope("x", serde_json::json!({}));
+        let failure = t
+            .render("subjectTemplate", Format::Text, "{{ event.subject", &s)
+            .unwrap_err();
+        assert_eq!((failure.code, failure.retry), (CODE_BAD_ACTION, None));
+        assert!(
+            failure
+                .reason
+                .starts_with("`subjectTemplate` does not render"),
+            "{}",
+            failure.reason
+        );
+        let failure = t
+            .render_json("payloadTemplate", "{\"a\": \"{{ event.subject }}\"}", &s)
+            .unwrap_err();
+        assert!(
+            failure.reason.contains("does not render to JSON"),
+            "{}",
+            failure.reason
+        );
+    }
+}
