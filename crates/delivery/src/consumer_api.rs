@@ -22,7 +22,7 @@ pub fn routes(
         .map(|| DeliveryStatus::Matched)
         .or(warp::path("undelivered-events").map(|| DeliveryStatus::Undelivered))
         .unify();
-    let event_id = warp::path::param::<String>()
+    let event_id = web::segment()
         .map(Some)
         .or(warp::any().map(|| None))
         .unify();
@@ -50,7 +50,7 @@ async fn list(
         Ok(query) => query,
         Err(e) => return e.into_response(),
     };
-    query.event_id = event_id.map(|id| percent_decode(&id));
+    query.event_id = event_id;
     let (page, page_size) = (query.page, query.page_size);
     match records.query(status, query).await {
         Ok(found) => warp::reply::json(&ConsumerPagedResponse {
@@ -68,30 +68,6 @@ async fn list(
             ApiError::internal("cannot read the records").into_response()
         }
     }
-}
-
-fn percent_decode(segment: &str) -> String {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = || {
-            std::str::from_utf8(bytes.get(i + 1..i + 3)?)
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        };
-        match (bytes[i], hex()) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Reads the ANS query parameters, naming the one at fault. Unknown parameters are ignored.
@@ -220,11 +196,5 @@ mod tests {
                 err.message
             );
         }
-    }
-
-    #[test]
-    fn path_ids_are_percent_decoded() {
-        assert_eq!(percent_decode("a%20b%2Fc"), "a b/c");
-        assert_eq!(percent_decode("100%"), "100%");
     }
 }

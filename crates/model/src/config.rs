@@ -52,6 +52,36 @@ impl PropertyValue {
     }
 }
 
+/// What the server sets on every entity: an id, and when it was created and last changed
+/// (epoch seconds).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntityMeta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_created: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<i64>,
+}
+
+impl EntityMeta {
+    /// The metadata after a change at `now`: the id and creation time of `previous` are kept.
+    pub fn stamped(
+        previous: Option<&EntityMeta>,
+        now: i64,
+        new_id: impl FnOnce() -> String,
+    ) -> Self {
+        EntityMeta {
+            id: previous
+                .and_then(|p| p.id.clone())
+                .or_else(|| Some(new_id())),
+            time_created: previous.and_then(|p| p.time_created).or(Some(now)),
+            last_modified: Some(now),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Action {
@@ -75,12 +105,8 @@ pub struct Action {
     pub discard_after: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_delivery_status: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time_created: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_modified: Option<i64>,
+    #[serde(flatten)]
+    pub meta: EntityMeta,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,12 +123,8 @@ pub struct Condition {
     pub labels: Vec<String>,
     #[serde(default)]
     pub mandatory: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time_created: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_modified: Option<i64>,
+    #[serde(flatten)]
+    pub meta: EntityMeta,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,12 +143,8 @@ pub struct Subscription {
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time_created: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_modified: Option<i64>,
+    #[serde(flatten)]
+    pub meta: EntityMeta,
 }
 
 /// The import/export document.
@@ -141,7 +159,103 @@ pub struct Configuration {
     pub subscriptions: Vec<Subscription>,
 }
 
-/// Why a configuration cannot be used.
+/// The action types Tocsin delivers. A configuration naming another type is refused, so a typo
+/// fails at configuration time instead of at 3 a.m.
+pub const ACTION_TYPES: &[&str] = &[
+    "STORE",
+    "WEB_HOOK",
+    "EMAIL",
+    "SLACK",
+    "SLACK_THREADED",
+    "MICROSOFT_TEAMS",
+    "ORACLE_B2C_INCIDENT",
+];
+
+/// The event property a condition looks at.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PropertyKey {
+    EventType,
+    Severity,
+    Category,
+    Subject,
+    Body,
+    Priority,
+    ResourceName,
+    ResourceType,
+    ResourceInstance,
+    /// `resource.tags.<key>`
+    ResourceTag(String),
+    /// `tags.<key>`, including the reserved `ans:` tags.
+    Tag(String),
+}
+
+impl PropertyKey {
+    /// Parses a condition's `propertyKey`; `None` for a key no event has.
+    pub fn parse(key: &str) -> Option<PropertyKey> {
+        Some(match key {
+            "eventType" => PropertyKey::EventType,
+            "severity" => PropertyKey::Severity,
+            "category" => PropertyKey::Category,
+            "subject" => PropertyKey::Subject,
+            "body" => PropertyKey::Body,
+            "priority" => PropertyKey::Priority,
+            "resource.resourceName" => PropertyKey::ResourceName,
+            "resource.resourceType" => PropertyKey::ResourceType,
+            "resource.resourceInstance" => PropertyKey::ResourceInstance,
+            _ => {
+                if let Some(tag) = key.strip_prefix("resource.tags.").filter(|t| !t.is_empty()) {
+                    PropertyKey::ResourceTag(tag.to_owned())
+                } else if let Some(tag) = key.strip_prefix("tags.").filter(|t| !t.is_empty()) {
+                    PropertyKey::Tag(tag.to_owned())
+                } else {
+                    return None;
+                }
+            }
+        })
+    }
+
+    /// The property's value in `event`, if it has one.
+    pub fn value<'e>(&self, event: &'e crate::ResourceEvent) -> Option<std::borrow::Cow<'e, str>> {
+        use std::borrow::Cow::{Borrowed, Owned};
+        match self {
+            PropertyKey::EventType => Some(Borrowed(&event.event_type)),
+            PropertyKey::Severity => Some(Borrowed(event.severity.as_str())),
+            PropertyKey::Category => Some(Borrowed(event.category.as_str())),
+            PropertyKey::Subject => Some(Borrowed(&event.subject)),
+            PropertyKey::Body => Some(Borrowed(&event.body)),
+            PropertyKey::Priority => event.priority.map(|p| Owned(p.to_string())),
+            PropertyKey::ResourceName => Some(Borrowed(&event.resource.resource_name)),
+            PropertyKey::ResourceType => Some(Borrowed(&event.resource.resource_type)),
+            PropertyKey::ResourceInstance => {
+                event.resource.resource_instance.as_deref().map(Borrowed)
+            }
+            PropertyKey::ResourceTag(tag) => event
+                .resource
+                .tags
+                .as_ref()?
+                .get(tag)
+                .map(|v| Borrowed(v.as_str())),
+            PropertyKey::Tag(tag) => event.tag(tag).map(Borrowed),
+        }
+    }
+}
+
+impl Predicate {
+    /// Whether the predicate compares numbers.
+    pub fn is_numeric(self) -> bool {
+        matches!(
+            self,
+            Predicate::LessThan | Predicate::GreaterThan | Predicate::NumberEquals
+        )
+    }
+
+    /// Whether the predicate needs a `propertyValue`.
+    pub fn needs_value(self) -> bool {
+        !matches!(self, Predicate::Any | Predicate::NoValue)
+    }
+}
+
+/// Why a configuration cannot be used. Each message names the entity and field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigurationError {
     #[error("{kind} `{name}` is defined twice")]
@@ -152,10 +266,119 @@ pub enum ConfigurationError {
         kind: &'static str,
         name: String,
     },
+    #[error("{kind} `{name}`: `{field}` {problem}")]
+    Invalid {
+        kind: &'static str,
+        name: String,
+        field: &'static str,
+        problem: String,
+    },
+}
+
+impl ConfigurationError {
+    fn invalid(
+        kind: &'static str,
+        name: &str,
+        field: &'static str,
+        problem: impl Into<String>,
+    ) -> Self {
+        ConfigurationError::Invalid {
+            kind,
+            name: name.to_owned(),
+            field,
+            problem: problem.into(),
+        }
+    }
+}
+
+fn check_name(kind: &'static str, name: &str) -> Result<(), ConfigurationError> {
+    if name.trim().is_empty() {
+        return Err(ConfigurationError::invalid(
+            kind,
+            name,
+            "name",
+            "must not be empty",
+        ));
+    }
+    if name.contains(['/', '?', '#']) {
+        return Err(ConfigurationError::invalid(
+            kind,
+            name,
+            "name",
+            "must not contain `/`, `?` or `#` (it is part of the URL)",
+        ));
+    }
+    Ok(())
+}
+
+impl Action {
+    /// Checks the action on its own (its fallback is checked with the whole configuration).
+    pub fn check(&self) -> Result<(), ConfigurationError> {
+        check_name("action", &self.name)?;
+        if !ACTION_TYPES.contains(&self.action_type.as_str()) {
+            return Err(ConfigurationError::invalid(
+                "action",
+                &self.name,
+                "type",
+                format!(
+                    "`{}` is not a supported action type; supported: {}",
+                    self.action_type,
+                    ACTION_TYPES.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Condition {
+    pub fn check(&self) -> Result<(), ConfigurationError> {
+        check_name("condition", &self.name)?;
+        if PropertyKey::parse(&self.property_key).is_none() {
+            return Err(ConfigurationError::invalid(
+                "condition",
+                &self.name,
+                "propertyKey",
+                format!(
+                    "`{}` is not an event property; use eventType, severity, category, subject, \
+                     body, priority, resource.resourceName, resource.resourceType, \
+                     resource.resourceInstance, resource.tags.<key> or tags.<key>",
+                    self.property_key
+                ),
+            ));
+        }
+        let value = self.property_value.as_deref().unwrap_or_default();
+        if self.predicate.needs_value() && self.property_value.is_none() {
+            return Err(ConfigurationError::invalid(
+                "condition",
+                &self.name,
+                "propertyValue",
+                format!("is required with {}", self.predicate),
+            ));
+        }
+        if self.predicate.is_numeric()
+            && value.trim().parse::<f64>().map_or(true, |n| !n.is_finite())
+        {
+            return Err(ConfigurationError::invalid(
+                "condition",
+                &self.name,
+                "propertyValue",
+                format!("must be a number with {}, got `{value}`", self.predicate),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Subscription {
+    pub fn check(&self) -> Result<(), ConfigurationError> {
+        check_name("subscription", &self.name)
+    }
 }
 
 impl Configuration {
-    /// Checks that names are unique and that subscriptions only name what exists.
+    /// Checks every entity, that names are unique, that subscriptions name only what exists,
+    /// and that fallback actions exist and never lead back to where they started.
     pub fn check(&self) -> Result<(), ConfigurationError> {
         fn unique<'a>(
             kind: &'static str,
@@ -172,6 +395,11 @@ impl Configuration {
             }
             Ok(seen)
         }
+        self.actions.iter().try_for_each(Action::check)?;
+        self.conditions.iter().try_for_each(Condition::check)?;
+        self.subscriptions
+            .iter()
+            .try_for_each(Subscription::check)?;
         let actions = unique("action", self.actions.iter().map(|a| a.name.as_str()))?;
         let conditions = unique("condition", self.conditions.iter().map(|c| c.name.as_str()))?;
         unique(
@@ -192,6 +420,40 @@ impl Configuration {
                         name: name.clone(),
                     });
                 }
+            }
+        }
+        self.check_fallbacks()
+    }
+
+    fn check_fallbacks(&self) -> Result<(), ConfigurationError> {
+        let fallback_of: std::collections::HashMap<&str, &str> = self
+            .actions
+            .iter()
+            .filter_map(|a| Some((a.name.as_str(), a.fallback_action.as_deref()?)))
+            .collect();
+        for action in &self.actions {
+            let mut chain = vec![action.name.as_str()];
+            let mut current = action.name.as_str();
+            while let Some(&next) = fallback_of.get(current) {
+                if !self.actions.iter().any(|a| a.name == next) {
+                    return Err(ConfigurationError::invalid(
+                        "action",
+                        current,
+                        "fallbackAction",
+                        format!("names `{next}`, which does not exist"),
+                    ));
+                }
+                if chain.contains(&next) {
+                    chain.push(next);
+                    return Err(ConfigurationError::invalid(
+                        "action",
+                        &action.name,
+                        "fallbackAction",
+                        format!("loops: {}", chain.join(" → ")),
+                    ));
+                }
+                chain.push(next);
+                current = next;
             }
         }
         Ok(())

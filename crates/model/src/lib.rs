@@ -12,11 +12,14 @@ pub mod catalog;
 pub mod config;
 pub mod consumer;
 pub mod event;
+pub mod secrets;
 pub mod validate;
 
 pub use bus::{DeliveryJob, IngestedEvent};
 pub use catalog::{Catalog, SharedCatalog};
-pub use config::{Action, Condition, Configuration, Predicate, State, Subscription};
+pub use config::{
+    Action, Condition, Configuration, EntityMeta, Predicate, PropertyKey, State, Subscription,
+};
 pub use consumer::{
     ConsumerEvent, ConsumerEventMetadata, ConsumerPagedResponse, DeliveryStatus, FailureReason,
     ResponseMetadata,

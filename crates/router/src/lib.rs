@@ -7,7 +7,9 @@
 //! were accepted — and only then acks the events. A crash in between re-routes the batch; the
 //! jobs it had already queued are duplicates that delivery absorbs (records are idempotent).
 
+pub mod api;
 pub mod matcher;
+pub mod store;
 
 use bus::{Bus, Delivery, Queue};
 use bytes::Bytes;

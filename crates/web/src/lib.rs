@@ -16,3 +16,41 @@ use warp::{Filter, Rejection};
 pub fn platform() -> impl Filter<Extract = (), Error = Rejection> + Clone {
     warp::path("cf").or(warp::path("neo")).unify()
 }
+
+/// A path segment, percent-decoded: clients put names and ids in paths unencoded, and HTTP
+/// stacks encode spaces and non-ASCII on the way (`a b` arrives as `a%20b`).
+pub fn segment() -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
+    warp::path::param::<String>().map(|raw: String| percent_decode(&raw))
+}
+
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn path_segments_are_percent_decoded() {
+        assert_eq!(super::percent_decode("a%20b%2Fc%C3%BC"), "a b/cü");
+        assert_eq!(super::percent_decode("100%"), "100%");
+    }
+}

@@ -1,0 +1,390 @@
+//! The matcher against the rules: a table per predicate, the combination rule with and without
+//! `mandatory`, and a property test comparing the indexed matcher with a plain reference
+//! implementation of the README's rule on random configurations and events.
+
+use model::config::{Predicate, PropertyKey, State};
+use model::{Catalog, Configuration, ResourceEvent};
+use proptest::prelude::*;
+use router::matcher::Matcher;
+use serde_json::json;
+
+fn event(priority: Option<i32>, tags: serde_json::Value) -> ResourceEvent {
+    let mut value = json!({
+        "id": "e", "eventType": "HighCPU", "severity": "ERROR", "category": "ALERT",
+        "subject": "CPU at 95% on web-1", "body": "", "eventTimestamp": 1,
+        "resource": {"resourceName": "web-1", "resourceType": "vm", "tags": {"zone": "eu-1"}},
+        "tags": tags
+    });
+    if let Some(p) = priority {
+        value["priority"] = json!(p);
+    }
+    serde_json::from_value(value).unwrap()
+}
+
+fn one_condition(key: &str, predicate: &str, value: Option<&str>) -> Catalog {
+    let mut condition = json!({"name": "c", "propertyKey": key, "predicate": predicate});
+    if let Some(v) = value {
+        condition["propertyValue"] = json!(v);
+    }
+    Catalog::new(serde_json::from_value::<Configuration>(json!({
+        "actions": [{"name": "a", "type": "STORE", "state": "ENABLED"}],
+        "conditions": [condition],
+        "subscriptions": [{"name": "s", "state": "ENABLED", "conditions": ["c"], "actions": ["a"]}]
+    })).unwrap())
+    .unwrap()
+}
+
+fn fires(catalog: &Catalog, event: &ResourceEvent) -> bool {
+    !Matcher::new(catalog).select(event, 0).is_empty()
+}
+
+#[test]
+fn every_predicate_on_present_absent_and_numeric_values() {
+    let e = event(Some(7), json!({"ans:sourceEventId": "k-1", "team": ""}));
+    // (key, predicate, value, expected)
+    let table: &[(&str, &str, Option<&str>, bool)] = &[
+        ("subject", "CONTAINS", Some("95%"), true),
+        ("subject", "CONTAINS", Some("99%"), false),
+        ("subject", "DOES_NOT_CONTAIN", Some("99%"), true),
+        ("subject", "DOES_NOT_CONTAIN", Some("95%"), false),
+        ("resource.resourceName", "STARTS_WITH", Some("web-"), true),
+        ("resource.resourceName", "STARTS_WITH", Some("db-"), false),
+        (
+            "resource.resourceName",
+            "DOES_NOT_START_WITH",
+            Some("db-"),
+            true,
+        ),
+        (
+            "resource.resourceName",
+            "DOES_NOT_START_WITH",
+            Some("web"),
+            false,
+        ),
+        ("resource.resourceName", "ENDS_WITH", Some("-1"), true),
+        ("resource.resourceName", "ENDS_WITH", Some("-2"), false),
+        (
+            "resource.resourceName",
+            "DOES_NOT_END_WITH",
+            Some("-2"),
+            true,
+        ),
+        (
+            "resource.resourceName",
+            "DOES_NOT_END_WITH",
+            Some("-1"),
+            false,
+        ),
+        ("eventType", "EQUALS", Some("HighCPU"), true),
+        ("eventType", "EQUALS", Some("highcpu"), false),
+        ("severity", "NOT_EQUALS", Some("FATAL"), true),
+        ("severity", "NOT_EQUALS", Some("ERROR"), false),
+        ("category", "ANY", None, true),
+        ("tags.team", "ANY", None, false),
+        ("tags.team", "NO_VALUE", None, true),
+        ("tags.missing", "NO_VALUE", None, true),
+        ("resource.resourceInstance", "NO_VALUE", None, true),
+        ("tags.ans:sourceEventId", "EQUALS", Some("k-1"), true),
+        ("resource.tags.zone", "EQUALS", Some("eu-1"), true),
+        ("resource.tags.zone", "EQUALS", Some("eu-2"), false),
+        ("priority", "LESS_THAN", Some("10"), true),
+        ("priority", "LESS_THAN", Some("7"), false),
+        ("priority", "GREATER_THAN", Some("6.5"), true),
+        ("priority", "GREATER_THAN", Some("7"), false),
+        ("priority", "NUMBER_EQUALS", Some("7.0"), true),
+        ("priority", "NUMBER_EQUALS", Some("8"), false),
+        // Numeric predicates on a non-number fail cleanly instead of matching.
+        ("subject", "GREATER_THAN", Some("1"), false),
+        ("subject", "LESS_THAN", Some("1"), false),
+        // Absent values: only the negative predicates hold.
+        ("tags.missing", "CONTAINS", Some("x"), false),
+        ("tags.missing", "DOES_NOT_CONTAIN", Some("x"), true),
+        ("tags.missing", "EQUALS", Some("x"), false),
+        ("tags.missing", "NOT_EQUALS", Some("x"), true),
+        ("tags.missing", "GREATER_THAN", Some("1"), false),
+    ];
+    for (key, predicate, value, expected) in table {
+        let catalog = one_condition(key, predicate, *value);
+        assert_eq!(
+            fires(&catalog, &e),
+            *expected,
+            "{key} {predicate} {value:?}"
+        );
+    }
+    let no_priority = event(None, json!({}));
+    assert!(!fires(
+        &one_condition("priority", "LESS_THAN", Some("10")),
+        &no_priority
+    ));
+    assert!(fires(
+        &one_condition("priority", "NO_VALUE", None),
+        &no_priority
+    ));
+}
+
+fn combination(mandatory: &[&str]) -> Catalog {
+    let conditions: Vec<_> = [
+        ("sev-fatal", "severity", "FATAL"),
+        ("sev-error", "severity", "ERROR"),
+        ("type-cpu", "eventType", "HighCPU"),
+        ("type-disk", "eventType", "DiskFull"),
+        ("zone-eu", "resource.tags.zone", "eu-1"),
+    ]
+    .iter()
+    .map(|(name, key, value)| json!({"name": name, "propertyKey": key, "predicate": "EQUALS", "propertyValue": value, "mandatory": mandatory.contains(name)}))
+    .collect();
+    Catalog::new(serde_json::from_value::<Configuration>(json!({
+        "actions": [{"name": "a", "type": "STORE", "state": "ENABLED"}],
+        "conditions": conditions,
+        "subscriptions": [{"name": "s", "state": "ENABLED", "conditions": ["sev-fatal", "sev-error", "type-cpu", "type-disk", "zone-eu"], "actions": ["a"]}]
+    })).unwrap()).unwrap()
+}
+
+fn with(event_type: &str, severity: &str, zone: &str) -> ResourceEvent {
+    let mut e = event(None, json!({}));
+    e.event_type = event_type.into();
+    e.severity = severity.parse().unwrap();
+    e.resource.tags = Some([("zone".to_owned(), zone.to_owned())].into());
+    e
+}
+
+#[test]
+fn same_key_is_or_different_keys_are_and_mandatory_must_all_hold() {
+    let plain = combination(&[]);
+    assert!(fires(&plain, &with("HighCPU", "FATAL", "eu-1")));
+    assert!(
+        fires(&plain, &with("DiskFull", "ERROR", "eu-1")),
+        "OR within severity and within eventType"
+    );
+    assert!(
+        !fires(&plain, &with("HighCPU", "WARNING", "eu-1")),
+        "the severity group fails"
+    );
+    assert!(
+        !fires(&plain, &with("HighCPU", "FATAL", "us-1")),
+        "the zone group fails"
+    );
+
+    // Mandatory conditions must all hold; the others keep their grouping.
+    let mandatory = combination(&["zone-eu"]);
+    assert!(fires(&mandatory, &with("HighCPU", "FATAL", "eu-1")));
+    assert!(fires(&mandatory, &with("DiskFull", "ERROR", "eu-1")));
+    assert!(
+        !fires(&mandatory, &with("HighCPU", "FATAL", "us-1")),
+        "zone-eu is mandatory"
+    );
+    assert!(
+        !fires(&mandatory, &with("HighCPU", "WARNING", "eu-1")),
+        "the severity group still needs one"
+    );
+    assert!(
+        !fires(&mandatory, &with("Other", "FATAL", "eu-1")),
+        "the eventType group still needs one"
+    );
+
+    // A non-mandatory condition keeps its key's group even when a mandatory condition shares
+    // the key: mandatory FATAL with optional ERROR means FATAL and ERROR at once, never true.
+    let shared_key = combination(&["sev-fatal", "zone-eu"]);
+    assert!(!fires(&shared_key, &with("HighCPU", "FATAL", "eu-1")));
+    assert!(!fires(&shared_key, &with("HighCPU", "ERROR", "eu-1")));
+
+    // Two mandatory conditions on the same key can never both hold for different values.
+    let contradictory = combination(&["sev-fatal", "sev-error"]);
+    assert!(!fires(&contradictory, &with("HighCPU", "FATAL", "eu-1")));
+}
+
+#[test]
+fn states_snoozes_and_empty_condition_lists() {
+    let catalog = Catalog::new(serde_json::from_value::<Configuration>(json!({
+        "actions": [
+            {"name": "on", "type": "STORE", "state": "ENABLED"},
+            {"name": "off", "type": "STORE", "state": "DISABLED"},
+            {"name": "snoozed-target", "type": "STORE", "state": "ENABLED"},
+            {"name": "disabled-target", "type": "STORE", "state": "ENABLED"}
+        ],
+        "subscriptions": [
+            {"name": "everything", "state": "ENABLED", "conditions": [], "actions": ["on", "off"]},
+            {"name": "snoozed", "state": "ENABLED", "actions": ["snoozed-target"], "snoozeTimestamp": 100},
+            {"name": "disabled", "state": "DISABLED", "actions": ["disabled-target"]}
+        ]
+    })).unwrap()).unwrap();
+    let matcher = Matcher::new(&catalog);
+    let e = event(None, json!({}));
+    assert_eq!(matcher.select(&e, 99), ["on"]);
+    let mut later = matcher.select(&e, 100);
+    later.sort();
+    assert_eq!(later, ["on", "snoozed-target"]);
+}
+
+// ---- property test -------------------------------------------------------------------------
+
+const KEYS: &[&str] = &[
+    "eventType",
+    "severity",
+    "priority",
+    "subject",
+    "resource.resourceName",
+    "tags.team",
+    "resource.tags.zone",
+];
+const VALUES: &[&str] = &["A", "B", "AB", "1", "5", "10", "", "ERROR"];
+
+/// The README's rule, evaluated directly: no indexes, no compilation.
+fn reference(configuration: &Configuration, event: &ResourceEvent, now: i64) -> Vec<String> {
+    let holds = |name: &str| {
+        let c = configuration
+            .conditions
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap();
+        let actual = PropertyKey::parse(&c.property_key).unwrap().value(event);
+        let expected = c.property_value.clone().unwrap_or_default();
+        let number = |s: &str| s.trim().parse::<f64>().ok();
+        match actual.as_deref() {
+            None => matches!(
+                c.predicate,
+                Predicate::NoValue
+                    | Predicate::NotEquals
+                    | Predicate::DoesNotContain
+                    | Predicate::DoesNotStartWith
+                    | Predicate::DoesNotEndWith
+            ),
+            Some(a) => match c.predicate {
+                Predicate::Contains => a.contains(&expected),
+                Predicate::DoesNotContain => !a.contains(&expected),
+                Predicate::StartsWith => a.starts_with(&expected),
+                Predicate::DoesNotStartWith => !a.starts_with(&expected),
+                Predicate::EndsWith => a.ends_with(&expected),
+                Predicate::DoesNotEndWith => !a.ends_with(&expected),
+                Predicate::Equals => a == expected,
+                Predicate::NotEquals => a != expected,
+                Predicate::Any => !a.is_empty(),
+                Predicate::NoValue => a.is_empty(),
+                Predicate::LessThan => {
+                    matches!((number(a), number(&expected)), (Some(x), Some(y)) if x < y)
+                }
+                Predicate::GreaterThan => {
+                    matches!((number(a), number(&expected)), (Some(x), Some(y)) if x > y)
+                }
+                Predicate::NumberEquals => {
+                    matches!((number(a), number(&expected)), (Some(x), Some(y)) if x == y)
+                }
+            },
+        }
+    };
+    let mut selected = Vec::new();
+    for s in &configuration.subscriptions {
+        if s.state != State::Enabled || s.snooze_timestamp.is_some_and(|t| t > now) {
+            continue;
+        }
+        let conditions: Vec<_> = s
+            .conditions
+            .iter()
+            .map(|n| {
+                configuration
+                    .conditions
+                    .iter()
+                    .find(|c| &c.name == n)
+                    .unwrap()
+            })
+            .collect();
+        let mandatory_ok = conditions
+            .iter()
+            .filter(|c| c.mandatory)
+            .all(|c| holds(&c.name));
+        let mut keys: Vec<&str> = conditions
+            .iter()
+            .filter(|c| !c.mandatory)
+            .map(|c| c.property_key.as_str())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let groups_ok = keys.iter().all(|k| {
+            conditions
+                .iter()
+                .filter(|c| !c.mandatory && c.property_key == *k)
+                .any(|c| holds(&c.name))
+        });
+        if mandatory_ok && groups_ok {
+            for a in &s.actions {
+                let action = configuration.actions.iter().find(|x| &x.name == a).unwrap();
+                if action.state == State::Enabled && !selected.contains(a) {
+                    selected.push(a.clone());
+                }
+            }
+        }
+    }
+    selected.sort();
+    selected
+}
+
+fn arb_configuration() -> impl Strategy<Value = Configuration> {
+    let predicates = prop::sample::select(Predicate::ALL.to_vec());
+    let condition = (
+        prop::sample::select(KEYS),
+        predicates,
+        prop::sample::select(VALUES),
+        any::<bool>(),
+    );
+    let conditions = prop::collection::vec(condition, 1..12);
+    let subscription = (
+        prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+        prop::collection::vec(0usize..4, 1..3),
+        any::<bool>(),
+        prop::option::of(0i64..20),
+    );
+    (conditions, prop::collection::vec(subscription, 1..8), prop::collection::vec(any::<bool>(), 4)).prop_map(|(conditions, subscriptions, action_states)| {
+        let conditions: Vec<_> = conditions
+            .into_iter()
+            .enumerate()
+            .map(|(i, (key, predicate, value, mandatory))| {
+                // Numeric predicates need a number; the API refuses anything else.
+                let value = if predicate.is_numeric() && value.parse::<f64>().is_err() { "5" } else { value };
+                json!({"name": format!("c{i}"), "propertyKey": key, "predicate": predicate, "propertyValue": value, "mandatory": mandatory})
+            })
+            .collect();
+        let count = conditions.len();
+        let subscriptions: Vec<_> = subscriptions
+            .into_iter()
+            .enumerate()
+            .map(|(i, (picks, actions, enabled, snooze))| {
+                let mut names: Vec<String> = picks.iter().map(|p| format!("c{}", p.index(count))).collect();
+                names.dedup();
+                let actions: Vec<String> = actions.iter().map(|a| format!("a{a}")).collect();
+                json!({"name": format!("s{i}"), "state": if enabled { "ENABLED" } else { "DISABLED" }, "conditions": names, "actions": actions, "snoozeTimestamp": snooze})
+            })
+            .collect();
+        let actions: Vec<_> = action_states.iter().enumerate().map(|(i, on)| json!({"name": format!("a{i}"), "type": "STORE", "state": if *on { "ENABLED" } else { "DISABLED" }})).collect();
+        serde_json::from_value(json!({"actions": actions, "conditions": conditions, "subscriptions": subscriptions})).unwrap()
+    })
+}
+
+fn arb_event() -> impl Strategy<Value = ResourceEvent> {
+    let value = prop::sample::select(VALUES);
+    let optional = prop::option::of(prop::sample::select(VALUES));
+    (value.clone(), prop::sample::select(vec!["INFO", "ERROR", "FATAL"]), prop::option::of(1i32..12), value.clone(), value, optional.clone(), optional)
+        .prop_map(|(event_type, severity, priority, subject, name, team, zone)| {
+            let mut tags = serde_json::Map::new();
+            if let Some(team) = team { tags.insert("team".into(), json!(team)); }
+            let mut resource = json!({"resourceName": if name.is_empty() { "r" } else { name }, "resourceType": "t"});
+            if let Some(zone) = zone { resource["tags"] = json!({"zone": zone}); }
+            let mut e = json!({"id": "e", "eventType": if event_type.is_empty() { "T" } else { event_type }, "severity": severity,
+                "category": "ALERT", "subject": subject, "body": "b", "eventTimestamp": 0, "resource": resource, "tags": tags});
+            if let Some(p) = priority { e["priority"] = json!(p); }
+            serde_json::from_value(e).unwrap()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #[test]
+    fn the_indexed_matcher_agrees_with_the_reference(configuration in arb_configuration(), events in prop::collection::vec(arb_event(), 1..6), now in 0i64..25) {
+        let catalog = Catalog::new(configuration.clone()).unwrap();
+        let matcher = Matcher::new(&catalog);
+        for event in &events {
+            let mut got: Vec<String> = matcher.select(event, now).into_iter().map(str::to_owned).collect();
+            got.sort();
+            prop_assert_eq!(got, reference(&configuration, event, now));
+        }
+    }
+}
