@@ -109,6 +109,18 @@ impl Templates {
     }
 }
 
+/// The links an event carries (`ans:detailsLink`, `ans:recommendedActionLink`), titled.
+pub fn event_links(event: &model::ResourceEvent) -> Vec<(&'static str, &str)> {
+    [
+        ("Details", "ans:detailsLink"),
+        ("Recommended action", "ans:recommendedActionLink"),
+    ]
+    .into_iter()
+    .filter_map(|(title, tag)| Some((title, event.tag(tag)?)))
+    .filter(|(_, url)| url.starts_with("https://") || url.starts_with("http://"))
+    .collect()
+}
+
 /// At most `chars` characters of `text`; a cut text ends with `…` (within the limit).
 pub fn limit(text: &str, chars: usize) -> String {
     if text.chars().count() <= chars {
@@ -127,7 +139,7 @@ pub fn mrkdwn(text: &str) -> String {
 }
 
 /// Epoch seconds as `YYYY-MM-DD HH:MM:SS UTC`.
-fn datetime(seconds: i64) -> String {
+pub fn datetime(seconds: i64) -> String {
     let (days, time) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
     // Howard Hinnant's civil-from-days.
     let z = days + 719_468;

@@ -9,10 +9,14 @@
 //! ([`crate::properties`]) and the map from alert keys to what a destination created for them
 //! ([`crate::links`]).
 
+mod slack;
 mod store;
+mod teams;
 mod webhook;
 
+pub use slack::SlackChannel;
 pub use store::StoreChannel;
+pub use teams::TeamsChannel;
 pub use webhook::WebhookChannel;
 
 use crate::http::Http;
@@ -174,7 +178,9 @@ impl Channels {
         let tools = Tools::open(data_dir, settings)?;
         let all: Vec<Arc<dyn Channel>> = vec![
             Arc::new(StoreChannel::new(records)),
-            Arc::new(WebhookChannel::new(tools)),
+            Arc::new(WebhookChannel::new(tools.clone())),
+            Arc::new(SlackChannel::new(tools.clone())),
+            Arc::new(TeamsChannel::new(tools)),
         ];
         Ok(Channels {
             by_type: all.into_iter().map(|c| (c.action_type(), c)).collect(),

@@ -1,0 +1,266 @@
+//! `SLACK`: posts the event to a Slack incoming webhook as a Block Kit message, and builds that
+//! message for `SLACK_THREADED` too.
+//!
+//! Properties: `webhookUrl` (required; a secret: reasons show `https://hooks.slack.com/…`
+//! only), `subjectTemplate` and `bodyTemplate` (mrkdwn text; defaults: the subject, marked
+//! `Resolved:` when the event closes its alert, and the body), or `payloadTemplate` for the
+//! whole JSON payload. The default message is a fallback `text` plus an attachment coloured
+//! by severity (green once resolved) holding the blocks: the subject and body, a context line
+//! (severity, resource, time, event type) and buttons for the event's links.
+//!
+//! Slack answers 200 `ok`; an error is a status with a plain-text code (`400 invalid_payload`,
+//! `403 invalid_token`, `404 channel_not_found`, `410 channel_is_archived`, …), which becomes
+//! the failure's reason; 429 is retried after its `Retry-After`, 5xx retried, 4xx not.
+
+use super::{Channel, Failure, Outcome, Tools};
+use crate::http::parse_url;
+use crate::lifecycle::Transition;
+use crate::properties::Properties;
+use crate::templates::{datetime, event_links, mrkdwn, Format, Scope};
+use async_trait::async_trait;
+use model::{Action, DeliveryJob, Severity};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const SUBJECT: &str = "{% if resolved %}Resolved: {% endif %}{{ event.subject | mrkdwn }}";
+const BODY: &str = "{{ event.body | mrkdwn | limit(2900) }}";
+
+pub struct SlackChannel {
+    tools: Tools,
+}
+
+impl SlackChannel {
+    pub fn new(tools: Tools) -> Self {
+        SlackChannel { tools }
+    }
+
+    async fn attempt(&self, job: &DeliveryJob, action: &Action) -> Result<(), Failure> {
+        let p = Properties::of(action);
+        let url = parse_url("webhookUrl", &p.required("webhookUrl")?)?;
+        let payload = message(&self.tools, job, action)?;
+        let request = self
+            .tools
+            .http
+            .request(Method::POST, url, false)
+            .json(&payload);
+        let reply = self.tools.http.send(request).await?;
+        if reply.is_success() {
+            Ok(())
+        } else {
+            Err(reply.failure(&reply.quote()))
+        }
+    }
+}
+
+#[async_trait]
+impl Channel for SlackChannel {
+    fn action_type(&self) -> &'static str {
+        "SLACK"
+    }
+
+    async fn deliver(&self, job: &DeliveryJob, action: &Action) -> Outcome {
+        self.attempt(job, action).await.into()
+    }
+}
+
+/// The message for `job`: the action's `payloadTemplate`, or the default Block Kit message
+/// from its subject and body templates.
+pub(super) fn message(tools: &Tools, job: &DeliveryJob, action: &Action) -> Result<Value, Failure> {
+    let p = Properties::of(action);
+    let scope = Scope::new(job, action);
+    let templates = &tools.templates;
+    if let Some(template) = p.text("payloadTemplate") {
+        return templates.render_json("payloadTemplate", &template, &scope);
+    }
+    let subject = templates.render(
+        "subjectTemplate",
+        Format::Text,
+        &p.template("subjectTemplate", SUBJECT),
+        &scope,
+    )?;
+    let body = templates.render(
+        "bodyTemplate",
+        Format::Text,
+        &p.template("bodyTemplate", BODY),
+        &scope,
+    )?;
+    let event = &job.event;
+    let resolved = Transition::of(event) == Transition::Close;
+    let mut blocks = vec![
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*{subject}*\n{body}")}}),
+        json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
+            "{} · {} ({}) · {} · {}",
+            event.severity,
+            mrkdwn(&event.resource.resource_name),
+            mrkdwn(&event.resource.resource_type),
+            datetime(event.event_timestamp),
+            mrkdwn(&event.event_type),
+        )}]}),
+    ];
+    let buttons: Vec<Value> = event_links(event)
+        .into_iter()
+        .map(|(title, url)| {
+            json!({"type": "button", "text": {"type": "plain_text", "text": title}, "url": url})
+        })
+        .collect();
+    if !buttons.is_empty() {
+        blocks.push(json!({"type": "actions", "elements": buttons}));
+    }
+    Ok(json!({
+        "text": format!("[{}] {subject}", event.severity),
+        "attachments": [{"color": colour(event.severity, resolved), "blocks": blocks}]
+    }))
+}
+
+fn colour(severity: Severity, resolved: bool) -> &'static str {
+    if resolved {
+        return "#2eb67d";
+    }
+    match severity {
+        Severity::Fatal => "#a30200",
+        Severity::Error => "#e01e5a",
+        Severity::Warning => "#ecb22e",
+        Severity::Notice => "#36c5f0",
+        Severity::Info => "#8d8d8d",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channels::tests::{action, job, tools};
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    #[tokio::test]
+    async fn posts_block_kit_with_colour_context_and_links() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/services/T0/B0/secret"))
+            .and(header("content-type", "application/json"))
+            .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let (tools, _dir) = tools();
+        let channel = SlackChannel::new(tools);
+        let action = action(
+            "slack",
+            "SLACK",
+            json!({"webhookUrl": format!("{}/services/T0/B0/secret", server.uri())}),
+        );
+        let job = job(json!({"ans:detailsLink": "https://console.example/alarms/1"}));
+        assert_eq!(channel.deliver(&job, &action).await, Outcome::Delivered);
+        let sent: Value = server.received_requests().await.unwrap()[0]
+            .body_json()
+            .unwrap();
+        assert_eq!(
+            sent,
+            json!({
+                "text": "[FATAL] CPU above 90%",
+                "attachments": [{"color": "#a30200", "blocks": [
+                    {"type": "section", "text": {"type": "mrkdwn", "text": "*CPU above 90%*\nCPU has been above 90% for 5 minutes"}},
+                    {"type": "context", "elements": [{"type": "mrkdwn", "text": "FATAL · web-1 (vm) · 2023-11-14 22:13:20 UTC · HighCPU"}]},
+                    {"type": "actions", "elements": [{"type": "button", "text": {"type": "plain_text", "text": "Details"}, "url": "https://console.example/alarms/1"}]}
+                ]}]
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn templates_and_resolution() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
+            .mount(&server)
+            .await;
+        let (tools, _dir) = tools();
+        let channel = SlackChannel::new(tools);
+        let resolved = job(json!({"ans:status": "CLOSE"}));
+        let plain = action(
+            "slack",
+            "SLACK",
+            json!({"webhookUrl": server.uri(), "bodyTemplate": "on {{ event.resource.resourceName }} <&>"}),
+        );
+        assert_eq!(channel.deliver(&resolved, &plain).await, Outcome::Delivered);
+        let custom = action(
+            "slack",
+            "SLACK",
+            json!({"webhookUrl": server.uri(), "payloadTemplate": "{\"text\": {{ event.subject | limit(5) }}}"}),
+        );
+        assert_eq!(
+            channel.deliver(&resolved, &custom).await,
+            Outcome::Delivered
+        );
+        let sent = server.received_requests().await.unwrap();
+        let first: Value = sent[0].body_json().unwrap();
+        assert_eq!(first["text"], "[FATAL] Resolved: CPU above 90%");
+        assert_eq!(first["attachments"][0]["color"], "#2eb67d");
+        assert_eq!(
+            first["attachments"][0]["blocks"][0]["text"]["text"],
+            "*Resolved: CPU above 90%*\non web-1 <&>",
+            "a custom template's text is taken as mrkdwn, as written"
+        );
+        assert_eq!(
+            sent[1].body_json::<Value>().unwrap(),
+            json!({"text": "CPU …"})
+        );
+    }
+
+    #[tokio::test]
+    async fn slack_errors_become_reasons_without_the_url() {
+        let server = MockServer::start().await;
+        for (route, status, text) in [
+            ("/archived", 410, "channel_is_archived"),
+            ("/missing", 404, "channel_not_found"),
+            ("/bad", 400, "invalid_payload"),
+            ("/broken", 500, "rollup_error"),
+        ] {
+            Mock::given(path(route))
+                .respond_with(ResponseTemplate::new(status).set_body_string(text))
+                .mount(&server)
+                .await;
+        }
+        Mock::given(path("/throttled"))
+            .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "30"))
+            .mount(&server)
+            .await;
+        let (tools, _dir) = tools();
+        let channel = SlackChannel::new(tools);
+        let fail = |route: &'static str| {
+            let action = action(
+                "slack",
+                "SLACK",
+                json!({"webhookUrl": format!("{}{route}", server.uri())}),
+            );
+            let channel = &channel;
+            async move {
+                match channel.deliver(&job(json!({})), &action).await {
+                    Outcome::Failed(f) => f,
+                    Outcome::Delivered => panic!("{route} delivered"),
+                }
+            }
+        };
+        for (route, code, text) in [
+            ("/archived", 410, "channel_is_archived"),
+            ("/missing", 404, "channel_not_found"),
+            ("/bad", 400, "invalid_payload"),
+        ] {
+            let failure = fail(route).await;
+            assert_eq!((failure.code, failure.retry), (code, None), "{route}");
+            assert!(failure.reason.ends_with(text), "{}", failure.reason);
+            assert!(
+                !failure.reason.contains(route),
+                "the path is a secret: {}",
+                failure.reason
+            );
+        }
+        let broken = fail("/broken").await;
+        assert_eq!((broken.code, broken.retry), (500, Some(None)));
+        let throttled = fail("/throttled").await;
+        assert_eq!(
+            (throttled.code, throttled.retry),
+            (429, Some(Some(std::time::Duration::from_secs(30))))
+        );
+    }
+}

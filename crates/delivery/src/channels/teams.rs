@@ -1,0 +1,273 @@
+//! `MICROSOFT_TEAMS`: posts the event as an Adaptive Card to a Teams incoming webhook or a
+//! Power Automate Workflows URL ("When a Teams webhook request is received").
+//!
+//! Properties: `webhookUrl` (required; a secret: it carries its signature, so reasons show
+//! `https://host/…` only), `subjectTemplate` and `bodyTemplate` (plain text; defaults: the
+//! subject, marked `Resolved:` when the event closes its alert, and the body), or
+//! `payloadTemplate` for the whole JSON payload. The default card: the subject in bold,
+//! coloured by severity (green once resolved), the body, a fact set (severity, resource, time,
+//! event type) and `Action.OpenUrl` buttons for the event's links.
+//!
+//! Any 2xx is success (classic webhooks answer 200 `1`, Workflows 202 with no body) — except
+//! that classic connectors report throttling inside a 200 (`Microsoft Teams endpoint returned
+//! HTTP error 429`), which is a retryable 429. 429 is retried after its `Retry-After`, 5xx
+//! retried, other statuses (400, 404, 413 too large) not.
+
+use super::{Channel, Failure, Outcome, Tools};
+use crate::http::parse_url;
+use crate::lifecycle::Transition;
+use crate::properties::Properties;
+use crate::templates::{datetime, event_links, Format, Scope};
+use async_trait::async_trait;
+use model::{Action, DeliveryJob, Severity};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const SUBJECT: &str = "{% if resolved %}Resolved: {% endif %}{{ event.subject }}";
+const BODY: &str = "{{ event.body | limit(4000) }}";
+/// How a classic connector reports throttling inside a 200.
+const THROTTLED_IN_BODY: &str = "HTTP error 429";
+
+pub struct TeamsChannel {
+    tools: Tools,
+}
+
+impl TeamsChannel {
+    pub fn new(tools: Tools) -> Self {
+        TeamsChannel { tools }
+    }
+
+    async fn attempt(&self, job: &DeliveryJob, action: &Action) -> Result<(), Failure> {
+        let p = Properties::of(action);
+        let url = parse_url("webhookUrl", &p.required("webhookUrl")?)?;
+        let payload = self.card(job, action)?;
+        let request = self
+            .tools
+            .http
+            .request(Method::POST, url, false)
+            .json(&payload);
+        let reply = self.tools.http.send(request).await?;
+        if !reply.is_success() {
+            return Err(reply.failure(&reply.quote()));
+        }
+        if reply.text().contains(THROTTLED_IN_BODY) {
+            return Err(Failure::transient_after(
+                429,
+                format!(
+                    "{} throttled the message: {}",
+                    reply.destination,
+                    reply.quote()
+                ),
+                reply.retry_after(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn card(&self, job: &DeliveryJob, action: &Action) -> Result<Value, Failure> {
+        let p = Properties::of(action);
+        let scope = Scope::new(job, action);
+        let templates = &self.tools.templates;
+        if let Some(template) = p.text("payloadTemplate") {
+            return templates.render_json("payloadTemplate", &template, &scope);
+        }
+        let subject = templates.render(
+            "subjectTemplate",
+            Format::Text,
+            &p.template("subjectTemplate", SUBJECT),
+            &scope,
+        )?;
+        let body = templates.render(
+            "bodyTemplate",
+            Format::Text,
+            &p.template("bodyTemplate", BODY),
+            &scope,
+        )?;
+        let event = &job.event;
+        let resolved = Transition::of(event) == Transition::Close;
+        let resource = format!(
+            "{} ({})",
+            event.resource.resource_name, event.resource.resource_type
+        );
+        let actions: Vec<Value> = event_links(event)
+            .into_iter()
+            .map(|(title, url)| json!({"type": "Action.OpenUrl", "title": title, "url": url}))
+            .collect();
+        let mut content = json!({
+            "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+            "type": "AdaptiveCard",
+            "version": "1.2",
+            "body": [
+                {"type": "TextBlock", "text": subject, "weight": "Bolder", "size": "Medium",
+                 "wrap": true, "color": colour(event.severity, resolved)},
+                {"type": "TextBlock", "text": body, "wrap": true},
+                {"type": "FactSet", "facts": [
+                    {"title": "Severity", "value": event.severity.as_str()},
+                    {"title": "Resource", "value": resource},
+                    {"title": "Time", "value": datetime(event.event_timestamp)},
+                    {"title": "Event type", "value": event.event_type}
+                ]}
+            ]
+        });
+        if !actions.is_empty() {
+            content["actions"] = Value::Array(actions);
+        }
+        Ok(json!({
+            "type": "message",
+            "attachments": [{
+                "contentType": "application/vnd.microsoft.card.adaptive",
+                "contentUrl": null,
+                "content": content
+            }]
+        }))
+    }
+}
+
+#[async_trait]
+impl Channel for TeamsChannel {
+    fn action_type(&self) -> &'static str {
+        "MICROSOFT_TEAMS"
+    }
+
+    async fn deliver(&self, job: &DeliveryJob, action: &Action) -> Outcome {
+        self.attempt(job, action).await.into()
+    }
+}
+
+/// Adaptive Card text colours.
+fn colour(severity: Severity, resolved: bool) -> &'static str {
+    match (resolved, severity) {
+        (true, _) => "Good",
+        (false, Severity::Fatal | Severity::Error) => "Attention",
+        (false, Severity::Warning) => "Warning",
+        (false, Severity::Notice | Severity::Info) => "Accent",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channels::tests::{action, job, tools};
+    use std::time::Duration;
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    #[tokio::test]
+    async fn posts_an_adaptive_card_and_accepts_any_2xx() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/workflows/abc/triggers/manual/paths/invoke"))
+            .and(header("content-type", "application/json"))
+            .respond_with(ResponseTemplate::new(202))
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(path("/webhookb2/classic"))
+            .respond_with(ResponseTemplate::new(200).set_body_string("1"))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let (tools, _dir) = tools();
+        let channel = TeamsChannel::new(tools);
+        let workflow = action(
+            "teams",
+            "MICROSOFT_TEAMS",
+            json!({"webhookUrl": format!("{}/workflows/abc/triggers/manual/paths/invoke?sig=s3cret", server.uri())}),
+        );
+        let job = job(json!({"ans:recommendedActionLink": "https://runbooks.example/cpu"}));
+        assert_eq!(channel.deliver(&job, &workflow).await, Outcome::Delivered);
+        let classic = action(
+            "teams",
+            "MICROSOFT_TEAMS",
+            json!({"webhookUrl": format!("{}/webhookb2/classic", server.uri())}),
+        );
+        assert_eq!(channel.deliver(&job, &classic).await, Outcome::Delivered);
+        let sent: Value = server.received_requests().await.unwrap()[0]
+            .body_json()
+            .unwrap();
+        assert_eq!(
+            sent,
+            json!({"type": "message", "attachments": [{
+                "contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": null,
+                "content": {
+                    "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                    "type": "AdaptiveCard", "version": "1.2",
+                    "body": [
+                        {"type": "TextBlock", "text": "CPU above 90%", "weight": "Bolder", "size": "Medium", "wrap": true, "color": "Attention"},
+                        {"type": "TextBlock", "text": "CPU has been above 90% for 5 minutes", "wrap": true},
+                        {"type": "FactSet", "facts": [
+                            {"title": "Severity", "value": "FATAL"},
+                            {"title": "Resource", "value": "web-1 (vm)"},
+                            {"title": "Time", "value": "2023-11-14 22:13:20 UTC"},
+                            {"title": "Event type", "value": "HighCPU"}
+                        ]}
+                    ],
+                    "actions": [{"type": "Action.OpenUrl", "title": "Recommended action", "url": "https://runbooks.example/cpu"}]
+                }
+            }]})
+        );
+    }
+
+    #[tokio::test]
+    async fn throttling_in_status_or_body_and_refusals() {
+        let server = MockServer::start().await;
+        Mock::given(path("/status429"))
+            .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "5"))
+            .mount(&server)
+            .await;
+        Mock::given(path("/body429"))
+            .respond_with(ResponseTemplate::new(200).set_body_string(
+                "Webhook message delivery failed with error: Microsoft Teams endpoint returned HTTP error 429 with ContextId …",
+            ))
+            .mount(&server)
+            .await;
+        Mock::given(path("/large"))
+            .respond_with(ResponseTemplate::new(413).set_body_string("Payload too large"))
+            .mount(&server)
+            .await;
+        let (tools, _dir) = tools();
+        let channel = TeamsChannel::new(tools);
+        let fail = |route: &'static str| {
+            let action = action(
+                "teams",
+                "MICROSOFT_TEAMS",
+                json!({"webhookUrl": format!("{}{route}?sig=s3cret", server.uri())}),
+            );
+            let channel = &channel;
+            async move {
+                match channel
+                    .deliver(&job(json!({"ans:status": "CLOSE"})), &action)
+                    .await
+                {
+                    Outcome::Failed(f) => f,
+                    Outcome::Delivered => panic!("{route} delivered"),
+                }
+            }
+        };
+        let throttled = fail("/status429").await;
+        assert_eq!(
+            (throttled.code, throttled.retry),
+            (429, Some(Some(Duration::from_secs(5))))
+        );
+        let in_body = fail("/body429").await;
+        assert_eq!((in_body.code, in_body.retry), (429, Some(None)));
+        assert!(
+            in_body.reason.contains("returned HTTP error 429"),
+            "{}",
+            in_body.reason
+        );
+        let large = fail("/large").await;
+        assert_eq!((large.code, large.retry), (413, None));
+        for failure in [throttled, in_body, large] {
+            assert!(!failure.reason.contains("s3cret"), "{}", failure.reason);
+        }
+        let sent: Value = server.received_requests().await.unwrap()[0]
+            .body_json()
+            .unwrap();
+        let title = &sent["attachments"][0]["content"]["body"][0];
+        assert_eq!(
+            (title["text"].as_str(), title["color"].as_str()),
+            (Some("Resolved: CPU above 90%"), Some("Good"))
+        );
+    }
+}
