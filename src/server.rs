@@ -12,7 +12,9 @@ use bus::{Bus, EmbeddedBus, RabbitBus, RabbitSettings};
 use delivery::channels::Channels;
 use delivery::records::{RecordStore, Region};
 use delivery::{DeliveryConfig, DeliveryWorker};
+use ingest::sources::alertmanager::AlertmanagerConfig;
 use ingest::sources::ans::AnsProducerConfig;
+use ingest::sources::oci::OciSource;
 use ingest::EventPublisher;
 use model::{Catalog, Configuration};
 use router::{Router, RouterConfig};
@@ -74,7 +76,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     );
     let worker = tokio::spawn(worker.run(pipeline_stopping));
 
-    let routes = api_routes(&settings, &auth, Arc::clone(&bus), records);
+    let oci = OciSource::open(
+        settings.sources.oci.config(settings.body_limit_bytes)?,
+        data_dir,
+    )?;
+    let routes = api_routes(&settings, &auth, Arc::clone(&bus), records, oci);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -102,9 +108,23 @@ fn api_routes(
     auth: &Arc<Authenticator>,
     bus: Arc<dyn Bus>,
     records: RecordStore,
+    oci: OciSource,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone {
     let producer = ingest::sources::ans::routes(
         AnsProducerConfig {
+            body_limit: settings.body_limit_bytes,
+        },
+        EventPublisher::new(Arc::clone(&bus)),
+        auth.require(Scope::Producer),
+    );
+    // The other alarm sources: OCI Notifications, Alertmanager.
+    let oci = oci.routes(
+        EventPublisher::new(Arc::clone(&bus)),
+        auth.require(Scope::Producer),
+        auth.require(Scope::Configuration),
+    );
+    let alertmanager = ingest::sources::alertmanager::routes(
+        AlertmanagerConfig {
             body_limit: settings.body_limit_bytes,
         },
         EventPublisher::new(Arc::clone(&bus)),
@@ -126,6 +146,8 @@ fn api_routes(
             }));
     auth.token_endpoint()
         .or(producer)
+        .or(oci)
+        .or(alertmanager)
         .or(consumer)
         .or(health)
         .recover(web::recover)

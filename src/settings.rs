@@ -28,6 +28,8 @@ pub struct Settings {
     /// How channels treat destinations: timeouts, requests in flight per destination.
     pub channels: delivery::channels::ChannelSettings,
     pub auth: AuthSettings,
+    /// The alarm sources beyond the ANS producer API.
+    pub sources: SourcesSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +75,82 @@ pub struct AuthSettings {
     pub token_lifetime_seconds: u64,
 }
 
+// --- sources (issue 4) ---------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourcesSettings {
+    pub oci: OciSourceSettings,
+}
+
+/// `[sources.oci]`: the OCI Notifications endpoint, `POST /oci/v1/notifications`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OciSourceSettings {
+    /// Confirm subscriptions by fetching their confirmation URL (else a human does).
+    pub auto_confirm: bool,
+    /// Hosts whose confirmation URLs are fetched besides Oracle Notifications hosts: exact
+    /// names or IPs, or `*.domain` (TOML file only).
+    pub confirm_allow_hosts: Vec<String>,
+    /// How long a delivered message is remembered to recognise OCI's redeliveries.
+    pub dedupe_window_seconds: u64,
+    /// The endpoint's own Basic credentials, for the subscription URL; when unset, API clients
+    /// with the producer scope are accepted.
+    pub username: String,
+    pub password: Secret,
+}
+
+impl Default for OciSourceSettings {
+    fn default() -> Self {
+        OciSourceSettings {
+            auto_confirm: true,
+            confirm_allow_hosts: Vec::new(),
+            // OCI retries for 2 hours by default.
+            dedupe_window_seconds: 3 * 3600,
+            username: String::new(),
+            password: Secret::default(),
+        }
+    }
+}
+
+impl OciSourceSettings {
+    /// The source's configuration, with `body_limit` bytes as its largest body.
+    pub fn config(
+        &self,
+        body_limit: u64,
+    ) -> Result<ingest::sources::oci::OciConfig, SettingsError> {
+        use ingest::sources::oci::{confirm::ConfirmPolicy, BasicCredentials, OciConfig};
+        let invalid = |message: &str| SettingsError::Invalid {
+            origin: "sources.oci".into(),
+            message: message.into(),
+        };
+        let credentials = match (self.username.is_empty(), self.password.0.is_empty()) {
+            (true, true) => None,
+            (false, false) if !self.username.contains(':') => Some(BasicCredentials {
+                username: self.username.clone(),
+                password: self.password.0.clone(),
+            }),
+            (false, false) => return Err(invalid("`username` must not contain `:`")),
+            _ => {
+                return Err(invalid(
+                    "`username` and `password` are set together or not at all",
+                ))
+            }
+        };
+        Ok(OciConfig {
+            body_limit,
+            confirm: ConfirmPolicy {
+                auto_confirm: self.auto_confirm,
+                allow_hosts: self.confirm_allow_hosts.clone(),
+            },
+            dedupe_window: std::time::Duration::from_secs(self.dedupe_window_seconds),
+            credentials,
+        })
+    }
+}
+
+// --- end of sources --------------------------------------------------------------------------
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -87,6 +165,7 @@ impl Default for Settings {
             delivery: StageSettings { prefetch: 64 },
             channels: Default::default(),
             auth: AuthSettings::default(),
+            sources: SourcesSettings::default(),
         }
     }
 }
@@ -294,5 +373,41 @@ mod tests {
         );
         let err = Settings::load(None, env(&[("TOCSIN_BUS_BACKEND", "kafka")])).unwrap_err();
         assert!(err.to_string().contains("kafka"), "{err}");
+    }
+
+    #[test]
+    fn oci_source_settings_come_from_the_file_and_the_environment() {
+        let defaults = Settings::load(None, env(&[])).unwrap().sources.oci;
+        let config = defaults.config(1000).unwrap();
+        assert!(config.confirm.auto_confirm && config.credentials.is_none());
+        assert_eq!(config.dedupe_window.as_secs(), 10_800);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tocsin.toml");
+        std::fs::write(
+            &file,
+            "[sources.oci]\nconfirm_allow_hosts = [\"127.0.0.1\"]\nusername = \"oci\"\n",
+        )
+        .unwrap();
+        let s = Settings::load(
+            Some(&file),
+            env(&[
+                ("TOCSIN_SOURCES_OCI_AUTO_CONFIRM", "false"),
+                ("TOCSIN_SOURCES_OCI_DEDUPE_WINDOW_SECONDS", "60"),
+                ("TOCSIN_SOURCES_OCI_PASSWORD", "s3cret"),
+            ]),
+        )
+        .unwrap();
+        let config = s.sources.oci.config(1000).unwrap();
+        assert!(!config.confirm.auto_confirm);
+        assert_eq!(config.confirm.allow_hosts, ["127.0.0.1"]);
+        assert_eq!(config.dedupe_window.as_secs(), 60);
+        assert_eq!(config.credentials.unwrap().password, "s3cret");
+        assert!(!format!("{:?}", s.sources.oci).contains("s3cret"));
+        let half = Settings::load(Some(&file), env(&[])).unwrap().sources.oci;
+        assert!(half
+            .config(1000)
+            .unwrap_err()
+            .to_string()
+            .contains("set together"));
     }
 }

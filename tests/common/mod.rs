@@ -86,17 +86,20 @@ fn unique(label: &str) -> String {
 }
 
 impl Tocsin {
-    /// Starts Tocsin with `configuration` imported and extra `TOCSIN_*` settings.
+    /// Starts Tocsin with `configuration` imported at every start (`null`: none) and extra
+    /// `TOCSIN_*` settings.
     pub async fn start(backend: Backend, configuration: &Value, env: &[(&str, &str)]) -> Tocsin {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
-        let routing = dir.path().join("routing.json");
-        std::fs::write(&routing, configuration.to_string()).unwrap();
         let mut env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        env.push(("TOCSIN_CONFIG_IMPORT".into(), routing.display().to_string()));
+        if !configuration.is_null() {
+            let routing = dir.path().join("routing.json");
+            std::fs::write(&routing, configuration.to_string()).unwrap();
+            env.push(("TOCSIN_CONFIG_IMPORT".into(), routing.display().to_string()));
+        }
         let prefix = unique("bus");
         if backend == Backend::Rabbitmq {
             env.push(("TOCSIN_BUS_BACKEND".into(), "rabbitmq".into()));
