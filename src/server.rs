@@ -16,7 +16,8 @@ use ingest::sources::alertmanager::AlertmanagerConfig;
 use ingest::sources::ans::AnsProducerConfig;
 use ingest::sources::oci::OciSource;
 use ingest::EventPublisher;
-use model::{Catalog, Configuration};
+use model::Configuration;
+use router::store::ConfigStore;
 use router::{Router, RouterConfig};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,15 +25,23 @@ use tokio::sync::watch;
 use warp::Filter;
 use web::{Authenticator, Scope};
 
+/// Largest configuration import accepted: a whole routing setup can be far larger than an event.
+const CONFIGURATION_BODY_LIMIT: u64 = 16 * 1024 * 1024;
+
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let data_dir = &settings.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let _lock = lock_data_dir(data_dir)?;
 
-    let catalog = Catalog::new(load_configuration(&settings)?)
-        .context("the imported configuration is inconsistent")?
-        .shared();
+    let config_store = Arc::new(ConfigStore::open(&data_dir.join("config.db")).await?);
+    if let Some(imported) = load_configuration(&settings)? {
+        config_store
+            .change(|configuration| router::api::replace(configuration, imported))
+            .await
+            .context("the imported configuration was refused")?;
+    }
+    let catalog = config_store.catalog();
     let bus: Arc<dyn Bus> = match settings.bus.backend {
         Backend::Embedded => Arc::new(EmbeddedBus::open(&data_dir.join("queue.db"), None)?),
         Backend::Rabbitmq => Arc::new(RabbitBus::start(RabbitSettings {
@@ -80,7 +89,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         settings.sources.oci.config(settings.body_limit_bytes)?,
         data_dir,
     )?;
-    let routes = api_routes(&settings, &auth, Arc::clone(&bus), records, oci);
+    let routes = api_routes(
+        &settings,
+        &auth,
+        Arc::clone(&bus),
+        records,
+        oci,
+        config_store,
+    );
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -109,6 +125,7 @@ fn api_routes(
     bus: Arc<dyn Bus>,
     records: RecordStore,
     oci: OciSource,
+    config_store: Arc<ConfigStore>,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone {
     let producer = ingest::sources::ans::routes(
         AnsProducerConfig {
@@ -131,6 +148,11 @@ fn api_routes(
         auth.require(Scope::Producer),
     );
     let consumer = delivery::consumer_api::routes(records, auth.require(Scope::Consumer));
+    let configuration = router::api::routes(
+        config_store,
+        CONFIGURATION_BODY_LIMIT,
+        auth.require(Scope::Configuration),
+    );
     let health = warp::path!("healthz")
         .and(warp::get())
         .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})))
@@ -149,14 +171,15 @@ fn api_routes(
         .or(oci)
         .or(alertmanager)
         .or(consumer)
+        .or(configuration)
         .or(health)
         .recover(web::recover)
 }
 
-fn load_configuration(settings: &Settings) -> anyhow::Result<Configuration> {
+/// The configuration file to import at start, if one is set.
+fn load_configuration(settings: &Settings) -> anyhow::Result<Option<Configuration>> {
     let Some(path) = settings.config_import() else {
-        tracing::warn!("no configuration imported: no subscription will match until one is");
-        return Ok(Configuration::default());
+        return Ok(None);
     };
     let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let configuration: Configuration = serde_json::from_slice(&text)
@@ -168,7 +191,7 @@ fn load_configuration(settings: &Settings) -> anyhow::Result<Configuration> {
         subscriptions = configuration.subscriptions.len(),
         "configuration imported"
     );
-    Ok(configuration)
+    Ok(Some(configuration))
 }
 
 /// One process per data directory: the embedded queue's in-flight state lives in memory.
