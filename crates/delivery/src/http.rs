@@ -19,7 +19,7 @@ use reqwest::{Client, Method, RequestBuilder, StatusCode, Url};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The most of an answer's body that is read; the rest is dropped.
 const MAX_BODY: usize = 64 * 1024;
@@ -101,21 +101,8 @@ impl Http {
             url.port_or_known_default().unwrap_or_default()
         );
         let timeout = *request.timeout_mut().get_or_insert(self.timeout);
-        let slots = self.slots(&key);
         let started = tokio::time::Instant::now();
-        let _slot = tokio::time::timeout(timeout, slots.acquire_owned())
-            .await
-            .map_err(|_| {
-                Failure::transient(
-                    CODE_TIMEOUT,
-                    format!(
-                        "{destination}: no free slot within {} ms ({} requests already in flight)",
-                        timeout.as_millis(),
-                        self.per_destination
-                    ),
-                )
-            })?
-            .expect("destination semaphores are never closed");
+        let _slot = self.reserve(&key, &destination, timeout).await?;
         *request.timeout_mut() = Some(timeout.saturating_sub(started.elapsed()));
         let no_answer = |e: reqwest::Error| {
             if e.is_timeout() {
@@ -147,13 +134,34 @@ impl Http {
         })
     }
 
-    fn slots(&self, key: &str) -> Arc<Semaphore> {
-        let mut destinations = self.destinations.lock().expect("not poisoned");
-        Arc::clone(
-            destinations
+    /// Waits up to `timeout` for one of the slots of destination `key` (`scheme://host:port`;
+    /// `shown` is how reasons name it). Also for channels that do not speak HTTP (SMTP).
+    pub async fn reserve(
+        &self,
+        key: &str,
+        shown: &str,
+        timeout: Duration,
+    ) -> Result<OwnedSemaphorePermit, Failure> {
+        let slots = Arc::clone(
+            self.destinations
+                .lock()
+                .expect("not poisoned")
                 .entry(key.to_owned())
                 .or_insert_with(|| Arc::new(Semaphore::new(self.per_destination))),
-        )
+        );
+        let slot = tokio::time::timeout(timeout, slots.acquire_owned())
+            .await
+            .map_err(|_| {
+                Failure::transient(
+                    CODE_TIMEOUT,
+                    format!(
+                        "{shown}: no free slot within {} ms ({} requests already in flight)",
+                        timeout.as_millis(),
+                        self.per_destination
+                    ),
+                )
+            })?;
+        Ok(slot.expect("destination semaphores are never closed"))
     }
 }
 
@@ -231,7 +239,7 @@ pub fn redact(url: &Url) -> String {
 }
 
 /// An error and its causes, `: `-joined (reqwest's own message is only the outermost).
-fn chain(error: &dyn std::error::Error) -> String {
+pub fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

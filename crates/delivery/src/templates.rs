@@ -3,8 +3,9 @@
 //!
 //! A channel builds a [`Scope`] from the job and the action — `event` (the event exactly as
 //! accepted: `event.subject`, `event.resource.resourceName`, `event.tags["ans:detailsLink"]`,
-//! …), `action` (its name) and `resolved` (whether the event closes its alert, see
-//! [`crate::lifecycle`]), plus what the channel adds — and renders a source in a [`Format`]:
+//! …), `action` (its name), `resolved` (whether the event closes its alert, see
+//! [`crate::lifecycle`]) and `links` (`title` and `url` of the event's details and
+//! recommended-action links) — and renders a source in a [`Format`]:
 //! plain text as is, HTML with every value HTML-escaped, JSON with every value written as JSON
 //! (so `{"text": {{ event.subject }}}` is valid JSON whatever the subject holds). Helpers:
 //! `limit(n)` cuts to `n` characters with an ellipsis, `datetime` writes epoch seconds as
@@ -16,7 +17,6 @@ use crate::lifecycle::Transition;
 use minijinja::value::{Serde, Value};
 use minijinja::{Environment, UndefinedBehavior};
 use model::{Action, DeliveryJob};
-use serde::Serialize;
 
 /// How rendered values are escaped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,16 +48,12 @@ impl Scope {
             "resolved".into(),
             (Transition::of(&job.event) == Transition::Close).into(),
         );
+        let links = event_links(&job.event)
+            .into_iter()
+            .map(|(title, url)| serde_json::json!({"title": title, "url": url}))
+            .collect();
+        vars.insert("links".into(), serde_json::Value::Array(links));
         Scope { vars }
-    }
-
-    /// Adds (or replaces) a variable.
-    pub fn with(mut self, name: &str, value: impl Serialize) -> Self {
-        self.vars.insert(
-            name.to_owned(),
-            serde_json::to_value(value).expect("scope values serialize"),
-        );
-        self
     }
 }
 
@@ -218,16 +214,16 @@ mod tests {
     #[test]
     fn helpers_and_missing_values() {
         let t = Templates::new();
-        let s = scope("x", serde_json::json!({"ans:status": "CLOSE"})).with("extra", "added");
+        let s = scope("x", serde_json::json!({"ans:status": "CLOSE"}));
         let out = t.render(
             "bodyTemplate",
             Format::Text,
-            "{{ 'abcdefgh' | limit(5) }}|{{ event.eventTimestamp | datetime }}|{{ '<a&b>' | mrkdwn }}|{{ resolved }}|{{ event.tags.missing.deeper }}|{{ extra }}",
+            "{{ 'abcdefgh' | limit(5) }}|{{ event.eventTimestamp | datetime }}|{{ '<a&b>' | mrkdwn }}|{{ resolved }}|{{ event.tags.missing.deeper }}|{{ links | length }}",
             &s,
         );
         assert_eq!(
             out.unwrap(),
-            "abcd…|2023-11-14 22:13:20 UTC|&lt;a&amp;b&gt;|True||added"
+            "abcd…|2023-11-14 22:13:20 UTC|&lt;a&amp;b&gt;|True||0"
         );
         assert_eq!(datetime(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(datetime(951_782_400), "2000-02-29 00:00:00 UTC");

@@ -9,11 +9,13 @@
 //! ([`crate::properties`]) and the map from alert keys to what a destination created for them
 //! ([`crate::links`]).
 
+mod email;
 mod slack;
 mod store;
 mod teams;
 mod webhook;
 
+pub use email::EmailChannel;
 pub use slack::SlackChannel;
 pub use store::StoreChannel;
 pub use teams::TeamsChannel;
@@ -180,7 +182,8 @@ impl Channels {
             Arc::new(StoreChannel::new(records)),
             Arc::new(WebhookChannel::new(tools.clone())),
             Arc::new(SlackChannel::new(tools.clone())),
-            Arc::new(TeamsChannel::new(tools)),
+            Arc::new(TeamsChannel::new(tools.clone())),
+            Arc::new(EmailChannel::new(tools)),
         ];
         Ok(Channels {
             by_type: all.into_iter().map(|c| (c.action_type(), c)).collect(),

@@ -1,0 +1,414 @@
+//! `EMAIL`: sends the event as a mail (plain-text and HTML parts) through an SMTP server.
+//!
+//! Properties: `destination` (one or more recipients, separated by `,` or `;`), `from`,
+//! `smtpHost`, `smtpPort` (default 587, 465 with `TLS`, 25 with `NONE`), `smtpSecurity`
+//! (`STARTTLS`, required — the default; `TLS`, TLS from the first byte; `NONE`, plaintext
+//! for a trusted local relay), `username` + `password` (SMTP AUTH), `sslTrustAll`,
+//! `subjectTemplate`, `bodyTemplate` (the plain-text part) and `htmlTemplate` (the HTML part,
+//! values HTML-escaped). The defaults show the subject (marked `Resolved:` when the event
+//! closes its alert), the body, severity, resource, time, event type and the event's links.
+//!
+//! The mail goes through `lettre`'s async SMTP client, one connection per mail, within the
+//! destination's in-flight limit and the request timeout (per SMTP command). An SMTP refusal
+//! keeps its reply code: 4xx (e.g. 451) is retryable, 5xx (e.g. 550 no such mailbox) is not.
+//! A server that does not offer STARTTLS when it is required is a permanent 906: the mail and
+//! the credentials are never sent in plaintext.
+
+use super::{Channel, Failure, Outcome, Tools, CODE_CONNECTION, CODE_TIMEOUT};
+use crate::http::chain;
+use crate::properties::Properties;
+use crate::templates::{Format, Scope};
+use async_trait::async_trait;
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use model::{Action, DeliveryJob};
+
+const SUBJECT: &str =
+    "[{{ event.severity }}] {% if resolved %}Resolved: {% endif %}{{ event.subject }}";
+const TEXT: &str = "{% if resolved %}Resolved: {% endif %}{{ event.subject }}
+
+{{ event.body }}
+
+Severity:   {{ event.severity }}
+Resource:   {{ event.resource.resourceName }} ({{ event.resource.resourceType }})
+Time:       {{ event.eventTimestamp | datetime }}
+Event type: {{ event.eventType }}
+{% for link in links %}{{ link.title }}: {{ link.url }}
+{% endfor %}";
+const HTML: &str = "<html><body>
+<h2>{% if resolved %}Resolved: {% endif %}{{ event.subject }}</h2>
+<p style=\"white-space: pre-wrap\">{{ event.body }}</p>
+<table>
+<tr><th align=\"left\">Severity</th><td>{{ event.severity }}</td></tr>
+<tr><th align=\"left\">Resource</th>
+<td>{{ event.resource.resourceName }} ({{ event.resource.resourceType }})</td></tr>
+<tr><th align=\"left\">Time</th><td>{{ event.eventTimestamp | datetime }}</td></tr>
+<tr><th align=\"left\">Event type</th><td>{{ event.eventType }}</td></tr>
+</table>
+{% for link in links %}<p><a href=\"{{ link.url }}\">{{ link.title }}</a></p>
+{% endfor %}</body></html>
+";
+
+pub struct EmailChannel {
+    tools: Tools,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Security {
+    StartTls,
+    Tls,
+    Plain,
+}
+
+impl EmailChannel {
+    pub fn new(tools: Tools) -> Self {
+        EmailChannel { tools }
+    }
+
+    async fn attempt(&self, job: &DeliveryJob, action: &Action) -> Result<(), Failure> {
+        let p = Properties::of(action);
+        let host = p.required("smtpHost")?.trim().to_owned();
+        let security = match p
+            .text("smtpSecurity")
+            .map(|s| s.trim().to_ascii_uppercase())
+            .as_deref()
+        {
+            None | Some("STARTTLS") => Security::StartTls,
+            Some("TLS") => Security::Tls,
+            Some("NONE") => Security::Plain,
+            Some(other) => {
+                return Err(Failure::bad_action(format!(
+                    "`smtpSecurity` must be STARTTLS, TLS or NONE, not `{other}`"
+                )))
+            }
+        };
+        let port = p.parsed::<u16>("smtpPort")?.unwrap_or(match security {
+            Security::StartTls => 587,
+            Security::Tls => 465,
+            Security::Plain => 25,
+        });
+        let message = self.message(job, action)?;
+
+        let tls_parameters = || {
+            TlsParameters::builder(host.clone())
+                .dangerous_accept_invalid_certs(p.flag("sslTrustAll", false)?)
+                .build_rustls()
+                .map_err(|e| Failure::bad_action(format!("TLS for `smtpHost`: {}", chain(&e))))
+        };
+        let tls = match security {
+            Security::StartTls => Tls::Required(tls_parameters()?),
+            Security::Tls => Tls::Wrapper(tls_parameters()?),
+            Security::Plain => Tls::None,
+        };
+        let timeout = self.tools.http.timeout();
+        let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host)
+            .port(port)
+            .tls(tls)
+            .timeout(Some(timeout));
+        if let Some(username) = p.text("username") {
+            transport = transport.credentials(Credentials::new(username, p.required("password")?));
+        }
+        let transport = transport.build();
+
+        let shown = format!("smtp://{host}:{port}");
+        let _slot = self.tools.http.reserve(&shown, &shown, timeout).await?;
+        transport.send(message).await.map(drop).map_err(|e| {
+            let detail = chain(&e);
+            match e.status() {
+                Some(code) => {
+                    let code = i32::from(u16::from(code));
+                    let reason = format!("{shown} answered {detail}");
+                    if e.is_transient() {
+                        Failure::transient(code, reason)
+                    } else {
+                        Failure::permanent(code, reason)
+                    }
+                }
+                None if e.is_timeout() => Failure::transient(
+                    CODE_TIMEOUT,
+                    format!("{shown}: no answer within {} ms", timeout.as_millis()),
+                ),
+                None if e.is_client() => Failure::bad_action(format!("{shown}: {detail}")),
+                None => Failure::transient(CODE_CONNECTION, format!("{shown}: {detail}")),
+            }
+        })
+    }
+
+    fn message(&self, job: &DeliveryJob, action: &Action) -> Result<Message, Failure> {
+        let p = Properties::of(action);
+        let mailbox = |property: &str, text: &str| {
+            text.trim().parse::<Mailbox>().map_err(|e| {
+                Failure::bad_action(format!("`{property}` has an invalid address `{text}`: {e}"))
+            })
+        };
+        let mut builder = Message::builder().from(mailbox("from", &p.required("from")?)?);
+        let recipients = p.required("destination")?;
+        for recipient in recipients
+            .split([',', ';'])
+            .filter(|r| !r.trim().is_empty())
+        {
+            builder = builder.to(mailbox("destination", recipient)?);
+        }
+        let scope = Scope::new(job, action);
+        let render = |property: &str, format: Format, default: &'static str| {
+            self.tools
+                .templates
+                .render(property, format, &p.template(property, default), &scope)
+        };
+        let subject = render("subjectTemplate", Format::Text, SUBJECT)?;
+        let text = render("bodyTemplate", Format::Text, TEXT)?;
+        let html = render("htmlTemplate", Format::Html, HTML)?;
+        builder
+            .subject(subject.replace(['\r', '\n'], " "))
+            .multipart(MultiPart::alternative_plain_html(text, html))
+            .map_err(|e| Failure::bad_action(format!("cannot build the mail: {e}")))
+    }
+}
+
+#[async_trait]
+impl Channel for EmailChannel {
+    fn action_type(&self) -> &'static str {
+        "EMAIL"
+    }
+
+    async fn deliver(&self, job: &DeliveryJob, action: &Action) -> Outcome {
+        self.attempt(job, action).await.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channels::tests::{action, job, tools};
+    use crate::channels::CODE_BAD_ACTION;
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    use base64::Engine;
+    use serde_json::json;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    /// What one SMTP session received: the commands, and the DATA.
+    #[derive(Debug, Default, Clone)]
+    struct Session {
+        commands: Vec<String>,
+        data: String,
+    }
+
+    /// A minimal SMTP server on loopback: advertises AUTH PLAIN (and STARTTLS only if asked),
+    /// refuses recipients whose address starts with `nobody` (550) or `busy` (451), and
+    /// records every session.
+    async fn smtp_server(offer_starttls: bool) -> (u16, Arc<Mutex<Vec<Session>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sessions = Arc::new(Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&sessions);
+        tokio::spawn(async move {
+            loop {
+                let (socket, _) = listener.accept().await.unwrap();
+                let sessions = Arc::clone(&recorded);
+                tokio::spawn(async move {
+                    let (read, mut write) = socket.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    let mut session = Session::default();
+                    write.write_all(b"220 test ESMTP\r\n").await.unwrap();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        session.commands.push(line.clone());
+                        let verb = line
+                            .split(' ')
+                            .next()
+                            .unwrap_or_default()
+                            .to_ascii_uppercase();
+                        let answer = match verb.as_str() {
+                            "EHLO" if offer_starttls => {
+                                "250-test\r\n250-STARTTLS\r\n250 AUTH PLAIN\r\n"
+                            }
+                            "EHLO" => "250-test\r\n250 AUTH PLAIN\r\n",
+                            "AUTH" => "235 2.7.0 Authentication successful\r\n",
+                            "MAIL" => "250 2.1.0 Ok\r\n",
+                            "RCPT" if line.contains("<nobody") => "550 5.1.1 No such user here\r\n",
+                            "RCPT" if line.contains("<busy") => "451 4.3.0 Try again later\r\n",
+                            "RCPT" => "250 2.1.5 Ok\r\n",
+                            "DATA" => {
+                                write
+                                    .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                                    .await
+                                    .unwrap();
+                                while let Ok(Some(line)) = lines.next_line().await {
+                                    if line == "." {
+                                        break;
+                                    }
+                                    session.data.push_str(&line);
+                                    session.data.push('\n');
+                                }
+                                "250 2.0.0 Ok: queued\r\n"
+                            }
+                            "QUIT" => {
+                                write.write_all(b"221 2.0.0 Bye\r\n").await.unwrap();
+                                break;
+                            }
+                            _ => "250 Ok\r\n",
+                        };
+                        write.write_all(answer.as_bytes()).await.unwrap();
+                    }
+                    sessions.lock().unwrap().push(session);
+                });
+            }
+        });
+        (port, sessions)
+    }
+
+    fn email_action(port: u16, destination: &str, extra: serde_json::Value) -> Action {
+        let mut properties = json!({
+            "destination": destination, "from": "Tocsin <alerts@example.com>",
+            "smtpHost": "127.0.0.1", "smtpPort": port.to_string(), "smtpSecurity": "NONE",
+        });
+        properties
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        action("mail", "EMAIL", properties)
+    }
+
+    async fn wait_for_sessions(sessions: &Arc<Mutex<Vec<Session>>>, n: usize) -> Vec<Session> {
+        for _ in 0..100 {
+            if sessions.lock().unwrap().len() >= n {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        sessions.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn sends_both_parts_to_every_recipient_with_auth() {
+        let (port, sessions) = smtp_server(false).await;
+        let (tools, _dir) = tools();
+        let channel = EmailChannel::new(tools);
+        let action = email_action(
+            port,
+            "ops@example.com; oncall@example.com",
+            json!({"username": "mailer", "password": "pw"}),
+        );
+        let job = job(json!({"ans:detailsLink": "https://console.example/a?x=1&y=2"}));
+        assert_eq!(channel.deliver(&job, &action).await, Outcome::Delivered);
+
+        let session = wait_for_sessions(&sessions, 1).await.remove(0);
+        let auth = format!("AUTH PLAIN {}", BASE64.encode("\0mailer\0pw"));
+        let envelope: Vec<&str> = session
+            .commands
+            .iter()
+            .map(String::as_str)
+            .filter(|c| !c.starts_with("EHLO"))
+            .collect();
+        assert_eq!(
+            envelope,
+            [
+                auth.as_str(),
+                "MAIL FROM:<alerts@example.com>",
+                "RCPT TO:<ops@example.com>",
+                "RCPT TO:<oncall@example.com>",
+                "DATA",
+                "QUIT"
+            ]
+        );
+        // The HTML part is quoted-printable: undo soft line breaks and `=XX` escapes.
+        let data = session.data.replace("=\n", "");
+        let data = &data.replace("=3D", "=");
+        assert!(
+            data.contains("Content-Transfer-Encoding: quoted-printable"),
+            "{data}"
+        );
+        for expected in [
+            "From: Tocsin <alerts@example.com>",
+            "To: ops@example.com, oncall@example.com",
+            "Subject: [FATAL] CPU above 90%",
+            "Content-Type: multipart/alternative;",
+            "Content-Type: text/plain; charset=utf-8",
+            "Content-Type: text/html; charset=utf-8",
+            "CPU has been above 90% for 5 minutes",
+            "Resource:   web-1 (vm)",
+            "Time:       2023-11-14 22:13:20 UTC",
+            "Details: https://console.example/a?x=1&y=2",
+            "<tr><th align=\"left\">Severity</th><td>FATAL</td></tr>",
+            "<p><a href=\"https:&#x2f;&#x2f;console.example&#x2f;a?x=1&amp;y=2\">Details</a></p>",
+        ] {
+            assert!(data.contains(expected), "missing {expected:?} in:\n{data}");
+        }
+    }
+
+    #[tokio::test]
+    async fn smtp_refusals_keep_their_codes() {
+        let (port, _sessions) = smtp_server(false).await;
+        let (tools, _dir) = tools();
+        let channel = EmailChannel::new(tools);
+        let fail = |destination: &'static str| {
+            let action = email_action(port, destination, json!({}));
+            let channel = &channel;
+            async move {
+                match channel.deliver(&job(json!({})), &action).await {
+                    Outcome::Failed(f) => f,
+                    Outcome::Delivered => panic!("{destination} delivered"),
+                }
+            }
+        };
+        let unknown = fail("nobody@example.com").await;
+        assert_eq!((unknown.code, unknown.retry), (550, None));
+        assert!(
+            unknown.reason.contains("No such user here"),
+            "{}",
+            unknown.reason
+        );
+        let busy = fail("busy@example.com").await;
+        assert_eq!((busy.code, busy.retry), (451, Some(None)));
+        let bad = fail("not an address").await;
+        assert_eq!((bad.code, bad.retry), (CODE_BAD_ACTION, None));
+        assert!(bad.reason.contains("`destination`"), "{}", bad.reason);
+    }
+
+    #[tokio::test]
+    async fn required_starttls_never_falls_back_to_plaintext() {
+        let (port, sessions) = smtp_server(false).await;
+        let (tools, _dir) = tools();
+        let channel = EmailChannel::new(tools);
+        let action = email_action(
+            port,
+            "ops@example.com",
+            json!({"smtpSecurity": "STARTTLS", "username": "mailer", "password": "pw"}),
+        );
+        let Outcome::Failed(failure) = channel.deliver(&job(json!({})), &action).await else {
+            panic!("delivered without STARTTLS");
+        };
+        assert_eq!(
+            (failure.code, failure.retry),
+            (CODE_BAD_ACTION, None),
+            "{}",
+            failure.reason
+        );
+        let sessions = wait_for_sessions(&sessions, 1).await;
+        assert!(
+            sessions[0]
+                .commands
+                .iter()
+                .all(|c| !c.starts_with("AUTH") && !c.starts_with("MAIL")),
+            "{:?}",
+            sessions[0].commands
+        );
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let action = email_action(closed_port, "ops@example.com", json!({}));
+        let Outcome::Failed(failure) = channel.deliver(&job(json!({})), &action).await else {
+            panic!("delivered to a closed port");
+        };
+        assert_eq!(
+            (failure.code, failure.retry),
+            (CODE_CONNECTION, Some(None)),
+            "{}",
+            failure.reason
+        );
+    }
+}
