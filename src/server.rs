@@ -34,14 +34,6 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let _lock = lock_data_dir(data_dir)?;
 
-    let config_store = Arc::new(ConfigStore::open(&data_dir.join("config.db")).await?);
-    if let Some(imported) = load_configuration(&settings)? {
-        config_store
-            .change(|configuration| router::api::replace(configuration, imported))
-            .await
-            .context("the imported configuration was refused")?;
-    }
-    let catalog = config_store.catalog();
     let bus: Arc<dyn Bus> = match settings.bus.backend {
         Backend::Embedded => Arc::new(EmbeddedBus::open(&data_dir.join("queue.db"), None)?),
         Backend::Rabbitmq => Arc::new(RabbitBus::start(RabbitSettings {
@@ -50,6 +42,27 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             delivery_limit: settings.bus.delivery_limit,
             publish_timeout: Duration::from_millis(settings.bus.publish_timeout_ms),
         })),
+    };
+    let config_store =
+        Arc::new(ConfigStore::open(&data_dir.join("config.db"), Arc::clone(&bus)).await?);
+    if let Some(imported) = load_configuration(&settings)? {
+        config_store
+            .change(|configuration| router::api::replace(configuration, imported))
+            .await
+            .context("the imported configuration was refused")?;
+    }
+    let catalog = config_store.catalog();
+    // Routers take changes from other processes before each batch; this keeps the delivery
+    // side current too when no events flow here.
+    let refresher = {
+        let store = Arc::clone(&config_store);
+        tokio::spawn(async move {
+            let mut every_second = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                every_second.tick().await;
+                store.refresh().await;
+            }
+        })
     };
     let records = RecordStore::open(
         &data_dir.join("records.db"),
@@ -71,7 +84,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             prefetch: settings.router.prefetch,
         },
         Arc::clone(&bus),
-        catalog.clone(),
+        Arc::clone(&config_store),
     );
     let router = tokio::spawn(router.run(pipeline_stopping.clone()));
     let worker = DeliveryWorker::new(
@@ -113,6 +126,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await;
     tracing::info!("HTTP stopped; finishing the work in hand");
     stop_pipeline.send_replace(true);
+    refresher.abort();
     router.await?.context("router")?;
     worker.await?.context("delivery")?;
     tracing::info!("stopped cleanly");

@@ -420,3 +420,99 @@ async fn the_official_node_client_manages_the_configuration() {
     eprintln!("{}", report.lines().last().unwrap_or_default());
     tocsin.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_sharing_rabbitmq_route_by_a_change_made_on_either() {
+    use reqwest::Method;
+    let first = Tocsin::start(Backend::Rabbitmq, &Value::Null, &[]).await;
+    let second = first.sibling().await;
+    let store = json!({"name": "store", "type": "STORE", "state": "ENABLED"});
+    assert_eq!(
+        call(&first, Method::POST, &format!("{BASE}/action"), Some(store))
+            .await
+            .0,
+        201
+    );
+    let condition = |value: &str| json!({"name": "type", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": value});
+    assert_eq!(
+        call(
+            &first,
+            Method::POST,
+            &format!("{BASE}/condition"),
+            Some(condition("Round0"))
+        )
+        .await
+        .0,
+        201
+    );
+    let subscription =
+        json!({"name": "shared", "state": "ENABLED", "conditions": ["type"], "actions": ["store"]});
+    assert_eq!(
+        call(
+            &second,
+            Method::POST,
+            &format!("{BASE}/subscription"),
+            Some(subscription)
+        )
+        .await
+        .0,
+        201,
+        "the second process knows the first one's entities"
+    );
+
+    // Records stay with the process whose worker delivered: count across both.
+    let stored = |tocsin: &Tocsin| common::count_records(&tocsin.records_db(), "MATCHED");
+    let mut expected = 0;
+    for round in 1..=6 {
+        // Change on one process, send to the other: both events travel the shared queue and
+        // either router may take them.
+        let (changer, sender) = if round % 2 == 0 {
+            (&first, &second)
+        } else {
+            (&second, &first)
+        };
+        let current = format!("Round{round}");
+        let (status, body) = call(
+            changer,
+            Method::PUT,
+            &format!("{BASE}/condition/type"),
+            Some(condition(&current)),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        sender
+            .send(&event(
+                &format!("Round{}", round - 1),
+                &format!("old-{round}"),
+            ))
+            .await;
+        sender.send(&event(&current, &format!("new-{round}"))).await;
+        expected += 1;
+        let started = std::time::Instant::now();
+        while stored(&first) + stored(&second) < expected {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "round {round}: the new event was not stored"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        stored(&first) + stored(&second),
+        expected,
+        "no event was routed by a stale configuration"
+    );
+    let (_, on_first) = call(&first, Method::GET, &format!("{BASE}/condition/type"), None).await;
+    let (_, on_second) = call(
+        &second,
+        Method::GET,
+        &format!("{BASE}/condition/type"),
+        None,
+    )
+    .await;
+    assert_eq!(on_first["propertyValue"], "Round6");
+    assert_eq!(on_second["propertyValue"], "Round6");
+    second.shutdown().await;
+    first.shutdown().await;
+}

@@ -22,12 +22,12 @@ pub fn amqp_uri() -> String {
 }
 
 /// A routing configuration: events of type `eventType` go to a STORE action `to-store`, events
-/// of type `Unsupported` to an action whose type has no channel.
+/// of type `Unsupported` to a webhook whose destination refuses connections.
 pub fn store_configuration(event_type: &str) -> Value {
     json!({
         "actions": [
             {"name": "to-store", "type": "STORE", "state": "ENABLED"},
-            {"name": "to-nowhere", "type": "NOT_A_CHANNEL", "state": "ENABLED"}
+            {"name": "to-nowhere", "type": "WEB_HOOK", "state": "ENABLED", "properties": {"destination": "http://127.0.0.1:9/refused"}}
         ],
         "conditions": [
             {"name": "stored-type", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": event_type},
@@ -269,19 +269,38 @@ impl Tocsin {
         let Ok(channel) = conn.create_channel().await else {
             return;
         };
-        for queue in ["events", "deliveries", "dead"] {
+        for queue in ["events", "deliveries", "dead", "config.latest"] {
+            let name = format!("{}.{queue}", self.prefix);
             let _ = channel
-                .queue_delete(
-                    format!("{}.{queue}", self.prefix).as_str().into(),
-                    Default::default(),
-                )
+                .queue_delete(name.as_str().into(), Default::default())
                 .await;
         }
-        for exchange in [self.prefix.clone(), format!("{}.dlx", self.prefix)] {
+        for exchange in ["", ".dlx", ".config"] {
+            let name = format!("{}{exchange}", self.prefix);
             let _ = channel
-                .exchange_delete(exchange.as_str().into(), Default::default())
+                .exchange_delete(name.as_str().into(), Default::default())
                 .await;
         }
+    }
+
+    /// Another process on the same broker queues (same prefix), with its own data directory
+    /// and credentials, and the same imported configuration.
+    pub async fn sibling(&self) -> Tocsin {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sibling = Tocsin {
+            child: None,
+            backend: self.backend,
+            base: String::new(),
+            data_dir: dir.path().join("data"),
+            _dir: Some(dir),
+            prefix: self.prefix.clone(),
+            env: self.env.clone(),
+            user: self.user.clone(),
+            password: String::new(),
+            http: reqwest::Client::new(),
+        };
+        sibling.launch().await;
+        sibling
     }
 
     /// Stops the process and removes what it left on the shared broker.

@@ -67,6 +67,19 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Which backend this is, for logs and metrics.
     fn backend(&self) -> &'static str;
+
+    /// Sends a configuration snapshot to every other process sharing this bus, returning once
+    /// it sits in their update queues. A bus private to one process has no one to tell.
+    async fn broadcast_config(&self, _snapshot: Bytes) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    /// Snapshots broadcast since the last call (this process's own included), oldest first;
+    /// after a reconnect, also the latest snapshot anyone broadcast, since updates sent while
+    /// disconnected are gone.
+    async fn config_updates(&self) -> Result<Vec<Bytes>, BusError> {
+        Ok(Vec::new())
+    }
 }
 
 /// A stream of deliveries from one queue. Dropping it stops consumption; deliveries not yet

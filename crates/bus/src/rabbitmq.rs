@@ -11,6 +11,9 @@
 //! Topology (`<p>` is the configured prefix): a durable direct exchange `<p>` routing to the
 //! durable quorum queues `<p>.events` and `<p>.deliveries`, whose rejected or over-delivered
 //! messages dead-letter through the fanout exchange `<p>.dlx` into the quorum queue `<p>.dead`.
+//! Configuration snapshots go through the fanout exchange `<p>.config` to one exclusive queue
+//! per process and to `<p>.config.latest`, which keeps only the newest one for processes that
+//! (re)connect later.
 
 use crate::{Bus, BusError, Delivery, Queue, Settle, Settlement, Subscription};
 use async_trait::async_trait;
@@ -18,7 +21,7 @@ use backoff::backoff::Backoff;
 use bytes::Bytes;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
@@ -55,6 +58,10 @@ impl RabbitSettings {
 struct Link {
     connection: Arc<Connection>,
     publisher: Channel,
+    /// This process's queue of configuration updates, on this connection.
+    config_updates: String,
+    /// Set on each new link: the next `config_updates` call must catch up from the latest.
+    catch_up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub struct RabbitBus {
@@ -182,9 +189,31 @@ async fn connect(settings: &RabbitSettings) -> Result<Link, lapin::Error> {
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
+    let updates = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            updates.name().clone(),
+            format!("{}.config", settings.prefix).as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     Ok(Link {
         connection: Arc::new(connection),
         publisher: channel,
+        config_updates: updates.name().to_string(),
+        catch_up: Arc::new(std::sync::atomic::AtomicBool::new(true)),
     })
 }
 
@@ -249,6 +278,30 @@ async fn declare_topology(
             FieldTable::default(),
         )
         .await?;
+    let config_exchange = format!("{exchange}.config");
+    channel
+        .exchange_declare(
+            config_exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    let mut keep_one = FieldTable::default();
+    keep_one.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+    let latest = format!("{config_exchange}.latest");
+    channel
+        .queue_declare(latest.as_str().into(), durable_queue, keep_one)
+        .await?;
+    channel
+        .queue_bind(
+            latest.as_str().into(),
+            config_exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     for queue in Queue::ALL {
         let name = settings.queue_name(queue);
         channel
@@ -271,7 +324,8 @@ impl RabbitBus {
     async fn publish_on(
         &self,
         link: &Link,
-        queue: Queue,
+        exchange: &str,
+        routing_key: &str,
         payloads: &[Bytes],
     ) -> Result<(), BusError> {
         let properties = BasicProperties::default()
@@ -283,8 +337,8 @@ impl RabbitBus {
             let confirm = link
                 .publisher
                 .basic_publish(
-                    self.settings.prefix.as_str().into(),
-                    queue.as_str().into(),
+                    exchange.into(),
+                    routing_key.into(),
                     BasicPublishOptions {
                         mandatory: true,
                         ..Default::default()
@@ -321,9 +375,13 @@ fn unavailable(e: lapin::Error) -> BusError {
     BusError::Unavailable(e.to_string())
 }
 
-#[async_trait]
-impl Bus for RabbitBus {
-    async fn publish(&self, queue: Queue, payloads: Vec<Bytes>) -> Result<(), BusError> {
+impl RabbitBus {
+    async fn publish_retrying(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payloads: &[Bytes],
+    ) -> Result<(), BusError> {
         // A connection can break under a publish before the supervisor notices; retrying on the
         // next link until the deadline turns a broker blip into latency instead of an error.
         // A retried batch may be partly duplicated, which at-least-once allows.
@@ -334,7 +392,10 @@ impl Bus for RabbitBus {
             let link = current_link(&mut link_watch, remaining)
                 .await
                 .ok_or_else(|| BusError::Unavailable("not connected to RabbitMQ".into()))?;
-            match self.publish_on(&link, queue, &payloads).await {
+            match self
+                .publish_on(&link, exchange, routing_key, payloads)
+                .await
+            {
                 Err(BusError::Unavailable(reason)) if tokio::time::Instant::now() < deadline => {
                     tracing::debug!(%reason, "publish failed on a broken link; retrying");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -343,7 +404,58 @@ impl Bus for RabbitBus {
             }
         }
     }
+}
 
+#[async_trait]
+impl Bus for RabbitBus {
+    async fn publish(&self, queue: Queue, payloads: Vec<Bytes>) -> Result<(), BusError> {
+        self.publish_retrying(&self.settings.prefix, queue.as_str(), &payloads)
+            .await
+    }
+
+    async fn broadcast_config(&self, snapshot: Bytes) -> Result<(), BusError> {
+        let exchange = format!("{}.config", self.settings.prefix);
+        self.publish_retrying(&exchange, "", &[snapshot]).await
+    }
+
+    async fn config_updates(&self) -> Result<Vec<Bytes>, BusError> {
+        let Some(link) = self.link.borrow().clone() else {
+            return Ok(Vec::new());
+        };
+        let channel = &link.publisher;
+        let mut updates = Vec::new();
+        if link.catch_up.swap(false, Ordering::SeqCst) {
+            let latest = format!("{}.config.latest", self.settings.prefix);
+            // Peek: take the newest snapshot and put it back for the next process.
+            if let Some(message) = channel
+                .basic_get(latest.as_str().into(), BasicGetOptions::default())
+                .await
+                .map_err(unavailable)?
+            {
+                updates.push(Bytes::from(message.delivery.data.clone()));
+                message
+                    .delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        while let Some(message) = channel
+            .basic_get(
+                link.config_updates.as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .map_err(unavailable)?
+        {
+            updates.push(Bytes::from(message.delivery.data));
+        }
+        Ok(updates)
+    }
     async fn subscribe(&self, queue: Queue, prefetch: u16) -> Result<Subscription, BusError> {
         let (sender, receiver) = mpsc::channel(usize::from(prefetch.max(1)));
         let consumer = Consumer {

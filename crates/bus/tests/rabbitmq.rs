@@ -64,19 +64,17 @@ async fn delete_topology(settings: &RabbitSettings) {
         .await
         .unwrap();
     let channel = conn.create_channel().await.unwrap();
-    for queue in [
-        settings.queue_name(Queue::Events),
-        settings.queue_name(Queue::Deliveries),
-        format!("{}.dead", settings.prefix),
-    ] {
+    for queue in ["events", "deliveries", "dead", "config.latest"] {
+        let name = format!("{}.{queue}", settings.prefix);
         channel
-            .queue_delete(queue.as_str().into(), Default::default())
+            .queue_delete(name.as_str().into(), Default::default())
             .await
             .unwrap();
     }
-    for exchange in [settings.prefix.clone(), format!("{}.dlx", settings.prefix)] {
+    for exchange in ["", ".dlx", ".config"] {
+        let name = format!("{}{exchange}", settings.prefix);
         channel
-            .exchange_delete(exchange.as_str().into(), Default::default())
+            .exchange_delete(name.as_str().into(), Default::default())
             .await
             .unwrap();
     }

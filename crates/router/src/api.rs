@@ -140,6 +140,7 @@ fn error_reply(error: ChangeError) -> Response {
             tracing::error!(error = %e, "cannot save the configuration");
             StatusCode::INTERNAL_SERVER_ERROR
         }
+        ChangeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     ApiError::new(status, error.to_string()).into_response()
 }

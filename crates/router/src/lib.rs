@@ -14,9 +14,10 @@ pub mod store;
 use bus::{Bus, Delivery, Queue};
 use bytes::Bytes;
 use matcher::Matcher;
-use model::{Catalog, IngestedEvent, ResourceEvent, SharedCatalog};
+use model::{Catalog, IngestedEvent, ResourceEvent};
 use std::sync::Arc;
 use std::time::Duration;
+use store::ConfigStore;
 use tokio::sync::watch;
 
 /// Settings of the router.
@@ -29,18 +30,18 @@ pub struct RouterConfig {
 pub struct Router {
     config: RouterConfig,
     bus: Arc<dyn Bus>,
-    catalog: SharedCatalog,
+    store: Arc<ConfigStore>,
     compiled: (Arc<Catalog>, Matcher),
 }
 
 impl Router {
-    pub fn new(config: RouterConfig, bus: Arc<dyn Bus>, catalog: SharedCatalog) -> Self {
-        let current = catalog.load_full();
+    pub fn new(config: RouterConfig, bus: Arc<dyn Bus>, store: Arc<ConfigStore>) -> Self {
+        let current = store.current();
         let matcher = Matcher::new(&current);
         Router {
             config,
             bus,
-            catalog,
+            store,
             compiled: (current, matcher),
         }
     }
@@ -59,6 +60,9 @@ impl Router {
             if batch.is_empty() {
                 break;
             }
+            // Changes made through other processes are waiting in our update queue by now if
+            // they returned before these events were accepted: take them first.
+            self.store.refresh().await;
             self.route(batch, &mut shutdown).await;
         }
         tracing::info!("router stopped");
@@ -67,7 +71,7 @@ impl Router {
 
     /// The matcher for the configuration as it is now, recompiled only when it changed.
     fn matcher(&mut self) -> &Matcher {
-        let current = self.catalog.load_full();
+        let current = self.store.current();
         if !Arc::ptr_eq(&current, &self.compiled.0) {
             self.compiled = (Arc::clone(&current), Matcher::new(&current));
         }

@@ -2,14 +2,23 @@
 //! own SQLite file and published as the shared [`Catalog`] that routing and delivery read.
 //!
 //! Every change — an entity created, updated or deleted, or a whole import — runs under one
-//! lock: copy the current document, apply the change, check the result as a whole, persist it,
-//! and only then swap the catalog. A change that fails any step changes nothing, and a change
-//! that returned is what the next routed event sees.
+//! lock: copy the current document, apply the change, check the result as a whole, broadcast
+//! it, persist it, and only then swap the catalog. A change that fails any step changes nothing
+//! here, and a change that returned is what the next routed event sees.
+//!
+//! Processes that share a RabbitMQ share their configuration: a change is broadcast as a
+//! snapshot before it returns, so it already waits in every other process's update queue; each
+//! router drains that queue ([`ConfigStore::refresh`]) before routing a batch, which is what
+//! makes the change apply to every event accepted after it, whichever process routes it.
+//! Snapshots carry a version that is later than anything their sender had seen (a Lamport
+//! clock on milliseconds); a process adopts a snapshot only if it is newer than its own.
 
+use bus::Bus;
 use model::config::ConfigurationError;
 use model::secrets::MaskedSecret;
 use model::{Catalog, Configuration, SharedCatalog};
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use storage::{Database, Durability, StorageError};
 use tokio::sync::Mutex;
@@ -18,6 +27,7 @@ const MIGRATIONS: &[&str] = &["
     CREATE TABLE configuration (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         document TEXT NOT NULL,
+        -- The configuration's version: a Lamport clock on epoch milliseconds.
         changed_at INTEGER NOT NULL
     );
 "];
@@ -38,38 +48,62 @@ pub enum ChangeError {
     BadRequest(String),
     #[error("cannot save the configuration: {0}")]
     Storage(#[from] StorageError),
+    #[error("cannot share the change with the other processes, nothing changed: {0}")]
+    Unavailable(String),
+}
+
+/// What goes on the bus for the other processes.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Snapshot {
+    version: i64,
+    configuration: Configuration,
 }
 
 pub struct ConfigStore {
     db: Database,
     catalog: SharedCatalog,
     change_lock: Mutex<()>,
+    /// The version of the current configuration.
+    version: AtomicI64,
+    /// The bus shared with other processes.
+    bus: Arc<dyn Bus>,
 }
 
 impl ConfigStore {
-    /// Opens the store and publishes the stored configuration (empty the first time).
-    pub async fn open(path: &Path) -> Result<Self, ChangeError> {
+    /// Opens the store, publishes the stored configuration (empty the first time), and catches
+    /// up with any newer one the other processes on `bus` have.
+    pub async fn open(path: &Path, bus: Arc<dyn Bus>) -> Result<Self, ChangeError> {
         let db = Database::open(path, MIGRATIONS, Durability::Full, None)?;
-        let stored: Option<String> = db
+        let stored: Option<(String, i64)> = db
             .read(|c| {
                 use rusqlite::OptionalExtension;
-                c.query_row("SELECT document FROM configuration WHERE id = 1", [], |r| {
-                    r.get(0)
-                })
+                c.query_row(
+                    "SELECT document, changed_at FROM configuration WHERE id = 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .optional()
             })
             .await?;
-        let configuration = match stored {
-            Some(document) => serde_json::from_str(&document).map_err(|e| {
-                ChangeError::BadRequest(format!("the stored configuration does not parse: {e}"))
-            })?,
-            None => Configuration::default(),
+        let (configuration, version) = match stored {
+            Some((document, version)) => (
+                serde_json::from_str(&document).map_err(|e| {
+                    ChangeError::BadRequest(format!("the stored configuration does not parse: {e}"))
+                })?,
+                version,
+            ),
+            None => (Configuration::default(), 0),
         };
-        Ok(ConfigStore {
+        let store = ConfigStore {
             db,
             catalog: Catalog::new(configuration)?.shared(),
             change_lock: Mutex::new(()),
-        })
+            version: AtomicI64::new(version),
+            bus,
+        };
+        store.refresh().await;
+        Ok(store)
     }
 
     /// The catalog that routing and delivery read; it follows every change.
@@ -82,12 +116,16 @@ impl ConfigStore {
         self.catalog.load_full()
     }
 
-    /// Applies `change` to a copy of the configuration; if the result is consistent, persists
-    /// it and makes it current. Returns what `change` returned.
+    /// Applies `change` to a copy of the configuration; if the result is consistent, shares it
+    /// with the other processes, persists it and makes it current. Returns what `change`
+    /// returned.
     pub async fn change<T>(
         &self,
         change: impl FnOnce(&mut Configuration) -> Result<T, ChangeError>,
     ) -> Result<T, ChangeError> {
+        // Build on the newest configuration, wherever it was changed. Two processes changing
+        // at the same instant both succeed, and the later version wins everywhere.
+        self.refresh().await;
         let _serialized = self.change_lock.lock().await;
         let mut configuration = self.current().configuration().clone();
         let outcome = change(&mut configuration)?;
@@ -95,6 +133,61 @@ impl ConfigStore {
             ConfigurationError::Duplicate { .. } => ChangeError::Conflict(e.to_string()),
             other => ChangeError::Invalid(other),
         })?;
+        let version = model::now_epoch_millis().max(self.version.load(Ordering::SeqCst) + 1);
+        let snapshot = Snapshot {
+            version,
+            configuration: catalog.configuration().clone(),
+        };
+        let snapshot = serde_json::to_vec(&snapshot).expect("snapshots serialize");
+        self.bus
+            .broadcast_config(snapshot.into())
+            .await
+            .map_err(|e| ChangeError::Unavailable(e.to_string()))?;
+        self.persist(catalog, version).await?;
+        Ok(outcome)
+    }
+
+    /// Adopts the newest configuration other processes broadcast, if it is newer than ours.
+    /// Failures are logged: the current configuration stays in force.
+    pub async fn refresh(&self) {
+        let updates = match self.bus.config_updates().await {
+            Ok(updates) if updates.is_empty() => return,
+            Ok(updates) => updates,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read configuration updates");
+                return;
+            }
+        };
+        let _serialized = self.change_lock.lock().await;
+        let newest = updates
+            .iter()
+            .filter_map(|update| {
+                serde_json::from_slice::<Snapshot>(update)
+                    .map_err(
+                        |e| tracing::error!(error = %e, "a configuration update does not parse"),
+                    )
+                    .ok()
+            })
+            .max_by_key(|snapshot| snapshot.version)
+            .filter(|snapshot| snapshot.version > self.version.load(Ordering::SeqCst));
+        let Some(snapshot) = newest else { return };
+        let version = snapshot.version;
+        let adopted = async {
+            let catalog = Catalog::new(snapshot.configuration)?;
+            self.persist(catalog, version).await
+        };
+        match adopted.await {
+            Ok(()) => tracing::info!(
+                version,
+                "adopted a configuration change from another process"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot adopt a configuration change from another process")
+            }
+        }
+    }
+
+    async fn persist(&self, catalog: Catalog, version: i64) -> Result<(), ChangeError> {
         let document =
             serde_json::to_string(catalog.configuration()).expect("configurations serialize");
         self.db
@@ -102,11 +195,12 @@ impl ConfigStore {
                 c.execute(
                     "INSERT INTO configuration (id, document, changed_at) VALUES (1, ?1, ?2) \
                      ON CONFLICT (id) DO UPDATE SET document = ?1, changed_at = ?2",
-                    (document, model::now_epoch_seconds()),
+                    (document, version),
                 )
             })
             .await?;
         self.catalog.store(Arc::new(catalog));
-        Ok(outcome)
+        self.version.store(version, Ordering::SeqCst);
+        Ok(())
     }
 }
