@@ -26,6 +26,19 @@ pub enum Format {
     Json,
 }
 
+/// The event as plain text, for channels that show it whole (an email's text part, a B2C
+/// incident thread).
+pub const EVENT_AS_TEXT: &str = "{% if resolved %}Resolved: {% endif %}{{ event.subject }}
+
+{{ event.body }}
+
+Severity:   {{ event.severity }}
+Resource:   {{ event.resource.resourceName }} ({{ event.resource.resourceType }})
+Time:       {{ event.eventTimestamp | datetime }}
+Event type: {{ event.eventType }}
+{% for link in links %}{{ link.title }}: {{ link.url }}
+{% endfor %}";
+
 pub struct Templates {
     env: Environment<'static>,
 }

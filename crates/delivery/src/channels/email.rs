@@ -17,7 +17,7 @@
 use super::{Channel, Failure, Outcome, Tools, CODE_CONNECTION, CODE_TIMEOUT};
 use crate::http::chain;
 use crate::properties::Properties;
-use crate::templates::{Format, Scope};
+use crate::templates::{Format, Scope, EVENT_AS_TEXT};
 use async_trait::async_trait;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
@@ -27,16 +27,6 @@ use model::{Action, DeliveryJob};
 
 const SUBJECT: &str =
     "[{{ event.severity }}] {% if resolved %}Resolved: {% endif %}{{ event.subject }}";
-const TEXT: &str = "{% if resolved %}Resolved: {% endif %}{{ event.subject }}
-
-{{ event.body }}
-
-Severity:   {{ event.severity }}
-Resource:   {{ event.resource.resourceName }} ({{ event.resource.resourceType }})
-Time:       {{ event.eventTimestamp | datetime }}
-Event type: {{ event.eventType }}
-{% for link in links %}{{ link.title }}: {{ link.url }}
-{% endfor %}";
 const HTML: &str = "<html><body>
 <h2>{% if resolved %}Resolved: {% endif %}{{ event.subject }}</h2>
 <p style=\"white-space: pre-wrap\">{{ event.body }}</p>
@@ -158,7 +148,7 @@ impl EmailChannel {
                 .render(property, format, &p.template(property, default), &scope)
         };
         let subject = render("subjectTemplate", Format::Text, SUBJECT)?;
-        let text = render("bodyTemplate", Format::Text, TEXT)?;
+        let text = render("bodyTemplate", Format::Text, EVENT_AS_TEXT)?;
         let html = render("htmlTemplate", Format::Html, HTML)?;
         builder
             .subject(subject.replace(['\r', '\n'], " "))

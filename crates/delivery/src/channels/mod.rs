@@ -9,12 +9,14 @@
 //! ([`crate::properties`]) and the map from alert keys to what a destination created for them
 //! ([`crate::links`]).
 
+mod b2c;
 mod email;
 mod slack;
 mod store;
 mod teams;
 mod webhook;
 
+pub use b2c::B2cIncidentChannel;
 pub use email::EmailChannel;
 pub use slack::SlackChannel;
 pub use store::StoreChannel;
@@ -183,7 +185,8 @@ impl Channels {
             Arc::new(WebhookChannel::new(tools.clone())),
             Arc::new(SlackChannel::new(tools.clone())),
             Arc::new(TeamsChannel::new(tools.clone())),
-            Arc::new(EmailChannel::new(tools)),
+            Arc::new(EmailChannel::new(tools.clone())),
+            Arc::new(B2cIncidentChannel::new(tools)),
         ];
         Ok(Channels {
             by_type: all.into_iter().map(|c| (c.action_type(), c)).collect(),
