@@ -1,6 +1,7 @@
 //! The `tocsin` command: parses the command line, loads settings and logging, and runs the
 //! chosen subcommand. Errors end here, as `anyhow` reports with their causes.
 
+mod config_cli;
 mod credentials;
 mod server;
 mod settings;
@@ -39,10 +40,14 @@ enum Command {
         /// AMQP URI of a RabbitMQ broker; selects the rabbitmq backend (overrides `bus.url`).
         #[arg(long)]
         bus_url: Option<String>,
-        /// Load this configuration (ANS import format: actions, conditions, subscriptions).
+        /// Replace the stored configuration with this file at start (ANS import format:
+        /// actions, conditions, subscriptions).
         #[arg(long)]
         config_import: Option<PathBuf>,
     },
+    /// Export or import the configuration of a running Tocsin.
+    #[command(subcommand)]
+    Config(config_cli::ConfigCommand),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -93,5 +98,6 @@ async fn main() -> anyhow::Result<()> {
             }
             server::serve(settings).await
         }
+        Command::Config(command) => config_cli::run(command).await,
     }
 }

@@ -516,3 +516,62 @@ async fn processes_sharing_rabbitmq_route_by_a_change_made_on_either() {
     second.shutdown().await;
     first.shutdown().await;
 }
+
+#[tokio::test]
+async fn config_export_and_import_commands_round_trip_through_a_file() {
+    let source = Tocsin::start(
+        Backend::Embedded,
+        &common::store_configuration("AsCode"),
+        &[],
+    )
+    .await;
+    let target = Tocsin::start(Backend::Embedded, &Value::Null, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routing.json");
+    let tocsin = |args: &[&str], instance: &Tocsin| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tocsin"))
+            .args(args)
+            .args(["--url", &instance.base])
+            .env("TOCSIN_PASSWORD", &instance.password)
+            .output()
+            .unwrap()
+    };
+    let exported = tocsin(&["config", "export"], &source);
+    assert!(exported.status.success(), "{exported:?}");
+    std::fs::write(&file, &exported.stdout).unwrap();
+    let imported = tocsin(&["config", "import", file.to_str().unwrap()], &target);
+    assert!(imported.status.success(), "{imported:?}");
+    assert!(String::from_utf8_lossy(&imported.stderr)
+        .contains("imported 2 actions, 2 conditions, 2 subscriptions"));
+    let (_, on_target) = call(
+        &target,
+        reqwest::Method::GET,
+        &format!("{BASE}/configuration"),
+        None,
+    )
+    .await;
+    let on_file: Value = serde_json::from_slice(&exported.stdout).unwrap();
+    assert_eq!(on_target["subscriptions"], on_file["subscriptions"]);
+    // The imported routing works on the target.
+    let accepted = target.send(&event("AsCode", "code-1")).await;
+    let page = target
+        .wait_for_count("/cf/consumer/v1/matched-events", 1)
+        .await;
+    assert_eq!(page["results"][0]["id"], accepted["id"]);
+
+    let refused = tocsin(&["config", "import", "/nonexistent.json"], &target);
+    assert!(!refused.status.success());
+    std::fs::write(
+        &file,
+        r#"{"subscriptions": [{"name": "s", "state": "ENABLED", "actions": ["ghost"]}]}"#,
+    )
+    .unwrap();
+    let refused = tocsin(&["config", "import", file.to_str().unwrap()], &target);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("ghost"),
+        "{refused:?}"
+    );
+    source.shutdown().await;
+    target.shutdown().await;
+}

@@ -1,0 +1,100 @@
+//! `tocsin config export|import`: configuration as code against a running Tocsin, through its
+//! own configuration API, so that teams can keep their routing in git and apply it in CI.
+
+use anyhow::{bail, Context};
+use std::io::Read;
+use std::path::PathBuf;
+
+/// Where the running Tocsin is and who we are to it.
+#[derive(clap::Args)]
+pub struct Remote {
+    /// Base URL of the running Tocsin.
+    #[arg(long, env = "TOCSIN_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// API client with the configuration scope.
+    #[arg(long, env = "TOCSIN_USER", default_value = "admin")]
+    user: String,
+    /// Its password.
+    #[arg(long, env = "TOCSIN_PASSWORD", hide_env_values = true)]
+    password: String,
+}
+
+#[derive(clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Print the running configuration (ANS export format; secrets masked) to stdout.
+    Export {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Replace the running configuration with FILE (`-` for stdin). Masked secrets in FILE keep
+    /// the values the server has.
+    Import {
+        #[command(flatten)]
+        remote: Remote,
+        file: PathBuf,
+    },
+}
+
+impl Remote {
+    fn endpoint(&self) -> String {
+        format!(
+            "{}/cf/configuration/v1/configuration",
+            self.url.trim_end_matches('/')
+        )
+    }
+}
+
+async fn answer(response: reqwest::Response) -> anyhow::Result<serde_json::Value> {
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.context("the answer is not JSON")?;
+    if !status.is_success() {
+        let message = body["message"].as_str().unwrap_or("no message");
+        bail!("{status}: {message}");
+    }
+    Ok(body)
+}
+
+pub async fn run(command: ConfigCommand) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    match command {
+        ConfigCommand::Export { remote } => {
+            let response = http
+                .get(remote.endpoint())
+                .basic_auth(&remote.user, Some(&remote.password))
+                .send()
+                .await
+                .with_context(|| format!("cannot reach {}", remote.url))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&answer(response).await?)?
+            );
+        }
+        ConfigCommand::Import { remote, file } => {
+            let mut text = String::new();
+            if file.as_os_str() == "-" {
+                std::io::stdin().read_to_string(&mut text)?;
+            } else {
+                text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+            }
+            let document: serde_json::Value =
+                serde_json::from_str(&text).context("the file is not JSON")?;
+            let response = http
+                .post(remote.endpoint())
+                .basic_auth(&remote.user, Some(&remote.password))
+                .json(&document)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach {}", remote.url))?;
+            let imported = answer(response).await?;
+            let count = |key: &str| imported[key].as_array().map_or(0, Vec::len);
+            eprintln!(
+                "imported {} actions, {} conditions, {} subscriptions",
+                count("actions"),
+                count("conditions"),
+                count("subscriptions")
+            );
+        }
+    }
+    Ok(())
+}
