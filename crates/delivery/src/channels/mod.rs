@@ -12,6 +12,7 @@
 mod b2c;
 mod email;
 mod slack;
+mod slack_threaded;
 mod store;
 mod teams;
 mod webhook;
@@ -19,6 +20,7 @@ mod webhook;
 pub use b2c::B2cIncidentChannel;
 pub use email::EmailChannel;
 pub use slack::SlackChannel;
+pub use slack_threaded::SlackThreadedChannel;
 pub use store::StoreChannel;
 pub use teams::TeamsChannel;
 pub use webhook::WebhookChannel;
@@ -184,6 +186,7 @@ impl Channels {
             Arc::new(StoreChannel::new(records)),
             Arc::new(WebhookChannel::new(tools.clone())),
             Arc::new(SlackChannel::new(tools.clone())),
+            Arc::new(SlackThreadedChannel::new(tools.clone())),
             Arc::new(TeamsChannel::new(tools.clone())),
             Arc::new(EmailChannel::new(tools.clone())),
             Arc::new(B2cIncidentChannel::new(tools)),

@@ -1,0 +1,367 @@
+//! `SLACK_THREADED`: one Slack thread per alert, through the Web API's `chat.postMessage` and
+//! `chat.update` with a bot token.
+//!
+//! Properties: `token` (the bot token, `xoxb-…`, scope `chat:write`; a secret), `channel`
+//! (the channel ID), `apiUrl` (default `https://slack.com/api/`), and the message templates of
+//! `SLACK` (`subjectTemplate`, `bodyTemplate`, or `payloadTemplate`; see [`super::slack`]).
+//!
+//! The alert is the event's `ans:correlationId` (else its `ans:sourceEventId`; with neither,
+//! each event is a message of its own). Under the alert's lock, with the link map
+//! ([`crate::links`]) holding the thread (channel and parent `ts`):
+//! - no open thread: the event is posted as a new parent message, and its thread recorded;
+//! - an open thread: the event is posted as a reply in it;
+//! - a close (`ans:status` `CLOSE`): the reply is broadcast to the channel
+//!   (`reply_broadcast`), the parent is updated to the resolved message (green), and the
+//!   thread is closed: the next firing starts a new one.
+//!
+//! Slack answers errors as HTTP 200 with `{"ok": false, "error": "…"}`: a 907 failure whose
+//! reason is the error (`channel_not_found`, `not_in_channel`, `invalid_auth`, …), retryable for
+//! `ratelimited` (after `Retry-After`), `service_unavailable`, `internal_error`, `fatal_error`
+//! and `request_timeout`. HTTP 429 is retried after `Retry-After`. A parent update that fails
+//! after the resolution was posted is logged, not retried: the resolution reached the channel.
+//! A post whose answer never came may have been made; retrying it can post it twice.
+
+use super::slack::message;
+use super::{Channel, Failure, Outcome, Tools, CODE_BAD_ANSWER, CODE_LOCAL_STORAGE};
+use crate::http::parse_url;
+use crate::lifecycle::Transition;
+use crate::links::{Link, LinkState};
+use crate::properties::Properties;
+use async_trait::async_trait;
+use model::{Action, DeliveryJob};
+use reqwest::{Method, Url};
+use serde_json::Value;
+
+/// Slack errors that a later attempt can get past.
+const RETRYABLE: &[&str] = &[
+    "ratelimited",
+    "rate_limited",
+    "service_unavailable",
+    "internal_error",
+    "fatal_error",
+    "request_timeout",
+];
+
+pub struct SlackThreadedChannel {
+    tools: Tools,
+}
+
+/// Where the messages go.
+struct Conversation {
+    api: Url,
+    token: String,
+    channel: String,
+}
+
+/// A posted message: its channel ID and timestamp.
+struct Posted {
+    channel: String,
+    ts: String,
+}
+
+impl SlackThreadedChannel {
+    pub fn new(tools: Tools) -> Self {
+        SlackThreadedChannel { tools }
+    }
+
+    async fn attempt(&self, job: &DeliveryJob, action: &Action) -> Result<(), Failure> {
+        let p = Properties::of(action);
+        let mut api = parse_url(
+            "apiUrl",
+            &p.text("apiUrl")
+                .unwrap_or_else(|| "https://slack.com/api/".into()),
+        )?;
+        if !api.path().ends_with('/') {
+            api.set_path(&format!("{}/", api.path()));
+        }
+        let to = Conversation {
+            api,
+            token: p.required("token")?,
+            channel: p.required("channel")?,
+        };
+        let payload = message(&self.tools, job, action)?;
+        let event = &job.event;
+        let closes = Transition::of(event) == Transition::Close;
+        let Some(key) = event.correlation_id().or(event.source_event_id()) else {
+            return self.post(&to, &payload, None, false).await.map(drop);
+        };
+        let scope = format!("{}|{}", action.name, to.channel);
+        let links = &self.tools.links;
+        let _working_on_key = links.lock(&scope, key).await;
+        let thread = links.get(&scope, key).await.map_err(local)?;
+        if thread.as_ref().is_some_and(|t| t.last_event == event.id) {
+            return Ok(()); // a redelivered job: its effect is on record
+        }
+        let parent = thread.filter(|t| t.state == LinkState::Open).and_then(|t| {
+            let (channel, ts) = t.target.split_once(' ')?;
+            Some(Posted {
+                channel: channel.to_owned(),
+                ts: ts.to_owned(),
+            })
+        });
+        let (state, thread) = match parent {
+            None => {
+                let posted = self.post(&to, &payload, None, false).await?;
+                let state = if closes {
+                    LinkState::Closed
+                } else {
+                    LinkState::Open
+                };
+                (state, posted)
+            }
+            Some(parent) => {
+                self.post(&to, &payload, Some(&parent.ts), closes).await?;
+                if closes {
+                    self.update_parent(&to, &parent, &payload).await;
+                    (LinkState::Closed, parent)
+                } else {
+                    (LinkState::Open, parent)
+                }
+            }
+        };
+        let link = Link {
+            state,
+            target: format!("{} {}", thread.channel, thread.ts),
+            last_event: event.id.clone(),
+        };
+        links.put(&scope, key, &link).await.map_err(local)
+    }
+
+    /// `chat.postMessage`: a new message, or a reply in `thread_ts` (broadcast if asked).
+    async fn post(
+        &self,
+        to: &Conversation,
+        payload: &Value,
+        thread_ts: Option<&str>,
+        broadcast: bool,
+    ) -> Result<Posted, Failure> {
+        let mut body = payload.clone();
+        body["channel"] = to.channel.clone().into();
+        if let Some(ts) = thread_ts {
+            body["thread_ts"] = ts.into();
+            body["reply_broadcast"] = broadcast.into();
+        }
+        let answer = self.call(to, "chat.postMessage", &body).await?;
+        match (answer["channel"].as_str(), answer["ts"].as_str()) {
+            (Some(channel), Some(ts)) => Ok(Posted {
+                channel: channel.to_owned(),
+                ts: ts.to_owned(),
+            }),
+            _ => Err(Failure::permanent(
+                CODE_BAD_ANSWER,
+                "chat.postMessage answered ok without the message's channel and ts",
+            )),
+        }
+    }
+
+    /// `chat.update` of the parent to the resolved message; a failure is only logged.
+    async fn update_parent(&self, to: &Conversation, parent: &Posted, payload: &Value) {
+        let mut body = payload.clone();
+        body["channel"] = parent.channel.clone().into();
+        body["ts"] = parent.ts.clone().into();
+        if let Err(failure) = self.call(to, "chat.update", &body).await {
+            tracing::warn!(code = failure.code, reason = %failure.reason, "cannot mark the Slack thread's parent resolved");
+        }
+    }
+
+    /// Calls a Web API method; `ok:false` and non-2xx answers are failures.
+    async fn call(&self, to: &Conversation, method: &str, body: &Value) -> Result<Value, Failure> {
+        let url = to.api.join(method).expect("a method name joins");
+        let request = self
+            .tools
+            .http
+            .request(Method::POST, url, false)
+            .bearer_auth(&to.token)
+            .json(body);
+        let reply = self.tools.http.send(request).await?;
+        if !reply.is_success() {
+            return Err(reply.failure(&reply.quote()));
+        }
+        let answer: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+        if answer["ok"] == Value::Bool(true) {
+            return Ok(answer);
+        }
+        let error = answer["error"].as_str().unwrap_or("no `ok` in the answer");
+        let reason = format!("{method}: {error}");
+        Err(if RETRYABLE.contains(&error) {
+            Failure::transient_after(CODE_BAD_ANSWER, reason, reply.retry_after())
+        } else {
+            Failure::permanent(CODE_BAD_ANSWER, reason)
+        })
+    }
+}
+
+#[async_trait]
+impl Channel for SlackThreadedChannel {
+    fn action_type(&self) -> &'static str {
+        "SLACK_THREADED"
+    }
+
+    async fn deliver(&self, job: &DeliveryJob, action: &Action) -> Outcome {
+        self.attempt(job, action).await.into()
+    }
+}
+
+/// The link map failed: Tocsin's own storage, worth retrying.
+fn local(error: storage::StorageError) -> Failure {
+    Failure::transient(CODE_LOCAL_STORAGE, format!("the Slack thread map: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channels::tests::{action, job_with_id, tools};
+    use serde_json::json;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+    fn threaded(server: &MockServer) -> Action {
+        action(
+            "slack-threads",
+            "SLACK_THREADED",
+            json!({"token": "xoxb-test", "channel": "C0ALERTS", "apiUrl": format!("{}/api", server.uri())}),
+        )
+    }
+
+    fn alert(id: &str, correlation: &str, status: &str) -> DeliveryJob {
+        job_with_id(
+            id,
+            json!({"ans:correlationId": correlation, "ans:status": status}),
+        )
+    }
+
+    /// Answers every chat.postMessage with a new ts, 1000.000001, 1000.000002, …
+    fn post_message_answers() -> impl Fn(&Request) -> ResponseTemplate + Send + Sync {
+        let next = AtomicU32::new(0);
+        move |_: &Request| {
+            let n = next.fetch_add(1, Ordering::SeqCst) + 1;
+            ResponseTemplate::new(200).set_body_json(
+                json!({"ok": true, "channel": "C0ALERTS", "ts": format!("1000.{n:06}")}),
+            )
+        }
+    }
+
+    #[tokio::test]
+    async fn one_thread_per_correlation_id_resolved_with_a_broadcast() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/api/chat.postMessage"))
+            .and(header("authorization", "Bearer xoxb-test"))
+            .respond_with(post_message_answers())
+            .mount(&server)
+            .await;
+        Mock::given(path("/api/chat.update"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true})))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let (tools, _dir) = tools();
+        let channel = SlackThreadedChannel::new(tools);
+        let action = threaded(&server);
+        for job in [
+            alert("e1", "c-1", "CREATE_OR_UPDATE"),
+            alert("e2", "c-1", "CREATE_OR_UPDATE"),
+            alert("e2", "c-1", "CREATE_OR_UPDATE"), // redelivered: nothing posted
+            alert("e3", "c-2", "CREATE_OR_UPDATE"),
+            alert("e4", "c-1", "CLOSE"),
+            alert("e5", "c-1", "CREATE_OR_UPDATE"),
+        ] {
+            assert_eq!(channel.deliver(&job, &action).await, Outcome::Delivered);
+        }
+        let sent: Vec<(String, Value)> = server
+            .received_requests()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.url.path().to_owned(), r.body_json().unwrap()))
+            .collect();
+        let shape: Vec<(&str, Option<&str>, Option<bool>)> = sent
+            .iter()
+            .map(|(path, body)| {
+                (
+                    path.as_str(),
+                    body["thread_ts"].as_str().or(body["ts"].as_str()),
+                    body["reply_broadcast"].as_bool(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("/api/chat.postMessage", None, None), // c-1 parent: 1000.000001
+                ("/api/chat.postMessage", Some("1000.000001"), Some(false)), // c-1 reply
+                ("/api/chat.postMessage", None, None), // c-2 parent
+                ("/api/chat.postMessage", Some("1000.000001"), Some(true)), // c-1 resolved, broadcast
+                ("/api/chat.update", Some("1000.000001"), None),            // c-1 parent updated
+                ("/api/chat.postMessage", None, None), // c-1 fires again: new thread
+            ]
+        );
+        assert!(sent.iter().all(|(_, body)| body["channel"] == "C0ALERTS"));
+        let update = &sent[4].1;
+        assert_eq!(
+            update["attachments"][0]["color"], "#2eb67d",
+            "the parent turns green"
+        );
+        assert_eq!(update["text"], "[FATAL] Resolved: CPU above 90%");
+        assert_eq!(sent[0].1["attachments"][0]["color"], "#a30200");
+    }
+
+    #[tokio::test]
+    async fn slack_errors_in_ok_false_and_429() {
+        let server = MockServer::start().await;
+        Mock::given(path("/missing/chat.postMessage"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"ok": false, "error": "channel_not_found"})),
+            )
+            .mount(&server)
+            .await;
+        Mock::given(path("/limited/chat.postMessage"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .insert_header("Retry-After", "3")
+                    .set_body_json(json!({"ok": false, "error": "ratelimited"})),
+            )
+            .mount(&server)
+            .await;
+        Mock::given(path("/throttled/chat.postMessage"))
+            .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "20"))
+            .mount(&server)
+            .await;
+        let (tools, _dir) = tools();
+        let channel = SlackThreadedChannel::new(tools);
+        let fail = |api: &'static str| {
+            let action = action(
+                "slack-threads",
+                "SLACK_THREADED",
+                json!({"token": "xoxb-secret", "channel": "C0ALERTS", "apiUrl": format!("{}/{api}/", server.uri())}),
+            );
+            let channel = &channel;
+            async move {
+                match channel
+                    .deliver(&alert("e1", api, "CREATE_OR_UPDATE"), &action)
+                    .await
+                {
+                    Outcome::Failed(f) => f,
+                    Outcome::Delivered => panic!("{api} delivered"),
+                }
+            }
+        };
+        let missing = fail("missing").await;
+        assert_eq!((missing.code, missing.retry), (CODE_BAD_ANSWER, None));
+        assert_eq!(missing.reason, "chat.postMessage: channel_not_found");
+        let limited = fail("limited").await;
+        assert_eq!(
+            (limited.code, limited.retry),
+            (CODE_BAD_ANSWER, Some(Some(Duration::from_secs(3))))
+        );
+        let throttled = fail("throttled").await;
+        assert_eq!(
+            (throttled.code, throttled.retry),
+            (429, Some(Some(Duration::from_secs(20))))
+        );
+        assert!(!throttled.reason.contains("xoxb"), "{}", throttled.reason);
+    }
+}
