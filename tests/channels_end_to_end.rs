@@ -1,0 +1,141 @@
+//! End to end: one event through the real binary fans out to a signed WEB_HOOK, SLACK and
+//! MICROSOFT_TEAMS on a loopback HTTP server; a Slack webhook that answers
+//! `404 channel_not_found` ends as an undelivered record whose reason names the error and
+//! shows the webhook URL only as `http://host:port/…` — in the record and in the log.
+
+mod common;
+
+use common::{Backend, Tocsin};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const SECRET_PATH: &str = "/services/T000/B000/XXXXsecretXXXX";
+
+fn routing(base: &str) -> Value {
+    json!({
+        "actions": [
+            {"name": "hook", "type": "WEB_HOOK", "state": "ENABLED", "properties": {
+                "destination": format!("{base}/hook"), "signingSecret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "header.X-Team": "ops"}},
+            {"name": "slack", "type": "SLACK", "state": "ENABLED", "properties": {
+                "webhookUrl": format!("{base}/services/T000/B000/ok")}},
+            {"name": "teams", "type": "MICROSOFT_TEAMS", "state": "ENABLED", "properties": {
+                "webhookUrl": format!("{base}/workflows/1/triggers/manual/paths/invoke?sig=abc")}},
+            {"name": "slack-gone", "type": "SLACK", "state": "ENABLED", "properties": {
+                "webhookUrl": format!("{base}{SECRET_PATH}")}}
+        ],
+        "conditions": [
+            {"name": "deploys", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": "DeployFailed"}
+        ],
+        "subscriptions": [{
+            "name": "notify", "state": "ENABLED", "conditions": ["deploys"],
+            "actions": ["hook", "slack", "teams", "slack-gone"]
+        }]
+    })
+}
+
+#[tokio::test]
+async fn one_event_reaches_every_channel_and_a_refusal_is_recorded() {
+    let server = MockServer::start().await;
+    for (route, answer) in [
+        ("/hook", ResponseTemplate::new(204)),
+        (
+            "/services/T000/B000/ok",
+            ResponseTemplate::new(200).set_body_string("ok"),
+        ),
+        (
+            "/workflows/1/triggers/manual/paths/invoke",
+            ResponseTemplate::new(202),
+        ),
+        (
+            SECRET_PATH,
+            ResponseTemplate::new(404).set_body_string("channel_not_found"),
+        ),
+    ] {
+        Mock::given(method("POST"))
+            .and(path(route))
+            .respond_with(answer)
+            .mount(&server)
+            .await;
+    }
+    let tocsin = Tocsin::start(Backend::Embedded, &routing(&server.uri()), &[]).await;
+    let accepted = tocsin
+        .send(&json!({
+            "eventType": "DeployFailed", "severity": "ERROR", "category": "ALERT",
+            "subject": "Deploy of shop failed", "body": "step 3 of 5: migration timed out",
+            "resource": {"resourceName": "shop", "resourceType": "service"},
+            "tags": {"ans:detailsLink": "https://ci.example/runs/77"}
+        }))
+        .await;
+
+    let undelivered = tocsin
+        .wait_for_count(
+            "/cf/consumer/v1/undelivered-events?include=FAILURE_REASON",
+            1,
+        )
+        .await;
+    let record = &undelivered["results"][0];
+    assert_eq!(record["metadata"]["affectedActionId"], "slack-gone");
+    let reason = &record["metadata"]["failureReasons"][0];
+    assert_eq!(reason["code"], 404);
+    let text = reason["reason"].as_str().unwrap();
+    assert_eq!(
+        text,
+        format!(
+            "{}/… answered 404 Not Found: channel_not_found",
+            server.uri()
+        )
+    );
+
+    let started = Instant::now();
+    let received = loop {
+        let received = server.received_requests().await.unwrap();
+        if received.len() >= 4 {
+            break received;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} of 4 requests\n{}",
+            received.len(),
+            tocsin.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let by_path = |p: &str| {
+        received
+            .iter()
+            .find(|r| r.url.path() == p)
+            .unwrap_or_else(|| panic!("nothing sent to {p}"))
+    };
+    let hook = by_path("/hook");
+    let event: Value = hook.body_json().unwrap();
+    assert_eq!(event["id"], accepted["id"], "the webhook carries the event");
+    assert_eq!(event["subject"], "Deploy of shop failed");
+    assert_eq!(hook.headers.get("x-team").unwrap(), "ops");
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        assert!(hook.headers.contains_key(name), "{name} missing");
+    }
+    let slack: Value = by_path("/services/T000/B000/ok").body_json().unwrap();
+    assert_eq!(slack["text"], "[ERROR] Deploy of shop failed");
+    let teams: Value = by_path("/workflows/1/triggers/manual/paths/invoke")
+        .body_json()
+        .unwrap();
+    assert_eq!(teams["type"], "message");
+    assert_eq!(
+        teams["attachments"][0]["content"]["actions"][0]["url"],
+        "https://ci.example/runs/77"
+    );
+
+    let log = tocsin.log();
+    assert!(log.contains("channel_not_found"), "the failure is logged");
+    for secret in [
+        "XXXXsecretXXXX",
+        "sig=abc",
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    ] {
+        assert!(!log.contains(secret), "{secret} leaked into the log");
+    }
+    tocsin.shutdown().await;
+}
