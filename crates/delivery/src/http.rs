@@ -340,7 +340,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(failure.code, CODE_CONNECTION);
-        assert!(failure.is_retryable());
+        assert_eq!(failure.retry, Some(None), "worth retrying");
         assert!(!failure.reason.contains("secret"), "{}", failure.reason);
 
         let server = MockServer::start().await;

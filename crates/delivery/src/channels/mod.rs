@@ -109,10 +109,6 @@ impl Failure {
     pub fn bad_action(reason: impl Into<String>) -> Self {
         Failure::permanent(CODE_BAD_ACTION, reason)
     }
-
-    pub fn is_retryable(&self) -> bool {
-        self.retry.is_some()
-    }
 }
 
 /// Delivers a job for an action of one type.
