@@ -269,17 +269,18 @@ impl Tocsin {
         let Ok(channel) = conn.create_channel().await else {
             return;
         };
-        for queue in ["events", "deliveries", "dead", "config.latest"] {
-            let name = format!("{}.{queue}", self.prefix);
-            let _ = channel
-                .queue_delete(name.as_str().into(), Default::default())
-                .await;
+        let settings = bus::RabbitSettings {
+            uri: amqp_uri(),
+            prefix: self.prefix.clone(),
+            delivery_limit: 0,
+            publish_timeout: Duration::ZERO,
+        };
+        let (queues, exchanges) = settings.topology();
+        for queue in queues {
+            let _ = channel.queue_delete(queue.as_str().into(), Default::default()).await;
         }
-        for exchange in ["", ".dlx", ".config"] {
-            let name = format!("{}{exchange}", self.prefix);
-            let _ = channel
-                .exchange_delete(name.as_str().into(), Default::default())
-                .await;
+        for exchange in exchanges {
+            let _ = channel.exchange_delete(exchange.as_str().into(), Default::default()).await;
         }
     }
 

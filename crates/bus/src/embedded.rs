@@ -8,6 +8,10 @@
 //! the rows there, and the next start hands them all out again, flagged `redelivered`.
 //! One process owns a data file (a lock file enforces it), so the in-memory cursor is the only
 //! record of what is in flight.
+//!
+//! Delayed messages wait in their own table with a due time; a scheduler task moves those that
+//! are due into the queue in one transaction and sleeps until the next one is, so a restart
+//! loses none and nothing holds them in memory.
 
 use crate::{Bus, BusError, Delivery, Queue, Settle, Settlement, Subscription};
 use async_trait::async_trait;
@@ -19,7 +23,8 @@ use std::sync::{Arc, Mutex};
 use storage::{CommitObserver, Database, Durability};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE messages (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         queue TEXT NOT NULL,
@@ -34,16 +39,35 @@ const MIGRATIONS: &[&str] = &["
         enqueued_at_ms INTEGER NOT NULL,
         dead_at_ms INTEGER NOT NULL
     );
-"];
+",
+    "
+    CREATE TABLE delayed (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        queue TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        due_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX delayed_by_due ON delayed (due_at_ms);
+",
+];
 
 /// Rows read per dispatcher round trip, at most.
 const READ_BATCH: usize = 256;
 
 pub struct EmbeddedBus {
     db: Database,
-    queues: HashMap<Queue, Arc<QueueState>>,
+    queues: Arc<HashMap<Queue, Arc<QueueState>>>,
     /// Rows with an id up to this one existed at start, so may have been handed out before.
     last_id_at_start: i64,
+    /// Wakes the scheduler when a delayed message may be due sooner than it planned.
+    delayed: Arc<Notify>,
+    scheduler: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EmbeddedBus {
+    fn drop(&mut self) {
+        self.scheduler.abort();
+    }
 }
 
 #[derive(Default)]
@@ -64,15 +88,33 @@ impl EmbeddedBus {
             })
             .map_err(storage::StorageError::from)?
         };
-        let queues = Queue::ALL
-            .into_iter()
-            .map(|q| (q, Arc::new(QueueState::default())))
-            .collect();
+        let queues: Arc<HashMap<_, _>> = Arc::new(
+            Queue::ALL
+                .into_iter()
+                .map(|q| (q, Arc::new(QueueState::default())))
+                .collect(),
+        );
+        let delayed = Arc::new(Notify::new());
+        let scheduler = tokio::spawn(promote_due(
+            db.clone(),
+            Arc::clone(&queues),
+            Arc::clone(&delayed),
+        ));
         Ok(EmbeddedBus {
             db,
             queues,
             last_id_at_start,
+            delayed,
+            scheduler,
         })
+    }
+
+    /// Messages waiting for their delay to pass, on every queue.
+    pub async fn delayed_count(&self) -> Result<u64, BusError> {
+        Ok(self
+            .db
+            .read(|c| c.query_row("SELECT COUNT(*) FROM delayed", [], |r| r.get(0)))
+            .await?)
     }
 
     /// Messages waiting in `queue` (handed out but unacked ones included).
@@ -111,6 +153,26 @@ impl Bus for EmbeddedBus {
         Ok(())
     }
 
+    async fn publish_delayed(
+        &self,
+        queue: Queue,
+        payload: Bytes,
+        delay: std::time::Duration,
+    ) -> Result<(), BusError> {
+        let name = queue.as_str();
+        let due = model::now_epoch_millis() + delay.as_millis() as i64;
+        self.db
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO delayed (queue, payload, due_at_ms) VALUES (?1, ?2, ?3)",
+                    (name, payload.as_ref(), due),
+                )
+            })
+            .await?;
+        self.delayed.notify_one();
+        Ok(())
+    }
+
     async fn subscribe(&self, queue: Queue, prefetch: u16) -> Result<Subscription, BusError> {
         let state = Arc::clone(&self.queues[&queue]);
         if state.subscribed.swap(true, Ordering::SeqCst) {
@@ -135,6 +197,54 @@ impl Bus for EmbeddedBus {
 
     fn backend(&self) -> &'static str {
         "embedded"
+    }
+}
+
+/// Moves delayed messages into their queue when they are due, forever.
+async fn promote_due(
+    db: Database,
+    queues: Arc<HashMap<Queue, Arc<QueueState>>>,
+    delayed: Arc<Notify>,
+) {
+    loop {
+        let now = model::now_epoch_millis();
+        let promoted = db
+            .write(move |c| {
+                let due: Vec<String> = c
+                    .prepare_cached("SELECT DISTINCT queue FROM delayed WHERE due_at_ms <= ?1")?
+                    .query_map([now], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                if !due.is_empty() {
+                    c.execute(
+                        "INSERT INTO messages (queue, payload, enqueued_at_ms) \
+                         SELECT queue, payload, ?1 FROM delayed WHERE due_at_ms <= ?1 ORDER BY id",
+                        [now],
+                    )?;
+                    c.execute("DELETE FROM delayed WHERE due_at_ms <= ?1", [now])?;
+                }
+                let next: Option<i64> =
+                    c.query_row("SELECT MIN(due_at_ms) FROM delayed", [], |r| r.get(0))?;
+                Ok((due, next))
+            })
+            .await;
+        let wait = match promoted {
+            Ok((due, next)) => {
+                for (queue, state) in queues.iter() {
+                    if due.iter().any(|name| name == queue.as_str()) {
+                        state.published.notify_one();
+                    }
+                }
+                next.map_or(60_000, |at| (at - now).clamp(1, 60_000))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot move due delayed messages");
+                1_000
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(wait as u64)) => {}
+            _ = delayed.notified() => {}
+        }
     }
 }
 
@@ -363,5 +473,44 @@ mod tests {
         fresh.dead_letter().await.unwrap();
         assert_eq!(bus.depth(Queue::Events).await.unwrap(), 0);
         assert_eq!(bus.depth(Queue::Deliveries).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn delayed_messages_come_due_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.db");
+        {
+            let bus = EmbeddedBus::open(&path, None).unwrap();
+            let long = Duration::from_millis(600);
+            bus.publish_delayed(Queue::Deliveries, Bytes::from_static(b"later"), long)
+                .await
+                .unwrap();
+            assert_eq!(bus.delayed_count().await.unwrap(), 1);
+            // The bus goes away before the message is due.
+        }
+        let bus = EmbeddedBus::open(&path, None).unwrap();
+        let started = std::time::Instant::now();
+        let mut sub = bus.subscribe(Queue::Deliveries, 4).await.unwrap();
+        bus.publish_delayed(
+            Queue::Deliveries,
+            Bytes::from_static(b"soon"),
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+        bus.publish(Queue::Deliveries, vec![Bytes::from_static(b"now")])
+            .await
+            .unwrap();
+        let order: Vec<_> = [
+            next(&mut sub).await,
+            next(&mut sub).await,
+            next(&mut sub).await,
+        ]
+        .into_iter()
+        .map(|d| String::from_utf8(d.payload.to_vec()).unwrap())
+        .collect();
+        assert_eq!(order, ["now", "soon", "later"]);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert_eq!(bus.delayed_count().await.unwrap(), 0);
     }
 }

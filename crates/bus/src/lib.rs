@@ -59,6 +59,17 @@ pub trait Bus: Send + Sync + 'static {
     /// Durably enqueues `payloads` on `queue`, in order, returning once all of them are safe.
     async fn publish(&self, queue: Queue, payloads: Vec<Bytes>) -> Result<(), BusError>;
 
+    /// Durably enqueues `payload` on `queue` to be delivered after `delay`, without holding
+    /// anything in the meantime: the message waits in the backend, not in a consumer. It may
+    /// arrive somewhat early (RabbitMQ rounds down to a delay tier), so consumers that care
+    /// carry their own not-before time and delay again.
+    async fn publish_delayed(
+        &self,
+        queue: Queue,
+        payload: Bytes,
+        delay: std::time::Duration,
+    ) -> Result<(), BusError>;
+
     /// Starts consuming `queue` with at most `prefetch` unsettled deliveries.
     async fn subscribe(&self, queue: Queue, prefetch: u16) -> Result<Subscription, BusError>;
 

@@ -11,6 +11,10 @@
 //! Topology (`<p>` is the configured prefix): a durable direct exchange `<p>` routing to the
 //! durable quorum queues `<p>.events` and `<p>.deliveries`, whose rejected or over-delivered
 //! messages dead-letter through the fanout exchange `<p>.dlx` into the quorum queue `<p>.dead`.
+//! Delayed messages wait in per-delay quorum queues `<p>.<queue>.delay.<ms>` with that message
+//! TTL, dead-lettering (at least once) back into `<queue>` when it expires; a delay goes to the
+//! longest tier that does not exceed it, so a message may arrive early and its consumer delays
+//! it again for the rest.
 //! Configuration snapshots go through the fanout exchange `<p>.config` to one exclusive queue
 //! per process and to `<p>.config.latest`, which keeps only the newest one for processes that
 //! (re)connect later.
@@ -47,10 +51,45 @@ pub struct RabbitSettings {
     pub publish_timeout: Duration,
 }
 
+/// The delays a message can wait for in one go, in milliseconds.
+pub const DELAY_TIERS_MS: [u64; 7] = [100, 1_000, 5_000, 30_000, 120_000, 600_000, 3_600_000];
+
 impl RabbitSettings {
     pub fn queue_name(&self, queue: Queue) -> String {
         format!("{}.{}", self.prefix, queue.as_str())
     }
+
+    /// Every queue and exchange this topology declares (for tools and tests that remove it).
+    pub fn topology(&self) -> (Vec<String>, Vec<String>) {
+        let mut queues = vec![
+            format!("{}.dead", self.prefix),
+            format!("{}.config.latest", self.prefix),
+        ];
+        for queue in Queue::ALL {
+            queues.push(self.queue_name(queue));
+            queues.extend(DELAY_TIERS_MS.map(|tier| self.delay_queue_name(queue, tier)));
+        }
+        let exchanges = ["", ".dlx", ".config"]
+            .map(|suffix| format!("{}{suffix}", self.prefix))
+            .to_vec();
+        (queues, exchanges)
+    }
+
+    /// The delay queue of `queue` for `tier_ms`.
+    pub fn delay_queue_name(&self, queue: Queue, tier_ms: u64) -> String {
+        format!("{}.{}.delay.{tier_ms}", self.prefix, queue.as_str())
+    }
+}
+
+/// The tier a delay waits in: the longest that does not exceed it (the shortest for less).
+fn delay_tier(delay: Duration) -> u64 {
+    let wanted = delay.as_millis() as u64;
+    DELAY_TIERS_MS
+        .iter()
+        .copied()
+        .rev()
+        .find(|&tier| tier <= wanted)
+        .unwrap_or(DELAY_TIERS_MS[0])
 }
 
 /// A live connection with its topology declared.
@@ -94,6 +133,25 @@ impl RabbitBus {
     /// Connections lost and re-established since start.
     pub fn reconnects(&self) -> u64 {
         self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Messages ready in `queue`, by a passive declare on a channel of its own (a failed one
+    /// closes its channel). RabbitMQ does not count those handed out and not yet acked.
+    pub async fn depth(&self, queue: Queue) -> Result<u64, BusError> {
+        let link = self.link.borrow().clone();
+        let link = link.ok_or_else(|| BusError::Unavailable("not connected".into()))?;
+        let channel = link.connection.create_channel().await.map_err(unavailable)?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let name = self.settings.queue_name(queue);
+        let declared = channel
+            .queue_declare(name.as_str().into(), passive, FieldTable::default())
+            .await
+            .map_err(unavailable)?;
+        let _ = channel.close(200, "".into()).await;
+        Ok(u64::from(declared.message_count()))
     }
 
     /// Waits until connected, for at most `timeout`.
@@ -303,6 +361,30 @@ async fn declare_topology(
         )
         .await?;
     for queue in Queue::ALL {
+        for tier in DELAY_TIERS_MS {
+            let mut args = quorum(false);
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(tier as i64));
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(LongString::from(exchange)),
+            );
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(LongString::from(queue.as_str())),
+            );
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                AMQPValue::LongString(LongString::from("at-least-once")),
+            );
+            args.insert(
+                "x-overflow".into(),
+                AMQPValue::LongString(LongString::from("reject-publish")),
+            );
+            let name = settings.delay_queue_name(queue, tier);
+            channel
+                .queue_declare(name.as_str().into(), durable_queue, args)
+                .await?;
+        }
         let name = settings.queue_name(queue);
         channel
             .queue_declare(name.as_str().into(), durable_queue, quorum(true))
@@ -411,6 +493,16 @@ impl Bus for RabbitBus {
     async fn publish(&self, queue: Queue, payloads: Vec<Bytes>) -> Result<(), BusError> {
         self.publish_retrying(&self.settings.prefix, queue.as_str(), &payloads)
             .await
+    }
+
+    async fn publish_delayed(
+        &self,
+        queue: Queue,
+        payload: Bytes,
+        delay: Duration,
+    ) -> Result<(), BusError> {
+        let tier = self.settings.delay_queue_name(queue, delay_tier(delay));
+        self.publish_retrying("", &tier, &[payload]).await
     }
 
     async fn broadcast_config(&self, snapshot: Bytes) -> Result<(), BusError> {

@@ -64,17 +64,16 @@ async fn delete_topology(settings: &RabbitSettings) {
         .await
         .unwrap();
     let channel = conn.create_channel().await.unwrap();
-    for queue in ["events", "deliveries", "dead", "config.latest"] {
-        let name = format!("{}.{queue}", settings.prefix);
+    let (queues, exchanges) = settings.topology();
+    for queue in queues {
         channel
-            .queue_delete(name.as_str().into(), Default::default())
+            .queue_delete(queue.as_str().into(), Default::default())
             .await
             .unwrap();
     }
-    for exchange in ["", ".dlx", ".config"] {
-        let name = format!("{}{exchange}", settings.prefix);
+    for exchange in exchanges {
         channel
-            .exchange_delete(name.as_str().into(), Default::default())
+            .exchange_delete(exchange.as_str().into(), Default::default())
             .await
             .unwrap();
     }
@@ -159,6 +158,42 @@ async fn dead_lettered_messages_park_on_the_dead_queue() {
         parked.expect("dead-lettered message").delivery.data,
         b"poison"
     );
+    drop(sub);
+    delete_topology(&settings).await;
+}
+
+#[tokio::test]
+async fn delayed_messages_wait_in_the_broker_and_come_back() {
+    let settings = settings();
+    let bus = RabbitBus::start(settings.clone());
+    let mut sub = bus.subscribe(Queue::Deliveries, 4).await.unwrap();
+    let sent = std::time::Instant::now();
+    bus.publish_delayed(
+        Queue::Deliveries,
+        Bytes::from_static(b"later"),
+        Duration::from_millis(1200),
+    )
+    .await
+    .unwrap();
+    bus.publish(Queue::Deliveries, vec![Bytes::from_static(b"now")])
+        .await
+        .unwrap();
+    let first = next(&mut sub).await;
+    assert_eq!(
+        &first.payload[..],
+        b"now",
+        "a delayed message does not hold the queue"
+    );
+    first.ack().await.unwrap();
+    let later = next(&mut sub).await;
+    assert_eq!(&later.payload[..], b"later");
+    let waited = sent.elapsed();
+    // 1.2 s goes to the 1 s tier: early by design, never before the tier.
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "came back after {waited:?}"
+    );
+    later.ack().await.unwrap();
     drop(sub);
     delete_topology(&settings).await;
 }
