@@ -1,15 +1,18 @@
 //! OCI delivers at least once: a message whose answer was lost or late comes again, for up to
 //! two hours by default. This remembers the keys of the messages already published (the
-//! `X-OCI-NS-MessageId`, and `dedupeKey`+`timestampEpochMillis` or `eventID`) for a window, in
-//! the `seen` table of the OCI source's SQLite file, so that a redelivery is acknowledged
-//! without being published again — also after a restart.
+//! `X-OCI-NS-MessageId`, and `dedupeKey`+`timestampEpochMillis` or `eventID`) for a window, so
+//! that a redelivery is acknowledged without being published again — also after a restart.
 //!
-//! Flow: [`Dedupe::claim`] locks the message's keys in memory (so that two copies arriving at
-//! once are decided one after the other) and looks them up; a new message gets a [`Ticket`].
-//! The caller publishes, then [`Ticket::commit`]s the keys. A ticket dropped without commit —
+//! Flow: [`Dedupe::claim`] locks the message's keys (so that two copies arriving at once are
+//! decided one after the other) and looks them up in memory; a new message gets a [`Ticket`].
+//! The caller publishes, then [`Ticket::commit`]s: the keys are remembered in memory at once
+//! and written to the `seen` table of the OCI source's SQLite file by the future it returns,
+//! off the answer's path. The table is read back at start. A ticket dropped without commit —
 //! the publish failed — leaves nothing behind, so OCI's retry is published normally.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,12 +23,14 @@ use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 pub const SCHEMA: &str = "CREATE TABLE seen (key TEXT PRIMARY KEY, seen_at_ms INTEGER NOT NULL);
      CREATE INDEX seen_by_time ON seen (seen_at_ms);";
 
-/// How often expired keys are deleted.
+/// How often expired keys are forgotten.
 const PRUNE_EVERY_MS: i64 = 60_000;
 
 pub struct Dedupe {
     db: Database,
     window_ms: i64,
+    /// Every key seen within the window, with when (epoch ms).
+    seen: Mutex<HashMap<String, i64>>,
     locks: KeyLocks,
     last_prune_ms: AtomicI64,
 }
@@ -46,37 +51,40 @@ pub struct Ticket<'a> {
 }
 
 impl Dedupe {
-    pub fn new(db: Database, window: Duration) -> Dedupe {
-        Dedupe {
+    /// The window over `db`, the database at `path`, with the keys it remembers.
+    pub fn open(db: Database, path: &Path, window: Duration) -> Result<Dedupe, StorageError> {
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let since = model::now_epoch_millis().saturating_sub(window_ms);
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        let seen = conn
+            .prepare("SELECT key, seen_at_ms FROM seen WHERE seen_at_ms >= ?1")?
+            .query_map([since], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<rusqlite::Result<HashMap<String, i64>>>()?;
+        Ok(Dedupe {
             db,
-            window_ms: i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
+            window_ms,
+            seen: Mutex::new(seen),
             locks: KeyLocks::default(),
             last_prune_ms: AtomicI64::new(0),
-        }
+        })
     }
 
     /// Looks `keys` up, waiting while another copy of the same message is being decided.
-    pub async fn claim(&self, keys: Vec<String>) -> Result<Claim<'_>, StorageError> {
+    pub async fn claim(&self, keys: Vec<String>) -> Claim<'_> {
         let mut keys = keys;
         keys.sort();
         keys.dedup();
         let locked = self.locks.lock(&keys).await;
         let since = model::now_epoch_millis().saturating_sub(self.window_ms);
-        let lookup = keys.clone();
-        let seen = self
-            .db
-            .read(move |conn| {
-                let mut statement =
-                    conn.prepare_cached("SELECT 1 FROM seen WHERE key = ?1 AND seen_at_ms >= ?2")?;
-                for key in &lookup {
-                    if statement.exists((key, since))? {
-                        return Ok(true);
-                    }
-                }
-                Ok(false)
-            })
-            .await?;
-        Ok(if seen {
+        let seen = {
+            let seen = self.seen.lock().expect("dedupe window poisoned");
+            keys.iter()
+                .any(|key| seen.get(key).is_some_and(|at| *at >= since))
+        };
+        if seen {
             Claim::Duplicate
         } else {
             Claim::New(Ticket {
@@ -84,27 +92,36 @@ impl Dedupe {
                 keys,
                 _locked: locked,
             })
-        })
+        }
     }
 }
 
 impl Ticket<'_> {
-    /// Records the keys as seen now (the message is published), and now and then forgets the
-    /// keys older than the window.
-    pub async fn commit(self) -> Result<(), StorageError> {
+    /// Remembers the keys as seen now (the message is published) and releases them; the
+    /// returned future writes them to disk and, now and then, forgets the expired ones there.
+    pub fn commit(self) -> impl Future<Output = Result<(), StorageError>> + Send + 'static {
         let dedupe = self.dedupe;
         let now = model::now_epoch_millis();
+        let expired_before = now.saturating_sub(dedupe.window_ms);
         let last = dedupe.last_prune_ms.load(Ordering::Relaxed);
-        let prune_before = (now - last >= PRUNE_EVERY_MS
+        let prune = now - last >= PRUNE_EVERY_MS
             && dedupe
                 .last_prune_ms
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok())
-        .then(|| now.saturating_sub(dedupe.window_ms));
+                .is_ok();
+        {
+            let mut seen = dedupe.seen.lock().expect("dedupe window poisoned");
+            if prune {
+                seen.retain(|_, at| *at >= expired_before);
+            }
+            for key in &self.keys {
+                seen.insert(key.clone(), now);
+            }
+        }
         let keys = self.keys.clone();
-        dedupe
-            .db
-            .write(move |conn| {
+        let db = dedupe.db.clone();
+        async move {
+            db.write(move |conn| {
                 let mut insert = conn.prepare_cached(
                     "INSERT INTO seen (key, seen_at_ms) VALUES (?1, ?2) \
                      ON CONFLICT (key) DO UPDATE SET seen_at_ms = excluded.seen_at_ms",
@@ -112,12 +129,13 @@ impl Ticket<'_> {
                 for key in &keys {
                     insert.execute((key, now))?;
                 }
-                if let Some(before) = prune_before {
-                    conn.execute("DELETE FROM seen WHERE seen_at_ms < ?1", [before])?;
+                if prune {
+                    conn.execute("DELETE FROM seen WHERE seen_at_ms < ?1", [expired_before])?;
                 }
                 Ok(())
             })
             .await
+        }
     }
 }
 
@@ -179,14 +197,9 @@ mod tests {
     use storage::Durability;
 
     fn open(dir: &tempfile::TempDir, window: Duration) -> Dedupe {
-        let db = Database::open(
-            &dir.path().join("oci.db"),
-            &[SCHEMA],
-            Durability::Normal,
-            None,
-        )
-        .unwrap();
-        Dedupe::new(db, window)
+        let path = dir.path().join("oci.db");
+        let db = Database::open(&path, &[SCHEMA], Durability::Normal, None).unwrap();
+        Dedupe::open(db, &path, window).unwrap()
     }
 
     fn keys(list: &[&str]) -> Vec<String> {
@@ -194,7 +207,7 @@ mod tests {
     }
 
     async fn is_new(dedupe: &Dedupe, list: &[&str], commit: bool) -> bool {
-        match dedupe.claim(keys(list)).await.unwrap() {
+        match dedupe.claim(keys(list)).await {
             Claim::Duplicate => false,
             Claim::New(ticket) => {
                 if commit {
@@ -243,6 +256,12 @@ mod tests {
             is_new(&dedupe, &["msg:1"], true).await,
             "so the retry is new"
         );
+        // Committed: a duplicate at once, before (even without) the write to disk.
+        let Claim::New(ticket) = dedupe.claim(keys(&["msg:9"])).await else {
+            panic!("new")
+        };
+        drop(ticket.commit());
+        assert!(!is_new(&dedupe, &["msg:9"], true).await);
         let dedupe = open(&dir, Duration::ZERO);
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert!(

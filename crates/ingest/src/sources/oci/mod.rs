@@ -144,8 +144,9 @@ impl OciSource {
     /// Opens (creating) the source's database in `data_dir`.
     pub fn open(config: OciConfig, data_dir: &Path) -> Result<OciSource, OciError> {
         // Normal durability: a key lost to a power cut only lets one redelivery through twice.
+        let path = data_dir.join(DATABASE_FILE);
         let db = Database::open(
-            &data_dir.join(DATABASE_FILE),
+            &path,
             &[dedupe::SCHEMA, confirm::SCHEMA],
             Durability::Normal,
             None,
@@ -153,7 +154,7 @@ impl OciSource {
         Ok(OciSource {
             confirmer: Confirmer::new(CONFIRM_TIMEOUT)?,
             subscriptions: Subscriptions::new(db.clone()),
-            dedupe: Dedupe::new(db, config.dedupe_window),
+            dedupe: Dedupe::open(db, &path, config.dedupe_window)?,
             config,
         })
     }
@@ -366,25 +367,21 @@ async fn publish_once(
         return publish(publisher, std::slice::from_ref(&event)).await;
     }
     let ticket = match dedupe.claim(keys).await {
-        Ok(Claim::Duplicate) => {
+        Claim::Duplicate => {
             tracing::debug!(source_event_id = ?event.source_event_id(), "OCI redelivery acknowledged, not published again");
             return duplicate();
         }
-        Ok(Claim::New(ticket)) => Some(ticket),
-        Err(e) => {
-            // Never drop a message because the dedupe file is unwell: at worst a duplicate.
-            tracing::error!(error = %e, "the OCI dedupe window is unavailable; publishing without it");
-            None
-        }
+        Claim::New(ticket) => ticket,
     };
     if let Err(e) = publisher.publish(std::slice::from_ref(&event)).await {
         return queue_unavailable(e);
     }
-    if let Some(ticket) = ticket {
-        if let Err(e) = ticket.commit().await {
-            tracing::error!(error = %e, "cannot remember an OCI message; a redelivery would publish it again");
+    let persist = ticket.commit();
+    tokio::spawn(async move {
+        if let Err(e) = persist.await {
+            tracing::error!(error = %e, "cannot write an OCI message's keys; after a restart a redelivery would publish it again");
         }
-    }
+    });
     published(std::slice::from_ref(&event))
 }
 
