@@ -135,23 +135,46 @@ impl RabbitBus {
         self.reconnects.load(Ordering::Relaxed)
     }
 
-    /// Messages ready in `queue`, by a passive declare on a channel of its own (a failed one
-    /// closes its channel). RabbitMQ does not count those handed out and not yet acked.
+    /// Messages ready in `queue`. RabbitMQ does not count those handed out and not yet acked.
     pub async fn depth(&self, queue: Queue) -> Result<u64, BusError> {
+        self.message_count(&[self.settings.queue_name(queue)]).await
+    }
+
+    /// Messages waiting for their delay to pass, on every queue.
+    pub async fn delayed_count(&self) -> Result<u64, BusError> {
+        let names: Vec<String> = Queue::ALL
+            .into_iter()
+            .flat_map(|queue| {
+                DELAY_TIERS_MS.map(|tier| self.settings.delay_queue_name(queue, tier))
+            })
+            .collect();
+        self.message_count(&names).await
+    }
+
+    /// Messages ready in the queues `names`, by passive declares on a channel of their own
+    /// (a failed one closes its channel).
+    async fn message_count(&self, names: &[String]) -> Result<u64, BusError> {
         let link = self.link.borrow().clone();
         let link = link.ok_or_else(|| BusError::Unavailable("not connected".into()))?;
-        let channel = link.connection.create_channel().await.map_err(unavailable)?;
+        let channel = link
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()
         };
-        let name = self.settings.queue_name(queue);
-        let declared = channel
-            .queue_declare(name.as_str().into(), passive, FieldTable::default())
-            .await
-            .map_err(unavailable)?;
+        let mut count = 0;
+        for name in names {
+            let declared = channel
+                .queue_declare(name.as_str().into(), passive, FieldTable::default())
+                .await
+                .map_err(unavailable)?;
+            count += u64::from(declared.message_count());
+        }
         let _ = channel.close(200, "".into()).await;
-        Ok(u64::from(declared.message_count()))
+        Ok(count)
     }
 
     /// Waits until connected, for at most `timeout`.
