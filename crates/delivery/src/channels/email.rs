@@ -177,71 +177,138 @@ mod tests {
     use base64::Engine;
     use serde_json::json;
     use std::sync::{Arc, Mutex};
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
     use tokio::net::TcpListener;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::TlsAcceptor;
 
-    /// What one SMTP session received: the commands, and the DATA.
+    trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+    impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+    /// How the test server takes connections.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Listen {
+        Plain,
+        /// Plaintext, offering STARTTLS.
+        StartTls,
+        /// TLS from the first byte.
+        Tls,
+    }
+
+    /// What one SMTP session received: the commands, the DATA, and whether MAIL FROM came
+    /// encrypted.
     #[derive(Debug, Default, Clone)]
     struct Session {
         commands: Vec<String>,
         data: String,
+        mail_over_tls: Option<bool>,
     }
 
-    /// A minimal SMTP server on loopback: advertises AUTH PLAIN (and STARTTLS only if asked),
-    /// refuses recipients whose address starts with `nobody` (550) or `busy` (451), and
+    /// TLS with the self-signed test certificate in `testdata/`.
+    fn acceptor() -> TlsAcceptor {
+        let cert =
+            CertificateDer::from_pem_slice(include_bytes!("../../testdata/smtp-test-cert.pem"));
+        let key = PrivateKeyDer::from_pem_slice(include_bytes!("../../testdata/smtp-test-key.pem"));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.unwrap()], key.unwrap())
+            .unwrap();
+        TlsAcceptor::from(Arc::new(config))
+    }
+
+    /// A minimal SMTP server on loopback: advertises AUTH PLAIN (and STARTTLS when listening
+    /// so), refuses recipients whose address starts with `nobody` (550) or `busy` (451), and
     /// records every session.
-    async fn smtp_server(offer_starttls: bool) -> (u16, Arc<Mutex<Vec<Session>>>) {
+    async fn smtp_server(listen: Listen) -> (u16, Arc<Mutex<Vec<Session>>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let sessions = Arc::new(Mutex::new(Vec::new()));
         let recorded = Arc::clone(&sessions);
+        let acceptor = acceptor();
         tokio::spawn(async move {
             loop {
                 let (socket, _) = listener.accept().await.unwrap();
                 let sessions = Arc::clone(&recorded);
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let (read, mut write) = socket.into_split();
-                    let mut lines = BufReader::new(read).lines();
+                    let mut tls = listen == Listen::Tls;
+                    let stream: Box<dyn Io> = if tls {
+                        let Ok(encrypted) = acceptor.accept(socket).await else {
+                            return; // the client refused the certificate
+                        };
+                        Box::new(encrypted)
+                    } else {
+                        Box::new(socket)
+                    };
+                    let mut stream = BufReader::new(stream);
                     let mut session = Session::default();
-                    write.write_all(b"220 test ESMTP\r\n").await.unwrap();
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        session.commands.push(line.clone());
-                        let verb = line
+                    stream.write_all(b"220 test ESMTP\r\n").await.unwrap();
+                    let mut line = String::new();
+                    while stream.read_line(&mut line).await.unwrap_or(0) > 0 {
+                        let command = line.trim_end().to_owned();
+                        line.clear();
+                        session.commands.push(command.clone());
+                        let verb = command
                             .split(' ')
                             .next()
                             .unwrap_or_default()
                             .to_ascii_uppercase();
                         let answer = match verb.as_str() {
-                            "EHLO" if offer_starttls => {
+                            "EHLO" if listen == Listen::StartTls && !tls => {
                                 "250-test\r\n250-STARTTLS\r\n250 AUTH PLAIN\r\n"
                             }
                             "EHLO" => "250-test\r\n250 AUTH PLAIN\r\n",
+                            "STARTTLS" if listen == Listen::StartTls && !tls => {
+                                stream
+                                    .write_all(b"220 2.0.0 Ready to start TLS\r\n")
+                                    .await
+                                    .unwrap();
+                                let plain = stream.into_inner();
+                                let Ok(encrypted) = acceptor.accept(plain).await else {
+                                    return;
+                                };
+                                stream = BufReader::new(Box::new(encrypted));
+                                tls = true;
+                                continue;
+                            }
                             "AUTH" => "235 2.7.0 Authentication successful\r\n",
-                            "MAIL" => "250 2.1.0 Ok\r\n",
-                            "RCPT" if line.contains("<nobody") => "550 5.1.1 No such user here\r\n",
-                            "RCPT" if line.contains("<busy") => "451 4.3.0 Try again later\r\n",
+                            "MAIL" => {
+                                session.mail_over_tls = Some(tls);
+                                "250 2.1.0 Ok\r\n"
+                            }
+                            "RCPT" if command.contains("<nobody") => {
+                                "550 5.1.1 No such user here\r\n"
+                            }
+                            "RCPT" if command.contains("<busy") => "451 4.3.0 Try again later\r\n",
                             "RCPT" => "250 2.1.5 Ok\r\n",
                             "DATA" => {
-                                write
+                                stream
                                     .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
                                     .await
                                     .unwrap();
-                                while let Ok(Some(line)) = lines.next_line().await {
-                                    if line == "." {
+                                while stream.read_line(&mut line).await.unwrap_or(0) > 0 {
+                                    if line.trim_end() == "." {
                                         break;
                                     }
-                                    session.data.push_str(&line);
+                                    session.data.push_str(line.trim_end_matches(['\r', '\n']));
                                     session.data.push('\n');
+                                    line.clear();
                                 }
+                                line.clear();
                                 "250 2.0.0 Ok: queued\r\n"
                             }
                             "QUIT" => {
-                                write.write_all(b"221 2.0.0 Bye\r\n").await.unwrap();
+                                stream.write_all(b"221 2.0.0 Bye\r\n").await.unwrap();
                                 break;
                             }
                             _ => "250 Ok\r\n",
                         };
-                        write.write_all(answer.as_bytes()).await.unwrap();
+                        stream.write_all(answer.as_bytes()).await.unwrap();
                     }
                     sessions.lock().unwrap().push(session);
                 });
@@ -274,7 +341,7 @@ mod tests {
 
     #[tokio::test]
     async fn sends_both_parts_to_every_recipient_with_auth() {
-        let (port, sessions) = smtp_server(false).await;
+        let (port, sessions) = smtp_server(Listen::Plain).await;
         let (tools, _dir) = tools();
         let channel = EmailChannel::new(tools);
         let action = email_action(
@@ -331,7 +398,7 @@ mod tests {
 
     #[tokio::test]
     async fn smtp_refusals_keep_their_codes() {
-        let (port, _sessions) = smtp_server(false).await;
+        let (port, _sessions) = smtp_server(Listen::Plain).await;
         let (tools, _dir) = tools();
         let channel = EmailChannel::new(tools);
         let fail = |destination: &'static str| {
@@ -360,7 +427,7 @@ mod tests {
 
     #[tokio::test]
     async fn required_starttls_never_falls_back_to_plaintext() {
-        let (port, sessions) = smtp_server(false).await;
+        let (port, sessions) = smtp_server(Listen::Plain).await;
         let (tools, _dir) = tools();
         let channel = EmailChannel::new(tools);
         let action = email_action(
@@ -400,5 +467,45 @@ mod tests {
             "{}",
             failure.reason
         );
+    }
+
+    #[tokio::test]
+    async fn starttls_and_tls_carry_the_mail_encrypted() {
+        let (tools, _dir) = tools();
+        let channel = EmailChannel::new(tools);
+        for (listen, security) in [(Listen::StartTls, "STARTTLS"), (Listen::Tls, "TLS")] {
+            let (port, sessions) = smtp_server(listen).await;
+            let action = email_action(
+                port,
+                "ops@example.com",
+                json!({"smtpSecurity": security, "sslTrustAll": true, "username": "mailer", "password": "pw"}),
+            );
+            let outcome = channel.deliver(&job(json!({})), &action).await;
+            assert_eq!(outcome, Outcome::Delivered, "{security}");
+            let session = wait_for_sessions(&sessions, 1).await.remove(0);
+            assert_eq!(
+                session.mail_over_tls,
+                Some(true),
+                "{security}: {:?}",
+                session.commands
+            );
+            assert!(session.data.contains("Subject: [FATAL] CPU above 90%"));
+            if listen == Listen::StartTls {
+                let verbs: Vec<&str> = session.commands.iter().map(|c| &c[..4]).collect();
+                assert_eq!(
+                    verbs,
+                    ["EHLO", "STAR", "EHLO", "AUTH", "MAIL", "RCPT", "DATA", "QUIT"]
+                );
+            }
+        }
+        // Without sslTrustAll, the self-signed certificate is refused before anything is sent.
+        let (port, sessions) = smtp_server(Listen::Tls).await;
+        let action = email_action(port, "ops@example.com", json!({"smtpSecurity": "TLS"}));
+        let Outcome::Failed(failure) = channel.deliver(&job(json!({})), &action).await else {
+            panic!("an untrusted certificate was accepted");
+        };
+        assert_eq!(failure.code, CODE_CONNECTION);
+        assert!(failure.reason.contains("certificate"), "{}", failure.reason);
+        assert!(sessions.lock().unwrap().is_empty());
     }
 }
