@@ -3,6 +3,7 @@
 
 mod config_cli;
 mod credentials;
+mod observability;
 mod server;
 mod settings;
 
@@ -20,7 +21,7 @@ struct Cli {
     settings: Option<PathBuf>,
 
     /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, env = "TOCSIN_LOG_FORMAT", default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
     #[command(subcommand)]

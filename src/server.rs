@@ -6,16 +6,19 @@
 //! messages and finish those in hand; whatever they had not started stays queued.
 
 use crate::credentials;
+use crate::observability::{self, BusProbe, Probe, SOURCE_ALERTMANAGER, SOURCE_ANS, SOURCE_OCI};
 use crate::settings::{Backend, Settings};
 use anyhow::Context;
 use bus::{Bus, EmbeddedBus, RabbitBus, RabbitSettings};
 use delivery::channels::Channels;
+use delivery::lanes::Lanes;
 use delivery::records::{RecordStore, Region};
 use delivery::{DeliveryConfig, DeliveryWorker};
 use ingest::sources::alertmanager::AlertmanagerConfig;
 use ingest::sources::ans::AnsProducerConfig;
 use ingest::sources::oci::OciSource;
 use ingest::EventPublisher;
+use metrics::Metrics;
 use model::Configuration;
 use router::store::ConfigStore;
 use router::{Router, RouterConfig};
@@ -34,15 +37,28 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let _lock = lock_data_dir(data_dir)?;
 
-    let bus: Arc<dyn Bus> = match settings.bus.backend {
-        Backend::Embedded => Arc::new(EmbeddedBus::open(&data_dir.join("queue.db"), None)?),
-        Backend::Rabbitmq => Arc::new(RabbitBus::start(RabbitSettings {
+    // --- observability (issue 7): one registry for the process -----------------------------
+    let metrics = Arc::new(Metrics::new());
+    for channel in model::config::ACTION_TYPES {
+        metrics.register_channel(channel);
+    }
+    let bus_probe = match settings.bus.backend {
+        Backend::Embedded => BusProbe::Embedded(Arc::new(EmbeddedBus::open(
+            &data_dir.join("queue.db"),
+            Some(metrics.commit_observer("queue")),
+        )?)),
+        Backend::Rabbitmq => BusProbe::Rabbitmq(Arc::new(RabbitBus::start(RabbitSettings {
             uri: settings.bus.url.clone(),
             prefix: settings.bus.prefix.clone(),
             delivery_limit: settings.bus.delivery_limit,
             publish_timeout: Duration::from_millis(settings.bus.publish_timeout_ms),
-        })),
+        }))),
     };
+    let bus: Arc<dyn Bus> = match &bus_probe {
+        BusProbe::Embedded(bus) => bus.clone(),
+        BusProbe::Rabbitmq(bus) => bus.clone(),
+    };
+    // --- end of observability ---------------------------------------------------------------
     let config_store =
         Arc::new(ConfigStore::open(&data_dir.join("config.db"), Arc::clone(&bus)).await?);
     if let Some(imported) = load_configuration(&settings)? {
@@ -70,7 +86,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             name: settings.region.clone(),
             kind: settings.region_type.clone(),
         },
-        None,
+        Some(metrics.commit_observer("records")),
     )?;
     let auth = Arc::new(Authenticator::new(
         &credentials::clients(&settings.auth.clients, data_dir)?,
@@ -85,23 +101,38 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         },
         Arc::clone(&bus),
         Arc::clone(&config_store),
+        Arc::clone(&metrics),
     );
     let router = tokio::spawn(router.run(pipeline_stopping.clone()));
     let worker = DeliveryWorker::new(
         DeliveryConfig {
             prefetch: settings.delivery.prefetch,
+            retry: settings.delivery.retry.clone(),
         },
         Arc::clone(&bus),
         catalog,
         Channels::open(records.clone(), data_dir, &settings.channels)?,
         records.clone(),
+        Lanes::open(&data_dir.join("lanes.db"))?,
     );
+    let retention = tokio::spawn(delivery::retention::run(
+        records.clone(),
+        Duration::from_secs(settings.delivery.retention_hours * 3600),
+        Duration::from_secs(settings.delivery.retention_sweep_seconds.max(1)),
+        pipeline_stopping.clone(),
+    ));
     let worker = tokio::spawn(worker.run(pipeline_stopping));
 
     let oci = OciSource::open(
         settings.sources.oci.config(settings.body_limit_bytes)?,
         data_dir,
     )?;
+    let probe = Probe {
+        bus: bus_probe,
+        records: records.clone(),
+        config: Arc::clone(&config_store),
+        metrics,
+    };
     let routes = api_routes(
         &settings,
         &auth,
@@ -109,6 +140,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         records,
         oci,
         config_store,
+        probe,
     );
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -129,6 +161,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     refresher.abort();
     router.await?.context("router")?;
     worker.await?.context("delivery")?;
+    retention.await?;
     tracing::info!("stopped cleanly");
     Ok(())
 }
@@ -140,17 +173,19 @@ fn api_routes(
     records: RecordStore,
     oci: OciSource,
     config_store: Arc<ConfigStore>,
+    probe: Probe,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone {
+    let metrics = Arc::clone(&probe.metrics);
     let producer = ingest::sources::ans::routes(
         AnsProducerConfig {
             body_limit: settings.body_limit_bytes,
         },
-        EventPublisher::new(Arc::clone(&bus)),
+        EventPublisher::new(Arc::clone(&bus), Arc::clone(&metrics), SOURCE_ANS),
         auth.require(Scope::Producer),
     );
     // The other alarm sources: OCI Notifications, Alertmanager.
     let oci = oci.routes(
-        EventPublisher::new(Arc::clone(&bus)),
+        EventPublisher::new(Arc::clone(&bus), Arc::clone(&metrics), SOURCE_OCI),
         auth.require(Scope::Producer),
         auth.require(Scope::Configuration),
     );
@@ -158,36 +193,38 @@ fn api_routes(
         AlertmanagerConfig {
             body_limit: settings.body_limit_bytes,
         },
-        EventPublisher::new(Arc::clone(&bus)),
+        EventPublisher::new(Arc::clone(&bus), Arc::clone(&metrics), SOURCE_ALERTMANAGER),
         auth.require(Scope::Producer),
     );
-    let consumer = delivery::consumer_api::routes(records, auth.require(Scope::Consumer));
+    let consumer = delivery::consumer_api::routes(records.clone(), auth.require(Scope::Consumer));
+    let operator = delivery::operator_api::routes(
+        records,
+        Arc::clone(&bus),
+        auth.require(Scope::Consumer),
+        auth.require(Scope::Configuration),
+    );
     let configuration = router::api::routes(
         config_store,
         CONFIGURATION_BODY_LIMIT,
         auth.require(Scope::Configuration),
     );
-    let health = warp::path!("healthz")
-        .and(warp::get())
-        .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})))
-        .or(warp::path!("readyz").and(warp::get()).map(move || {
-                let ready = bus.is_ready();
-                let status = if ready {
-                    warp::http::StatusCode::OK
-                } else {
-                    warp::http::StatusCode::SERVICE_UNAVAILABLE
-                };
-                let body = serde_json::json!({"status": if ready { "ready" } else { "not ready" }, "bus": bus.backend()});
-                warp::reply::with_status(warp::reply::json(&body), status)
-            }));
+    // /healthz, /readyz, /openapi.json, and /metrics (consumer scope unless metrics.public).
+    let metrics_guard = if settings.metrics.public {
+        warp::any().boxed()
+    } else {
+        auth.require(Scope::Consumer).boxed()
+    };
+    let health = observability::routes(probe, metrics_guard);
     auth.token_endpoint()
         .or(producer)
         .or(oci)
         .or(alertmanager)
         .or(consumer)
+        .or(operator)
         .or(configuration)
         .or(health)
         .recover(web::recover)
+        .with(observability::instrument(metrics))
 }
 
 /// The configuration file to import at start, if one is set.

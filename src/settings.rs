@@ -24,12 +24,23 @@ pub struct Settings {
     pub region_type: String,
     pub bus: BusSettings,
     pub router: StageSettings,
-    pub delivery: StageSettings,
+    pub delivery: DeliverySettings,
     /// How channels treat destinations: timeouts, requests in flight per destination.
     pub channels: delivery::channels::ChannelSettings,
     pub auth: AuthSettings,
     /// The alarm sources beyond the ANS producer API.
     pub sources: SourcesSettings,
+    /// `/metrics`.
+    pub metrics: MetricsSettings,
+}
+
+/// `[metrics]`: who may scrape `/metrics`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Serve `/metrics` without credentials; by default it needs a client with the consumer
+    /// scope (HTTP Basic or bearer), like the rest of the API.
+    pub public: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,10 +173,11 @@ impl Default for Settings {
             region_type: "tocsin".into(),
             bus: BusSettings::default(),
             router: StageSettings { prefetch: 256 },
-            delivery: StageSettings { prefetch: 64 },
+            delivery: DeliverySettings::default(),
             channels: Default::default(),
             auth: AuthSettings::default(),
             sources: SourcesSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -178,6 +190,31 @@ impl Default for BusSettings {
             prefix: "tocsin".into(),
             delivery_limit: 20,
             publish_timeout_ms: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliverySettings {
+    /// Jobs in progress at most.
+    pub prefetch: u16,
+    /// Matched and undelivered records and attempts are deleted after this long.
+    pub retention_hours: u64,
+    /// How often retention looks for old records.
+    pub retention_sweep_seconds: u64,
+    /// The retry schedule (`[delivery.retry]`); an action can override it with its properties
+    /// `retryMaxAttempts`, `retryInitialDelayMs` and `retryMaxDelayMs`.
+    pub retry: delivery::retry::RetrySchedule,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        DeliverySettings {
+            prefetch: 64,
+            retention_hours: 72,
+            retention_sweep_seconds: 60,
+            retry: delivery::retry::RetrySchedule::default(),
         }
     }
 }
@@ -409,5 +446,12 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("set together"));
+    }
+
+    #[test]
+    fn metrics_need_credentials_unless_made_public() {
+        assert!(!Settings::load(None, env(&[])).unwrap().metrics.public);
+        let public = Settings::load(None, env(&[("TOCSIN_METRICS_PUBLIC", "true")])).unwrap();
+        assert!(public.metrics.public);
     }
 }

@@ -283,22 +283,44 @@ async fn b2c_incident_follows_the_alarm_and_survives_a_timed_out_create() {
     assert_eq!(fake.0.lock().unwrap().lookups, 0, "no look-up was needed");
 
     // A create answered after the request timeout (1 s): the incident exists on the site, but
-    // Tocsin records the attempt as undelivered (905) and must not create a second one.
+    // Tocsin saw a timeout (905). The retry must find that incident, not create a second one.
     fake.0.lock().unwrap().slow_creates = 1;
-    tocsin
+    let timed_out = tocsin
         .send(&disk_event("CREATE_OR_UPDATE", "/var is 100% full"))
         .await;
-    let undelivered = tocsin
-        .wait_for_count(
-            "/cf/consumer/v1/undelivered-events?include=FAILURE_REASON",
-            1,
-        )
-        .await;
-    let reason = &undelivered["results"][0]["metadata"]["failureReasons"][0];
-    assert_eq!(reason["code"], 905, "{undelivered}");
-    let reason = reason["reason"].as_str().unwrap();
+    let attempts_path = format!(
+        "/tocsin/v1/events/{}/attempts",
+        timed_out["id"].as_str().unwrap()
+    );
+    let started = std::time::Instant::now();
+    let attempts = loop {
+        let attempts = tocsin.page(&attempts_path).await["attempts"].clone();
+        if attempts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["outcome"] == "delivered")
+        {
+            break attempts;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{attempts}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(attempts[0]["code"], 905, "{attempts}");
+    let reason = attempts[0]["reason"].as_str().unwrap();
     assert!(reason.ends_with("/…: no answer within 1000 ms"), "{reason}");
-    assert_eq!(fake.incidents_for("db-1-disk").len(), 1, "the site made it");
+    assert_eq!(
+        attempts[1]["outcome"], "delivered",
+        "the retry found the incident: {attempts}"
+    );
+    assert_eq!(
+        fake.incidents_for("db-1-disk").len(),
+        1,
+        "the site made it once"
+    );
 
     tocsin
         .send(&disk_event("CREATE_OR_UPDATE", "/var is still 100% full"))
@@ -331,7 +353,10 @@ async fn b2c_incident_follows_the_alarm_and_survives_a_timed_out_create() {
     assert_eq!(incidents[0].threads.len(), 3, "{:?}", incidents[0].threads);
     {
         let site = fake.0.lock().unwrap();
-        assert_eq!(site.lookups, 1, "one look-up, after the timed-out create");
+        assert_eq!(
+            site.lookups, 1,
+            "one look-up, by the retry after the timed-out create"
+        );
         assert!(
             site.contexts
                 .iter()

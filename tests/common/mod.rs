@@ -22,12 +22,12 @@ pub fn amqp_uri() -> String {
 }
 
 /// A routing configuration: events of type `eventType` go to a STORE action `to-store`, events
-/// of type `Unsupported` to a webhook whose destination refuses connections.
+/// of type `Unsupported` to a webhook whose destination refuses connections (one attempt).
 pub fn store_configuration(event_type: &str) -> Value {
     json!({
         "actions": [
             {"name": "to-store", "type": "STORE", "state": "ENABLED"},
-            {"name": "to-nowhere", "type": "WEB_HOOK", "state": "ENABLED", "properties": {"destination": "http://127.0.0.1:9/refused"}}
+            {"name": "to-nowhere", "type": "WEB_HOOK", "state": "ENABLED", "properties": {"destination": "http://127.0.0.1:9/refused", "retryMaxAttempts": "1"}}
         ],
         "conditions": [
             {"name": "stored-type", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": event_type},
@@ -277,10 +277,14 @@ impl Tocsin {
         };
         let (queues, exchanges) = settings.topology();
         for queue in queues {
-            let _ = channel.queue_delete(queue.as_str().into(), Default::default()).await;
+            let _ = channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await;
         }
         for exchange in exchanges {
-            let _ = channel.exchange_delete(exchange.as_str().into(), Default::default()).await;
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), Default::default())
+                .await;
         }
     }
 
@@ -328,4 +332,105 @@ pub fn count_records(db: &Path, status: &str) -> i64 {
         |r| r.get(0),
     )
     .unwrap_or(0)
+}
+
+/// One request a [`Destination`] received, and how it answered.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: Instant,
+    pub body: Value,
+    pub status: u16,
+}
+
+type Rule = Box<dyn FnMut(&Value) -> u16 + Send>;
+
+/// A real HTTP server on loopback standing in for a webhook destination: it answers each
+/// request with the status its rule gives for the body, and keeps what it received.
+pub struct Destination {
+    pub url: String,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    rule: std::sync::Arc<std::sync::Mutex<Rule>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Destination {
+    pub async fn start(rule: impl FnMut(&Value) -> u16 + Send + 'static) -> Destination {
+        use warp::Filter;
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let rule: std::sync::Arc<std::sync::Mutex<Rule>> =
+            std::sync::Arc::new(std::sync::Mutex::new(Box::new(rule)));
+        let route = {
+            let (received, rule) = (received.clone(), rule.clone());
+            warp::any().and(warp::body::json()).map(move |body: Value| {
+                let status = (rule.lock().unwrap())(&body);
+                received.lock().unwrap().push(Received {
+                    at: Instant::now(),
+                    body,
+                    status,
+                });
+                warp::reply::with_status(
+                    warp::reply::json(&json!({"status": status})),
+                    warp::http::StatusCode::from_u16(status).unwrap(),
+                )
+            })
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let server = tokio::spawn(warp::serve(route).incoming(listener).run());
+        Destination {
+            url,
+            received,
+            rule,
+            server,
+        }
+    }
+
+    /// Answers every request with `status` from now on.
+    pub fn answer(&self, status: u16) {
+        *self.rule.lock().unwrap() = Box::new(move |_| status);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until what was received satisfies `done`.
+    pub async fn wait_for(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let started = Instant::now();
+        loop {
+            let received = self.received();
+            if done(&received) {
+                return received;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{what}: received {received:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Destination {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// A WEB_HOOK action to `url` with extra `properties`.
+pub fn webhook(name: &str, url: &str, properties: Value) -> Value {
+    let mut all = json!({"destination": url});
+    all.as_object_mut()
+        .unwrap()
+        .extend(properties.as_object().unwrap().clone());
+    json!({"name": name, "type": "WEB_HOOK", "state": "ENABLED", "properties": all})
+}
+
+/// Every event (no conditions) goes to each of `actions`.
+pub fn route_everything_to(actions: Vec<Value>) -> Value {
+    let names: Vec<Value> = actions.iter().map(|a| a["name"].clone()).collect();
+    json!({
+        "actions": actions,
+        "subscriptions": [{"name": "everything", "state": "ENABLED", "conditions": [], "actions": names}]
+    })
 }

@@ -7,6 +7,10 @@
 //! `--concurrency` connections as fast as they are answered, and reports accepted/s, the POST
 //! latency percentiles, and stored/s — the time until the last event shows up in
 //! matched-events.
+//!
+//! `--source oci` posts OCI alarm messages to the OCI Notifications endpoint instead, as OCI
+//! would (one message per request, each with its own `X-OCI-NS-MessageId` and `dedupeKey`), and
+//! waits for the `OCIAlarm` events.
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
@@ -45,6 +49,15 @@ struct Args {
     batch: usize,
     #[arg(long, default_value = "BenchStore")]
     event_type: String,
+    /// What to post: ANS resource events, or OCI alarm messages (`--batch` is then 1).
+    #[arg(long, value_enum, default_value_t = Source::Ans)]
+    source: Source,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
+enum Source {
+    Ans,
+    Oci,
 }
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
@@ -74,7 +87,11 @@ impl Drop for Spawned {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if args.source == Source::Oci {
+        args.batch = 1;
+        args.event_type = "OCIAlarm".into();
+    }
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
@@ -92,7 +109,9 @@ async fn main() -> anyhow::Result<()> {
         None => format!("{:?} backend (started by the bench)", args.backend),
     };
     let requests = args.events.div_ceil(args.batch);
-    let (path, body) = if args.batch == 1 {
+    let (path, body) = if args.source == Source::Oci {
+        ("/oci/v1/notifications", oci_alarm())
+    } else if args.batch == 1 {
         (
             "/cf/producer/v1/resource-events",
             event(&args.event_type, 0),
@@ -116,17 +135,31 @@ async fn main() -> anyhow::Result<()> {
                 Arc::clone(&next),
             );
             let (user, password) = (target.user.clone(), target.password.clone());
+            let source = args.source;
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
-                while next.fetch_add(1, Ordering::Relaxed) < requests {
-                    let sent = Instant::now();
-                    let response = http
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    if index >= requests {
+                        break;
+                    }
+                    let mut request = http
                         .post(url.as_str())
                         .basic_auth(&user, Some(&password))
-                        .header("content-type", "application/json")
-                        .body(body.as_ref().clone())
-                        .send()
-                        .await?;
+                        .header("content-type", "application/json");
+                    request = match source {
+                        Source::Ans => request.body(body.as_ref().clone()),
+                        // Each message its own: OCI's redeliveries are not published twice.
+                        Source::Oci => request
+                            .header("X-OCI-NS-MessageType", "Notification")
+                            .header("X-OCI-NS-MessageId", format!("bench-{index}"))
+                            .header("X-OCI-NS-TopicName", "bench")
+                            .body(
+                                String::from_utf8_lossy(&body).replace(INDEX, &index.to_string()),
+                            ),
+                    };
+                    let sent = Instant::now();
+                    let response = request.send().await?;
                     if response.status() != 202 {
                         bail!(
                             "{} {}",
@@ -153,6 +186,7 @@ async fn main() -> anyhow::Result<()> {
         latencies[index].as_secs_f64() * 1000.0
     };
     println!("target:      {label}");
+    println!("source:      {:?}", args.source);
     println!(
         "burst:       {total_events} events, {requests} requests of {} event(s), {} connections",
         args.batch, args.concurrency
@@ -176,6 +210,36 @@ async fn main() -> anyhow::Result<()> {
         percentile(1.0)
     );
     Ok(())
+}
+
+/// Where an OCI message's index goes.
+const INDEX: &str = "{index}";
+
+/// A split-mode v1.5 alarm message, as OCI Monitoring sends it, for metric stream [`INDEX`].
+fn oci_alarm() -> serde_json::Value {
+    json!({
+        "dedupeKey": format!("bench-alarm-{INDEX}"),
+        "title": "High CPU Utilization",
+        "body": "Follow runbook at http://example.com/runbooks",
+        "type": "OK_TO_FIRING",
+        "severity": "CRITICAL",
+        "timestampEpochMillis": 1_684_337_663_852_i64,
+        "timestamp": "2023-05-17T15:34:23.852Z",
+        "alarmMetaData": [{
+            "id": "ocid1.alarm.oc1.iad.bench",
+            "status": "FIRING",
+            "severity": "CRITICAL",
+            "namespace": "oci_computeagent",
+            "query": "CpuUtilization[1m].mean() > 90",
+            "totalMetricsFiring": 1,
+            "dimensions": [{"resourceDisplayName": format!("bench-{INDEX}"), "resourceId": format!("ocid1.instance.oc1.iad.bench{INDEX}"), "region": "us-ashburn-1"}],
+            "alarmUrl": "https://cloud.oracle.com/monitoring/alarms/ocid1.alarm.oc1.iad.bench?region=us-ashburn-1",
+            "alarmSummary": "Alarm \"High CPU Utilization\" is in a \"FIRING\" state",
+            "metricValues": [{"CpuUtilization[1m].mean()": "92"}]
+        }],
+        "notificationType": "Split messages per metric streams",
+        "version": 1.5
+    })
 }
 
 fn event(event_type: &str, index: usize) -> serde_json::Value {

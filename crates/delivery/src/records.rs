@@ -12,7 +12,8 @@ use rusqlite::types::Value;
 use std::path::Path;
 use storage::{CommitObserver, Database, Durability, StorageError};
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE records (
         id INTEGER PRIMARY KEY,
         event_id TEXT NOT NULL,
@@ -38,7 +39,59 @@ const MIGRATIONS: &[&str] = &["
         WHERE correlation_id IS NOT NULL;
     CREATE INDEX records_by_source_event ON records (status, source_event_id)
         WHERE source_event_id IS NOT NULL;
-"];
+",
+    "
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        started_at_ms INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        code INTEGER,
+        reason TEXT
+    );
+    CREATE INDEX attempts_by_event ON attempts (event_id, id);
+    CREATE INDEX attempts_by_time ON attempts (started_at_ms);
+    CREATE INDEX records_by_action ON records (status, action, cache_time);
+",
+];
+
+/// One delivery attempt, as recorded.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    pub action: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub started_at_ms: i64,
+    pub duration_ms: i64,
+    /// `delivered`, `retrying` or `failed`.
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// An undelivered record picked for redelivery.
+#[derive(Debug, Clone)]
+pub struct Undelivered {
+    pub record_id: i64,
+    pub event: ResourceEvent,
+    pub action: String,
+}
+
+/// Which undelivered records to redeliver.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub event_id: Option<String>,
+    pub action: Option<String>,
+    /// Stored at or after this time (epoch seconds).
+    pub since: Option<i64>,
+    pub limit: u32,
+}
 
 /// What the consumer API asks for. Intervals are exclusive on both ends, in epoch seconds.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -128,6 +181,131 @@ impl RecordStore {
             })
             .await
             .map(drop)
+    }
+
+    /// Records one attempt of `event_id`.
+    pub async fn record_attempt(
+        &self,
+        event_id: &str,
+        attempt: Attempt,
+    ) -> Result<(), StorageError> {
+        let event_id = event_id.to_owned();
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO attempts (event_id, action, attempt, started_at_ms, duration_ms, \
+                     outcome, code, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?
+                .execute((
+                    event_id,
+                    attempt.action,
+                    attempt.attempt,
+                    attempt.started_at_ms,
+                    attempt.duration_ms,
+                    attempt.outcome,
+                    attempt.code,
+                    attempt.reason,
+                ))
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Every recorded attempt of `event_id`, in order.
+    pub async fn attempts(&self, event_id: &str) -> Result<Vec<Attempt>, StorageError> {
+        let event_id = event_id.to_owned();
+        self.db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT action, attempt, started_at_ms, duration_ms, outcome, code, reason \
+                     FROM attempts WHERE event_id = ?1 ORDER BY id",
+                )?
+                .query_map([event_id], |r| {
+                    Ok(Attempt {
+                        action: r.get(0)?,
+                        attempt: r.get(1)?,
+                        started_at_ms: r.get(2)?,
+                        duration_ms: r.get(3)?,
+                        outcome: r.get(4)?,
+                        code: r.get(5)?,
+                        reason: r.get(6)?,
+                    })
+                })?
+                .collect()
+            })
+            .await
+    }
+
+    /// Undelivered records matching `selection`, oldest first.
+    pub async fn undelivered(
+        &self,
+        selection: Selection,
+    ) -> Result<Vec<Undelivered>, StorageError> {
+        let rows: Vec<(i64, String, String)> = self
+            .db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT id, event, action FROM records WHERE status = 'UNDELIVERED' \
+                     AND (?1 IS NULL OR event_id = ?1) AND (?2 IS NULL OR action = ?2) \
+                     AND (?3 IS NULL OR cache_time >= ?3) ORDER BY id LIMIT ?4",
+                )?
+                .query_map(
+                    (
+                        selection.event_id,
+                        selection.action,
+                        selection.since,
+                        selection.limit,
+                    ),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?
+                .collect()
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(record_id, event, action)| {
+                let event = serde_json::from_str(&event).ok()?;
+                Some(Undelivered {
+                    record_id,
+                    event,
+                    action,
+                })
+            })
+            .collect())
+    }
+
+    /// Removes records (undelivered ones that were sent again).
+    pub async fn forget(&self, record_ids: Vec<i64>) -> Result<(), StorageError> {
+        self.db
+            .write(move |c| {
+                let mut delete = c.prepare_cached("DELETE FROM records WHERE id = ?1")?;
+                for id in &record_ids {
+                    delete.execute([id])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Deletes up to `batch` records stored before `cutoff` (epoch seconds) and up to `batch`
+    /// attempts made before it; returns how many rows went. Small batches keep each write
+    /// short, so the API never waits long behind retention.
+    pub async fn purge_before(&self, cutoff: i64, batch: u32) -> Result<usize, StorageError> {
+        self.db
+            .write(move |c| {
+                let records = c.execute(
+                    "DELETE FROM records WHERE id IN \
+                     (SELECT id FROM records WHERE cache_time < ?1 ORDER BY cache_time LIMIT ?2)",
+                    (cutoff, batch),
+                )?;
+                let attempts = c.execute(
+                    "DELETE FROM attempts WHERE id IN \
+                     (SELECT id FROM attempts WHERE started_at_ms < ?1 ORDER BY started_at_ms LIMIT ?2)",
+                    (cutoff * 1000, batch),
+                )?;
+                Ok(records + attempts)
+            })
+            .await
     }
 
     /// Records of `status` matching `query`, newest first.

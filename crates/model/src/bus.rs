@@ -4,6 +4,7 @@
 //! each into one `DeliveryJob` per selected action on the deliveries queue. A job names its action
 //! rather than carrying it, so that credentials in action properties never sit in the broker.
 
+use crate::consumer::FailureReason;
 use crate::event::ResourceEvent;
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +16,8 @@ pub struct IngestedEvent {
     pub accepted_at_ms: i64,
 }
 
+/// One action to run for one event, with what earlier attempts left behind: a retried job
+/// carries its own history, so waiting for the next attempt needs nothing but the queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeliveryJob {
@@ -22,4 +25,45 @@ pub struct DeliveryJob {
     pub accepted_at_ms: i64,
     /// The name of the action to run.
     pub action: String,
+    /// Attempts already made.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+    /// When the first attempt started (ms since the epoch): `fallbackTime` and `discardAfter`
+    /// count from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_attempt_at_ms: Option<i64>,
+    /// Not to be attempted before this time (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<i64>,
+    /// Why the earlier attempts failed, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<FailureReason>,
+    /// The action this job stands in for, when it runs as that action's fallback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_for: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl DeliveryJob {
+    /// A first attempt of `action` for `event`.
+    pub fn new(event: ResourceEvent, accepted_at_ms: i64, action: impl Into<String>) -> Self {
+        DeliveryJob {
+            event,
+            accepted_at_ms,
+            action: action.into(),
+            attempt: 0,
+            first_attempt_at_ms: None,
+            not_before_ms: None,
+            failures: Vec::new(),
+            fallback_for: None,
+        }
+    }
+
+    /// The source's key for the alert this event belongs to, if it has one.
+    pub fn ordering_key(&self) -> Option<&str> {
+        self.event.source_event_id()
+    }
 }

@@ -110,11 +110,21 @@ fn emitted_events_and_pages_match_their_schemas() {
         &serde_json::to_value(&ingested).unwrap(),
         "bus event",
     );
-    let job = DeliveryJob {
-        event,
-        accepted_at_ms: 5,
-        action: "to-store".into(),
-    };
+    let mut job = DeliveryJob::new(event, 5, "to-store");
+    assert_valid(
+        &validator("bus-delivery-job.json"),
+        &serde_json::to_value(&job).unwrap(),
+        "bus job",
+    );
+    job.attempt = 2;
+    job.first_attempt_at_ms = Some(1);
+    job.not_before_ms = Some(9);
+    job.failures = vec![FailureReason {
+        code: 503,
+        reason: "down".into(),
+        timestamp: 1,
+    }];
+    job.fallback_for = Some("primary".into());
     assert_valid(
         &validator("bus-delivery-job.json"),
         &serde_json::to_value(&job).unwrap(),

@@ -6,6 +6,10 @@
 //! — in event order, so that events of one source reach the delivery queue in the order they
 //! were accepted — and only then acks the events. A crash in between re-routes the batch; the
 //! jobs it had already queued are duplicates that delivery absorbs (records are idempotent).
+//!
+//! It counts what it does: events routed by outcome and jobs queued once they are published,
+//! and each subscription's matches as they happen (an event routed again after a crash counts
+//! again there).
 
 pub mod api;
 pub mod matcher;
@@ -14,6 +18,7 @@ pub mod store;
 use bus::{Bus, Delivery, Queue};
 use bytes::Bytes;
 use matcher::Matcher;
+use metrics::{Counter, Metrics, RouteOutcome};
 use model::{Catalog, IngestedEvent, ResourceEvent};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,18 +36,44 @@ pub struct Router {
     config: RouterConfig,
     bus: Arc<dyn Bus>,
     store: Arc<ConfigStore>,
-    compiled: (Arc<Catalog>, Matcher),
+    metrics: Arc<Metrics>,
+    compiled: Compiled,
+}
+
+/// A configuration compiled for routing, with the match counter of each subscription that can
+/// fire, numbered as the matcher numbers them.
+struct Compiled {
+    catalog: Arc<Catalog>,
+    matcher: Matcher,
+    matches: Vec<Counter>,
+}
+
+impl Compiled {
+    fn new(catalog: Arc<Catalog>, metrics: &Metrics) -> Self {
+        let matcher = Matcher::new(&catalog);
+        let matches = metrics.subscription_counters(&matcher.subscription_names());
+        Compiled {
+            catalog,
+            matcher,
+            matches,
+        }
+    }
 }
 
 impl Router {
-    pub fn new(config: RouterConfig, bus: Arc<dyn Bus>, store: Arc<ConfigStore>) -> Self {
-        let current = store.current();
-        let matcher = Matcher::new(&current);
+    pub fn new(
+        config: RouterConfig,
+        bus: Arc<dyn Bus>,
+        store: Arc<ConfigStore>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let compiled = Compiled::new(store.current(), &metrics);
         Router {
             config,
             bus,
             store,
-            compiled: (current, matcher),
+            metrics,
+            compiled,
         }
     }
 
@@ -69,19 +100,20 @@ impl Router {
         Ok(())
     }
 
-    /// The matcher for the configuration as it is now, recompiled only when it changed.
-    fn matcher(&mut self) -> &Matcher {
+    /// The configuration as it is now, recompiled only when it changed.
+    fn compiled(&mut self) -> &Compiled {
         let current = self.store.current();
-        if !Arc::ptr_eq(&current, &self.compiled.0) {
-            self.compiled = (Arc::clone(&current), Matcher::new(&current));
+        if !Arc::ptr_eq(&current, &self.compiled.catalog) {
+            self.compiled = Compiled::new(current, &self.metrics);
         }
-        &self.compiled.1
+        &self.compiled
     }
 
     async fn route(&mut self, batch: Vec<Delivery>, shutdown: &mut watch::Receiver<bool>) {
         let now = model::now_epoch_seconds();
         let mut jobs = Vec::new();
         let mut routed = Vec::with_capacity(batch.len());
+        let mut unmatched = 0;
         for delivery in batch {
             let ingested: IngestedEvent = match serde_json::from_slice(&delivery.payload) {
                 Ok(ingested) => ingested,
@@ -90,11 +122,18 @@ impl Router {
                     if let Err(e) = delivery.dead_letter().await {
                         tracing::warn!(error = %e, "cannot dead-letter");
                     }
+                    self.metrics.events_routed(RouteOutcome::Undecodable, 1);
                     continue;
                 }
             };
-            let actions = self.matcher().select(&ingested.event, now);
+            let compiled = self.compiled();
+            let actions = compiled
+                .matcher
+                .select_reporting(&ingested.event, now, |n| compiled.matches[n].inc());
             tracing::debug!(event = %ingested.event.id, actions = ?actions, "routed");
+            if actions.is_empty() {
+                unmatched += 1;
+            }
             for action in actions {
                 jobs.push(job_payload(
                     &ingested.event,
@@ -104,10 +143,16 @@ impl Router {
             }
             routed.push(delivery);
         }
+        let queued = jobs.len() as u64;
         if !jobs.is_empty() && !self.publish_until_done(jobs, shutdown).await {
             // Shutting down with the jobs unpublished: leave the events unacked for next time.
             return;
         }
+        self.metrics.delivery_jobs_queued(queued);
+        let matched = routed.len() as u64 - unmatched;
+        self.metrics.events_routed(RouteOutcome::Matched, matched);
+        self.metrics
+            .events_routed(RouteOutcome::Unmatched, unmatched);
         let acks = routed.into_iter().map(|d| d.ack());
         for result in futures::future::join_all(acks).await {
             if let Err(e) = result {
@@ -151,4 +196,109 @@ fn job_payload(event: &ResourceEvent, accepted_at_ms: i64, action: &str) -> Byte
         action,
     };
     Bytes::from(serde_json::to_vec(&view).expect("jobs always serialize"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bus::EmbeddedBus;
+    use model::Configuration;
+    use serde_json::json;
+
+    fn ingested(event_type: &str, severity: &str) -> Bytes {
+        let body = json!({
+            "eventType": event_type, "severity": severity, "category": "ALERT",
+            "subject": "s", "body": "b", "resource": {"resourceName": "r", "resourceType": "vm"}
+        });
+        let event = model::parse_event(body.to_string().as_bytes(), "id".into(), 0).unwrap();
+        let ingested = IngestedEvent {
+            event,
+            accepted_at_ms: 0,
+        };
+        Bytes::from(serde_json::to_vec(&ingested).unwrap())
+    }
+
+    /// The rendered value of `series`, or `None` if it is not exported.
+    fn value(metrics: &Metrics, series: &str) -> Option<String> {
+        let text = metrics.render().unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{series} ")))?;
+        Some(line[series.len() + 1..].to_owned())
+    }
+
+    #[tokio::test]
+    async fn routing_counts_events_jobs_and_subscription_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Arc::new(EmbeddedBus::open(&dir.path().join("queue.db"), None).unwrap());
+        let bus: Arc<dyn Bus> = queue.clone();
+        let store = ConfigStore::open(&dir.path().join("config.db"), Arc::clone(&bus))
+            .await
+            .unwrap();
+        let configuration: Configuration = serde_json::from_value(json!({
+            "actions": [
+                {"name": "x", "type": "STORE", "state": "ENABLED"},
+                {"name": "y", "type": "STORE", "state": "ENABLED"}
+            ],
+            "conditions": [
+                {"name": "type-a", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": "A"},
+                {"name": "fatal", "propertyKey": "severity", "predicate": "EQUALS", "propertyValue": "FATAL"}
+            ],
+            "subscriptions": [
+                {"name": "a-events", "state": "ENABLED", "conditions": ["type-a"], "actions": ["x", "y"]},
+                {"name": "fatal-events", "state": "ENABLED", "conditions": ["fatal"], "actions": ["x"]}
+            ]
+        }))
+        .unwrap();
+        store
+            .change(|c| api::replace(c, configuration))
+            .await
+            .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let router = Router::new(
+            RouterConfig { prefetch: 16 },
+            Arc::clone(&bus),
+            Arc::new(store),
+            Arc::clone(&metrics),
+        );
+        // Series exist from the start, at zero.
+        let fatal = "tocsin_subscription_matches_total{subscription=\"fatal-events\"}";
+        assert_eq!(value(&metrics, fatal).as_deref(), Some("0"));
+
+        let events = vec![
+            ingested("A", "FATAL"), // both subscriptions; jobs for x and y
+            ingested("A", "INFO"),  // a-events; x and y
+            ingested("B", "INFO"),  // nothing
+            Bytes::from_static(b"not an event"),
+        ];
+        bus.publish(Queue::Events, events).await.unwrap();
+        let (stop, stopping) = watch::channel(false);
+        let running = tokio::spawn(router.run(stopping));
+        let started = std::time::Instant::now();
+        while queue.depth(Queue::Events).await.unwrap() > 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "not routed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.send_replace(true);
+        running.await.unwrap().unwrap();
+
+        assert_eq!(queue.depth(Queue::Deliveries).await.unwrap(), 4);
+        for (series, expected) in [
+            ("tocsin_events_routed_total{outcome=\"matched\"}", "2"),
+            ("tocsin_events_routed_total{outcome=\"unmatched\"}", "1"),
+            ("tocsin_events_routed_total{outcome=\"undecodable\"}", "1"),
+            ("tocsin_delivery_jobs_queued_total", "4"),
+            (
+                "tocsin_subscription_matches_total{subscription=\"a-events\"}",
+                "2",
+            ),
+            (fatal, "1"),
+        ] {
+            assert_eq!(
+                value(&metrics, series).as_deref(),
+                Some(expected),
+                "{series}"
+            );
+        }
+    }
 }

@@ -60,6 +60,7 @@ impl Test {
 
 #[derive(Debug)]
 struct CompiledSubscription {
+    name: String,
     snooze_until: Option<i64>,
     /// Condition slots that must all hold.
     mandatory: Vec<usize>,
@@ -129,6 +130,7 @@ impl Matcher {
             .filter(|s| s.state == State::Enabled)
         {
             let mut compiled = CompiledSubscription {
+                name: subscription.name.clone(),
                 snooze_until: subscription.snooze_timestamp,
                 mandatory: Vec::new(),
                 groups: Vec::new(),
@@ -175,6 +177,22 @@ impl Matcher {
 
     /// The names of the actions `event` goes to, each once.
     pub fn select(&self, event: &ResourceEvent, now: i64) -> Vec<&str> {
+        self.select_reporting(event, now, |_| {})
+    }
+
+    /// The subscriptions that can fire (enabled, with an enabled action), in the order
+    /// [`Matcher::select_reporting`] numbers them.
+    pub fn subscription_names(&self) -> Vec<&str> {
+        self.subscriptions.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// [`Matcher::select`], calling `fired` with the number of each subscription that fires.
+    pub fn select_reporting(
+        &self,
+        event: &ResourceEvent,
+        now: i64,
+        mut fired: impl FnMut(usize),
+    ) -> Vec<&str> {
         let values: Vec<Option<Cow<'_, str>>> = self.keys.iter().map(|k| k.value(event)).collect();
         let mut holds = vec![false; self.slots];
         for (value, index) in values.iter().zip(&self.equals) {
@@ -188,7 +206,7 @@ impl Matcher {
             holds[*slot] = test.holds(values[test.key].as_deref());
         }
         let mut chosen = vec![false; self.actions.len()];
-        for subscription in &self.subscriptions {
+        for (number, subscription) in self.subscriptions.iter().enumerate() {
             let fires = subscription.snooze_until.is_none_or(|until| until <= now)
                 && subscription.mandatory.iter().all(|&slot| holds[slot])
                 && subscription
@@ -196,6 +214,7 @@ impl Matcher {
                     .iter()
                     .all(|group| group.iter().any(|&slot| holds[slot]));
             if fires {
+                fired(number);
                 for &action in &subscription.actions {
                     chosen[action] = true;
                 }

@@ -116,6 +116,18 @@ impl ConfigStore {
         self.catalog.load_full()
     }
 
+    /// Reads the file: succeeds when the stored configuration is reachable (for `/readyz`).
+    pub async fn check(&self) -> Result<(), StorageError> {
+        self.db
+            .read(|c| {
+                c.query_row("SELECT COUNT(*) FROM configuration", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
+            .await
+            .map(drop)
+    }
+
     /// Applies `change` to a copy of the configuration; if the result is consistent, shares it
     /// with the other processes, persists it and makes it current. Returns what `change`
     /// returned.

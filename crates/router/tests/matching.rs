@@ -214,6 +214,17 @@ fn states_snoozes_and_empty_condition_lists() {
     let mut later = matcher.select(&e, 100);
     later.sort();
     assert_eq!(later, ["on", "snoozed-target"]);
+
+    // The subscriptions that fire are reported (for the per-subscription match counts); a
+    // disabled one cannot fire, so it is not even numbered.
+    let names = matcher.subscription_names();
+    assert_eq!(names, ["everything", "snoozed"]);
+    let mut fired = Vec::new();
+    matcher.select_reporting(&e, 99, |n| fired.push(names[n]));
+    assert_eq!(fired, ["everything"]);
+    fired.clear();
+    matcher.select_reporting(&e, 100, |n| fired.push(names[n]));
+    assert_eq!(fired, ["everything", "snoozed"]);
 }
 
 // ---- property test -------------------------------------------------------------------------

@@ -1,0 +1,436 @@
+//! Store and forward, end to end through the real binary against a real local destination:
+//! retries on schedule until the destination recovers, undelivered records with every reason,
+//! the fallback after `fallbackTime`, per-key ordering while an earlier event is retried, a
+//! SIGKILL while events wait for their next attempt, redelivery after a fix, and retention.
+
+mod common;
+
+use common::{event, route_everything_to, webhook, Backend, Destination, Tocsin, BACKENDS};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn key(body: &Value) -> String {
+    body["tags"]["ans:sourceEventId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A rule that fails the first `n` requests for each key with `status`, then accepts.
+fn fail_first(n: usize, status: u16) -> impl FnMut(&Value) -> u16 + Send {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    move |body| {
+        let count = seen.entry(key(body)).or_default();
+        *count += 1;
+        if *count <= n {
+            status
+        } else {
+            200
+        }
+    }
+}
+
+async fn attempts(tocsin: &Tocsin, event_id: &str) -> Vec<Value> {
+    let page = tocsin
+        .page(&format!("/tocsin/v1/events/{event_id}/attempts"))
+        .await;
+    page["attempts"].as_array().unwrap().clone()
+}
+
+const FAST_RETRIES: &str = r#"{"retryInitialDelayMs": "300", "retryMaxDelayMs": "300"}"#;
+
+async fn retries_until_the_destination_recovers(backend: Backend) {
+    let destination = Destination::start(fail_first(3, 503)).await;
+    let config = route_everything_to(vec![webhook(
+        "hook",
+        &destination.url,
+        serde_json::from_str(FAST_RETRIES).unwrap(),
+    )]);
+    let tocsin = Tocsin::start(backend, &config, &[]).await;
+    let accepted = tocsin.send(&event("Flaky", "flaky-1")).await;
+    let received = destination
+        .wait_for("four attempts", |r| r.len() >= 4)
+        .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let received_all = destination.received();
+    assert_eq!(
+        received_all.len(),
+        4,
+        "{backend:?}: delivered once, after 3 failures: {received_all:#?}"
+    );
+    assert_eq!(
+        received.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [503, 503, 503, 200]
+    );
+    for pair in received.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        // 300 ms ± 20 % jitter: never before the schedule (and well before the 30 s default).
+        assert!(
+            gap >= Duration::from_millis(230) && gap < Duration::from_secs(5),
+            "{backend:?}: gap {gap:?}"
+        );
+    }
+    let id = accepted["id"].as_str().unwrap();
+    let attempts = attempts(&tocsin, id).await;
+    let outcomes: Vec<&str> = attempts
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["retrying", "retrying", "retrying", "delivered"],
+        "{attempts:#?}"
+    );
+    assert_eq!(attempts[0]["code"], 503);
+    assert_eq!(
+        attempts
+            .iter()
+            .map(|a| a["attempt"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    let undelivered = tocsin.page("/cf/consumer/v1/undelivered-events").await;
+    assert_eq!(undelivered["responseMetadata"]["totalResultsCount"], 0);
+    tocsin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_until_the_destination_recovers_on_both_backends() {
+    for backend in BACKENDS {
+        retries_until_the_destination_recovers(backend).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_failures_and_exhausted_retries_end_undelivered_with_every_reason() {
+    let refusing = Destination::start(|_| 400).await;
+    let failing = Destination::start(|_| 500).await;
+    let config = route_everything_to(vec![
+        webhook("refused", &refusing.url, json!({})),
+        webhook(
+            "failing",
+            &failing.url,
+            json!({"retryMaxAttempts": "3", "retryInitialDelayMs": "100", "retryMaxDelayMs": "100"}),
+        ),
+    ]);
+    let tocsin = Tocsin::start(Backend::Embedded, &config, &[]).await;
+    let accepted = tocsin.send(&event("Doomed", "doomed-1")).await;
+    let page = tocsin
+        .wait_for_count(
+            "/cf/consumer/v1/undelivered-events?include=FAILURE_REASON",
+            2,
+        )
+        .await;
+    let by_action: HashMap<&str, &Value> = page["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["metadata"]["affectedActionId"].as_str().unwrap(),
+                &r["metadata"]["failureReasons"],
+            )
+        })
+        .collect();
+    let refused = by_action["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "a 400 is permanent: one attempt");
+    assert_eq!(refused[0]["code"], 400);
+    let failing_reasons = by_action["failing"].as_array().unwrap();
+    assert_eq!(
+        failing_reasons.len(),
+        3,
+        "every attempt's reason: {failing_reasons:#?}"
+    );
+    assert!(failing_reasons
+        .iter()
+        .all(|r| r["code"] == 500 && r["timestamp"].as_i64().unwrap() > 0));
+    assert_eq!(refusing.received().len(), 1);
+    assert_eq!(failing.received().len(), 3);
+    assert_eq!(
+        attempts(&tocsin, accepted["id"].as_str().unwrap())
+            .await
+            .len(),
+        4
+    );
+    tocsin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fallback_receives_the_event_after_fallback_time() {
+    let primary = Destination::start(|_| 503).await;
+    let backup = Destination::start(|_| 200).await;
+    let mut main = webhook(
+        "primary",
+        &primary.url,
+        json!({"retryInitialDelayMs": "200", "retryMaxDelayMs": "200"}),
+    );
+    main["fallbackAction"] = json!("backup");
+    main["fallbackTime"] = json!(1);
+    let config = json!({
+        "actions": [main, webhook("backup", &backup.url, json!({}))],
+        "subscriptions": [{"name": "s", "state": "ENABLED", "actions": ["primary"]}]
+    });
+    let tocsin = Tocsin::start(Backend::Embedded, &config, &[]).await;
+    let accepted = tocsin.send(&event("Outage", "outage-1")).await;
+    let got = backup
+        .wait_for("the fallback delivery", |r| !r.is_empty())
+        .await;
+    let first_try = primary.received()[0].at;
+    let waited = got[0].at - first_try;
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "fallback after {waited:?}"
+    );
+    assert_eq!(got[0].body["id"], accepted["id"]);
+    assert!(primary.received().len() >= 3, "retried until fallbackTime");
+    let page = tocsin
+        .wait_for_count(
+            "/cf/consumer/v1/undelivered-events?include=FAILURE_REASON",
+            1,
+        )
+        .await;
+    assert_eq!(
+        page["results"][0]["metadata"]["affectedActionId"],
+        "primary"
+    );
+    tocsin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_never_overtakes_its_open_while_the_open_is_retried() {
+    // The destination fails the first two attempts of each alert's open.
+    let mut opens: HashMap<String, usize> = HashMap::new();
+    let destination = Destination::start(move |body| {
+        if body["subject"] == "open" {
+            let count = opens.entry(key(body)).or_default();
+            *count += 1;
+            if *count <= 2 {
+                return 503;
+            }
+        }
+        200
+    })
+    .await;
+    let config = route_everything_to(vec![webhook(
+        "hook",
+        &destination.url,
+        json!({"retryInitialDelayMs": "300", "retryMaxDelayMs": "300"}),
+    )]);
+    for backend in BACKENDS {
+        let tocsin = Tocsin::start(backend, &config, &[]).await;
+        let before = destination.received().len();
+        let key = format!("alarm-{backend:?}");
+        for subject in ["open", "repeat", "close"] {
+            let mut e = event("Alarm", &key);
+            e["subject"] = json!(subject);
+            tocsin.send(&e).await;
+        }
+        // An unrelated event is not held up behind the retried open.
+        let mut other = event("Alarm", &format!("other-{backend:?}"));
+        other["subject"] = json!("unrelated");
+        tocsin.send(&other).await;
+        let received = destination
+            .wait_for("open, repeat and close delivered", |r| {
+                r[before..]
+                    .iter()
+                    .filter(|x| x.status == 200 && x.body["subject"] != "unrelated")
+                    .count()
+                    >= 3
+            })
+            .await;
+        let ours: Vec<&Received> = received[before..].iter().collect();
+        let delivered: Vec<&str> = ours
+            .iter()
+            .filter(|r| r.status == 200 && key_of(r) == key)
+            .map(|r| r.body["subject"].as_str().unwrap())
+            .collect();
+        assert_eq!(delivered, ["open", "repeat", "close"], "{backend:?}");
+        let unrelated = ours
+            .iter()
+            .position(|r| r.body["subject"] == "unrelated")
+            .unwrap();
+        let open_delivered = ours
+            .iter()
+            .position(|r| r.status == 200 && r.body["subject"] == "open")
+            .unwrap();
+        assert!(
+            unrelated < open_delivered,
+            "{backend:?}: the unrelated event waited for the retried open"
+        );
+        let failed_opens = ours.iter().filter(|r| r.status == 503).count();
+        assert_eq!(failed_opens, 2, "{backend:?}: the open was retried");
+        tocsin.shutdown().await;
+    }
+}
+
+use common::Received;
+
+fn key_of(received: &Received) -> String {
+    key(&received.body)
+}
+
+async fn sigkill_while_waiting_for_a_retry(backend: Backend) {
+    let destination = Destination::start(fail_first(1, 503)).await;
+    let config = route_everything_to(vec![webhook(
+        "hook",
+        &destination.url,
+        json!({"retryInitialDelayMs": "1500", "retryMaxDelayMs": "1500"}),
+    )]);
+    let mut tocsin = Tocsin::start(backend, &config, &[]).await;
+    let keys: Vec<String> = (0..5).map(|i| format!("wait-{backend:?}-{i}")).collect();
+    for key in &keys {
+        tocsin.send(&event("Waiting", key)).await;
+    }
+    destination
+        .wait_for("a first failed attempt of each", |r| r.len() >= keys.len())
+        .await;
+    tocsin.kill();
+    tocsin.launch().await;
+    let received = destination
+        .wait_for("every event delivered after the restart", |r| {
+            r.iter().filter(|x| x.status == 200).count() >= keys.len()
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let delivered: Vec<String> = destination
+        .received()
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(key_of)
+        .collect();
+    let mut sorted = delivered.clone();
+    sorted.sort();
+    let mut expected = keys.clone();
+    expected.sort();
+    assert_eq!(
+        sorted, expected,
+        "{backend:?}: each waiting event delivered exactly once: {received:#?}"
+    );
+    tocsin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_events_wait_for_their_next_attempt_loses_none_on_both_backends() {
+    for backend in BACKENDS {
+        sigkill_while_waiting_for_a_retry(backend).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeliver_after_the_destination_is_fixed() {
+    let destination = Destination::start(|_| 500).await;
+    let config = route_everything_to(vec![webhook(
+        "hook",
+        &destination.url,
+        json!({"retryMaxAttempts": "2", "retryInitialDelayMs": "100", "retryMaxDelayMs": "100"}),
+    )]);
+    let tocsin = Tocsin::start(Backend::Embedded, &config, &[]).await;
+    let first = tocsin.send(&event("Broken", "broken-1")).await;
+    let second = tocsin.send(&event("Broken", "broken-2")).await;
+    tocsin
+        .wait_for_count("/cf/consumer/v1/undelivered-events", 2)
+        .await;
+    destination.answer(200);
+
+    let id = first["id"].as_str().unwrap();
+    let response = tocsin
+        .post(
+            &format!("/tocsin/v1/undelivered-events/{id}/redeliver"),
+            &json!({}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.json::<Value>().await.unwrap()["redelivered"], 1);
+    destination
+        .wait_for("the redelivered event", |r| {
+            r.iter()
+                .any(|x| x.status == 200 && x.body["id"] == first["id"])
+        })
+        .await;
+    tocsin
+        .wait_for_count("/cf/consumer/v1/undelivered-events", 1)
+        .await;
+    assert_eq!(
+        attempts(&tocsin, id).await.len(),
+        3,
+        "two failed attempts, then the redelivery"
+    );
+
+    // All of an action's undelivered events since a time.
+    let response = tocsin
+        .post(
+            "/tocsin/v1/undelivered-events/redeliver?action=hook&since=0",
+            &json!({}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.json::<Value>().await.unwrap()["redelivered"], 1);
+    destination
+        .wait_for("the second event", |r| {
+            r.iter()
+                .any(|x| x.status == 200 && x.body["id"] == second["id"])
+        })
+        .await;
+    tocsin
+        .wait_for_count("/cf/consumer/v1/undelivered-events", 0)
+        .await;
+
+    let missing = tocsin
+        .post("/tocsin/v1/undelivered-events/nope/redeliver", &json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let no_action = tocsin
+        .post("/tocsin/v1/undelivered-events/redeliver", &json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_action.status(), 400);
+    tocsin.shutdown().await;
+}
+
+#[tokio::test]
+async fn old_records_are_purged() {
+    let tocsin = Tocsin::start(
+        Backend::Embedded,
+        &common::store_configuration("Old"),
+        &[
+            ("TOCSIN_DELIVERY_RETENTION_HOURS", "0"),
+            ("TOCSIN_DELIVERY_RETENTION_SWEEP_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let accepted = tocsin.send(&event("Old", "old-1")).await;
+    tocsin
+        .wait_for_count("/cf/consumer/v1/matched-events", 1)
+        .await;
+    assert_eq!(
+        attempts(&tocsin, accepted["id"].as_str().unwrap())
+            .await
+            .len(),
+        1
+    );
+    let started = std::time::Instant::now();
+    let count = |page: Value| {
+        page["responseMetadata"]["totalResultsCount"]
+            .as_u64()
+            .unwrap()
+    };
+    while count(tocsin.page("/cf/consumer/v1/matched-events").await) > 0
+        || !attempts(&tocsin, accepted["id"].as_str().unwrap())
+            .await
+            .is_empty()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "records and attempts purged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tocsin.shutdown().await;
+}
