@@ -27,6 +27,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY crates/bus/Cargo.toml      crates/bus/Cargo.toml
 COPY crates/delivery/Cargo.toml crates/delivery/Cargo.toml
 COPY crates/ingest/Cargo.toml   crates/ingest/Cargo.toml
+COPY crates/metrics/Cargo.toml  crates/metrics/Cargo.toml
 COPY crates/model/Cargo.toml    crates/model/Cargo.toml
 COPY crates/router/Cargo.toml   crates/router/Cargo.toml
 COPY crates/storage/Cargo.toml  crates/storage/Cargo.toml
@@ -41,15 +42,17 @@ RUN set -eux; \
     cargo build --release --locked --bin tocsin; \
     rm -rf src crates/*/src
 
-# 2. The real sources. Only what the binary is built from: the root package's src/ and the
-#    workspace crates (tests/, schemas/, scripts/ are not needed for a release build).
+# 2. The real sources. Only what the binary is built from: the root package's src/, the
+#    workspace crates, and the OpenAPI document the binary serves (the rest of schemas/,
+#    tests/ and scripts/ are not needed for a release build).
 #    COPY keeps the files' modification times from the build context, which can be older
 #    than the stub build above; cargo would then consider the stub-built workspace crates
 #    fresh and link the empty stubs. Touching the sources makes cargo rebuild all of them.
 COPY src src
 COPY crates crates
+COPY schemas/openapi.json schemas/openapi.json
 RUN set -eux; \
-    find src crates -type f -exec touch {} +; \
+    find src crates schemas -type f -exec touch {} +; \
     cargo build --release --locked --bin tocsin; \
     ./target/release/tocsin --version
 
