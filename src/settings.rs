@@ -326,6 +326,10 @@ fn override_value(
                     .parse::<i64>()
                     .map(toml::Value::Integer)
                     .map_err(|_| format!("`{raw}` is not an integer")),
+                toml::Value::Float(_) => raw
+                    .parse::<f64>()
+                    .map(toml::Value::Float)
+                    .map_err(|_| format!("`{raw}` is not a number")),
                 toml::Value::Boolean(_) => raw
                     .parse::<bool>()
                     .map(toml::Value::Boolean)
@@ -386,6 +390,9 @@ mod tests {
                 ("TOCSIN_AUTH_TOKEN_SECRET", "k"),
                 ("TOCSIN_CONFIG_IMPORT", "/etc/routing.json"),
                 ("TOCSIN_LOG", "debug"),
+                ("TOCSIN_DELIVERY_RETRY_MAX_ATTEMPTS", "3"),
+                ("TOCSIN_DELIVERY_RETRY_JITTER", "0.5"),
+                ("TOCSIN_CHANNELS_CIRCUIT_COOLDOWN_MS", "1000"),
             ]),
         )
         .unwrap();
@@ -395,6 +402,9 @@ mod tests {
             (Backend::Rabbitmq, "amqp://h", "p")
         );
         assert_eq!(s.router.prefetch, 7);
+        assert_eq!(s.delivery.retry.max_attempts, 3);
+        assert_eq!(s.delivery.retry.jitter, 0.5);
+        assert_eq!(s.channels.circuit_cooldown_ms, 1000);
         assert_eq!(s.auth.token_secret.0, "k");
         assert_eq!(format!("{:?}", s.auth.token_secret), "<redacted>");
         assert_eq!(s.auth.clients[0].name, "ops");

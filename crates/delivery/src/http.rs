@@ -10,10 +10,15 @@
 //! carrying that status: 408, 425, 429 and 5xx retryable (after `Retry-After` when given), the
 //! rest permanent.
 //!
+//! A circuit breaker per destination keeps a dead one from costing everyone: after
+//! `circuit_failure_threshold` failures in a row (no answer, 5xx, 429) the circuit opens and
+//! attempts fail at once with 908, retryable when the cooldown ends; then one probe request is
+//! let through — success closes the circuit, failure opens it again.
+//!
 //! URLs of Slack, Teams and many webhooks carry their credentials in the path or query, so no
 //! reason and no log line shows more of a URL than [`redact`] does: `scheme://host[:port]/…`.
 
-use crate::channels::{ChannelSettings, Failure, CODE_CONNECTION, CODE_TIMEOUT};
+use crate::channels::{ChannelSettings, Failure, CODE_CIRCUIT_OPEN, CODE_CONNECTION, CODE_TIMEOUT};
 use reqwest::header::HeaderMap;
 use reqwest::{Client, Method, RequestBuilder, StatusCode, Url};
 use std::collections::HashMap;
@@ -33,6 +38,27 @@ pub struct Http {
     timeout: Duration,
     per_destination: usize,
     destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
+    circuits: Mutex<HashMap<String, Circuit>>,
+    failure_threshold: u32,
+    cooldown: Duration,
+}
+
+/// The health of one destination, as its circuit sees it.
+#[derive(Debug, Default, Clone)]
+struct Circuit {
+    consecutive_failures: u32,
+    /// Open until this instant; after it, one probe may go.
+    open_until: Option<tokio::time::Instant>,
+    probing: bool,
+}
+
+/// A circuit's state, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    Closed,
+    Open,
+    /// The cooldown is over: the next request is a probe.
+    HalfOpen,
 }
 
 /// An answer, read whole (up to 64 KiB).
@@ -63,6 +89,77 @@ impl Http {
             timeout: Duration::from_millis(settings.request_timeout_ms),
             per_destination: settings.max_in_flight_per_destination.max(1),
             destinations: Mutex::new(HashMap::new()),
+            circuits: Mutex::new(HashMap::new()),
+            failure_threshold: settings.circuit_failure_threshold.max(1),
+            cooldown: Duration::from_millis(settings.circuit_cooldown_ms),
+        }
+    }
+
+    /// Every destination's circuit state, keyed by `scheme://host:port`.
+    pub fn circuit_states(&self) -> Vec<(String, CircuitState)> {
+        let now = tokio::time::Instant::now();
+        self.circuits
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(key, circuit)| {
+                let state = match circuit.open_until {
+                    None => CircuitState::Closed,
+                    Some(until) if until > now => CircuitState::Open,
+                    Some(_) => CircuitState::HalfOpen,
+                };
+                (key.clone(), state)
+            })
+            .collect()
+    }
+
+    /// Lets a request to `key` go, or fails it at once while the circuit is open.
+    fn admit(&self, key: &str, shown: &str) -> Result<(), Failure> {
+        let now = tokio::time::Instant::now();
+        let mut circuits = self.circuits.lock().expect("not poisoned");
+        let circuit = circuits.entry(key.to_owned()).or_default();
+        let Some(until) = circuit.open_until else {
+            return Ok(());
+        };
+        let wait = if until > now {
+            until - now
+        } else if !circuit.probing {
+            circuit.probing = true;
+            return Ok(());
+        } else {
+            // A probe is out: wait for its verdict.
+            self.cooldown.min(Duration::from_secs(1))
+        };
+        Err(Failure::transient_after(
+            CODE_CIRCUIT_OPEN,
+            format!(
+                "{shown}: circuit open after {} failures in a row; next probe in {} ms",
+                circuit.consecutive_failures,
+                wait.as_millis()
+            ),
+            Some(wait),
+        ))
+    }
+
+    /// Tells the circuit of `key` whether the destination answered sanely.
+    fn observe(&self, key: &str, healthy: bool) {
+        let mut circuits = self.circuits.lock().expect("not poisoned");
+        let circuit = circuits.entry(key.to_owned()).or_default();
+        if healthy {
+            *circuit = Circuit::default();
+            return;
+        }
+        circuit.consecutive_failures += 1;
+        if circuit.probing || circuit.consecutive_failures >= self.failure_threshold {
+            if circuit.open_until.is_none() || circuit.probing {
+                tracing::warn!(
+                    destination = key,
+                    failures = circuit.consecutive_failures,
+                    "circuit opened"
+                );
+            }
+            circuit.open_until = Some(tokio::time::Instant::now() + self.cooldown);
+            circuit.probing = false;
         }
     }
 
@@ -100,6 +197,7 @@ impl Http {
             url.host_str().unwrap_or_default(),
             url.port_or_known_default().unwrap_or_default()
         );
+        self.admit(&key, &destination)?;
         let timeout = *request.timeout_mut().get_or_insert(self.timeout);
         let started = tokio::time::Instant::now();
         let _slot = self.reserve(&key, &destination, timeout).await?;
@@ -117,7 +215,18 @@ impl Http {
                 )
             }
         };
-        let mut response = client.execute(request).await.map_err(no_answer)?;
+        let mut response = match client.execute(request).await {
+            Ok(response) => response,
+            Err(e) => {
+                self.observe(&key, false);
+                return Err(no_answer(e));
+            }
+        };
+        let status = response.status();
+        self.observe(
+            &key,
+            !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS),
+        );
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(no_answer)? {
             let room = MAX_BODY.saturating_sub(body.len());
@@ -263,7 +372,61 @@ mod tests {
         Http::new(&ChannelSettings {
             max_in_flight_per_destination: per_destination,
             request_timeout_ms: timeout_ms,
+            // These tests fail on purpose, often: keep the circuit out of their way.
+            circuit_failure_threshold: 1000,
+            ..ChannelSettings::default()
         })
+    }
+
+    #[tokio::test]
+    async fn a_failing_destination_opens_its_circuit_and_a_probe_closes_it() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(503))
+            .up_to_n_times(4)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200))
+            .mount(&server)
+            .await;
+        let http = Http::new(&ChannelSettings {
+            circuit_failure_threshold: 3,
+            circuit_cooldown_ms: 300,
+            ..ChannelSettings::default()
+        });
+        let url = Url::parse(&format!("{}/hook", server.uri())).unwrap();
+        let send = || http.send(http.request(Method::POST, url.clone(), false));
+        for _ in 0..3 {
+            assert_eq!(send().await.unwrap().status, 503);
+        }
+        let refused = send().await.unwrap_err();
+        assert_eq!(refused.code, CODE_CIRCUIT_OPEN, "{}", refused.reason);
+        assert!(
+            refused.reason.contains("circuit open after 3 failures"),
+            "{}",
+            refused.reason
+        );
+        assert!(matches!(refused.retry, Some(Some(wait)) if wait <= Duration::from_millis(300)));
+        assert_eq!(
+            server.received_requests().await.unwrap().len(),
+            3,
+            "no request while open"
+        );
+        assert_eq!(http.circuit_states()[0].1, CircuitState::Open);
+
+        tokio::time::sleep(Duration::from_millis(320)).await;
+        assert_eq!(http.circuit_states()[0].1, CircuitState::HalfOpen);
+        assert_eq!(
+            send().await.unwrap().status,
+            503,
+            "the probe goes out, fails: open again"
+        );
+        assert_eq!(send().await.unwrap_err().code, CODE_CIRCUIT_OPEN);
+        tokio::time::sleep(Duration::from_millis(320)).await;
+        assert_eq!(send().await.unwrap().status, 200, "the probe succeeds");
+        assert_eq!(http.circuit_states()[0].1, CircuitState::Closed);
+        assert_eq!(send().await.unwrap().status, 200);
     }
 
     #[test]
@@ -396,6 +559,7 @@ mod tests {
         let saturated = Http::new(&ChannelSettings {
             max_in_flight_per_destination: 1,
             request_timeout_ms: 200,
+            ..ChannelSettings::default()
         });
         let saturated = Arc::new(saturated);
         let first = {

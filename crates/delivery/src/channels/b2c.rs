@@ -759,6 +759,7 @@ mod tests {
         let settings = ChannelSettings {
             max_in_flight_per_destination: 4,
             request_timeout_ms: 500,
+            ..ChannelSettings::default()
         };
         let channel = B2cIncidentChannel::new(Tools::open(dir.path(), &settings).unwrap());
         let action = b2c_action(&server, json!({}));

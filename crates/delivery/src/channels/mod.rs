@@ -51,6 +51,9 @@ pub const CODE_BAD_ACTION: i32 = 906;
 /// Failure code: the destination answered with success but its answer reports an error, or
 /// cannot be used (Slack `ok:false`, an incident created without an id).
 pub const CODE_BAD_ANSWER: i32 = 907;
+/// Failure code: the destination's circuit is open — it failed too often in a row, so Tocsin
+/// does not try it again until the next probe.
+pub const CODE_CIRCUIT_OPEN: i32 = 908;
 
 /// How one delivery attempt ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,6 +134,11 @@ pub struct ChannelSettings {
     /// Longest wait for an answer (and for a free slot at the destination), unless an action
     /// sets its own.
     pub request_timeout_ms: u64,
+    /// Consecutive failures (no answer, 5xx, 429) after which a destination's circuit opens:
+    /// attempts to it fail at once, without a request, until the cooldown has passed.
+    pub circuit_failure_threshold: u32,
+    /// How long an open circuit stays open before one probe request may test the destination.
+    pub circuit_cooldown_ms: u64,
 }
 
 impl Default for ChannelSettings {
@@ -138,6 +146,8 @@ impl Default for ChannelSettings {
         ChannelSettings {
             max_in_flight_per_destination: 8,
             request_timeout_ms: 15_000,
+            circuit_failure_threshold: 5,
+            circuit_cooldown_ms: 30_000,
         }
     }
 }
@@ -207,6 +217,7 @@ pub(crate) mod tests {
         let settings = ChannelSettings {
             max_in_flight_per_destination: 4,
             request_timeout_ms: 5000,
+            ..ChannelSettings::default()
         };
         (Tools::open(dir.path(), &settings).unwrap(), dir)
     }
