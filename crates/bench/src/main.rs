@@ -8,9 +8,16 @@
 //! latency percentiles, and stored/s — the time until the last event shows up in
 //! matched-events.
 //!
+//! `--mode pipeline` measures the whole path instead (see [`pipeline`]): WEB_HOOK to a local
+//! sink plus STORE, open-loop at `--rate` for `--duration`, ingest→delivery percentiles, peak
+//! RSS and lost events. `--mode rabbitmq-ceiling` measures the broker alone ([`ceiling`]).
+//!
 //! `--source oci` posts OCI alarm messages to the OCI Notifications endpoint instead, as OCI
 //! would (one message per request, each with its own `X-OCI-NS-MessageId` and `dedupeKey`), and
 //! waits for the `OCIAlarm` events.
+
+mod ceiling;
+mod pipeline;
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
@@ -24,6 +31,18 @@ use std::time::{Duration, Instant};
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Mode::Burst)]
+    mode: Mode,
+    /// Events per second offered in pipeline mode (0: as fast as the connections allow).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Seconds of load in pipeline mode with a --rate.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// The broker, for the rabbitmq backend and the ceiling mode.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
     /// Start a Tocsin on this backend (ignored with --url).
     #[arg(long, value_enum, default_value_t = Backend::Embedded)]
     backend: Backend,
@@ -60,6 +79,16 @@ enum Source {
     Oci,
 }
 
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
+enum Mode {
+    /// A burst of posts: accepted/s, POST latency, stored/s.
+    Burst,
+    /// The whole path: WEB_HOOK + STORE, delivered/s, ingest→delivery latency, RSS, losses.
+    Pipeline,
+    /// RabbitMQ alone: publish with confirms and consume through one quorum queue.
+    RabbitmqCeiling,
+}
+
 #[derive(Clone, Copy, ValueEnum, Debug)]
 enum Backend {
     Embedded,
@@ -70,7 +99,17 @@ struct Target {
     base: String,
     user: String,
     password: String,
-    _process: Option<Spawned>,
+    process: Option<Spawned>,
+}
+
+impl Target {
+    /// The peak resident set of the Tocsin the bench started (Linux `VmHWM`), in KiB.
+    fn peak_rss_kib(&self) -> Option<u64> {
+        let pid = self.process.as_ref()?.child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
 }
 
 struct Spawned {
@@ -95,14 +134,28 @@ async fn main() -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
+    match args.mode {
+        Mode::Burst => {}
+        Mode::RabbitmqCeiling => return ceiling::run(&args.amqp_url, args.events).await,
+        Mode::Pipeline => {
+            let load = pipeline::Load {
+                rate: args.rate,
+                duration: Duration::from_secs(args.duration),
+                events: args.events,
+                concurrency: args.concurrency,
+                event_type: args.event_type.clone(),
+            };
+            return pipeline::run(load, async |routing| spawn(&args, &http, routing).await).await;
+        }
+    }
     let target = match &args.url {
         Some(url) => Target {
             base: url.clone(),
             user: args.user.clone(),
             password: args.password.clone(),
-            _process: None,
+            process: None,
         },
-        None => spawn(&args, &http).await?,
+        None => spawn(&args, &http, store_routing(&args.event_type)).await?,
     };
     let label = match &args.url {
         Some(url) => url.clone(),
@@ -243,14 +296,19 @@ fn oci_alarm() -> serde_json::Value {
 }
 
 fn event(event_type: &str, index: usize) -> serde_json::Value {
+    event_keyed(event_type, &format!("bench-{index}"))
+}
+
+/// A realistic alert (about 350 bytes) whose `ans:sourceEventId` is `key`.
+fn event_keyed(event_type: &str, key: &str) -> serde_json::Value {
     json!({
         "eventType": event_type,
-        "resource": {"resourceName": format!("bench-{index}"), "resourceType": "vm"},
+        "resource": {"resourceName": key, "resourceType": "vm"},
         "severity": "WARNING",
         "category": "ALERT",
         "subject": "CPU above 90% on bench host",
         "body": "CPU utilization has been above 90% for 5 minutes on the bench host",
-        "tags": {"ans:sourceEventId": format!("bench-{index}")}
+        "tags": {"ans:sourceEventId": key}
     })
 }
 
@@ -286,18 +344,27 @@ async fn wait_stored(
     }
 }
 
-async fn spawn(args: &Args, http: &reqwest::Client) -> anyhow::Result<Target> {
+/// Every bench event to a STORE action.
+fn store_routing(event_type: &str) -> serde_json::Value {
+    json!({
+        "actions": [{"name": "bench-store", "type": "STORE", "state": "ENABLED"}],
+        "conditions": [{"name": "bench-type", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": event_type}],
+        "subscriptions": [{"name": "bench", "state": "ENABLED", "conditions": ["bench-type"], "actions": ["bench-store"]}]
+    })
+}
+
+async fn spawn(
+    args: &Args,
+    http: &reqwest::Client,
+    routing_json: serde_json::Value,
+) -> anyhow::Result<Target> {
     let binary = match &args.tocsin {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("tocsin"),
     };
     let dir = tempfile::tempdir()?;
     let routing = dir.path().join("routing.json");
-    std::fs::write(&routing, json!({
-        "actions": [{"name": "bench-store", "type": "STORE", "state": "ENABLED"}],
-        "conditions": [{"name": "bench-type", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": args.event_type}],
-        "subscriptions": [{"name": "bench", "state": "ENABLED", "conditions": ["bench-type"], "actions": ["bench-store"]}]
-    }).to_string())?;
+    std::fs::write(&routing, routing_json.to_string())?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -319,6 +386,7 @@ async fn spawn(args: &Args, http: &reqwest::Client) -> anyhow::Result<Target> {
         // One fixed prefix: each run drains what it queued, so nothing piles up on the broker.
         command
             .env("TOCSIN_BUS_BACKEND", "rabbitmq")
+            .env("TOCSIN_BUS_URL", &args.amqp_url)
             .env("TOCSIN_BUS_PREFIX", "tocsin-bench");
     }
     let child = command
@@ -344,7 +412,7 @@ async fn spawn(args: &Args, http: &reqwest::Client) -> anyhow::Result<Target> {
                 base,
                 user: "admin".into(),
                 password,
-                _process: Some(Spawned { child, _dir: dir }),
+                process: Some(Spawned { child, _dir: dir }),
             });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
