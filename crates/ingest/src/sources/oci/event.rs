@@ -96,13 +96,13 @@ impl OciEvent {
 
     pub fn normalize(&self, delivery: &Delivery, id: String, now: i64) -> ResourceEvent {
         let data = &self.data;
-        let resource_name = data
-            .resource_name
-            .clone()
-            .or_else(|| data.resource_id.clone())
+        // A blank name is no name: an event's resourceName must not be blank.
+        let present = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+        let resource_name = present(&data.resource_name)
+            .or_else(|| present(&data.resource_id))
             .or_else(|| self.source.clone())
             .unwrap_or_else(|| self.event_type.clone());
-        let subject = match &data.resource_name {
+        let subject = match present(&data.resource_name) {
             Some(name) => format!("{}: {name}", self.event_type),
             None => self.event_type.clone(),
         };
@@ -257,6 +257,27 @@ mod tests {
             event.body
         );
         assert!(event.body.contains("Compartment: example_name"));
+    }
+
+    #[test]
+    fn a_blank_resource_name_falls_back_like_a_missing_one() {
+        let mut blank = sample();
+        blank["data"]["resourceName"] = json!(" ");
+        let event =
+            OciEvent::parse(&blank)
+                .unwrap()
+                .normalize(&Delivery::default(), "id".into(), 0);
+        assert_eq!(
+            event.resource.resource_name,
+            "/n/example_namespace/b/my_bucket/o/my_object"
+        );
+        assert_eq!(event.subject, "com.oraclecloud.objectstorage.createobject");
+        blank["data"]["resourceId"] = json!("");
+        let event =
+            OciEvent::parse(&blank)
+                .unwrap()
+                .normalize(&Delivery::default(), "id".into(), 0);
+        assert_eq!(event.resource.resource_name, "ObjectStorage");
     }
 
     #[test]
