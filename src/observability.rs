@@ -89,6 +89,12 @@ pub const ROUTES: &[Route] = &[
         "/{platform}/configuration/v1/configuration",
         &["GET", "POST"],
     ),
+    route("/tocsin/v1/events/{eventId}/attempts", &["GET"]),
+    route(
+        "/tocsin/v1/undelivered-events/{eventId}/redeliver",
+        &["POST"],
+    ),
+    route("/tocsin/v1/undelivered-events/redeliver", &["POST"]),
     route("/healthz", &["GET"]),
     route("/readyz", &["GET"]),
     route("/metrics", &["GET"]),
