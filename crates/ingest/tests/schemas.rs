@@ -28,7 +28,8 @@ fn fixture(name: &str) -> Value {
     read(&crate_dir().join("../../../shared/fixtures/oci").join(name))
 }
 
-/// A validator for `schemas/<name>`, every schema registered for `$ref`.
+/// A validator for `schemas/<name>`, every schema registered for `$ref` (documents without an
+/// `$id`, like the OpenAPI description, are no JSON Schemas).
 fn validator(name: &str) -> Validator {
     let mut options = jsonschema::options();
     let mut root = None;
@@ -36,7 +37,9 @@ fn validator(name: &str) -> Validator {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "json") {
             let schema = read(&path);
-            let id = schema["$id"].as_str().expect("an $id").to_owned();
+            let Some(id) = schema["$id"].as_str().map(str::to_owned) else {
+                continue;
+            };
             if path.file_name().unwrap() == name {
                 root = Some(schema.clone());
             }
