@@ -114,6 +114,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         Channels::open(records.clone(), data_dir, &settings.channels)?,
         records.clone(),
         Lanes::open(&data_dir.join("lanes.db"))?,
+        Arc::clone(&metrics),
     );
     let retention = tokio::spawn(delivery::retention::run(
         records.clone(),

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{event, Backend, Tocsin};
+use common::{event, route_everything_to, webhook, Backend, Destination, Tocsin};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -38,6 +38,13 @@ impl Scrape {
             .samples
             .get(series)
             .unwrap_or_else(|| panic!("{series} is not exported:\n{}", self.text))
+    }
+
+    /// The value of `series` as a starting point: zero when it does not exist yet (series
+    /// with label values known in advance exist from the start, the others from their first
+    /// event).
+    fn since(&self, series: &str) -> f64 {
+        self.samples.get(series).copied().unwrap_or(0.0)
     }
 
     /// The metric families (`# TYPE` lines), with their types.
@@ -132,13 +139,15 @@ async fn metrics_count_exactly_what_happened(backend: Backend) {
     tocsin
         .wait_for_count("/cf/consumer/v1/undelivered-events", 1)
         .await;
-    let after = scrape_until(&tocsin, "queues drained", |s| {
+    let stored = "tocsin_deliveries_total{channel=\"STORE\",outcome=\"delivered\"}";
+    let after = scrape_until(&tocsin, "queues drained, outcomes counted", |s| {
         s.samples.get("tocsin_queue_depth{queue=\"events\"}") == Some(&0.0)
             && s.samples.get("tocsin_queue_depth{queue=\"deliveries\"}") == Some(&0.0)
             && s.samples.get("tocsin_undelivered_records") == Some(&1.0)
+            && s.value(stored) - before.value(stored) == 3.0
     })
     .await;
-    let delta = |series: &str| after.value(series) - before.value(series);
+    let delta = |series: &str| after.value(series) - before.since(series);
     for (series, expected) in [
         ("tocsin_events_accepted_total{source=\"ans\"}", 5.0),
         (
@@ -167,6 +176,40 @@ async fn metrics_count_exactly_what_happened(backend: Backend) {
             1.0,
         ),
         ("tocsin_bus_reconnects_total", 0.0),
+        // Delivery: 3 stored, 1 webhook that could not connect and may not retry.
+        (stored, 3.0),
+        (
+            "tocsin_deliveries_total{channel=\"WEB_HOOK\",outcome=\"undelivered\"}",
+            1.0,
+        ),
+        (
+            "tocsin_deliveries_total{channel=\"WEB_HOOK\",outcome=\"delivered\"}",
+            0.0,
+        ),
+        (
+            "tocsin_delivery_attempts_total{channel=\"STORE\",reason=\"none\",result=\"success\"}",
+            3.0,
+        ),
+        (
+            "tocsin_delivery_attempts_total{channel=\"WEB_HOOK\",reason=\"connection\",result=\"permanent_failure\"}",
+            1.0,
+        ),
+        (
+            "tocsin_delivery_duration_seconds_count{channel=\"STORE\"}",
+            3.0,
+        ),
+        (
+            "tocsin_delivery_duration_seconds_count{channel=\"WEB_HOOK\"}",
+            1.0,
+        ),
+        (
+            "tocsin_delivery_latency_seconds_count{channel=\"STORE\"}",
+            3.0,
+        ),
+        (
+            "tocsin_delivery_latency_seconds_count{channel=\"WEB_HOOK\"}",
+            0.0,
+        ),
     ] {
         assert_eq!(delta(series), expected, "{series}");
     }
@@ -209,6 +252,81 @@ async fn metrics_count_exactly_what_happened_embedded() {
 #[tokio::test]
 async fn metrics_count_exactly_what_happened_rabbitmq() {
     metrics_count_exactly_what_happened(Backend::Rabbitmq).await;
+}
+
+/// A webhook that fails once (503) and then succeeds: one retryable failure, a retry that
+/// waits on the bus (the backlog), one success, one delivery whose latency includes the wait.
+async fn metrics_count_a_retry(backend: Backend) {
+    let mut answered = 0;
+    let destination = Destination::start(move |_| {
+        answered += 1;
+        if answered == 1 {
+            503
+        } else {
+            200
+        }
+    })
+    .await;
+    let flaky = webhook(
+        "flaky",
+        &destination.url,
+        json!({"retryInitialDelayMs": "2000", "retryMaxAttempts": "3"}),
+    );
+    let tocsin = Tocsin::start(backend, &route_everything_to(vec![flaky]), &[]).await;
+    let before = scrape(&tocsin).await;
+    tocsin.send(&event("HighCPU", "r-1")).await;
+    scrape_until(&tocsin, "the retry waiting", |s| {
+        s.samples.get("tocsin_delivery_retry_backlog") == Some(&1.0)
+    })
+    .await;
+    let delivered = "tocsin_deliveries_total{channel=\"WEB_HOOK\",outcome=\"delivered\"}";
+    let after = scrape_until(&tocsin, "the retry delivered", |s| {
+        s.value(delivered) - before.value(delivered) == 1.0
+            && s.samples.get("tocsin_delivery_retry_backlog") == Some(&0.0)
+    })
+    .await;
+    assert_eq!(destination.received().len(), 2);
+    let delta = |series: &str| after.value(series) - before.since(series);
+    for (series, expected) in [
+        (
+            "tocsin_delivery_attempts_total{channel=\"WEB_HOOK\",reason=\"server_error\",result=\"retryable_failure\"}",
+            1.0,
+        ),
+        (
+            "tocsin_delivery_attempts_total{channel=\"WEB_HOOK\",reason=\"none\",result=\"success\"}",
+            1.0,
+        ),
+        (
+            "tocsin_deliveries_total{channel=\"WEB_HOOK\",outcome=\"undelivered\"}",
+            0.0,
+        ),
+        (
+            "tocsin_delivery_duration_seconds_count{channel=\"WEB_HOOK\"}",
+            2.0,
+        ),
+        (
+            "tocsin_delivery_latency_seconds_count{channel=\"WEB_HOOK\"}",
+            1.0,
+        ),
+        ("tocsin_events_accepted_total{source=\"ans\"}", 1.0),
+    ] {
+        assert_eq!(delta(series), expected, "{series}");
+    }
+    // The delivery came after the retry delay (2 s, less at most 20 % jitter).
+    let latency = delta("tocsin_delivery_latency_seconds_sum{channel=\"WEB_HOOK\"}");
+    assert!(latency >= 1.6, "latency {latency}");
+    assert_eq!(after.value("tocsin_undelivered_records"), 0.0);
+    tocsin.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_count_a_retry_embedded() {
+    metrics_count_a_retry(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn metrics_count_a_retry_rabbitmq() {
+    metrics_count_a_retry(Backend::Rabbitmq).await;
 }
 
 fn repo(path: &str) -> PathBuf {

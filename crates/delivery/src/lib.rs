@@ -8,7 +8,9 @@
 //! ([`records`]). After a failure, [`retry`] decides: the job goes back on the bus with a delay
 //! — holding nothing while it waits, carrying its own history — or it is given up: recorded
 //! `UNDELIVERED` with every failure reason, and handed to the action's fallback if it has one.
-//! A job's queue message is acked only after its next step is durable.
+//! A job's queue message is acked only after its next step is durable. Attempts and outcomes
+//! are counted in the metrics (by channel, result and failure kind), with each attempt's
+//! duration and, for deliveries, the time since the event was accepted.
 //! On shutdown the worker stops taking jobs and finishes those in hand.
 
 pub mod channels;
@@ -28,6 +30,7 @@ use bus::{Bus, Delivery, Queue};
 use bytes::Bytes;
 use channels::{Channels, Failure, Outcome};
 use lanes::{Claim, LaneJob, Lanes};
+use metrics::{DeliveryOutcome, FailureKind, Metrics};
 use model::{Action, DeliveryJob, DeliveryStatus, FailureReason, SharedCatalog};
 use records::{Attempt, RecordStore};
 use retry::{Next, RetrySchedule};
@@ -57,6 +60,7 @@ struct Shared {
     records: RecordStore,
     lanes: Lanes,
     retry: RetrySchedule,
+    metrics: Arc<Metrics>,
 }
 
 /// A job with a lane: where it queues behind others with the same key.
@@ -92,6 +96,7 @@ impl DeliveryWorker {
         channels: Channels,
         records: RecordStore,
         lanes: Lanes,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let retry = config.retry.clone();
         DeliveryWorker {
@@ -103,6 +108,7 @@ impl DeliveryWorker {
                 records,
                 lanes,
                 retry,
+                metrics,
             }),
         }
     }
@@ -222,8 +228,13 @@ impl Shared {
         job.first_attempt_at_ms.get_or_insert(started_at_ms);
         let catalog = self.catalog.load_full();
         let action = catalog.action(&job.action);
+        // The metrics label: the channel's own (static) name, `none` when no channel serves it.
+        let channel = action
+            .and_then(|a| self.channels.get(&a.action_type))
+            .map_or("none", |c| c.action_type());
         let clock = Instant::now();
         let outcome = self.attempt(&job, action).await;
+        let took = clock.elapsed();
         let mut attempt = Attempt {
             action: job.action.clone(),
             attempt: job.attempt + 1,
@@ -235,6 +246,14 @@ impl Shared {
         };
         let failure = match outcome {
             Outcome::Delivered => {
+                self.metrics
+                    .delivery_attempt(channel, metrics::Attempt::Success, took);
+                self.metrics.delivery_finished(
+                    channel,
+                    DeliveryOutcome::Delivered,
+                    job.accepted_at_ms,
+                    model::now_epoch_millis(),
+                );
                 tracing::info!(event = %job.event.id, action = %job.action, attempt = attempt.attempt, "delivered");
                 self.note_attempt(&job, attempt).await;
                 return self.finish(delivery, &job).await;
@@ -261,6 +280,14 @@ impl Shared {
                 why: "the action no longer exists",
             },
         };
+        let kind = if channel == "EMAIL" {
+            FailureKind::of_smtp_code(failure.code)
+        } else {
+            FailureKind::of_code(failure.code)
+        };
+        let retryable = matches!(next, Next::Retry { .. });
+        self.metrics
+            .delivery_attempt(channel, metrics::Attempt::Failure { kind, retryable }, took);
         attempt.code = Some(failure.code);
         attempt.reason = Some(failure.reason.clone());
         attempt.outcome = if matches!(next, Next::Retry { .. }) {
@@ -291,6 +318,12 @@ impl Shared {
                     tracing::error!(error = %e, event = %job.event.id, "cannot record an undelivered event; it will run again");
                     return settle(delivery.requeue().await, "requeue");
                 }
+                self.metrics.delivery_finished(
+                    channel,
+                    DeliveryOutcome::Undelivered,
+                    job.accepted_at_ms,
+                    model::now_epoch_millis(),
+                );
                 let fallback = action
                     .filter(|_| fallback)
                     .and_then(|a| a.fallback_action.as_deref());

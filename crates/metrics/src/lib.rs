@@ -158,7 +158,7 @@ impl FailureKind {
     ];
 
     /// The kind of a failure code of an HTTP channel: the destination's HTTP status, or one of
-    /// Tocsin's own codes (901–907, see the README).
+    /// Tocsin's own codes (901–908, see the README).
     pub fn of_code(code: i32) -> FailureKind {
         match code {
             401 | 403 | 407 => FailureKind::AuthError,
@@ -170,6 +170,7 @@ impl FailureKind {
             903 => FailureKind::Local,
             904 => FailureKind::Connection,
             907 => FailureKind::BadAnswer,
+            908 => FailureKind::CircuitOpen,
             _ => FailureKind::ServerError,
         }
     }
@@ -760,6 +761,7 @@ mod tests {
                 "bad_answer"
             ]
         );
+        assert_eq!(kind(908), "circuit_open");
         let smtp = |code| FailureKind::of_smtp_code(code).as_str();
         assert_eq!(
             [smtp(535), smtp(451), smtp(550), smtp(904)],
