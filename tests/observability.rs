@@ -518,8 +518,9 @@ async fn readyz_says_which_part_is_down_and_nothing_else() {
             format!("amqp://tocsin:broker-pw-x7@127.0.0.1:{}/%2f", free_port()),
         )
         .env("TOCSIN_METRICS_PUBLIC", "true")
+        .env("TOCSIN_LOG", "debug")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
         .spawn()
         .unwrap();
     let http = reqwest::Client::new();
@@ -551,6 +552,12 @@ async fn readyz_says_which_part_is_down_and_nothing_else() {
     assert!(!metrics.text.contains("broker-pw-x7"));
     child.kill().unwrap();
     child.wait().unwrap();
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    assert!(log.contains("RabbitMQ"), "it tried to connect:\n{log}");
+    assert!(
+        !log.contains("broker-pw-x7"),
+        "the broker password reached the log"
+    );
 }
 
 #[tokio::test]
