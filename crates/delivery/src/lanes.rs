@@ -3,10 +3,13 @@
 //! and without holding up anything else.
 //!
 //! Each (action, key) with work in progress is a *lane* whose *head* is the one job allowed to
-//! run. A job that finds its lane taken is *parked* behind the head (its queue message is then
-//! acked: the park is durable). When the head is done — delivered or given up — the next parked
-//! job becomes the head and goes back on the queue. Everything is in SQLite (`lanes.db`), so a
-//! head waiting for a retry keeps its lane across restarts. Jobs without a key have no lane.
+//! run. While the head is being attempted, later jobs of the lane simply wait in memory, their
+//! queue messages unacked (a crash hands them out again, in order). Only when the head has to
+//! wait for a retry does the lane become durable, here in SQLite (`lanes.db`): the head's lane
+//! is recorded and the jobs behind it are *parked* (their queue messages then acked). When a
+//! durable lane's head is done — delivered or given up — the next parked job becomes the head
+//! and goes back on the queue. The hot path, where deliveries succeed, writes nothing here.
+//! Jobs without a key have no lane.
 
 use bytes::Bytes;
 use std::path::Path;
@@ -187,6 +190,17 @@ impl Lanes {
                     })
                 })?
                 .collect()
+            })
+            .await
+    }
+
+    /// Every lane that is durable now (its head waits for a retry, or was promoted).
+    pub async fn durable_lanes(&self) -> Result<Vec<(String, String)>, StorageError> {
+        self.db
+            .read(|c| {
+                c.prepare("SELECT action, key FROM lanes")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
             })
             .await
     }

@@ -61,6 +61,23 @@ struct Shared {
     lanes: Lanes,
     retry: RetrySchedule,
     metrics: Arc<Metrics>,
+    /// The lanes this process is working on; see [`lanes`]. A tokio mutex: making a lane
+    /// durable awaits SQLite while no new job may slip into it.
+    lanes_in_memory: tokio::sync::Mutex<LaneMemory>,
+}
+
+type LaneKey = (String, String);
+
+#[derive(Default)]
+struct LaneMemory {
+    /// Lanes whose head is being attempted here, with the jobs waiting behind it.
+    active: std::collections::HashMap<LaneKey, std::collections::VecDeque<(Delivery, DeliveryJob)>>,
+    /// Lanes that are durable in SQLite (a head waits for a retry): their jobs go there.
+    durable: std::collections::HashSet<LaneKey>,
+}
+
+fn lane_key(job: &DeliveryJob) -> Option<LaneKey> {
+    Some((job.action.clone(), job.ordering_key()?.to_owned()))
 }
 
 /// A job with a lane: where it queues behind others with the same key.
@@ -109,6 +126,7 @@ impl DeliveryWorker {
                 lanes,
                 retry,
                 metrics,
+                lanes_in_memory: Default::default(),
             }),
         }
     }
@@ -132,7 +150,7 @@ impl DeliveryWorker {
             }
             for (delivery, job) in self.shared.admit(batch).await {
                 let shared = Arc::clone(&self.shared);
-                in_hand.spawn(async move { shared.process(delivery, job).await });
+                in_hand.spawn(shared.process(delivery, job));
             }
             // Reap finished tasks as we go so the set does not grow with the backlog.
             while in_hand.try_join_next().is_some() {}
@@ -145,8 +163,11 @@ impl DeliveryWorker {
 }
 
 impl Shared {
-    /// Lane heads promoted just before a crash may never have reached the queue.
+    /// Lane heads promoted just before a crash may never have reached the queue; and the
+    /// durable lanes must be known before the first job arrives.
     async fn republish_stranded_heads(&self) -> Result<(), bus::BusError> {
+        self.lanes_in_memory.lock().await.durable =
+            self.lanes.durable_lanes().await?.into_iter().collect();
         for head in self.lanes.stranded_heads().await? {
             self.bus
                 .publish(Queue::Deliveries, vec![head.payload])
@@ -181,39 +202,56 @@ impl Shared {
             }
             runnable.push((delivery, job));
         }
-        let keyed: Vec<(usize, LaneJob)> = runnable
-            .iter()
-            .enumerate()
-            .filter_map(|(i, (delivery, job))| Some((i, lane_of(job, &delivery.payload)?)))
-            .collect();
-        if keyed.is_empty() {
-            return runnable;
+        let mut memory = self.lanes_in_memory.lock().await;
+        let mut run = Vec::with_capacity(runnable.len());
+        let mut to_durable: Vec<(Delivery, DeliveryJob)> = Vec::new();
+        for (delivery, job) in runnable {
+            let Some(key) = lane_key(&job) else {
+                run.push((delivery, job));
+                continue;
+            };
+            if memory.durable.contains(&key) {
+                to_durable.push((delivery, job));
+            } else if let Some(waiting) = memory.active.get_mut(&key) {
+                tracing::debug!(event = %job.event.id, action = %job.action, "waiting behind an earlier event with the same key");
+                waiting.push_back((delivery, job));
+            } else {
+                memory.active.insert(key, Default::default());
+                run.push((delivery, job));
+            }
         }
-        let (positions, lane_jobs): (Vec<usize>, Vec<LaneJob>) = keyed.into_iter().unzip();
+        if !to_durable.is_empty() {
+            // Still under the lock: a job admitted later cannot claim before these.
+            run.extend(self.claim_durably(to_durable).await);
+        }
+        run
+    }
+
+    /// Claims durable lanes for `jobs`, in order: heads back from a retry run, the others are
+    /// parked (and acked). Returns the jobs to run.
+    async fn claim_durably(
+        &self,
+        jobs: Vec<(Delivery, DeliveryJob)>,
+    ) -> Vec<(Delivery, DeliveryJob)> {
+        let lane_jobs = jobs
+            .iter()
+            .filter_map(|(delivery, job)| lane_of(job, &delivery.payload))
+            .collect();
         let claims = match self.lanes.claim(lane_jobs).await {
             Ok(claims) => claims,
             Err(e) => {
-                // Without the lanes, order cannot be kept: leave the keyed jobs queued.
+                // Without the lanes, order cannot be kept: leave these jobs queued.
                 tracing::error!(error = %e, "cannot claim ordering lanes; requeueing");
-                let mut keep = Vec::new();
-                for (i, entry) in runnable.into_iter().enumerate() {
-                    if positions.contains(&i) {
-                        settle(entry.0.requeue().await, "requeue");
-                    } else {
-                        keep.push(entry);
-                    }
+                for (delivery, _) in jobs {
+                    settle(delivery.requeue().await, "requeue");
                 }
-                return keep;
+                return Vec::new();
             }
         };
-        let mut parked = vec![false; runnable.len()];
-        for (position, claim) in positions.into_iter().zip(claims) {
-            parked[position] = claim == Claim::Parked;
-        }
-        let mut run = Vec::with_capacity(runnable.len());
-        for ((delivery, job), parked) in runnable.into_iter().zip(parked) {
-            if parked {
-                tracing::debug!(event = %job.event.id, action = %job.action, "parked behind an earlier event with the same key");
+        let mut run = Vec::new();
+        for ((delivery, job), claim) in jobs.into_iter().zip(claims) {
+            if claim == Claim::Parked {
+                tracing::debug!(event = %job.event.id, action = %job.action, "parked behind an earlier event that waits for a retry");
                 settle(delivery.ack().await, "ack");
             } else {
                 run.push((delivery, job));
@@ -222,8 +260,21 @@ impl Shared {
         run
     }
 
-    /// Makes one attempt and takes the next step: done, retry later, or give up.
-    async fn process(&self, delivery: Delivery, mut job: DeliveryJob) {
+    /// Runs `delivery`, then the jobs that were waiting behind it in its lane, one by one.
+    async fn process(self: Arc<Self>, delivery: Delivery, job: DeliveryJob) {
+        let mut next = Some((delivery, job));
+        while let Some((delivery, job)) = next {
+            next = self.process_one(delivery, job).await;
+        }
+    }
+
+    /// Makes one attempt and takes the next step: done, retry later, or give up. Returns the
+    /// job that was waiting behind this one in its lane, now free to run.
+    async fn process_one(
+        &self,
+        delivery: Delivery,
+        mut job: DeliveryJob,
+    ) -> Option<(Delivery, DeliveryJob)> {
         let started_at_ms = model::now_epoch_millis();
         job.first_attempt_at_ms.get_or_insert(started_at_ms);
         let catalog = self.catalog.load_full();
@@ -301,12 +352,20 @@ impl Shared {
             Next::Retry { after } => {
                 tracing::warn!(event = %job.event.id, action = %job.action, attempt = job.attempt, code = failure.code, reason = %failure.reason, retry_in_ms = after.as_millis() as u64, "attempt failed; retrying");
                 job.not_before_ms = Some(model::now_epoch_millis() + after.as_millis() as i64);
-                // The lane stays taken: later events with the same key wait for this one.
+                let payload = encode(&job);
+                // The lane stays taken while this job waits: later events with the same key
+                // wait behind it, durably.
+                if let Err(e) = self.make_lane_durable(&job, &payload).await {
+                    tracing::error!(error = %e, event = %job.event.id, "cannot record an ordering lane; the job will run again");
+                    settle(delivery.requeue().await, "requeue");
+                    return None;
+                }
                 let delayed = self
                     .bus
-                    .publish_delayed(Queue::Deliveries, encode(&job), after)
+                    .publish_delayed(Queue::Deliveries, payload, after)
                     .await;
                 settle_after(delayed, delivery).await;
+                None
             }
             Next::GiveUp { fallback, why } => {
                 tracing::warn!(event = %job.event.id, action = %job.action, attempts = job.attempt, code = failure.code, reason = %failure.reason, why, "undelivered");
@@ -316,7 +375,8 @@ impl Shared {
                     .await;
                 if let Err(e) = recorded {
                     tracing::error!(error = %e, event = %job.event.id, "cannot record an undelivered event; it will run again");
-                    return settle(delivery.requeue().await, "requeue");
+                    settle(delivery.requeue().await, "requeue");
+                    return None;
                 }
                 self.metrics.delivery_finished(
                     channel,
@@ -338,10 +398,11 @@ impl Shared {
                         .await
                     {
                         tracing::error!(error = %e, event = %job.event.id, "cannot queue the fallback; the job will run again");
-                        return settle(delivery.requeue().await, "requeue");
+                        settle(delivery.requeue().await, "requeue");
+                        return None;
                     }
                 }
-                self.finish(delivery, &job).await;
+                self.finish(delivery, &job).await
             }
         }
     }
@@ -371,35 +432,75 @@ impl Shared {
         }
     }
 
-    /// The job is over: free its lane for the next job with its key, then ack.
-    async fn finish(&self, delivery: Delivery, job: &DeliveryJob) {
-        if let Some(key) = job.ordering_key() {
-            match self.lanes.release(&job.action, key, &job_id(job)).await {
-                Ok(None) => {}
-                Ok(Some(next)) => {
-                    let queued = self
-                        .bus
-                        .publish(Queue::Deliveries, vec![next.payload])
-                        .await;
-                    match queued {
-                        Ok(()) => {
-                            if let Err(e) = self.lanes.forget(next.seq).await {
-                                tracing::warn!(error = %e, "cannot forget a promoted job; it may run twice");
+    /// The head of an in-memory lane is going to wait for a retry: record its lane in SQLite
+    /// and park the jobs waiting behind it there, in order, before anything else can arrive.
+    async fn make_lane_durable(
+        &self,
+        job: &DeliveryJob,
+        payload: &Bytes,
+    ) -> Result<(), storage::StorageError> {
+        let Some(key) = lane_key(job) else {
+            return Ok(());
+        };
+        let mut memory = self.lanes_in_memory.lock().await;
+        if memory.durable.contains(&key) {
+            return Ok(());
+        }
+        let head = lane_of(job, payload).expect("a keyed job");
+        self.lanes.claim(vec![head]).await?;
+        memory.durable.insert(key.clone());
+        let waiting: Vec<_> = memory.active.remove(&key).unwrap_or_default().into();
+        drop(self.claim_durably(waiting).await);
+        Ok(())
+    }
+
+    /// The job is over: ack it and hand its lane to the next job with its key — returned
+    /// when it waits here in memory, put back on the queue when it was parked durably.
+    async fn finish(
+        &self,
+        delivery: Delivery,
+        job: &DeliveryJob,
+    ) -> Option<(Delivery, DeliveryJob)> {
+        let mut after = None;
+        if let Some(key) = lane_key(job) {
+            let mut memory = self.lanes_in_memory.lock().await;
+            if memory.durable.contains(&key) {
+                match self.lanes.release(&job.action, &key.1, &job_id(job)).await {
+                    Ok(None) => {
+                        memory.durable.remove(&key);
+                    }
+                    Ok(Some(next)) => {
+                        let queued = self
+                            .bus
+                            .publish(Queue::Deliveries, vec![next.payload])
+                            .await;
+                        match queued {
+                            Ok(()) => {
+                                if let Err(e) = self.lanes.forget(next.seq).await {
+                                    tracing::warn!(error = %e, "cannot forget a promoted job; it may run twice");
+                                }
+                            }
+                            // It stays parked as the head: the next start publishes it.
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot queue the next job of a lane")
                             }
                         }
-                        // It stays parked as the head: the next start publishes it.
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot queue the next job of a lane")
-                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, event = %job.event.id, "cannot release an ordering lane; the job will run again");
+                        settle(delivery.requeue().await, "requeue");
+                        return None;
                     }
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, event = %job.event.id, "cannot release an ordering lane; the job will run again");
-                    return settle(delivery.requeue().await, "requeue");
+            } else if let Some(waiting) = memory.active.get_mut(&key) {
+                after = waiting.pop_front();
+                if after.is_none() {
+                    memory.active.remove(&key);
                 }
             }
         }
         settle(delivery.ack().await, "ack");
+        after
     }
 }
 
