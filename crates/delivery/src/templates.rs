@@ -105,6 +105,29 @@ impl Templates {
             .map_err(|e| Failure::bad_action(format!("`{property}` does not render: {e}")))
     }
 
+    /// Renders the action's `subjectTemplate` and `bodyTemplate` as text, or the channel's
+    /// defaults for them.
+    pub fn subject_and_body(
+        &self,
+        properties: &crate::properties::Properties,
+        scope: &Scope,
+        default_subject: &'static str,
+        default_body: &'static str,
+    ) -> Result<(String, String), Failure> {
+        let render = |property: &str, default: &'static str| {
+            self.render(
+                property,
+                Format::Text,
+                &properties.template(property, default),
+                scope,
+            )
+        };
+        Ok((
+            render("subjectTemplate", default_subject)?,
+            render("bodyTemplate", default_body)?,
+        ))
+    }
+
     /// Renders a JSON template and parses the result.
     pub fn render_json(
         &self,

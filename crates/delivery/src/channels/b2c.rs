@@ -40,7 +40,7 @@ use crate::http::{parse_url, Reply};
 use crate::lifecycle::Transition;
 use crate::links::{Link, LinkState};
 use crate::properties::Properties;
-use crate::templates::{Format, Scope, EVENT_AS_TEXT};
+use crate::templates::{Scope, EVENT_AS_TEXT};
 use async_trait::async_trait;
 use model::{Action, DeliveryJob, ResourceEvent, Severity};
 use reqwest::header::{HeaderValue, ACCEPT};
@@ -376,18 +376,7 @@ impl B2cIncidentChannel {
         }
         let scope = Scope::new(job, action);
         let templates = &self.tools.templates;
-        let subject = templates.render(
-            "subjectTemplate",
-            Format::Text,
-            &p.template("subjectTemplate", SUBJECT),
-            &scope,
-        )?;
-        let text = templates.render(
-            "bodyTemplate",
-            Format::Text,
-            &p.template("bodyTemplate", EVENT_AS_TEXT),
-            &scope,
-        )?;
+        let (subject, text) = templates.subject_and_body(p, &scope, SUBJECT, EVENT_AS_TEXT)?;
         let entry_type = p.text("threadEntryType").unwrap_or_else(|| "Note".into());
         let primary_contact = p
             .required("primaryContactId")?

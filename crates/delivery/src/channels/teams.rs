@@ -17,7 +17,7 @@ use super::{Channel, Failure, Outcome, Tools};
 use crate::http::parse_url;
 use crate::lifecycle::Transition;
 use crate::properties::Properties;
-use crate::templates::{datetime, event_links, Format, Scope};
+use crate::templates::{datetime, event_links, Scope};
 use async_trait::async_trait;
 use model::{Action, DeliveryJob, Severity};
 use reqwest::Method;
@@ -71,18 +71,7 @@ impl TeamsChannel {
         if let Some(template) = p.text("payloadTemplate") {
             return templates.render_json("payloadTemplate", &template, &scope);
         }
-        let subject = templates.render(
-            "subjectTemplate",
-            Format::Text,
-            &p.template("subjectTemplate", SUBJECT),
-            &scope,
-        )?;
-        let body = templates.render(
-            "bodyTemplate",
-            Format::Text,
-            &p.template("bodyTemplate", BODY),
-            &scope,
-        )?;
+        let (subject, body) = templates.subject_and_body(&p, &scope, SUBJECT, BODY)?;
         let event = &job.event;
         let resolved = Transition::of(event) == Transition::Close;
         let resource = format!(
