@@ -23,6 +23,10 @@ fn validator(name: &str) -> Validator {
         if path.extension().is_some_and(|e| e == "json") {
             let schema: Value =
                 serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            if schema.get("openapi").is_some() {
+                // The OpenAPI document lives here too; it is checked by its own test.
+                continue;
+            }
             let id = schema["$id"]
                 .as_str()
                 .expect("every schema has an $id")
