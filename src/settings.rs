@@ -372,6 +372,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_settings_file_parses_and_states_the_defaults() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tocsin.toml");
+        let example = Settings::load(Some(&example), env(&[])).unwrap();
+        let defaults = Settings::load(None, env(&[])).unwrap();
+        assert_eq!(
+            toml::to_string(&example).unwrap(),
+            toml::to_string(&defaults).unwrap()
+        );
+    }
+
+    #[test]
     fn defaults_need_no_file() {
         let s = Settings::load(None, env(&[])).unwrap();
         assert_eq!(s.bus.backend, Backend::Embedded);
