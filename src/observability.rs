@@ -190,6 +190,7 @@ pub struct Probe {
     pub bus: BusProbe,
     pub records: RecordStore,
     pub config: Arc<ConfigStore>,
+    pub channels: delivery::channels::Channels,
     pub metrics: Arc<Metrics>,
 }
 
@@ -207,6 +208,8 @@ impl Probe {
         if let Some(delayed) = within(self.bus.delayed_count()).await {
             metrics.set_retry_backlog(delayed);
         }
+        let (open, half_open) = self.channels.circuit_counts();
+        metrics.set_circuits(open, half_open);
         let undelivered = RecordQuery {
             page_size: 0,
             ..Default::default()

@@ -104,6 +104,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         Arc::clone(&metrics),
     );
     let router = tokio::spawn(router.run(pipeline_stopping.clone()));
+    let channels = Channels::open(records.clone(), data_dir, &settings.channels)?;
     let worker = DeliveryWorker::new(
         DeliveryConfig {
             prefetch: settings.delivery.prefetch,
@@ -111,7 +112,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         },
         Arc::clone(&bus),
         catalog,
-        Channels::open(records.clone(), data_dir, &settings.channels)?,
+        channels.clone(),
         records.clone(),
         Lanes::open(&data_dir.join("lanes.db"))?,
         Arc::clone(&metrics),
@@ -132,6 +133,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         bus: bus_probe,
         records: records.clone(),
         config: Arc::clone(&config_store),
+        channels,
         metrics,
     };
     let routes = api_routes(

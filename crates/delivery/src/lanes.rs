@@ -204,18 +204,19 @@ impl Lanes {
             })
             .await
     }
-
-    /// Jobs parked behind a head, in all lanes.
-    pub async fn parked_count(&self) -> Result<u64, StorageError> {
-        self.db
-            .read(|c| c.query_row("SELECT COUNT(*) FROM parked", [], |r| r.get(0)))
-            .await
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn parked_count(lanes: &Lanes) -> u64 {
+        lanes
+            .db
+            .read(|c| c.query_row("SELECT COUNT(*) FROM parked", [], |r| r.get(0)))
+            .await
+            .unwrap()
+    }
 
     fn job(id: &str, key: &str) -> LaneJob {
         LaneJob {
@@ -251,7 +252,7 @@ mod tests {
                 .unwrap(),
             [Claim::Run, Claim::Parked]
         );
-        assert_eq!(lanes.parked_count().await.unwrap(), 2);
+        assert_eq!(parked_count(&lanes).await, 2);
 
         let next = lanes.release("hook", "k", "open").await.unwrap().unwrap();
         assert_eq!(&next.payload[..], b"repeat");

@@ -262,6 +262,7 @@ pub struct Metrics {
     delivery_duration: HistogramVec,
     delivery_latency: HistogramVec,
     retry_backlog: IntGauge,
+    circuits: IntGaugeVec,
     undelivered_records: IntGauge,
     queue_depth: IntGaugeVec,
     bus_connected: IntGauge,
@@ -375,6 +376,23 @@ impl Metrics {
                 "tocsin_delivery_retry_backlog",
                 "Delivery jobs waiting for a retry.",
             ),
+            circuits: {
+                let circuits = register(
+                    &registry,
+                    IntGaugeVec::new(
+                        Opts::new(
+                            "tocsin_delivery_circuits",
+                            "Destinations whose circuit is not closed, by state (open, half_open).",
+                        ),
+                        &["state"],
+                    )
+                    .expect("valid gauge"),
+                );
+                for state in ["open", "half_open"] {
+                    circuits.with_label_values(&[state]).set(0);
+                }
+                circuits
+            },
             undelivered_records: gauge(
                 "tocsin_undelivered_records",
                 "Undelivered events on record (the undelivered-events API).",
@@ -553,6 +571,16 @@ impl Metrics {
         self.retry_backlog.set(gauge_value(jobs));
     }
 
+    /// Destinations whose circuit is open, and those whose next request is a probe.
+    pub fn set_circuits(&self, open: u64, half_open: u64) {
+        self.circuits
+            .with_label_values(&["open"])
+            .set(gauge_value(open));
+        self.circuits
+            .with_label_values(&["half_open"])
+            .set(gauge_value(half_open));
+    }
+
     /// Undelivered events now on record.
     pub fn set_undelivered_records(&self, records: u64) {
         self.undelivered_records.set(gauge_value(records));
@@ -651,6 +679,26 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn circuit_states_are_two_bounded_series() {
+        let metrics = Metrics::new();
+        let text = metrics.render().unwrap();
+        assert_eq!(
+            sample(&text, "tocsin_delivery_circuits{state=\"open\"}"),
+            Some(0.0)
+        );
+        metrics.set_circuits(2, 1);
+        let text = metrics.render().unwrap();
+        assert_eq!(
+            sample(&text, "tocsin_delivery_circuits{state=\"open\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&text, "tocsin_delivery_circuits{state=\"half_open\"}"),
+            Some(1.0)
+        );
     }
 
     #[test]

@@ -178,6 +178,7 @@ impl Tools {
 #[derive(Clone)]
 pub struct Channels {
     by_type: HashMap<&'static str, Arc<dyn Channel>>,
+    http: Arc<Http>,
 }
 
 impl Channels {
@@ -188,6 +189,7 @@ impl Channels {
         settings: &ChannelSettings,
     ) -> Result<Self, storage::StorageError> {
         let tools = Tools::open(data_dir, settings)?;
+        let http = Arc::clone(&tools.http);
         let all: Vec<Arc<dyn Channel>> = vec![
             Arc::new(StoreChannel::new(records)),
             Arc::new(WebhookChannel::new(tools.clone())),
@@ -199,7 +201,17 @@ impl Channels {
         ];
         Ok(Channels {
             by_type: all.into_iter().map(|c| (c.action_type(), c)).collect(),
+            http,
         })
+    }
+
+    /// How many destinations have an open circuit, and how many a half-open one (for metrics:
+    /// the destinations themselves are URLs, never a label).
+    pub fn circuit_counts(&self) -> (u64, u64) {
+        use crate::http::CircuitState;
+        let states = self.http.circuit_states();
+        let count = |wanted| states.iter().filter(|(_, s)| *s == wanted).count() as u64;
+        (count(CircuitState::Open), count(CircuitState::HalfOpen))
     }
 
     pub fn get(&self, action_type: &str) -> Option<&Arc<dyn Channel>> {
