@@ -60,9 +60,7 @@ pub trait Bus: Send + Sync + 'static {
     async fn publish(&self, queue: Queue, payloads: Vec<Bytes>) -> Result<(), BusError>;
 
     /// Durably enqueues `payload` on `queue` to be delivered after `delay`, without holding
-    /// anything in the meantime: the message waits in the backend, not in a consumer. It may
-    /// arrive somewhat early (RabbitMQ rounds down to a delay tier), so consumers that care
-    /// carry their own not-before time and delay again.
+    /// anything in the meantime: the message waits in the backend, not in a consumer.
     async fn publish_delayed(
         &self,
         queue: Queue,

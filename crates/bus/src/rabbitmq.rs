@@ -13,8 +13,9 @@
 //! messages dead-letter through the fanout exchange `<p>.dlx` into the quorum queue `<p>.dead`.
 //! Delayed messages wait in per-delay quorum queues `<p>.<queue>.delay.<ms>` with that message
 //! TTL, dead-lettering (at least once) back into `<queue>` when it expires; a delay goes to the
-//! longest tier that does not exceed it, so a message may arrive early and its consumer delays
-//! it again for the rest.
+//! longest tier that does not exceed it, and carries its due time in a header, so that a
+//! message that comes out of its tier early is delayed again for the rest before any consumer
+//! sees it.
 //! Configuration snapshots go through the fanout exchange `<p>.config` to one exclusive queue
 //! per process and to `<p>.config.latest`, which keeps only the newest one for processes that
 //! (re)connect later.
@@ -425,55 +426,72 @@ async fn declare_topology(
     Ok(())
 }
 
-impl RabbitBus {
-    async fn publish_on(
-        &self,
-        link: &Link,
-        exchange: &str,
-        routing_key: &str,
-        payloads: &[Bytes],
-    ) -> Result<(), BusError> {
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into());
-        // Publish everything first and then wait for the confirms: they are pipelined.
-        let mut confirms = Vec::with_capacity(payloads.len());
-        for payload in payloads {
-            let confirm = link
-                .publisher
-                .basic_publish(
-                    exchange.into(),
-                    routing_key.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    payload,
-                    properties.clone(),
-                )
-                .await
-                .map_err(unavailable)?;
-            confirms.push(confirm);
-        }
-        for confirm in confirms {
-            match confirm.await.map_err(unavailable)? {
-                Confirmation::Ack(None) => {}
-                Confirmation::Ack(Some(returned)) => {
-                    return Err(BusError::Refused(format!(
-                        "unroutable: {}",
-                        returned.reply_text
-                    )))
-                }
-                Confirmation::Nack(_) => {
-                    return Err(BusError::Refused("nacked by the broker".into()))
-                }
-                Confirmation::NotRequested => {
-                    return Err(BusError::Refused("publisher confirms are off".into()))
-                }
+impl RabbitBus {}
+
+/// Persistent JSON messages: what every publish sends.
+fn persistent() -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+}
+
+/// The header a delayed message carries: when it is due, in ms since the epoch.
+const DUE_HEADER: &str = "x-tocsin-due-ms";
+
+/// How long until a delayed message is due, if it came out of its delay tier early.
+fn still_early(properties: &BasicProperties) -> Option<Duration> {
+    let due = match properties.headers().as_ref()?.inner().get(DUE_HEADER)? {
+        AMQPValue::LongLongInt(due) => *due,
+        _ => return None,
+    };
+    let wait = due - model::now_epoch_millis();
+    // A few milliseconds early is on time: clocks and timers are not that precise.
+    (wait > 20).then(|| Duration::from_millis(wait as u64))
+}
+
+/// Publishes `payloads` on `link` and waits for every confirm.
+async fn publish_on(
+    link: &Link,
+    exchange: &str,
+    routing_key: &str,
+    payloads: &[Bytes],
+    properties: &BasicProperties,
+) -> Result<(), BusError> {
+    // Publish everything first and then wait for the confirms: they are pipelined.
+    let mut confirms = Vec::with_capacity(payloads.len());
+    for payload in payloads {
+        let confirm = link
+            .publisher
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                payload,
+                properties.clone(),
+            )
+            .await
+            .map_err(unavailable)?;
+        confirms.push(confirm);
+    }
+    for confirm in confirms {
+        match confirm.await.map_err(unavailable)? {
+            Confirmation::Ack(None) => {}
+            Confirmation::Ack(Some(returned)) => {
+                return Err(BusError::Refused(format!(
+                    "unroutable: {}",
+                    returned.reply_text
+                )))
+            }
+            Confirmation::Nack(_) => return Err(BusError::Refused("nacked by the broker".into())),
+            Confirmation::NotRequested => {
+                return Err(BusError::Refused("publisher confirms are off".into()))
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 fn unavailable(e: lapin::Error) -> BusError {
@@ -486,6 +504,7 @@ impl RabbitBus {
         exchange: &str,
         routing_key: &str,
         payloads: &[Bytes],
+        properties: &BasicProperties,
     ) -> Result<(), BusError> {
         // A connection can break under a publish before the supervisor notices; retrying on the
         // next link until the deadline turns a broker blip into latency instead of an error.
@@ -497,10 +516,7 @@ impl RabbitBus {
             let link = current_link(&mut link_watch, remaining)
                 .await
                 .ok_or_else(|| BusError::Unavailable("not connected to RabbitMQ".into()))?;
-            match self
-                .publish_on(&link, exchange, routing_key, payloads)
-                .await
-            {
+            match publish_on(&link, exchange, routing_key, payloads, properties).await {
                 Err(BusError::Unavailable(reason)) if tokio::time::Instant::now() < deadline => {
                     tracing::debug!(%reason, "publish failed on a broken link; retrying");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -514,8 +530,13 @@ impl RabbitBus {
 #[async_trait]
 impl Bus for RabbitBus {
     async fn publish(&self, queue: Queue, payloads: Vec<Bytes>) -> Result<(), BusError> {
-        self.publish_retrying(&self.settings.prefix, queue.as_str(), &payloads)
-            .await
+        self.publish_retrying(
+            &self.settings.prefix,
+            queue.as_str(),
+            &payloads,
+            &persistent(),
+        )
+        .await
     }
 
     async fn publish_delayed(
@@ -525,12 +546,18 @@ impl Bus for RabbitBus {
         delay: Duration,
     ) -> Result<(), BusError> {
         let tier = self.settings.delay_queue_name(queue, delay_tier(delay));
-        self.publish_retrying("", &tier, &[payload]).await
+        let mut headers = FieldTable::default();
+        let due = model::now_epoch_millis() + delay.as_millis() as i64;
+        headers.insert(DUE_HEADER.into(), AMQPValue::LongLongInt(due));
+        let properties = persistent().with_headers(headers);
+        self.publish_retrying("", &tier, &[payload], &properties)
+            .await
     }
 
     async fn broadcast_config(&self, snapshot: Bytes) -> Result<(), BusError> {
         let exchange = format!("{}.config", self.settings.prefix);
-        self.publish_retrying(&exchange, "", &[snapshot]).await
+        self.publish_retrying(&exchange, "", &[snapshot], &persistent())
+            .await
     }
 
     async fn config_updates(&self) -> Result<Vec<Bytes>, BusError> {
@@ -574,6 +601,8 @@ impl Bus for RabbitBus {
     async fn subscribe(&self, queue: Queue, prefetch: u16) -> Result<Subscription, BusError> {
         let (sender, receiver) = mpsc::channel(usize::from(prefetch.max(1)));
         let consumer = Consumer {
+            settings: Arc::clone(&self.settings),
+            queue,
             queue_name: self.settings.queue_name(queue),
             prefetch: prefetch.max(1),
             link: self.link.clone(),
@@ -593,6 +622,8 @@ impl Bus for RabbitBus {
 }
 
 struct Consumer {
+    settings: Arc<RabbitSettings>,
+    queue: Queue,
     queue_name: String,
     prefetch: u16,
     link: watch::Receiver<Option<Link>>,
@@ -652,6 +683,33 @@ impl Consumer {
                 Some(Err(e)) => return Err(e),
                 None => return Ok(Stop::ChannelEnded),
             };
+            if let Some(wait) = still_early(&delivery.properties) {
+                // The tier rounded the delay down: wait again for the rest; then this copy goes.
+                let tier = self.settings.delay_queue_name(self.queue, delay_tier(wait));
+                let again = publish_on(
+                    link,
+                    "",
+                    &tier,
+                    &[Bytes::from(delivery.data)],
+                    &delivery.properties,
+                )
+                .await;
+                let settled = match again {
+                    Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot delay an early message again; requeueing it");
+                        delivery
+                            .acker
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..Default::default()
+                            })
+                            .await
+                    }
+                };
+                settled?;
+                continue;
+            }
             let settler = Box::new(RabbitSettler(delivery.acker));
             let forwarded =
                 Delivery::new(Bytes::from(delivery.data), delivery.redelivered, settler);

@@ -35,7 +35,7 @@ use model::{Action, DeliveryJob, DeliveryStatus, FailureReason, SharedCatalog};
 use records::{Attempt, RecordStore};
 use retry::{Next, RetrySchedule};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -82,9 +82,10 @@ fn lane_key(job: &DeliveryJob) -> Option<LaneKey> {
 
 /// A job with a lane: where it queues behind others with the same key.
 fn lane_of(job: &DeliveryJob, payload: &Bytes) -> Option<LaneJob> {
+    let (action, key) = lane_key(job)?;
     Some(LaneJob {
-        action: job.action.clone(),
-        key: job.ordering_key()?.to_owned(),
+        action,
+        key,
         id: job_id(job),
         payload: payload.clone(),
     })
@@ -96,13 +97,6 @@ fn job_id(job: &DeliveryJob) -> String {
 
 fn encode(job: &DeliveryJob) -> Bytes {
     Bytes::from(serde_json::to_vec(job).expect("jobs serialize"))
-}
-
-/// How long until `job` may run, if it came back from a delay too early.
-fn too_early(job: &DeliveryJob, now_ms: i64) -> Option<Duration> {
-    let wait = job.not_before_ms? - now_ms;
-    // A few milliseconds early is on time: clocks and timers are not that precise.
-    (wait > 20).then(|| Duration::from_millis(wait as u64))
 }
 
 impl DeliveryWorker {
@@ -177,11 +171,9 @@ impl Shared {
         Ok(())
     }
 
-    /// Decodes a batch and sorts it out: undecodable jobs are dead-lettered, jobs back too
-    /// early wait again, jobs behind a lane head are parked; the rest are returned to run, in
-    /// arrival order.
+    /// Decodes a batch and sorts it out: undecodable jobs are dead-lettered, jobs behind a lane
+    /// head wait or are parked; the rest are returned to run, in arrival order.
     async fn admit(&self, batch: Vec<Delivery>) -> Vec<(Delivery, DeliveryJob)> {
-        let now = model::now_epoch_millis();
         let mut runnable = Vec::with_capacity(batch.len());
         for delivery in batch {
             let job: DeliveryJob = match serde_json::from_slice(&delivery.payload) {
@@ -192,14 +184,6 @@ impl Shared {
                     continue;
                 }
             };
-            if let Some(wait) = too_early(&job, now) {
-                let delayed = self
-                    .bus
-                    .publish_delayed(Queue::Deliveries, delivery.payload.clone(), wait)
-                    .await;
-                settle_after(delayed, delivery).await;
-                continue;
-            }
             runnable.push((delivery, job));
         }
         let mut memory = self.lanes_in_memory.lock().await;
@@ -351,7 +335,6 @@ impl Shared {
         match next {
             Next::Retry { after } => {
                 tracing::warn!(event = %job.event.id, action = %job.action, attempt = job.attempt, code = failure.code, reason = %failure.reason, retry_in_ms = after.as_millis() as u64, "attempt failed; retrying");
-                job.not_before_ms = Some(model::now_epoch_millis() + after.as_millis() as i64);
                 let payload = encode(&job);
                 // The lane stays taken while this job waits: later events with the same key
                 // wait behind it, durably.

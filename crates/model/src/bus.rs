@@ -32,9 +32,6 @@ pub struct DeliveryJob {
     /// count from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_attempt_at_ms: Option<i64>,
-    /// Not to be attempted before this time (ms since the epoch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_before_ms: Option<i64>,
     /// Why the earlier attempts failed, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<FailureReason>,
@@ -56,7 +53,6 @@ impl DeliveryJob {
             action: action.into(),
             attempt: 0,
             first_attempt_at_ms: None,
-            not_before_ms: None,
             failures: Vec::new(),
             fallback_for: None,
         }

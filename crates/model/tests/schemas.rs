@@ -122,7 +122,6 @@ fn emitted_events_and_pages_match_their_schemas() {
     );
     job.attempt = 2;
     job.first_attempt_at_ms = Some(1);
-    job.not_before_ms = Some(9);
     job.failures = vec![FailureReason {
         code: 503,
         reason: "down".into(),
