@@ -263,28 +263,14 @@ impl Tocsin {
     }
 
     async fn delete_broker_topology(&self) {
-        let Ok(conn) = lapin::Connection::connect(&amqp_uri(), Default::default()).await else {
-            return;
-        };
-        let Ok(channel) = conn.create_channel().await else {
-            return;
-        };
         let settings = bus::RabbitSettings {
             uri: amqp_uri(),
             prefix: self.prefix.clone(),
             delivery_limit: 0,
             publish_timeout: Duration::ZERO,
         };
-        let (queues, exchanges) = settings.topology();
-        for queue in queues {
-            let _ = channel
-                .queue_delete(queue.as_str().into(), Default::default())
-                .await;
-        }
-        for exchange in exchanges {
-            let _ = channel
-                .exchange_delete(exchange.as_str().into(), Default::default())
-                .await;
+        if let Err(e) = settings.delete_topology().await {
+            eprintln!("cannot remove the test's topology from the broker: {e}");
         }
     }
 

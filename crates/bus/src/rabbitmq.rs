@@ -76,6 +76,25 @@ impl RabbitSettings {
         (queues, exchanges)
     }
 
+    /// Deletes every queue and exchange of this topology, messages included: for tests and
+    /// for removing an installation. Deleting what is already gone is fine.
+    pub async fn delete_topology(&self) -> Result<(), lapin::Error> {
+        let connection = Connection::connect(&self.uri, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        let (queues, exchanges) = self.topology();
+        for queue in queues {
+            channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await?;
+        }
+        for exchange in exchanges {
+            channel
+                .exchange_delete(exchange.as_str().into(), Default::default())
+                .await?;
+        }
+        connection.close(200, "topology deleted".into()).await
+    }
+
     /// The delay queue of `queue` for `tier_ms`.
     pub fn delay_queue_name(&self, queue: Queue, tier_ms: u64) -> String {
         format!("{}.{}.delay.{tier_ms}", self.prefix, queue.as_str())

@@ -19,24 +19,6 @@ fn settings() -> RabbitSettings {
     }
 }
 
-async fn delete_topology(settings: &RabbitSettings) {
-    let conn = lapin::Connection::connect(&settings.uri, Default::default())
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    let (queues, exchanges) = settings.topology();
-    for queue in queues {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), Default::default())
-            .await;
-    }
-    for exchange in exchanges {
-        let _ = channel
-            .exchange_delete(exchange.as_str().into(), Default::default())
-            .await;
-    }
-}
-
 /// Polls `read` until it returns `expected` (the broker updates its counts asynchronously).
 async fn eventually<F, Fut>(expected: u64, mut read: F)
 where
@@ -89,5 +71,5 @@ async fn depth_and_delayed_count_follow_the_queues() {
 
     drop(events);
     drop(bus);
-    delete_topology(&settings).await;
+    settings.delete_topology().await.unwrap();
 }
