@@ -13,7 +13,8 @@
 //! are due into the queue in one transaction and sleeps until the next one is, so a restart
 //! loses none and nothing holds them in memory.
 
-use crate::{Bus, BusError, Delivery, Queue, Settle, Settlement, Subscription};
+use crate::batch::{self, Coalescer, Enqueue, Settle, Settlement};
+use crate::{Bus, BusError, Delivery, Queue, Subscription};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
@@ -57,6 +58,7 @@ const READ_BATCH: usize = 256;
 pub struct EmbeddedBus {
     db: Database,
     queues: Arc<HashMap<Queue, Arc<QueueState>>>,
+    coalescer: Coalescer,
     /// Rows with an id up to this one existed at start, so may have been handed out before.
     last_id_at_start: i64,
     /// Wakes the scheduler when a delayed message may be due sooner than it planned.
@@ -100,9 +102,14 @@ impl EmbeddedBus {
             Arc::clone(&queues),
             Arc::clone(&delayed),
         ));
+        let coalescer = Coalescer::start(Arc::new(Rows {
+            db: db.clone(),
+            queues: Arc::clone(&queues),
+        }));
         Ok(EmbeddedBus {
             db,
             queues,
+            coalescer,
             last_id_at_start,
             delayed,
             scheduler,
@@ -133,24 +140,58 @@ impl EmbeddedBus {
     }
 }
 
+/// Where the coalescer puts messages: rows of the queue file.
+struct Rows {
+    db: Database,
+    queues: Arc<HashMap<Queue, Arc<QueueState>>>,
+}
+
 #[async_trait]
-impl Bus for EmbeddedBus {
-    async fn publish(&self, queue: Queue, payloads: Vec<Bytes>) -> Result<(), BusError> {
-        let name = queue.as_str();
-        let now = model::now_epoch_millis();
+impl Enqueue for Rows {
+    async fn enqueue(&self, queue: Queue, messages: Vec<Bytes>) -> Result<(), BusError> {
         self.db
-            .write(move |c| {
-                let mut insert = c.prepare_cached(
-                    "INSERT INTO messages (queue, payload, enqueued_at_ms) VALUES (?1, ?2, ?3)",
-                )?;
-                for payload in &payloads {
-                    insert.execute((name, payload.as_ref(), now))?;
-                }
-                Ok(())
-            })
+            .write(move |c| insert_messages(c, queue.as_str(), &messages))
             .await?;
         self.queues[&queue].published.notify_one();
         Ok(())
+    }
+}
+
+fn insert_messages(
+    c: &rusqlite::Connection,
+    queue: &str,
+    messages: &[Bytes],
+) -> rusqlite::Result<()> {
+    let now = model::now_epoch_millis();
+    let mut insert = c.prepare_cached(
+        "INSERT INTO messages (queue, payload, enqueued_at_ms) VALUES (?1, ?2, ?3)",
+    )?;
+    for message in messages {
+        insert.execute((queue, message.as_ref(), now))?;
+    }
+    Ok(())
+}
+
+fn insert_dead_letters(
+    c: &rusqlite::Connection,
+    queue: &str,
+    payloads: &[Bytes],
+) -> rusqlite::Result<()> {
+    let now = model::now_epoch_millis();
+    let mut insert = c.prepare_cached(
+        "INSERT INTO dead_letters (queue, payload, enqueued_at_ms, dead_at_ms) \
+         VALUES (?1, ?2, ?3, ?3)",
+    )?;
+    for payload in payloads {
+        insert.execute((queue, payload.as_ref(), now))?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Bus for EmbeddedBus {
+    async fn publish(&self, queue: Queue, payloads: Vec<Bytes>) -> Result<(), BusError> {
+        self.coalescer.publish(queue, payloads).await
     }
 
     async fn publish_delayed(
@@ -183,7 +224,7 @@ impl Bus for EmbeddedBus {
             db: self.db.clone(),
             queue,
             state,
-            in_flight: Arc::new(Semaphore::new(usize::from(prefetch.max(1)))),
+            prefetch: Arc::new(Semaphore::new(usize::from(prefetch.max(1)))),
             last_id_at_start: self.last_id_at_start,
             sender,
         };
@@ -252,7 +293,8 @@ struct Dispatcher {
     db: Database,
     queue: Queue,
     state: Arc<QueueState>,
-    in_flight: Arc<Semaphore>,
+    /// One permit per delivery out with the consumer: that is what bounds the prefetch.
+    prefetch: Arc<Semaphore>,
     last_id_at_start: i64,
     sender: mpsc::Sender<Delivery>,
 }
@@ -294,36 +336,41 @@ impl Dispatcher {
                     _ = self.sender.closed() => return,
                 }
             }
-            for (id, payload, redelivered) in batch {
+            for (id, message, redelivered) in batch {
                 let settler = Box::new(EmbeddedSettler {
                     id,
-                    payload: payload.clone(),
+                    message: message.clone(),
                     db: self.db.clone(),
+                    queue: self.queue,
                     state: Arc::clone(&self.state),
-                    permit: Some(permits.pop().expect("one permit per message")),
                     settled: false,
                 });
-                if self
-                    .sender
-                    .send(Delivery::new(payload, redelivered, settler))
-                    .await
-                    .is_err()
-                {
+                let handed_out = batch::hand_out(
+                    message,
+                    redelivered,
+                    settler,
+                    &self.prefetch,
+                    &mut permits,
+                    &self.sender,
+                )
+                .await;
+                if !handed_out {
                     return;
                 }
             }
         }
     }
 
-    /// Waits for room for one delivery, then takes what more room there is, up to a batch.
+    /// Waits for room for one delivery, then takes what more room there is, up to a batch:
+    /// as many messages are read (each holds one delivery or more).
     async fn take_permits(&self) -> Option<Vec<OwnedSemaphorePermit>> {
         let first = tokio::select! {
-            permit = Arc::clone(&self.in_flight).acquire_owned() => permit.ok()?,
+            permit = Arc::clone(&self.prefetch).acquire_owned() => permit.ok()?,
             _ = self.sender.closed() => return None,
         };
         let mut permits = vec![first];
         while permits.len() < READ_BATCH {
-            match Arc::clone(&self.in_flight).try_acquire_owned() {
+            match Arc::clone(&self.prefetch).try_acquire_owned() {
                 Ok(permit) => permits.push(permit),
                 Err(_) => break,
             }
@@ -351,11 +398,10 @@ impl Dispatcher {
 
 struct EmbeddedSettler {
     id: i64,
-    payload: Bytes,
+    message: Bytes,
     db: Database,
+    queue: Queue,
     state: Arc<QueueState>,
-    /// Held while the delivery is unsettled: that is what bounds the prefetch.
-    permit: Option<OwnedSemaphorePermit>,
     settled: bool,
 }
 
@@ -365,7 +411,7 @@ impl EmbeddedSettler {
             .requeued
             .lock()
             .expect("requeue list poisoned")
-            .push_back((self.id, self.payload.clone()));
+            .push_back((self.id, self.message.clone()));
         self.state.published.notify_one();
     }
 }
@@ -373,25 +419,23 @@ impl EmbeddedSettler {
 #[async_trait]
 impl Settle for EmbeddedSettler {
     async fn settle(mut self: Box<Self>, settlement: Settlement) -> Result<(), BusError> {
-        let id = self.id;
+        let (id, queue) = (self.id, self.queue.as_str());
         let result = match settlement {
             Settlement::Ack => self
                 .db
                 .write(move |c| c.execute("DELETE FROM messages WHERE id = ?1", [id]))
                 .await
                 .map(drop),
-            Settlement::DeadLetter => self
-                .db
-                .write(move |c| {
-                    c.execute(
-                        "INSERT INTO dead_letters (id, queue, payload, enqueued_at_ms, dead_at_ms) \
-                         SELECT id, queue, payload, enqueued_at_ms, ?2 FROM messages WHERE id = ?1",
-                        (id, model::now_epoch_millis()),
-                    )?;
-                    c.execute("DELETE FROM messages WHERE id = ?1", [id])
-                })
-                .await
-                .map(drop),
+            Settlement::DeadLetter => {
+                let message = self.message.clone();
+                self.db
+                    .write(move |c| {
+                        insert_dead_letters(c, queue, &batch::unframe(message))?;
+                        c.execute("DELETE FROM messages WHERE id = ?1", [id])
+                    })
+                    .await
+                    .map(drop)
+            }
             Settlement::Requeue => Ok(()),
         };
         if settlement == Settlement::Requeue || result.is_err() {
@@ -400,8 +444,36 @@ impl Settle for EmbeddedSettler {
             self.give_back();
         }
         self.settled = true;
-        self.permit.take();
         Ok(result?)
+    }
+
+    async fn replace(
+        mut self: Box<Self>,
+        again: Vec<Bytes>,
+        dead: Vec<Bytes>,
+    ) -> Result<(), BusError> {
+        let (id, queue) = (self.id, self.queue.as_str());
+        let replaced = self
+            .db
+            .write(move |c| {
+                if !again.is_empty() {
+                    insert_messages(c, queue, &[batch::frame(again)])?;
+                }
+                insert_dead_letters(c, queue, &dead)?;
+                c.execute("DELETE FROM messages WHERE id = ?1", [id])
+            })
+            .await;
+        self.settled = true;
+        match replaced {
+            Ok(_) => {
+                self.state.published.notify_one();
+                Ok(())
+            }
+            Err(e) => {
+                self.give_back();
+                Err(e.into())
+            }
+        }
     }
 }
 
@@ -431,8 +503,11 @@ mod tests {
         let path = dir.path().join("queue.db");
         {
             let bus = EmbeddedBus::open(&path, None).unwrap();
-            let payloads = (0..5).map(|i| Bytes::from(format!("m{i}"))).collect();
-            bus.publish(Queue::Events, payloads).await.unwrap();
+            // One call at a time: one message each.
+            for i in 0..5 {
+                let payload = Bytes::from(format!("m{i}"));
+                bus.publish(Queue::Events, vec![payload]).await.unwrap();
+            }
             let mut sub = bus.subscribe(Queue::Events, 2).await.unwrap();
             let first = next(&mut sub).await;
             let second = next(&mut sub).await;
@@ -473,6 +548,108 @@ mod tests {
         fresh.dead_letter().await.unwrap();
         assert_eq!(bus.depth(Queue::Events).await.unwrap(), 0);
         assert_eq!(bus.depth(Queue::Deliveries).await.unwrap(), 0);
+    }
+
+    async fn dead_letters(bus: &EmbeddedBus) -> Vec<String> {
+        bus.db
+            .read(|c| {
+                c.prepare("SELECT payload FROM dead_letters ORDER BY id")?
+                    .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+                    .map(|p| Ok(String::from_utf8(p?).unwrap()))
+                    .collect()
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn concurrent_publishes_share_messages_and_each_payload_is_settled_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = Arc::new(EmbeddedBus::open(&dir.path().join("queue.db"), None).unwrap());
+        let calls: Vec<_> = (0..50)
+            .map(|i| {
+                let bus = Arc::clone(&bus);
+                tokio::spawn(async move {
+                    let payload = Bytes::from(format!("m{i}"));
+                    bus.publish(Queue::Deliveries, vec![payload]).await
+                })
+            })
+            .collect();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        let messages = bus.depth(Queue::Deliveries).await.unwrap();
+        assert!(messages < 50, "50 concurrent calls in {messages} messages");
+
+        let mut sub = bus.subscribe(Queue::Deliveries, 50).await.unwrap();
+        let mut all = Vec::new();
+        for _ in 0..50 {
+            all.push(next(&mut sub).await);
+        }
+        let mut seen: Vec<_> = all.iter().map(|d| d.payload.clone()).collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 50, "every payload once");
+        // In every message, one payload fails for good and one must run again; the rest are
+        // done. Only the failed ones come back, once each.
+        let mut again = Vec::new();
+        let mut dead = Vec::new();
+        for (i, delivery) in all.into_iter().enumerate() {
+            let text = String::from_utf8(delivery.payload.to_vec()).unwrap();
+            match i % 10 {
+                3 => {
+                    again.push(text);
+                    delivery.requeue().await.unwrap();
+                }
+                7 => {
+                    dead.push(text);
+                    delivery.dead_letter().await.unwrap();
+                }
+                _ => delivery.ack().await.unwrap(),
+            }
+        }
+        let mut back = Vec::new();
+        for _ in 0..again.len() {
+            let delivery = next(&mut sub).await;
+            back.push(String::from_utf8(delivery.payload.to_vec()).unwrap());
+            delivery.ack().await.unwrap();
+        }
+        back.sort();
+        again.sort();
+        assert_eq!(back, again);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), sub.next())
+                .await
+                .is_err(),
+            "acked payloads do not come back"
+        );
+        let mut buried = dead_letters(&bus).await;
+        buried.sort();
+        dead.sort();
+        assert_eq!(buried, dead);
+        assert_eq!(bus.depth(Queue::Deliveries).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_prefetch_counts_payloads_not_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(&dir.path().join("queue.db"), None).unwrap();
+        let payloads = (0..4).map(|i| Bytes::from(format!("m{i}"))).collect();
+        bus.publish(Queue::Events, payloads).await.unwrap();
+        assert_eq!(
+            bus.depth(Queue::Events).await.unwrap(),
+            1,
+            "one call, one message"
+        );
+        let mut sub = bus.subscribe(Queue::Events, 3).await.unwrap();
+        let first = next(&mut sub).await;
+        let _second = next(&mut sub).await;
+        let _third = next(&mut sub).await;
+        assert!(tokio::time::timeout(Duration::from_millis(200), sub.next())
+            .await
+            .is_err());
+        first.ack().await.unwrap();
+        assert_eq!(&next(&mut sub).await.payload[..], b"m3");
     }
 
     #[tokio::test]

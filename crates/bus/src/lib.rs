@@ -1,18 +1,21 @@
 //! The durable bus between Tocsin's stages, with two interchangeable backends.
 //!
 //! Sources publish on the events queue, the router consumes it and publishes on the deliveries
-//! queue, delivery workers consume that. Every message is JSON bytes. The contract is the same
-//! on both backends:
-//! - `publish` returns only once every message is durable (RabbitMQ publisher confirms for
+//! queue, delivery workers consume that. Every payload is JSON bytes; under load several
+//! payloads share one queue message ([`batch`]), which consumers never see. The contract is the
+//! same on both backends:
+//! - `publish` returns only once every payload is durable (RabbitMQ publisher confirms for
 //!   persistent messages on quorum queues; a committed SQLite transaction);
 //! - a delivery leaves its queue only when it is acked; a consumer that crashes or drops a
 //!   delivery gets it again (at least once), flagged `redelivered`;
 //! - at most `prefetch` deliveries of a subscription are unsettled at a time.
 
+mod batch;
 pub mod embedded;
 pub mod rabbitmq;
 
 use async_trait::async_trait;
+use batch::{Item, Settlement};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
@@ -51,6 +54,18 @@ pub enum BusError {
     AlreadySubscribed(&'static str),
     #[error(transparent)]
     Storage(#[from] storage::StorageError),
+}
+
+impl BusError {
+    /// The same error for another caller of a shared operation (a batch answers many).
+    fn copy(&self) -> BusError {
+        match self {
+            BusError::Unavailable(reason) => BusError::Unavailable(reason.clone()),
+            BusError::Refused(reason) => BusError::Refused(reason.clone()),
+            BusError::AlreadySubscribed(queue) => BusError::AlreadySubscribed(queue),
+            BusError::Storage(e) => BusError::Storage(storage::StorageError::Commit(e.to_string())),
+        }
+    }
 }
 
 /// The interface the pipeline stages see; `Arc<dyn Bus>` is passed around.
@@ -116,48 +131,36 @@ impl Subscription {
     }
 }
 
-/// How a consumer settles a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Settlement {
-    /// Done: remove it from the queue.
-    Ack,
-    /// Not done, try again later.
-    Requeue,
-    /// Cannot ever be processed (e.g. undecodable): park it on the dead-letter queue.
-    DeadLetter,
-}
-
-#[async_trait]
-pub(crate) trait Settle: Send + Sync {
-    async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), BusError>;
-}
-
-/// One message handed to a consumer; settle it with `ack`, `requeue` or `dead_letter`.
+/// One payload handed to a consumer; settle it with `ack`, `requeue` or `dead_letter`.
+///
+/// A payload that shared its queue message with others ([`batch`]) is settled for good when
+/// the last of them is: until then `ack` returns at once, and a crash in between hands the
+/// payload out again (at least once, as ever).
 pub struct Delivery {
     pub payload: Bytes,
     /// The message may have been handed out before (a crash, a requeue, a lost connection).
     pub redelivered: bool,
-    settler: Box<dyn Settle>,
+    item: Item,
 }
 
 impl Delivery {
-    pub(crate) fn new(payload: Bytes, redelivered: bool, settler: Box<dyn Settle>) -> Self {
+    pub(crate) fn new(payload: Bytes, redelivered: bool, item: Item) -> Self {
         Delivery {
             payload,
             redelivered,
-            settler,
+            item,
         }
     }
 
     pub async fn ack(self) -> Result<(), BusError> {
-        self.settler.settle(Settlement::Ack).await
+        self.item.settle(Settlement::Ack).await
     }
 
     pub async fn requeue(self) -> Result<(), BusError> {
-        self.settler.settle(Settlement::Requeue).await
+        self.item.settle(Settlement::Requeue).await
     }
 
     pub async fn dead_letter(self) -> Result<(), BusError> {
-        self.settler.settle(Settlement::DeadLetter).await
+        self.item.settle(Settlement::DeadLetter).await
     }
 }

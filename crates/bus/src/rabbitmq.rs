@@ -20,7 +20,8 @@
 //! per process and to `<p>.config.latest`, which keeps only the newest one for processes that
 //! (re)connect later.
 
-use crate::{Bus, BusError, Delivery, Queue, Settle, Settlement, Subscription};
+use crate::batch::{self, Coalescer, Enqueue, Settle, Settlement};
+use crate::{Bus, BusError, Delivery, Queue, Subscription};
 use async_trait::async_trait;
 use backoff::backoff::Backoff;
 use bytes::Bytes;
@@ -36,7 +37,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 /// Where the broker is and how Tocsin's topology is named.
 #[derive(Debug, Clone)]
@@ -126,8 +127,16 @@ struct Link {
 pub struct RabbitBus {
     settings: Arc<RabbitSettings>,
     link: watch::Receiver<Option<Link>>,
+    publisher: Arc<Publisher>,
+    coalescer: Coalescer,
     reconnects: Arc<AtomicU64>,
     supervisor: tokio::task::JoinHandle<()>,
+}
+
+/// Publishes whole messages on whatever link is current.
+struct Publisher {
+    settings: Arc<RabbitSettings>,
+    link: watch::Receiver<Option<Link>>,
 }
 
 impl RabbitBus {
@@ -142,9 +151,16 @@ impl RabbitBus {
             publish_link,
             Arc::clone(&reconnects),
         ));
+        let publisher = Arc::new(Publisher {
+            settings: Arc::clone(&settings),
+            link: link.clone(),
+        });
+        let coalescer = Coalescer::start(publisher.clone());
         RabbitBus {
             settings,
             link,
+            publisher,
+            coalescer,
             reconnects,
             supervisor,
         }
@@ -445,13 +461,18 @@ async fn declare_topology(
     Ok(())
 }
 
-impl RabbitBus {}
-
-/// Persistent JSON messages: what every publish sends.
+/// Persistent messages: what every publish sends.
 fn persistent() -> BasicProperties {
-    BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into())
+    BasicProperties::default().with_delivery_mode(2)
+}
+
+/// The content type of `message`: a lone JSON payload, or a batch of them.
+fn content_type(message: &[u8]) -> &'static str {
+    if batch::is_framed(message) {
+        "application/vnd.tocsin.batch"
+    } else {
+        "application/json"
+    }
 }
 
 /// The header a delayed message carries: when it is due, in ms since the epoch.
@@ -489,7 +510,9 @@ async fn publish_on(
                     ..Default::default()
                 },
                 payload,
-                properties.clone(),
+                properties
+                    .clone()
+                    .with_content_type(content_type(payload).into()),
             )
             .await
             .map_err(unavailable)?;
@@ -517,7 +540,7 @@ fn unavailable(e: lapin::Error) -> BusError {
     BusError::Unavailable(e.to_string())
 }
 
-impl RabbitBus {
+impl Publisher {
     async fn publish_retrying(
         &self,
         exchange: &str,
@@ -547,15 +570,22 @@ impl RabbitBus {
 }
 
 #[async_trait]
-impl Bus for RabbitBus {
-    async fn publish(&self, queue: Queue, payloads: Vec<Bytes>) -> Result<(), BusError> {
+impl Enqueue for Publisher {
+    async fn enqueue(&self, queue: Queue, messages: Vec<Bytes>) -> Result<(), BusError> {
         self.publish_retrying(
             &self.settings.prefix,
             queue.as_str(),
-            &payloads,
+            &messages,
             &persistent(),
         )
         .await
+    }
+}
+
+#[async_trait]
+impl Bus for RabbitBus {
+    async fn publish(&self, queue: Queue, payloads: Vec<Bytes>) -> Result<(), BusError> {
+        self.coalescer.publish(queue, payloads).await
     }
 
     async fn publish_delayed(
@@ -569,13 +599,15 @@ impl Bus for RabbitBus {
         let due = model::now_epoch_millis() + delay.as_millis() as i64;
         headers.insert(DUE_HEADER.into(), AMQPValue::LongLongInt(due));
         let properties = persistent().with_headers(headers);
-        self.publish_retrying("", &tier, &[payload], &properties)
+        self.publisher
+            .publish_retrying("", &tier, &[payload], &properties)
             .await
     }
 
     async fn broadcast_config(&self, snapshot: Bytes) -> Result<(), BusError> {
         let exchange = format!("{}.config", self.settings.prefix);
-        self.publish_retrying(&exchange, "", &[snapshot], &persistent())
+        self.publisher
+            .publish_retrying(&exchange, "", &[snapshot], &persistent())
             .await
     }
 
@@ -621,9 +653,11 @@ impl Bus for RabbitBus {
         let (sender, receiver) = mpsc::channel(usize::from(prefetch.max(1)));
         let consumer = Consumer {
             settings: Arc::clone(&self.settings),
+            publisher: Arc::clone(&self.publisher),
             queue,
             queue_name: self.settings.queue_name(queue),
             prefetch: prefetch.max(1),
+            permits: Arc::new(Semaphore::new(usize::from(prefetch.max(1)))),
             link: self.link.clone(),
             sender,
         };
@@ -642,9 +676,13 @@ impl Bus for RabbitBus {
 
 struct Consumer {
     settings: Arc<RabbitSettings>,
+    publisher: Arc<Publisher>,
     queue: Queue,
     queue_name: String,
+    /// Unacked messages the broker may hand this consumer.
     prefetch: u16,
+    /// One per delivery out with the subscriber: a message may hold several.
+    permits: Arc<Semaphore>,
     link: watch::Receiver<Option<Link>>,
     sender: mpsc::Sender<Delivery>,
 }
@@ -729,10 +767,21 @@ impl Consumer {
                 settled?;
                 continue;
             }
-            let settler = Box::new(RabbitSettler(delivery.acker));
-            let forwarded =
-                Delivery::new(Bytes::from(delivery.data), delivery.redelivered, settler);
-            if self.sender.send(forwarded).await.is_err() {
+            let settler = Box::new(RabbitSettler {
+                acker: delivery.acker,
+                queue: self.queue,
+                publisher: Arc::clone(&self.publisher),
+            });
+            let handed_out = batch::hand_out(
+                Bytes::from(delivery.data),
+                delivery.redelivered,
+                settler,
+                &self.permits,
+                &mut Vec::new(),
+                &self.sender,
+            )
+            .await;
+            if !handed_out {
                 return Ok(Stop::SubscriberGone);
             }
         }
@@ -744,23 +793,54 @@ enum Stop {
     ChannelEnded,
 }
 
-struct RabbitSettler(lapin::Acker);
+struct RabbitSettler {
+    acker: lapin::Acker,
+    queue: Queue,
+    publisher: Arc<Publisher>,
+}
 
 #[async_trait]
 impl Settle for RabbitSettler {
     async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), BusError> {
         let settled = match settlement {
-            Settlement::Ack => self.0.ack(BasicAckOptions::default()).await,
+            Settlement::Ack => self.acker.ack(BasicAckOptions::default()).await,
             Settlement::Requeue => {
-                self.0
+                self.acker
                     .nack(BasicNackOptions {
                         requeue: true,
                         ..Default::default()
                     })
                     .await
             }
-            Settlement::DeadLetter => self.0.nack(BasicNackOptions::default()).await,
+            Settlement::DeadLetter => self.acker.nack(BasicNackOptions::default()).await,
         };
         settled.map(drop).map_err(unavailable)
+    }
+
+    async fn replace(self: Box<Self>, again: Vec<Bytes>, dead: Vec<Bytes>) -> Result<(), BusError> {
+        let prefix = &self.publisher.settings.prefix;
+        let mut published = Ok(());
+        if !again.is_empty() {
+            let again = [batch::frame(again)];
+            published = self
+                .publisher
+                .publish_retrying(prefix, self.queue.as_str(), &again, &persistent())
+                .await;
+        }
+        if published.is_ok() && !dead.is_empty() {
+            let dead_letters = format!("{prefix}.dlx");
+            published = self
+                .publisher
+                .publish_retrying(&dead_letters, "", &dead, &persistent())
+                .await;
+        }
+        match published {
+            Ok(()) => self.settle(Settlement::Ack).await,
+            Err(e) => {
+                // Whole again: the acked items run twice, which at-least-once allows.
+                self.settle(Settlement::Requeue).await?;
+                Err(e)
+            }
+        }
     }
 }

@@ -66,8 +66,11 @@ async fn confirms_prefetch_requeue_and_reconnect_lose_nothing() {
     assert!(bus.wait_ready(Duration::from_secs(10)).await, "connected");
     assert_eq!(bus.backend(), "rabbitmq");
 
-    let payloads = (0..3).map(|i| Bytes::from(format!("m{i}"))).collect();
-    bus.publish(Queue::Events, payloads).await.unwrap();
+    // One call at a time: one message each.
+    for i in 0..3 {
+        let payload = Bytes::from(format!("m{i}"));
+        bus.publish(Queue::Events, vec![payload]).await.unwrap();
+    }
     let mut sub = bus.subscribe(Queue::Events, 2).await.unwrap();
     let first = next(&mut sub).await;
     let second = next(&mut sub).await;
@@ -109,6 +112,72 @@ async fn confirms_prefetch_requeue_and_reconnect_lose_nothing() {
     settings.delete_topology().await.unwrap();
 }
 
+/// The payloads parked on this test's dead-letter queue, waiting up to 5 s for `expected`.
+async fn dead_letters(settings: &RabbitSettings, expected: usize) -> Vec<Vec<u8>> {
+    let conn = lapin::Connection::connect(&settings.uri, Default::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let dead = format!("{}.dead", settings.prefix);
+    let mut parked = Vec::new();
+    for _ in 0..50 {
+        while let Some(message) = channel
+            .basic_get(dead.as_str().into(), Default::default())
+            .await
+            .unwrap()
+        {
+            parked.push(message.delivery.data);
+        }
+        if parked.len() >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    parked
+}
+
+#[tokio::test]
+async fn a_batch_message_is_settled_payload_by_payload() {
+    let settings = settings();
+    let bus = RabbitBus::start(settings.clone());
+    let payloads = (0..4).map(|i| Bytes::from(format!("m{i}"))).collect();
+    bus.publish(Queue::Deliveries, payloads).await.unwrap();
+    let mut sub = bus.subscribe(Queue::Deliveries, 3).await.unwrap();
+    let (m0, m1, m2) = (
+        next(&mut sub).await,
+        next(&mut sub).await,
+        next(&mut sub).await,
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_err(),
+        "the prefetch counts payloads: the fourth waits"
+    );
+    m0.ack().await.unwrap();
+    let m3 = next(&mut sub).await;
+    assert_eq!(&m3.payload[..], b"m3");
+    m1.requeue().await.unwrap();
+    m2.dead_letter().await.unwrap();
+    m3.ack().await.unwrap();
+    let again = next(&mut sub).await;
+    assert_eq!(
+        &again.payload[..],
+        b"m1",
+        "only the requeued payload runs again"
+    );
+    again.ack().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_err(),
+        "acked payloads do not come back"
+    );
+    assert_eq!(dead_letters(&settings, 1).await, [b"m2".to_vec()]);
+    drop(sub);
+    settings.delete_topology().await.unwrap();
+}
+
 #[tokio::test]
 async fn dead_lettered_messages_park_on_the_dead_queue() {
     let settings = settings();
@@ -118,26 +187,7 @@ async fn dead_lettered_messages_park_on_the_dead_queue() {
         .unwrap();
     let mut sub = bus.subscribe(Queue::Deliveries, 1).await.unwrap();
     next(&mut sub).await.dead_letter().await.unwrap();
-    let conn = lapin::Connection::connect(&settings.uri, Default::default())
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    let dead = format!("{}.dead", settings.prefix);
-    let mut parked = None;
-    for _ in 0..50 {
-        parked = channel
-            .basic_get(dead.as_str().into(), Default::default())
-            .await
-            .unwrap();
-        if parked.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        parked.expect("dead-lettered message").delivery.data,
-        b"poison"
-    );
+    assert_eq!(dead_letters(&settings, 1).await, [b"poison".to_vec()]);
     drop(sub);
     settings.delete_topology().await.unwrap();
     // Deleting what is already gone is fine.

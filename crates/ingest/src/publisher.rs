@@ -80,6 +80,11 @@ mod tests {
         assert_eq!(accepted(), "0");
         publisher.publish(&[event("a"), event("b")]).await.unwrap();
         assert_eq!(accepted(), "2");
-        assert_eq!(bus.depth(Queue::Events).await.unwrap(), 2);
+        let mut queued = bus.subscribe(Queue::Events, 10).await.unwrap();
+        for id in ["a", "b"] {
+            let delivery = queued.next().await.unwrap();
+            let ingested: IngestedEvent = serde_json::from_slice(&delivery.payload).unwrap();
+            assert_eq!(ingested.event.id, id);
+        }
     }
 }

@@ -402,7 +402,7 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new(
                         "tocsin_queue_depth",
-                        "Messages in a bus queue, in flight included, by queue.",
+                        "Messages in a bus queue, in flight included, by queue (a message holds one payload or a batch of up to 128).",
                     ),
                     &["queue"],
                 )

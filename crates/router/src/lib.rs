@@ -282,7 +282,18 @@ mod tests {
         stop.send_replace(true);
         running.await.unwrap().unwrap();
 
-        assert_eq!(queue.depth(Queue::Deliveries).await.unwrap(), 4);
+        let mut jobs = bus.subscribe(Queue::Deliveries, 10).await.unwrap();
+        let mut queued = Vec::new();
+        for _ in 0..4 {
+            let job = tokio::time::timeout(Duration::from_secs(5), jobs.next()).await;
+            queued.push(job.expect("four jobs"));
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), jobs.next())
+                .await
+                .is_err(),
+            "and no more"
+        );
         for (series, expected) in [
             ("tocsin_events_routed_total{outcome=\"matched\"}", "2"),
             ("tocsin_events_routed_total{outcome=\"unmatched\"}", "1"),
