@@ -212,6 +212,9 @@ pub async fn run(
     if let Some(mb) = peak_rss_mb {
         println!("peak RSS:      {mb:.0} MB (Tocsin)");
     }
+    if let Ok(commits) = sqlite_commits(&http, &target).await {
+        println!("sqlite commits: {commits}");
+    }
     let lost = accepted.saturating_sub(delivered + undelivered as usize);
     println!("lost:          {lost}");
     if lost > 0 {
@@ -240,4 +243,36 @@ async fn count(
     page["responseMetadata"]["totalResultsCount"]
         .as_u64()
         .context("a consumer page")
+}
+
+/// Tocsin's SQLite commits by database file and the writes each shared on average, from its
+/// metrics: how well group commit batches under this load.
+async fn sqlite_commits(http: &reqwest::Client, target: &Target) -> anyhow::Result<String> {
+    let text = http
+        .get(format!("{}/metrics", target.base))
+        .basic_auth(&target.user, Some(&target.password))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let series = |name: &str| -> std::collections::BTreeMap<String, f64> {
+        text.lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix(name)?.strip_prefix("{database=\"")?;
+                let (database, value) = rest.split_once("\"} ")?;
+                Some((database.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    };
+    let sums = series("tocsin_sqlite_commit_writes_sum");
+    let counts = series("tocsin_sqlite_commit_writes_count");
+    Ok(counts
+        .iter()
+        .filter(|(_, &count)| count > 0.0)
+        .map(|(database, count)| {
+            let writes = sums.get(database).copied().unwrap_or(0.0);
+            format!("{database} {count:.0} ({:.1} writes each)", writes / count)
+        })
+        .collect::<Vec<_>>()
+        .join(", "))
 }
