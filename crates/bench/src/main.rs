@@ -19,7 +19,12 @@
 mod ceiling;
 mod pipeline;
 
+/// The load tool shares the machine with Tocsin: the same allocator keeps it as light.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{bail, Context};
+use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use serde_json::json;
 use std::path::PathBuf;
@@ -162,31 +167,28 @@ async fn main() -> anyhow::Result<()> {
         None => format!("{:?} backend (started by the bench)", args.backend),
     };
     let requests = args.events.div_ceil(args.batch);
-    let (path, body) = if args.source == Source::Oci {
-        ("/oci/v1/notifications", oci_alarm())
-    } else if args.batch == 1 {
-        (
-            "/cf/producer/v1/resource-events",
-            event(&args.event_type, 0),
-        )
-    } else {
-        let events: Vec<_> = (0..args.batch)
-            .map(|i| event(&args.event_type, i))
-            .collect();
-        ("/cf/producer/v1/resource-events-batch", json!(events))
+    // Every event its own alert (its own `ans:sourceEventId`), as in a storm of many: events
+    // sharing a key are delivered one after the other, by design.
+    let path = match (args.source, args.batch) {
+        (Source::Oci, _) => "/oci/v1/notifications",
+        (Source::Ans, 1) => "/cf/producer/v1/resource-events",
+        (Source::Ans, _) => "/cf/producer/v1/resource-events-batch",
     };
-    let body = Arc::new(serde_json::to_vec(&body)?);
+    let bodies = Arc::new(Bodies::new(&args.event_type));
+    let oci_body = Arc::new(serde_json::to_vec(&oci_alarm())?);
     let url = Arc::new(format!("{}{path}", target.base));
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let workers: Vec<_> = (0..args.concurrency)
         .map(|_| {
-            let (http, url, body, next) = (
+            let (http, url, bodies, oci_body, next) = (
                 http.clone(),
                 Arc::clone(&url),
-                Arc::clone(&body),
+                Arc::clone(&bodies),
+                Arc::clone(&oci_body),
                 Arc::clone(&next),
             );
+            let batch = args.batch;
             let (user, password) = (target.user.clone(), target.password.clone());
             let source = args.source;
             tokio::spawn(async move {
@@ -201,14 +203,16 @@ async fn main() -> anyhow::Result<()> {
                         .basic_auth(&user, Some(&password))
                         .header("content-type", "application/json");
                     request = match source {
-                        Source::Ans => request.body(body.as_ref().clone()),
+                        Source::Ans if batch == 1 => request.body(bodies.body(index)),
+                        Source::Ans => request.body(bodies.batch(index * batch, batch)),
                         // Each message its own: OCI's redeliveries are not published twice.
                         Source::Oci => request
                             .header("X-OCI-NS-MessageType", "Notification")
                             .header("X-OCI-NS-MessageId", format!("bench-{index}"))
                             .header("X-OCI-NS-TopicName", "bench")
                             .body(
-                                String::from_utf8_lossy(&body).replace(INDEX, &index.to_string()),
+                                String::from_utf8_lossy(&oci_body)
+                                    .replace(INDEX, &index.to_string()),
                             ),
                     };
                     let sent = Instant::now();
@@ -295,8 +299,32 @@ fn oci_alarm() -> serde_json::Value {
     })
 }
 
-fn event(event_type: &str, index: usize) -> serde_json::Value {
-    event_keyed(event_type, &format!("bench-{index}"))
+/// The request body of event `index`, from a template rendered once.
+pub struct Bodies {
+    parts: Vec<String>,
+}
+
+impl Bodies {
+    const SLOT: &'static str = "p-SLOT";
+
+    pub fn new(event_type: &str) -> Self {
+        let template = event_keyed(event_type, Self::SLOT).to_string();
+        Bodies {
+            parts: template.split(Self::SLOT).map(str::to_owned).collect(),
+        }
+    }
+
+    pub fn body(&self, index: usize) -> Bytes {
+        Bytes::from(self.parts.join(&format!("p-{index}")))
+    }
+
+    /// A resource-events-batch body: events `first..first + count`.
+    fn batch(&self, first: usize, count: usize) -> Bytes {
+        let events: Vec<String> = (first..first + count)
+            .map(|i| self.parts.join(&format!("p-{i}")))
+            .collect();
+        Bytes::from(format!("[{}]", events.join(",")))
+    }
 }
 
 /// A realistic alert (about 350 bytes) whose `ans:sourceEventId` is `key`.

@@ -80,9 +80,10 @@ impl Database {
     }
 
     /// Like [`Database::open`], for a file written in many small concurrent writes that can
-    /// wait a little: the writer waits up to `linger` after a write arrives, for more to share
-    /// its commit. A commit writes every page it touched to the WAL, so on a table with
-    /// several indexes the bytes written fall with each write that joins one.
+    /// wait a little: while writes arrive in groups, the writer waits `linger` after a write
+    /// arrives, for more to share its commit. A commit writes every page it touched to the
+    /// WAL, so on a table with several indexes the bytes written fall with each write that
+    /// joins one. A lone writer is not held up.
     pub fn open_lingering(
         path: &Path,
         migrations: &[&str],
@@ -227,8 +228,13 @@ fn run_writer(
     let mut batch = Vec::with_capacity(MAX_WRITES_PER_COMMIT);
     let mut completions: Vec<Completion> = Vec::with_capacity(MAX_WRITES_PER_COMMIT);
     let run = |sql: &str| conn.prepare_cached(sql)?.execute([]).map(drop);
+    let mut had_company = false;
     while jobs.blocking_recv_many(&mut batch, MAX_WRITES_PER_COMMIT) > 0 {
-        if !linger.is_zero() && batch.len() < MAX_WRITES_PER_COMMIT {
+        // Linger only while writes come in groups: a caller writing alone, one write after
+        // the other, would otherwise wait out the linger on every one of them.
+        let lingering = had_company && !linger.is_zero();
+        had_company = batch.len() > 1;
+        if lingering && batch.len() < MAX_WRITES_PER_COMMIT {
             std::thread::sleep(linger);
             while batch.len() < MAX_WRITES_PER_COMMIT {
                 match jobs.try_recv() {
