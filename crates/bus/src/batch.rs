@@ -24,6 +24,7 @@ use crate::{BusError, Delivery, Queue};
 use async_trait::async_trait;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// How a framed message starts.
@@ -116,14 +117,15 @@ pub(crate) struct Coalescer {
 }
 
 impl Coalescer {
-    /// Starts one gathering task per queue, publishing through `backend`. The tasks end when
-    /// the coalescer is dropped.
-    pub(crate) fn start(backend: Arc<dyn Enqueue>) -> Self {
+    /// Starts one gathering task per queue, publishing through `backend`. While calls come
+    /// in groups, a batch waits `linger` for more before it goes (a backend whose own writer
+    /// lingers passes zero). The tasks end when the coalescer is dropped.
+    pub(crate) fn start(backend: Arc<dyn Enqueue>, linger: Duration) -> Self {
         let calls = Queue::ALL
             .into_iter()
             .map(|queue| {
                 let (sender, receiver) = mpsc::channel(MAX_CALLS);
-                tokio::spawn(gather(queue, Arc::clone(&backend), receiver));
+                tokio::spawn(gather(queue, Arc::clone(&backend), receiver, linger));
                 (queue, sender)
             })
             .collect();
@@ -146,9 +148,15 @@ impl Coalescer {
     }
 }
 
-async fn gather(queue: Queue, backend: Arc<dyn Enqueue>, mut calls: mpsc::Receiver<Call>) {
+async fn gather(
+    queue: Queue,
+    backend: Arc<dyn Enqueue>,
+    mut calls: mpsc::Receiver<Call>,
+    linger: Duration,
+) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut waiting = Vec::new();
+    let mut had_company = false;
     loop {
         // Room first, then whatever has arrived by then: while the batches in flight are
         // being confirmed, the next one grows.
@@ -158,6 +166,17 @@ async fn gather(queue: Queue, backend: Arc<dyn Enqueue>, mut calls: mpsc::Receiv
         if calls.recv_many(&mut waiting, MAX_CALLS).await == 0 {
             return;
         }
+        // Under load, a moment's wait makes fewer, larger messages; a lone caller does not wait.
+        if had_company && !linger.is_zero() && waiting.len() < MAX_CALLS {
+            tokio::time::sleep(linger).await;
+            while waiting.len() < MAX_CALLS {
+                match calls.try_recv() {
+                    Ok(call) => waiting.push(call),
+                    Err(_) => break,
+                }
+            }
+        }
+        had_company = waiting.len() > 1;
         let mut payloads = Vec::new();
         let mut replies = Vec::with_capacity(waiting.len());
         for call in waiting.drain(..) {

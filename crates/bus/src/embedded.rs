@@ -107,10 +107,12 @@ impl EmbeddedBus {
             Arc::clone(&queues),
             Arc::clone(&delayed),
         ));
-        let coalescer = Coalescer::start(Arc::new(Rows {
+        let rows = Arc::new(Rows {
             db: db.clone(),
             queues: Arc::clone(&queues),
-        }));
+        });
+        // The writer lingers already.
+        let coalescer = Coalescer::start(rows, std::time::Duration::ZERO);
         Ok(EmbeddedBus {
             db,
             queues,
