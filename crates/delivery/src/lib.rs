@@ -1,9 +1,10 @@
 //! Delivery: runs each job's action through its channel, retries what can be retried, and
 //! records how every (event, action) ended.
 //!
-//! The worker consumes the deliveries queue in batches. A job that shares an alert key with an
-//! earlier one still in progress for the same action is parked behind it ([`lanes`]); the
-//! others run concurrently. An attempt looks the action up in the current configuration and
+//! The worker consumes the deliveries queue in batches; a delivery naming several actions
+//! becomes one job per action, each holding a [`ticket`] on it. A job that shares an alert key
+//! with an earlier one still in progress for the same action is parked behind it ([`lanes`]);
+//! the others run concurrently. An attempt looks the action up in the current configuration and
 //! hands the job to the channel of its `type` ([`channels`]); every attempt is recorded
 //! ([`records`]). After a failure, [`retry`] decides: the job goes back on the bus with a delay
 //! — holding nothing while it waits, carrying its own history — or it is given up: recorded
@@ -25,6 +26,7 @@ pub mod records;
 pub mod retention;
 pub mod retry;
 pub mod templates;
+pub mod ticket;
 
 use bus::{Bus, Delivery, Queue};
 use bytes::Bytes;
@@ -36,6 +38,7 @@ use records::{Attempt, RecordStore};
 use retry::{Next, RetrySchedule};
 use std::sync::Arc;
 use std::time::Instant;
+use ticket::Ticket;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -71,7 +74,7 @@ type LaneKey = (String, String);
 #[derive(Default)]
 struct LaneMemory {
     /// Lanes whose head is being attempted here, with the jobs waiting behind it.
-    active: std::collections::HashMap<LaneKey, std::collections::VecDeque<(Delivery, DeliveryJob)>>,
+    active: std::collections::HashMap<LaneKey, std::collections::VecDeque<(Ticket, DeliveryJob)>>,
     /// Lanes that are durable in SQLite (a head waits for a retry): their jobs go there.
     durable: std::collections::HashSet<LaneKey>,
 }
@@ -80,14 +83,14 @@ fn lane_key(job: &DeliveryJob) -> Option<LaneKey> {
     Some((job.action.clone(), job.ordering_key()?.to_owned()))
 }
 
-/// A job with a lane: where it queues behind others with the same key.
-fn lane_of(job: &DeliveryJob, payload: &Bytes) -> Option<LaneJob> {
+/// A job with a lane, as `payload`: where it queues behind others with the same key.
+fn lane_of(job: &DeliveryJob, payload: Bytes) -> Option<LaneJob> {
     let (action, key) = lane_key(job)?;
     Some(LaneJob {
         action,
         key,
         id: job_id(job),
-        payload: payload.clone(),
+        payload,
     })
 }
 
@@ -172,8 +175,9 @@ impl Shared {
     }
 
     /// Decodes a batch and sorts it out: undecodable jobs are dead-lettered, jobs behind a lane
-    /// head wait or are parked; the rest are returned to run, in arrival order.
-    async fn admit(&self, batch: Vec<Delivery>) -> Vec<(Delivery, DeliveryJob)> {
+    /// head wait or are parked; the rest are returned to run, in arrival order. A delivery for
+    /// several actions becomes one job per action, each with its [`Ticket`].
+    async fn admit(&self, batch: Vec<Delivery>) -> Vec<(Ticket, DeliveryJob)> {
         let mut runnable = Vec::with_capacity(batch.len());
         for delivery in batch {
             let job: DeliveryJob = match serde_json::from_slice(&delivery.payload) {
@@ -184,11 +188,12 @@ impl Shared {
                     continue;
                 }
             };
-            runnable.push((delivery, job));
+            let jobs = job.split();
+            runnable.extend(Ticket::split(delivery, jobs.len()).into_iter().zip(jobs));
         }
         let mut memory = self.lanes_in_memory.lock().await;
         let mut run = Vec::with_capacity(runnable.len());
-        let mut to_durable: Vec<(Delivery, DeliveryJob)> = Vec::new();
+        let mut to_durable: Vec<(Ticket, DeliveryJob)> = Vec::new();
         for (delivery, job) in runnable {
             let Some(key) = lane_key(&job) else {
                 run.push((delivery, job));
@@ -213,13 +218,10 @@ impl Shared {
 
     /// Claims durable lanes for `jobs`, in order: heads back from a retry run, the others are
     /// parked (and acked). Returns the jobs to run.
-    async fn claim_durably(
-        &self,
-        jobs: Vec<(Delivery, DeliveryJob)>,
-    ) -> Vec<(Delivery, DeliveryJob)> {
+    async fn claim_durably(&self, jobs: Vec<(Ticket, DeliveryJob)>) -> Vec<(Ticket, DeliveryJob)> {
         let lane_jobs = jobs
             .iter()
-            .filter_map(|(delivery, job)| lane_of(job, &delivery.payload))
+            .filter_map(|(_, job)| lane_of(job, encode(job)))
             .collect();
         let claims = match self.lanes.claim(lane_jobs).await {
             Ok(claims) => claims,
@@ -245,7 +247,7 @@ impl Shared {
     }
 
     /// Runs `delivery`, then the jobs that were waiting behind it in its lane, one by one.
-    async fn process(self: Arc<Self>, delivery: Delivery, job: DeliveryJob) {
+    async fn process(self: Arc<Self>, delivery: Ticket, job: DeliveryJob) {
         let mut next = Some((delivery, job));
         while let Some((delivery, job)) = next {
             next = self.process_one(delivery, job).await;
@@ -256,9 +258,9 @@ impl Shared {
     /// job that was waiting behind this one in its lane, now free to run.
     async fn process_one(
         &self,
-        delivery: Delivery,
+        delivery: Ticket,
         mut job: DeliveryJob,
-    ) -> Option<(Delivery, DeliveryJob)> {
+    ) -> Option<(Ticket, DeliveryJob)> {
         let started_at_ms = model::now_epoch_millis();
         job.first_attempt_at_ms.get_or_insert(started_at_ms);
         let catalog = self.catalog.load_full();
@@ -429,7 +431,7 @@ impl Shared {
         if memory.durable.contains(&key) {
             return Ok(());
         }
-        let head = lane_of(job, payload).expect("a keyed job");
+        let head = lane_of(job, payload.clone()).expect("a keyed job");
         self.lanes.claim(vec![head]).await?;
         memory.durable.insert(key.clone());
         let waiting: Vec<_> = memory.active.remove(&key).unwrap_or_default().into();
@@ -439,11 +441,7 @@ impl Shared {
 
     /// The job is over: ack it and hand its lane to the next job with its key — returned
     /// when it waits here in memory, put back on the queue when it was parked durably.
-    async fn finish(
-        &self,
-        delivery: Delivery,
-        job: &DeliveryJob,
-    ) -> Option<(Delivery, DeliveryJob)> {
+    async fn finish(&self, delivery: Ticket, job: &DeliveryJob) -> Option<(Ticket, DeliveryJob)> {
         let mut after = None;
         if let Some(key) = lane_key(job) {
             let mut memory = self.lanes_in_memory.lock().await;
@@ -489,7 +487,7 @@ impl Shared {
 
 /// Acks `delivery` once `step` (which put the job somewhere durable) succeeded; otherwise
 /// hands it back to the queue so that nothing is lost.
-async fn settle_after(step: Result<(), bus::BusError>, delivery: Delivery) {
+async fn settle_after(step: Result<(), bus::BusError>, delivery: Ticket) {
     match step {
         Ok(()) => settle(delivery.ack().await, "ack"),
         Err(e) => {

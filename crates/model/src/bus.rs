@@ -25,6 +25,10 @@ pub struct DeliveryJob {
     pub accepted_at_ms: i64,
     /// The name of the action to run.
     pub action: String,
+    /// More actions to run for the same event, each as a job of its own: the router sends an
+    /// event once for all the actions it matched, so that the queue carries it once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<String>,
     /// Attempts already made.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempt: u32,
@@ -51,11 +55,26 @@ impl DeliveryJob {
             event,
             accepted_at_ms,
             action: action.into(),
+            also: Vec::new(),
             attempt: 0,
             first_attempt_at_ms: None,
             failures: Vec::new(),
             fallback_for: None,
         }
+    }
+
+    /// This job and the jobs it carries for its other actions (`also`), one per action.
+    pub fn split(mut self) -> Vec<DeliveryJob> {
+        let also = std::mem::take(&mut self.also);
+        let mut jobs = Vec::with_capacity(1 + also.len());
+        for action in also {
+            jobs.push(DeliveryJob {
+                action,
+                ..self.clone()
+            });
+        }
+        jobs.insert(0, self);
+        jobs
     }
 
     /// The source's key for the alert this event belongs to, if it has one.

@@ -120,6 +120,21 @@ fn emitted_events_and_pages_match_their_schemas() {
         &serde_json::to_value(&job).unwrap(),
         "bus job",
     );
+    let mut set = job.clone();
+    set.also = vec!["to-slack".into(), "to-email".into()];
+    assert_valid(
+        &validator("bus-delivery-job.json"),
+        &serde_json::to_value(&set).unwrap(),
+        "bus job for three actions",
+    );
+    let split = set.split();
+    assert_eq!(
+        split.iter().map(|j| j.action.as_str()).collect::<Vec<_>>(),
+        ["to-store", "to-slack", "to-email"]
+    );
+    assert!(split
+        .iter()
+        .all(|j| j.also.is_empty() && j.event == job.event));
     job.attempt = 2;
     job.first_attempt_at_ms = Some(1);
     job.failures = vec![FailureReason {

@@ -1,5 +1,6 @@
 //! The router: consumes accepted events, decides which actions each one goes to, and publishes
-//! one delivery job per (event, action).
+//! a delivery job for them: one per matched event, naming every action (`also` beyond the
+//! first), so that the event crosses the queue once; the worker runs one job per action.
 //!
 //! It works in batches: it takes every event waiting (up to its prefetch), matches them against
 //! the current configuration ([`matcher`]), publishes all resulting jobs in one durable publish
@@ -114,6 +115,7 @@ impl Router {
         let mut jobs = Vec::new();
         let mut routed = Vec::with_capacity(batch.len());
         let mut unmatched = 0;
+        let mut queued = 0;
         for delivery in batch {
             let ingested: IngestedEvent = match serde_json::from_slice(&delivery.payload) {
                 Ok(ingested) => ingested,
@@ -134,16 +136,17 @@ impl Router {
             if actions.is_empty() {
                 unmatched += 1;
             }
-            for action in actions {
+            if let Some((first, also)) = actions.split_first() {
+                queued += actions.len() as u64;
                 jobs.push(job_payload(
                     &ingested.event,
                     ingested.accepted_at_ms,
-                    action,
+                    first,
+                    also,
                 ));
             }
             routed.push(delivery);
         }
-        let queued = jobs.len() as u64;
         if !jobs.is_empty() && !self.publish_until_done(jobs, shutdown).await {
             // Shutting down with the jobs unpublished: leave the events unacked for next time.
             return;
@@ -182,18 +185,22 @@ impl Router {
     }
 }
 
-fn job_payload(event: &ResourceEvent, accepted_at_ms: i64, action: &str) -> Bytes {
+/// The job for `action` and, in `also`, the event's other actions: the event travels once.
+fn job_payload(event: &ResourceEvent, accepted_at_ms: i64, action: &str, also: &[&str]) -> Bytes {
     #[derive(serde::Serialize)]
     #[serde(rename_all = "camelCase")]
     struct View<'a> {
         event: &'a ResourceEvent,
         accepted_at_ms: i64,
         action: &'a str,
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        also: &'a [&'a str],
     }
     let view = View {
         event,
         accepted_at_ms,
         action,
+        also,
     };
     Bytes::from(serde_json::to_vec(&view).expect("jobs always serialize"))
 }
@@ -282,12 +289,21 @@ mod tests {
         stop.send_replace(true);
         running.await.unwrap().unwrap();
 
+        // One job per matched event, carrying all its actions.
         let mut jobs = bus.subscribe(Queue::Deliveries, 10).await.unwrap();
         let mut queued = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..2 {
             let job = tokio::time::timeout(Duration::from_secs(5), jobs.next()).await;
-            queued.push(job.expect("four jobs"));
+            queued.push(job.expect("two jobs").unwrap());
         }
+        let actions: Vec<Vec<String>> = queued
+            .iter()
+            .map(|d| {
+                let job: model::DeliveryJob = serde_json::from_slice(&d.payload).unwrap();
+                job.split().into_iter().map(|j| j.action).collect()
+            })
+            .collect();
+        assert_eq!(actions, [["x", "y"], ["x", "y"]]);
         assert!(
             tokio::time::timeout(Duration::from_millis(100), jobs.next())
                 .await
