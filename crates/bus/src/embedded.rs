@@ -430,7 +430,7 @@ impl Settle for EmbeddedSettler {
         let result = match settlement {
             Settlement::Ack => self
                 .db
-                .write(move |c| c.execute("DELETE FROM messages WHERE id = ?1", [id]))
+                .execute("DELETE FROM messages WHERE id = ?1", [id])
                 .await
                 .map(drop),
             Settlement::DeadLetter => {

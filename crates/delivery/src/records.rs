@@ -182,15 +182,13 @@ impl RecordStore {
                 .then(|| serde_json::to_string(failure_reasons).expect("reasons serialize")),
         );
         self.db
-            .write(move |c| {
-                c.prepare_cached(
-                    "INSERT OR IGNORE INTO records (event_id, action, status, cache_time, \
-                     event_time, severity, category, event_type, resource_name, correlation_id, \
-                     source_event_id, event, failure_reasons) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                )?
-                .execute(row)
-            })
+            .execute(
+                "INSERT OR IGNORE INTO records (event_id, action, status, cache_time, \
+                 event_time, severity, category, event_type, resource_name, correlation_id, \
+                 source_event_id, event, failure_reasons) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                row,
+            )
             .await
             .map(drop)
     }
@@ -201,15 +199,12 @@ impl RecordStore {
         event_id: &str,
         attempt: Attempt,
     ) -> Result<(), StorageError> {
-        let event_id = event_id.to_owned();
         self.db
-            .write(move |c| {
-                c.prepare_cached(
-                    "INSERT INTO attempts (event_id, action, attempt, started_at_ms, duration_ms, \
-                     outcome, code, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )?
-                .execute((
-                    event_id,
+            .execute(
+                "INSERT INTO attempts (event_id, action, attempt, started_at_ms, duration_ms, \
+                 outcome, code, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                (
+                    event_id.to_owned(),
                     attempt.action,
                     attempt.attempt,
                     attempt.started_at_ms,
@@ -217,8 +212,8 @@ impl RecordStore {
                     attempt.outcome,
                     attempt.code,
                     attempt.reason,
-                ))
-            })
+                ),
+            )
             .await
             .map(drop)
     }

@@ -132,10 +132,30 @@ impl Database {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
         T: Send + 'static,
     {
+        self.submit(move |conn| in_savepoint(conn, write)).await
+    }
+
+    /// Runs the one statement `sql` with `params` in the writer's next transaction; returns
+    /// the rows it changed once that transaction is committed. A statement that fails undoes
+    /// itself, so this skips the savepoint that [`Database::write`] pays for, which counts on
+    /// the hottest writes (an ack, a record, an attempt).
+    pub async fn execute<P>(&self, sql: &'static str, params: P) -> Result<usize>
+    where
+        P: rusqlite::Params + Send + 'static,
+    {
+        self.submit(move |conn| conn.prepare_cached(sql)?.execute(params))
+            .await
+    }
+
+    async fn submit<T, F>(&self, write: F) -> Result<T>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
         let (done, result) = oneshot::channel();
         let job: WriteJob = Box::new(move |conn| {
             let outcome = match conn {
-                Some(conn) => in_savepoint(conn, write).map_err(StorageError::from),
+                Some(conn) => write(conn).map_err(StorageError::from),
                 None => Err(StorageError::Commit(
                     "the transaction could not begin".into(),
                 )),
@@ -308,6 +328,21 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((count, dup), (200, 0), "the failed write rolled back alone");
+
+        // One statement, no savepoint: a failing one still undoes only itself.
+        let insert = "INSERT INTO t VALUES (?1, ?2)";
+        let (first, clash, next) = tokio::join!(
+            db.execute(insert, ("x", 1)),
+            db.execute(insert, ("k0", 2)),
+            db.execute(insert, ("y", 3)),
+        );
+        assert_eq!((first.unwrap(), next.unwrap()), (1, 1));
+        assert!(clash.is_err());
+        let v: i64 = db
+            .read(|c| c.query_row("SELECT v FROM t WHERE k = 'k0'", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(v, 0, "the clashing insert changed nothing");
     }
 
     #[tokio::test]
