@@ -10,12 +10,6 @@ mod settings;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
-/// Every event is parsed, serialized and dropped by several tasks across threads: mimalloc
-/// keeps that traffic thread-local where glibc's allocator showed in profiles (README,
-/// Performance).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Tocsin: a self-hosted alert broker. It takes alarms in (the SAP Alert Notification service
 /// producer API, OCI Notifications, …), routes them through subscriptions to actions, delivers
 /// them, and keeps a record of every event it could not deliver.

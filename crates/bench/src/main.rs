@@ -19,10 +19,6 @@
 mod ceiling;
 mod pipeline;
 
-/// The load tool shares the machine with Tocsin: the same allocator keeps it as light.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
