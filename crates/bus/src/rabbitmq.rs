@@ -129,15 +129,14 @@ struct Link {
 }
 
 pub struct RabbitBus {
-    settings: Arc<RabbitSettings>,
-    link: watch::Receiver<Option<Link>>,
     publisher: Arc<Publisher>,
     coalescer: Coalescer,
     reconnects: Arc<AtomicU64>,
     supervisor: tokio::task::JoinHandle<()>,
 }
 
-/// Publishes whole messages on whatever link is current.
+/// The broker settings and the current link: what every publish (and the bus itself) works
+/// from. Publishes whole messages on whatever link is current.
 struct Publisher {
     settings: Arc<RabbitSettings>,
     link: watch::Receiver<Option<Link>>,
@@ -155,14 +154,9 @@ impl RabbitBus {
             publish_link,
             Arc::clone(&reconnects),
         ));
-        let publisher = Arc::new(Publisher {
-            settings: Arc::clone(&settings),
-            link: link.clone(),
-        });
+        let publisher = Arc::new(Publisher { settings, link });
         let coalescer = Coalescer::start(publisher.clone(), PUBLISH_LINGER);
         RabbitBus {
-            settings,
-            link,
             publisher,
             coalescer,
             reconnects,
@@ -177,7 +171,8 @@ impl RabbitBus {
 
     /// Messages ready in `queue`. RabbitMQ does not count those handed out and not yet acked.
     pub async fn depth(&self, queue: Queue) -> Result<u64, BusError> {
-        self.message_count(&[self.settings.queue_name(queue)]).await
+        self.message_count(&[self.publisher.settings.queue_name(queue)])
+            .await
     }
 
     /// Messages waiting for their delay to pass, on every queue.
@@ -185,7 +180,7 @@ impl RabbitBus {
         let names: Vec<String> = Queue::ALL
             .into_iter()
             .flat_map(|queue| {
-                DELAY_TIERS_MS.map(|tier| self.settings.delay_queue_name(queue, tier))
+                DELAY_TIERS_MS.map(|tier| self.publisher.settings.delay_queue_name(queue, tier))
             })
             .collect();
         self.message_count(&names).await
@@ -194,7 +189,7 @@ impl RabbitBus {
     /// Messages ready in the queues `names`, by passive declares on a channel of their own
     /// (a failed one closes its channel).
     async fn message_count(&self, names: &[String]) -> Result<u64, BusError> {
-        let link = self.link.borrow().clone();
+        let link = self.publisher.link.borrow().clone();
         let link = link.ok_or_else(|| BusError::Unavailable("not connected".into()))?;
         let channel = link
             .connection
@@ -219,7 +214,7 @@ impl RabbitBus {
 
     /// Waits until connected, for at most `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
-        current_link(&mut self.link.clone(), timeout)
+        current_link(&mut self.publisher.link.clone(), timeout)
             .await
             .is_some()
     }
@@ -598,7 +593,10 @@ impl Bus for RabbitBus {
         payload: Bytes,
         delay: Duration,
     ) -> Result<(), BusError> {
-        let tier = self.settings.delay_queue_name(queue, delay_tier(delay));
+        let tier = self
+            .publisher
+            .settings
+            .delay_queue_name(queue, delay_tier(delay));
         let mut headers = FieldTable::default();
         let due = model::now_epoch_millis() + delay.as_millis() as i64;
         headers.insert(DUE_HEADER.into(), AMQPValue::LongLongInt(due));
@@ -609,20 +607,20 @@ impl Bus for RabbitBus {
     }
 
     async fn broadcast_config(&self, snapshot: Bytes) -> Result<(), BusError> {
-        let exchange = format!("{}.config", self.settings.prefix);
+        let exchange = format!("{}.config", self.publisher.settings.prefix);
         self.publisher
             .publish_retrying(&exchange, "", &[snapshot], &persistent())
             .await
     }
 
     async fn config_updates(&self) -> Result<Vec<Bytes>, BusError> {
-        let Some(link) = self.link.borrow().clone() else {
+        let Some(link) = self.publisher.link.borrow().clone() else {
             return Ok(Vec::new());
         };
         let channel = &link.publisher;
         let mut updates = Vec::new();
         if link.catch_up.swap(false, Ordering::SeqCst) {
-            let latest = format!("{}.config.latest", self.settings.prefix);
+            let latest = format!("{}.config.latest", self.publisher.settings.prefix);
             // Peek: take the newest snapshot and put it back for the next process.
             if let Some(message) = channel
                 .basic_get(latest.as_str().into(), BasicGetOptions::default())
@@ -656,13 +654,12 @@ impl Bus for RabbitBus {
     async fn subscribe(&self, queue: Queue, prefetch: u16) -> Result<Subscription, BusError> {
         let (sender, receiver) = mpsc::channel(usize::from(prefetch.max(1)));
         let consumer = Consumer {
-            settings: Arc::clone(&self.settings),
             publisher: Arc::clone(&self.publisher),
             queue,
-            queue_name: self.settings.queue_name(queue),
+            queue_name: self.publisher.settings.queue_name(queue),
             prefetch: prefetch.max(1),
             permits: Arc::new(Semaphore::new(usize::from(prefetch.max(1)))),
-            link: self.link.clone(),
+            link: self.publisher.link.clone(),
             sender,
         };
         tokio::spawn(consumer.run());
@@ -670,7 +667,7 @@ impl Bus for RabbitBus {
     }
 
     fn is_ready(&self) -> bool {
-        self.link.borrow().is_some()
+        self.publisher.link.borrow().is_some()
     }
 
     fn backend(&self) -> &'static str {
@@ -679,7 +676,6 @@ impl Bus for RabbitBus {
 }
 
 struct Consumer {
-    settings: Arc<RabbitSettings>,
     publisher: Arc<Publisher>,
     queue: Queue,
     queue_name: String,
@@ -746,7 +742,10 @@ impl Consumer {
             };
             if let Some(wait) = still_early(&delivery.properties) {
                 // The tier rounded the delay down: wait again for the rest; then this copy goes.
-                let tier = self.settings.delay_queue_name(self.queue, delay_tier(wait));
+                let tier = self
+                    .publisher
+                    .settings
+                    .delay_queue_name(self.queue, delay_tier(wait));
                 let again = publish_on(
                     link,
                     "",
