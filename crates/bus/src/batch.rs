@@ -156,7 +156,7 @@ async fn gather(
 ) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut waiting = Vec::new();
-    let mut had_company = false;
+    let mut linger = storage::Linger::new(linger);
     loop {
         // Room first, then whatever has arrived by then: while the batches in flight are
         // being confirmed, the next one grows.
@@ -167,8 +167,8 @@ async fn gather(
             return;
         }
         // Under load, a moment's wait makes fewer, larger messages; a lone caller does not wait.
-        if had_company && !linger.is_zero() && waiting.len() < MAX_CALLS {
-            tokio::time::sleep(linger).await;
+        if let Some(wait) = linger.wait_for_company(waiting.len(), MAX_CALLS) {
+            tokio::time::sleep(wait).await;
             while waiting.len() < MAX_CALLS {
                 match calls.try_recv() {
                     Ok(call) => waiting.push(call),
@@ -176,7 +176,6 @@ async fn gather(
                 }
             }
         }
-        had_company = waiting.len() > 1;
         let mut payloads = Vec::new();
         let mut replies = Vec::with_capacity(waiting.len());
         for call in waiting.drain(..) {

@@ -36,6 +36,34 @@ pub enum StorageError {
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// Waiting a moment for company before work that is cheaper done for many at once (a commit, a
+/// publish) — only while work comes in groups: a caller working alone, one piece after the
+/// other, would otherwise wait it out every time.
+#[derive(Debug, Clone, Copy)]
+pub struct Linger {
+    wait: Duration,
+    had_company: bool,
+}
+
+impl Linger {
+    /// Waits `wait` (zero: never).
+    pub fn new(wait: Duration) -> Self {
+        Linger {
+            wait,
+            had_company: false,
+        }
+    }
+
+    /// Given the pieces just gathered (`gathered`, at most `full`), how long to wait for more:
+    /// only when the previous round had company and there is room.
+    pub fn wait_for_company(&mut self, gathered: usize, full: usize) -> Option<Duration> {
+        let wait =
+            (self.had_company && !self.wait.is_zero() && gathered < full).then_some(self.wait);
+        self.had_company = gathered > 1;
+        wait
+    }
+}
+
 /// How durable a commit must be before a write is reported done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -248,14 +276,10 @@ fn run_writer(
     let mut batch = Vec::with_capacity(MAX_WRITES_PER_COMMIT);
     let mut completions: Vec<Completion> = Vec::with_capacity(MAX_WRITES_PER_COMMIT);
     let run = |sql: &str| conn.prepare_cached(sql)?.execute([]).map(drop);
-    let mut had_company = false;
+    let mut linger = Linger::new(linger);
     while jobs.blocking_recv_many(&mut batch, MAX_WRITES_PER_COMMIT) > 0 {
-        // Linger only while writes come in groups: a caller writing alone, one write after
-        // the other, would otherwise wait out the linger on every one of them.
-        let lingering = had_company && !linger.is_zero();
-        had_company = batch.len() > 1;
-        if lingering && batch.len() < MAX_WRITES_PER_COMMIT {
-            std::thread::sleep(linger);
+        if let Some(wait) = linger.wait_for_company(batch.len(), MAX_WRITES_PER_COMMIT) {
+            std::thread::sleep(wait);
             while batch.len() < MAX_WRITES_PER_COMMIT {
                 match jobs.try_recv() {
                     Ok(job) => batch.push(job),
@@ -343,6 +367,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(v, 0, "the clashing insert changed nothing");
+    }
+
+    #[test]
+    fn lingering_only_follows_a_round_with_company() {
+        let mut linger = Linger::new(Duration::from_millis(2));
+        let rounds = [1, 1, 3, 2, 1, 1, 5, 8, 3];
+        let waits: Vec<bool> = rounds
+            .iter()
+            .map(|&n| linger.wait_for_company(n, 8).is_some())
+            .collect();
+        // A lone writer never waits; after a round with company it does, unless already full.
+        assert_eq!(
+            waits,
+            [false, false, false, true, true, false, false, false, true]
+        );
+        let mut never = Linger::new(Duration::ZERO);
+        assert!((0..3).all(|_| never.wait_for_company(4, 8).is_none()));
     }
 
     #[tokio::test]
