@@ -169,14 +169,12 @@ fn insert_messages(
     queue: &str,
     messages: &[Bytes],
 ) -> rusqlite::Result<()> {
-    let now = model::now_epoch_millis();
-    let mut insert = c.prepare_cached(
+    insert_each(
+        c,
         "INSERT INTO messages (queue, payload, enqueued_at_ms) VALUES (?1, ?2, ?3)",
-    )?;
-    for message in messages {
-        insert.execute((queue, message.as_ref(), now))?;
-    }
-    Ok(())
+        queue,
+        messages,
+    )
 }
 
 fn insert_dead_letters(
@@ -184,11 +182,24 @@ fn insert_dead_letters(
     queue: &str,
     payloads: &[Bytes],
 ) -> rusqlite::Result<()> {
-    let now = model::now_epoch_millis();
-    let mut insert = c.prepare_cached(
+    insert_each(
+        c,
         "INSERT INTO dead_letters (queue, payload, enqueued_at_ms, dead_at_ms) \
          VALUES (?1, ?2, ?3, ?3)",
-    )?;
+        queue,
+        payloads,
+    )
+}
+
+/// Runs `insert` (parameters: queue, payload, now in ms) once per payload.
+fn insert_each(
+    c: &rusqlite::Connection,
+    insert: &str,
+    queue: &str,
+    payloads: &[Bytes],
+) -> rusqlite::Result<()> {
+    let now = model::now_epoch_millis();
+    let mut insert = c.prepare_cached(insert)?;
     for payload in payloads {
         insert.execute((queue, payload.as_ref(), now))?;
     }
