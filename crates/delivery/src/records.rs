@@ -444,45 +444,24 @@ mod tests {
             kind: "tocsin".into(),
         };
         let store = RecordStore::open(&dir.path().join("records.db"), region, None).unwrap();
-        for _ in 0..2 {
-            store
-                .record(
-                    &job("e1", "CPU", 100, "store"),
-                    DeliveryStatus::Matched,
-                    &[],
-                )
-                .await
-                .unwrap();
-        }
-        store
-            .record(
-                &job("e1", "CPU", 100, "other"),
-                DeliveryStatus::Matched,
-                &[],
-            )
-            .await
-            .unwrap();
-        store
-            .record(
-                &job("e2", "Disk", 200, "store"),
-                DeliveryStatus::Matched,
-                &[],
-            )
-            .await
-            .unwrap();
         let reason = FailureReason {
             code: 500,
             reason: "boom".into(),
             timestamp: 7,
         };
-        store
-            .record(
-                &job("e3", "CPU", 300, "hook"),
-                DeliveryStatus::Undelivered,
-                std::slice::from_ref(&reason),
-            )
-            .await
-            .unwrap();
+        let matched = (DeliveryStatus::Matched, &[][..]);
+        let undelivered = (DeliveryStatus::Undelivered, std::slice::from_ref(&reason));
+        // e1 on `store` twice: the repeat must change nothing.
+        for (id, event_type, time, action, (status, reasons)) in [
+            ("e1", "CPU", 100, "store", matched),
+            ("e1", "CPU", 100, "store", matched),
+            ("e1", "CPU", 100, "other", matched),
+            ("e2", "Disk", 200, "store", matched),
+            ("e3", "CPU", 300, "hook", undelivered),
+        ] {
+            let job = job(id, event_type, time, action);
+            store.record(&job, status, reasons).await.unwrap();
+        }
 
         let matched = store.query(DeliveryStatus::Matched, all()).await.unwrap();
         assert_eq!(matched.total, 3, "the repeated record was stored once");
