@@ -2,9 +2,7 @@
 //! conflicts with clear errors, masked secrets, atomic import/export, changes that apply to
 //! the very next event on both backends, and the official SAP Node client's configuration calls.
 
-mod common;
-
-use common::{event, Backend, Tocsin, BACKENDS};
+use crate::common::{event, Backend, Tocsin, BACKENDS};
 use serde_json::{json, Value};
 
 const BASE: &str = "/cf/configuration/v1";
@@ -461,7 +459,7 @@ async fn processes_sharing_rabbitmq_route_by_a_change_made_on_either() {
     );
 
     // Records stay with the process whose worker delivered: count across both.
-    let stored = |tocsin: &Tocsin| common::count_records(&tocsin.records_db(), "MATCHED");
+    let stored = |tocsin: &Tocsin| crate::common::count_records(&tocsin.records_db(), "MATCHED");
     let mut expected = 0;
     for round in 1..=6 {
         // Change on one process, send to the other: both events travel the shared queue and
@@ -521,7 +519,7 @@ async fn processes_sharing_rabbitmq_route_by_a_change_made_on_either() {
 async fn config_export_and_import_commands_round_trip_through_a_file() {
     let source = Tocsin::start(
         Backend::Embedded,
-        &common::store_configuration("AsCode"),
+        &crate::common::store_configuration("AsCode"),
         &[],
     )
     .await;

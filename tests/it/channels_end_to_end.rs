@@ -3,9 +3,7 @@
 //! `404 channel_not_found` ends as an undelivered record whose reason names the error and
 //! shows the webhook URL only as `http://host:port/…` — in the record and in the log.
 
-mod common;
-
-use common::{Backend, Tocsin};
+use crate::common::{Backend, Tocsin};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use wiremock::matchers::{method, path};

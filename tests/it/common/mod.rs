@@ -1,8 +1,6 @@
 //! Test harness: runs the real `tocsin` binary on a free loopback port with its own data
 //! directory, on either bus backend, and talks to it over real HTTP.
 
-#![allow(dead_code)] // each test binary uses a different part of the harness
-
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

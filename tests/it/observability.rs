@@ -4,9 +4,7 @@
 //! `/readyz` says which part is down and nothing more; `/metrics` needs the consumer scope
 //! unless made public; JSON logs carry one line per delivery outcome and no secret.
 
-mod common;
-
-use common::{event, route_everything_to, webhook, Backend, Destination, Tocsin};
+use crate::common::{event, route_everything_to, webhook, Backend, Destination, Tocsin};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -9,9 +9,7 @@
 //! `TOCSIN_UPDATE_OPENAPI=1 cargo test --test openapi components` rewrites the components from
 //! the schema files after a schema changed.
 
-mod common;
-
-use common::{Backend, Tocsin};
+use crate::common::{Backend, Tocsin};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

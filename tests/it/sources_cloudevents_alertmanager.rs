@@ -2,9 +2,7 @@
 //! against the real binary: each is accepted, normalized, routed and stored; its bad input is a
 //! 4xx naming the field, and stores nothing.
 
-mod common;
-
-use common::{Backend, Tocsin};
+use crate::common::{Backend, Tocsin};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -121,7 +119,9 @@ async fn cloud_events_on_the_ans_producer_path() {
         );
     }
     // The native path is unchanged by all this.
-    tocsin.send(&common::event("HighCPU", "native-1")).await;
+    tocsin
+        .send(&crate::common::event("HighCPU", "native-1"))
+        .await;
     tocsin.wait_for_count(MATCHED, 4).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(total(&tocsin).await, 4);

@@ -2,9 +2,7 @@
 //! running Tocsin: `tests/sap-client/conformance.mjs` drives it and prints `N passed, M failed`.
 //! Needs `npm ci --prefix tests/sap-client` first (the README's test command does it).
 
-mod common;
-
-use common::{store_configuration, Backend, Tocsin};
+use crate::common::{store_configuration, Backend, Tocsin};
 use std::process::Command;
 
 fn conformance(tocsin: &Tocsin, mode: &str, auth: &str) -> (bool, String) {

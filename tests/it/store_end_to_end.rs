@@ -2,9 +2,7 @@
 //! exactly the ANS fields; unsupported actions end as undelivered records with reasons; bad
 //! input and missing credentials get clear JSON errors and store nothing.
 
-mod common;
-
-use common::{event, store_configuration, Backend, Tocsin, BACKENDS};
+use crate::common::{event, store_configuration, Backend, Tocsin, BACKENDS};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 

@@ -1,9 +1,7 @@
 //! Accepted means durably queued: a SIGKILL after the 202s and before routing finishes loses
 //! nothing and duplicates nothing, on both backends.
 
-mod common;
-
-use common::{count_records, event, store_configuration, Backend, Tocsin};
+use crate::common::{count_records, event, store_configuration, Backend, Tocsin};
 use futures::StreamExt;
 use std::collections::BTreeSet;
 

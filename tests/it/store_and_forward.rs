@@ -3,9 +3,7 @@
 //! the fallback after `fallbackTime`, per-key ordering while an earlier event is retried, a
 //! SIGKILL while events wait for their next attempt, redelivery after a fix, and retention.
 
-mod common;
-
-use common::{event, route_everything_to, webhook, Backend, Destination, Tocsin, BACKENDS};
+use crate::common::{event, route_everything_to, webhook, Backend, Destination, Tocsin, BACKENDS};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -264,7 +262,7 @@ async fn a_close_never_overtakes_its_open_while_the_open_is_retried() {
     }
 }
 
-use common::Received;
+use crate::common::Received;
 
 fn key_of(received: &Received) -> String {
     key(&received.body)
@@ -398,7 +396,7 @@ async fn redeliver_after_the_destination_is_fixed() {
 async fn old_records_are_purged() {
     let tocsin = Tocsin::start(
         Backend::Embedded,
-        &common::store_configuration("Old"),
+        &crate::common::store_configuration("Old"),
         &[
             ("TOCSIN_DELIVERY_RETENTION_HOURS", "0"),
             ("TOCSIN_DELIVERY_RETENTION_SWEEP_SECONDS", "1"),

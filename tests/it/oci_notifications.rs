@@ -4,9 +4,7 @@
 //! stored; redeliveries acknowledged and published once, also after a restart; bad input
 //! answered 4xx with nothing published; credentials scoped to the endpoint.
 
-mod common;
-
-use common::{Backend, Tocsin};
+use crate::common::{Backend, Tocsin};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -509,7 +507,7 @@ async fn the_endpoint_takes_its_own_basic_credentials_and_only_there() {
         .http
         .post(tocsin.url("/cf/producer/v1/resource-events"))
         .basic_auth("oci-topic", Some("p@ss:word"))
-        .json(&common::event("HighCPU", "x"))
+        .json(&crate::common::event("HighCPU", "x"))
         .send()
         .await
         .unwrap();

@@ -7,9 +7,7 @@
 //! it with the mapped status. A create whose answer comes after Tocsin's request timeout is
 //! found again by its custom field: still exactly one incident for its key.
 
-mod common;
-
-use common::{Backend, Tocsin};
+use crate::common::{Backend, Tocsin};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,0 +1,15 @@
+//! The end-to-end tests: one binary (it links once on a 2-core machine), one module per area.
+//! Each test runs the real `tocsin` binary against real things (see `common`).
+
+mod b2c_incident_lifecycle;
+mod channels_end_to_end;
+mod common;
+mod configuration_api;
+mod crash_recovery;
+mod observability;
+mod oci_notifications;
+mod openapi;
+mod sap_client;
+mod sources_cloudevents_alertmanager;
+mod store_and_forward;
+mod store_end_to_end;
