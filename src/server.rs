@@ -39,9 +39,6 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     // --- observability (issue 7): one registry for the process -----------------------------
     let metrics = Arc::new(Metrics::new());
-    for channel in model::config::ACTION_TYPES {
-        metrics.register_channel(channel);
-    }
     let bus_probe = match settings.bus.backend {
         Backend::Embedded => BusProbe::Embedded(Arc::new(EmbeddedBus::open(
             &data_dir.join("queue.db"),
@@ -59,11 +56,30 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         BusProbe::Rabbitmq(bus) => bus.clone(),
     };
     // --- end of observability ---------------------------------------------------------------
-    let config_store =
-        Arc::new(ConfigStore::open(&data_dir.join("config.db"), Arc::clone(&bus)).await?);
+    let records = RecordStore::open(
+        &data_dir.join("records.db"),
+        Region {
+            name: settings.region.clone(),
+            kind: settings.region_type.clone(),
+        },
+        Some(metrics.commit_observer("records")),
+    )?;
+    // The channels check every action when it is saved, so they come before the configuration.
+    let channels = Channels::open(records.clone(), data_dir, &settings.channels)?;
+    for channel in channels.types() {
+        metrics.register_channel(channel);
+    }
+    let config_store = Arc::new(
+        ConfigStore::open(
+            &data_dir.join("config.db"),
+            Arc::clone(&bus),
+            Arc::new(channels.clone()),
+        )
+        .await?,
+    );
     if let Some(imported) = load_configuration(&settings)? {
         config_store
-            .change(|configuration| router::api::replace(configuration, imported))
+            .change(|configuration, types| router::api::replace(configuration, imported, types))
             .await
             .context("the imported configuration was refused")?;
     }
@@ -80,14 +96,6 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             }
         })
     };
-    let records = RecordStore::open(
-        &data_dir.join("records.db"),
-        Region {
-            name: settings.region.clone(),
-            kind: settings.region_type.clone(),
-        },
-        Some(metrics.commit_observer("records")),
-    )?;
     let auth = Arc::new(Authenticator::new(
         &credentials::clients(&settings.auth.clients, data_dir)?,
         credentials::token_key(&settings.auth.token_secret.0, data_dir)?,
@@ -104,7 +112,6 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         Arc::clone(&metrics),
     );
     let router = tokio::spawn(router.run(pipeline_stopping.clone()));
-    let channels = Channels::open(records.clone(), data_dir, &settings.channels)?;
     let worker = DeliveryWorker::new(
         DeliveryConfig {
             prefetch: settings.delivery.prefetch,

@@ -18,7 +18,8 @@
 //! URLs of Slack, Teams and many webhooks carry their credentials in the path or query, so no
 //! reason and no log line shows more of a URL than [`redact`] does: `scheme://host[:port]/…`.
 
-use crate::channels::{ChannelSettings, Failure, CODE_CIRCUIT_OPEN, CODE_CONNECTION, CODE_TIMEOUT};
+use crate::channels::ChannelSettings;
+use crate::failure::{Code, Failure};
 use reqwest::header::HeaderMap;
 use reqwest::{Client, Method, RequestBuilder, StatusCode, Url};
 use std::collections::HashMap;
@@ -131,7 +132,7 @@ impl Http {
             self.cooldown.min(Duration::from_secs(1))
         };
         Err(Failure::transient_after(
-            CODE_CIRCUIT_OPEN,
+            Code::CircuitOpen,
             format!(
                 "{shown}: circuit open after {} failures in a row; next probe in {} ms",
                 circuit.consecutive_failures,
@@ -178,6 +179,18 @@ impl Http {
         client.request(method, url)
     }
 
+    /// POSTs `payload` as JSON to `url`: the answer when it is a success, else its failure.
+    pub async fn post_json(&self, url: Url, payload: &serde_json::Value) -> Result<Reply, Failure> {
+        let reply = self
+            .send(self.request(Method::POST, url, false).json(payload))
+            .await?;
+        if reply.is_success() {
+            Ok(reply)
+        } else {
+            Err(reply.failure(&reply.quote()))
+        }
+    }
+
     /// Sends `request` once its destination has a free slot, and reads the answer. A timeout
     /// set on the request replaces the default; it bounds both the wait for a slot and the
     /// exchange.
@@ -205,12 +218,12 @@ impl Http {
         let no_answer = |e: reqwest::Error| {
             if e.is_timeout() {
                 Failure::transient(
-                    CODE_TIMEOUT,
+                    Code::Timeout,
                     format!("{destination}: no answer within {} ms", timeout.as_millis()),
                 )
             } else {
                 Failure::transient(
-                    CODE_CONNECTION,
+                    Code::Connection,
                     format!("{destination}: {}", chain(&e.without_url())),
                 )
             }
@@ -262,7 +275,7 @@ impl Http {
             .await
             .map_err(|_| {
                 Failure::transient(
-                    CODE_TIMEOUT,
+                    Code::Timeout,
                     format!(
                         "{shown}: no free slot within {} ms ({} requests already in flight)",
                         timeout.as_millis(),
@@ -315,7 +328,7 @@ impl Reply {
         } else {
             format!("{} answered {}: {detail}", self.destination, self.status)
         };
-        let code = i32::from(self.status.as_u16());
+        let code = Code::Http(self.status.as_u16());
         match self.status.as_u16() {
             408 | 425 | 429 | 500..=599 => {
                 Failure::transient_after(code, reason, self.retry_after())
@@ -323,18 +336,6 @@ impl Reply {
             _ => Failure::permanent(code, reason),
         }
     }
-}
-
-/// Parses a destination URL from an action property (http or https only).
-pub fn parse_url(property: &str, value: &str) -> Result<Url, Failure> {
-    let url = Url::parse(value.trim())
-        .map_err(|e| Failure::bad_action(format!("`{property}` is not a URL: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(Failure::bad_action(format!(
-            "`{property}` must be an http or https URL with a host"
-        )));
-    }
-    Ok(url)
 }
 
 /// `scheme://host[:port]/…`: enough to tell destinations apart, never a path or a query,
@@ -365,6 +366,7 @@ pub fn chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::failure::Retry;
     use wiremock::matchers::{method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -401,13 +403,13 @@ mod tests {
             assert_eq!(send().await.unwrap().status, 503);
         }
         let refused = send().await.unwrap_err();
-        assert_eq!(refused.code, CODE_CIRCUIT_OPEN, "{}", refused.reason);
+        assert_eq!(refused.code, Code::CircuitOpen, "{}", refused.reason);
         assert!(
             refused.reason.contains("circuit open after 3 failures"),
             "{}",
             refused.reason
         );
-        assert!(matches!(refused.retry, Some(Some(wait)) if wait <= Duration::from_millis(300)));
+        assert!(matches!(refused.retry, Retry::After(wait) if wait <= Duration::from_millis(300)));
         assert_eq!(
             server.received_requests().await.unwrap().len(),
             3,
@@ -422,7 +424,7 @@ mod tests {
             503,
             "the probe goes out, fails: open again"
         );
-        assert_eq!(send().await.unwrap_err().code, CODE_CIRCUIT_OPEN);
+        assert_eq!(send().await.unwrap_err().code, Code::CircuitOpen);
         tokio::time::sleep(Duration::from_millis(320)).await;
         assert_eq!(send().await.unwrap().status, 200, "the probe succeeds");
         assert_eq!(http.circuit_states()[0].1, CircuitState::Closed);
@@ -464,8 +466,8 @@ mod tests {
 
         let throttled = call("/throttled").await.unwrap();
         let failure = throttled.failure(&throttled.quote());
-        assert_eq!(failure.code, 429);
-        assert_eq!(failure.retry, Some(Some(Duration::from_secs(7))));
+        assert_eq!(failure.code, Code::Http(429));
+        assert_eq!(failure.retry, Retry::After(Duration::from_secs(7)));
         assert!(
             failure
                 .reason
@@ -478,14 +480,14 @@ mod tests {
         let down = call("/down").await.unwrap();
         assert_eq!(
             down.failure("").retry,
-            Some(Some(Duration::ZERO)),
+            Retry::After(Duration::ZERO),
             "a past date: now"
         );
-        assert_eq!(call("/gone").await.unwrap().failure("").retry, None);
+        assert_eq!(call("/gone").await.unwrap().failure("").retry, Retry::Never);
         let moved = call("/moved").await.unwrap().failure("");
         assert_eq!(
             (moved.code, moved.retry),
-            (301, None),
+            (Code::Http(301), Retry::Never),
             "redirects are not followed"
         );
         assert!(call("/ok").await.unwrap().is_success());
@@ -502,8 +504,8 @@ mod tests {
             .send(http.request(Method::POST, url, false))
             .await
             .unwrap_err();
-        assert_eq!(failure.code, CODE_CONNECTION);
-        assert_eq!(failure.retry, Some(None), "worth retrying");
+        assert_eq!(failure.code, Code::Connection);
+        assert_eq!(failure.retry, Retry::OnSchedule, "worth retrying");
         assert!(!failure.reason.contains("secret"), "{}", failure.reason);
 
         let server = MockServer::start().await;
@@ -516,7 +518,10 @@ mod tests {
             .send(http.request(Method::POST, url, false))
             .await
             .unwrap_err();
-        assert_eq!((failure.code, failure.retry), (CODE_TIMEOUT, Some(None)));
+        assert_eq!(
+            (failure.code, failure.retry),
+            (Code::Timeout, Retry::OnSchedule)
+        );
     }
 
     #[tokio::test]
@@ -577,7 +582,7 @@ mod tests {
             .send(saturated.request(Method::POST, url, false))
             .await
             .unwrap_err();
-        assert_eq!(waited.code, CODE_TIMEOUT);
+        assert_eq!(waited.code, Code::Timeout);
         assert!(waited.reason.contains("no free slot"), "{}", waited.reason);
         assert!(first.await.unwrap().unwrap().is_success());
     }

@@ -16,6 +16,7 @@
 
 pub mod channels;
 pub mod consumer_api;
+pub mod failure;
 pub mod http;
 pub mod lanes;
 pub mod lifecycle;
@@ -30,11 +31,14 @@ pub mod ticket;
 
 use bus::{Bus, Delivery, Queue};
 use bytes::Bytes;
-use channels::{Channels, Failure, Outcome};
+use channels::Channels;
+use failure::{Code, Failure};
 use lanes::{Claim, LaneJob, Lanes};
-use metrics::{DeliveryOutcome, FailureKind, Metrics};
-use model::{Action, DeliveryJob, DeliveryStatus, FailureReason, SharedCatalog};
-use records::{Attempt, RecordStore};
+use metrics::{DeliveryOutcome, Metrics};
+use model::{
+    Action, ActionTypeError, DeliveryJob, DeliveryStatus, FailureReason, Prepared, SharedCatalog,
+};
+use records::{Attempt, AttemptOutcome, RecordStore};
 use retry::{Next, RetrySchedule};
 use std::sync::Arc;
 use std::time::Instant;
@@ -264,25 +268,26 @@ impl Shared {
         let started_at_ms = model::now_epoch_millis();
         job.first_attempt_at_ms.get_or_insert(started_at_ms);
         let catalog = self.catalog.load_full();
-        let action = catalog.action(&job.action);
+        let prepared = catalog.prepared(&job.action);
+        let action = prepared.map(|(action, _)| action);
         // The metrics label: the channel's own (static) name, `none` when no channel serves it.
         let channel = action
-            .and_then(|a| self.channels.get(&a.action_type))
-            .map_or("none", |c| c.action_type());
+            .and_then(|a| self.channels.type_name(&a.action_type))
+            .unwrap_or("none");
         let clock = Instant::now();
-        let outcome = self.attempt(&job, action).await;
+        let outcome = self.attempt(&job, prepared).await;
         let took = clock.elapsed();
         let mut attempt = Attempt {
             action: job.action.clone(),
             attempt: job.attempt + 1,
             started_at_ms,
             duration_ms: clock.elapsed().as_millis() as i64,
-            outcome: "delivered".into(),
+            outcome: AttemptOutcome::Delivered,
             code: None,
             reason: None,
         };
         let failure = match outcome {
-            Outcome::Delivered => {
+            Ok(()) => {
                 self.metrics
                     .delivery_attempt(channel, metrics::Attempt::Success, took);
                 self.metrics.delivery_finished(
@@ -295,11 +300,11 @@ impl Shared {
                 self.note_attempt(&job, attempt).await;
                 return self.finish(delivery, &job).await;
             }
-            Outcome::Failed(failure) => failure,
+            Err(failure) => failure,
         };
         job.attempt += 1;
         job.failures.push(FailureReason {
-            code: failure.code,
+            code: failure.code.number(),
             reason: failure.reason.clone(),
             timestamp: started_at_ms / 1000,
         });
@@ -317,26 +322,21 @@ impl Shared {
                 why: "the action no longer exists",
             },
         };
-        let kind = if channel == "EMAIL" {
-            FailureKind::of_smtp_code(failure.code)
-        } else {
-            FailureKind::of_code(failure.code)
-        };
         let retryable = matches!(next, Next::Retry { .. });
+        let kind = failure.code.kind();
         self.metrics
             .delivery_attempt(channel, metrics::Attempt::Failure { kind, retryable }, took);
-        attempt.code = Some(failure.code);
+        attempt.code = Some(failure.code.number());
         attempt.reason = Some(failure.reason.clone());
-        attempt.outcome = if matches!(next, Next::Retry { .. }) {
-            "retrying"
+        attempt.outcome = if retryable {
+            AttemptOutcome::Retrying
         } else {
-            "failed"
-        }
-        .into();
+            AttemptOutcome::Failed
+        };
         self.note_attempt(&job, attempt).await;
         match next {
             Next::Retry { after } => {
-                tracing::warn!(event = %job.event.id, action = %job.action, attempt = job.attempt, code = failure.code, reason = %failure.reason, retry_in_ms = after.as_millis() as u64, "attempt failed; retrying");
+                tracing::warn!(event = %job.event.id, action = %job.action, attempt = job.attempt, code = failure.code.number(), reason = %failure.reason, retry_in_ms = after.as_millis() as u64, "attempt failed; retrying");
                 let payload = encode(&job);
                 // The lane stays taken while this job waits: later events with the same key
                 // wait behind it, durably.
@@ -353,7 +353,7 @@ impl Shared {
                 None
             }
             Next::GiveUp { fallback, why } => {
-                tracing::warn!(event = %job.event.id, action = %job.action, attempts = job.attempt, code = failure.code, reason = %failure.reason, why, "undelivered");
+                tracing::warn!(event = %job.event.id, action = %job.action, attempts = job.attempt, code = failure.code.number(), reason = %failure.reason, why, "undelivered");
                 let recorded = self
                     .records
                     .record(&job, DeliveryStatus::Undelivered, &job.failures)
@@ -392,22 +392,31 @@ impl Shared {
         }
     }
 
-    async fn attempt(&self, job: &DeliveryJob, action: Option<&Action>) -> Outcome {
-        let Some(action) = action else {
-            return Outcome::Failed(Failure::permanent(
-                channels::CODE_ACTION_MISSING,
+    /// One attempt through the channel, with the action as prepared when it was saved.
+    async fn attempt(
+        &self,
+        job: &DeliveryJob,
+        prepared: Option<(&Action, &Result<Prepared, ActionTypeError>)>,
+    ) -> Result<(), Failure> {
+        let Some((action, prepared)) = prepared else {
+            return Err(Failure::permanent(
+                Code::ActionMissing,
                 format!("action `{}` no longer exists", job.action),
             ));
         };
-        match self.channels.get(&action.action_type) {
-            Some(channel) => channel.deliver(job, action).await,
-            None => Outcome::Failed(Failure::permanent(
-                channels::CODE_UNSUPPORTED_TYPE,
+        match prepared {
+            Ok(prepared) => self.channels.deliver(job, action, prepared).await,
+            Err(ActionTypeError::Unknown { .. }) => Err(Failure::permanent(
+                Code::UnsupportedType,
                 format!(
                     "action type `{}` is not supported by this Tocsin version",
                     action.action_type
                 ),
             )),
+            Err(refused) => Err(Failure::bad_action(format!(
+                "action `{}`: {refused}",
+                action.name
+            ))),
         }
     }
 

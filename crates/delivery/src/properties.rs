@@ -1,12 +1,18 @@
-//! Reading an action's `properties` (a string map; ANS also allows booleans and numbers) with
-//! errors that name the property: a missing or malformed one is a permanent 906 failure, since
-//! only fixing the action helps. An empty value counts as absent.
+//! Reading an action's `properties` (a string map; ANS also allows booleans and numbers) when
+//! its channel checks it at configuration time, with errors that name the property. An empty
+//! value counts as absent. A channel reads every property it uses here, once per configuration
+//! change, into its typed configuration; attempts read only that.
 
-use crate::channels::Failure;
 use model::config::PropertyValue;
-use model::Action;
-use std::borrow::Cow;
+use model::{Action, ActionTypeError};
+use reqwest::Url;
 use std::str::FromStr;
+
+/// What a channel's check returns when a property is wrong: 400 at configuration time.
+pub type PropertyError = ActionTypeError;
+
+/// Properties every action type accepts: overrides of the retry schedule ([`crate::retry`]).
+pub const COMMON: &[&str] = &["retryMaxAttempts", "retryInitialDelayMs", "retryMaxDelayMs"];
 
 #[derive(Clone, Copy)]
 pub struct Properties<'a> {
@@ -24,17 +30,17 @@ impl<'a> Properties<'a> {
         (!value.trim().is_empty()).then_some(value)
     }
 
-    pub fn required(&self, name: &str) -> Result<String, Failure> {
+    pub fn required(&self, name: &str) -> Result<String, PropertyError> {
         self.text(name).ok_or_else(|| {
-            Failure::bad_action(format!(
-                "{} action `{}` needs the property `{name}`",
-                self.action.action_type, self.action.name
-            ))
+            PropertyError::property(
+                name,
+                format!("is required for {} actions", self.action.action_type),
+            )
         })
     }
 
     /// A boolean: JSON `true`/`false` or the text `true`/`false`.
-    pub fn flag(&self, name: &str, default: bool) -> Result<bool, Failure> {
+    pub fn flag(&self, name: &str, default: bool) -> Result<bool, PropertyError> {
         match self.action.properties.get(name) {
             None => Ok(default),
             Some(PropertyValue::Flag(flag)) => Ok(*flag),
@@ -42,22 +48,66 @@ impl<'a> Properties<'a> {
                 "" => Ok(default),
                 "true" => Ok(true),
                 "false" => Ok(false),
-                text => Err(Failure::bad_action(format!(
-                    "`{name}` must be true or false, not `{text}`"
-                ))),
+                text => Err(PropertyError::property(
+                    name,
+                    format!("must be true or false, not `{text}`"),
+                )),
             },
         }
     }
 
     /// A number (or any `FromStr` value), if set.
-    pub fn parsed<T: FromStr>(&self, name: &str) -> Result<Option<T>, Failure> {
+    pub fn parsed<T: FromStr>(&self, name: &str) -> Result<Option<T>, PropertyError> {
         self.text(name)
             .map(|text| {
                 text.trim().parse().map_err(|_| {
-                    Failure::bad_action(format!("`{name}` has an invalid value `{text}`"))
+                    PropertyError::property(name, format!("has an invalid value `{text}`"))
                 })
             })
             .transpose()
+    }
+
+    /// One of `allowed` (compared without case), if set.
+    pub fn one_of(
+        &self,
+        name: &str,
+        allowed: &[&'static str],
+    ) -> Result<Option<&'static str>, PropertyError> {
+        let Some(text) = self.text(name) else {
+            return Ok(None);
+        };
+        let wanted = text.trim();
+        allowed
+            .iter()
+            .find(|a| a.eq_ignore_ascii_case(wanted))
+            .copied()
+            .map(Some)
+            .ok_or_else(|| {
+                PropertyError::property(
+                    name,
+                    format!("must be one of {}, not `{wanted}`", allowed.join(", ")),
+                )
+            })
+    }
+
+    /// An `http` or `https` URL with a host, if set.
+    pub fn url(&self, name: &str) -> Result<Option<Url>, PropertyError> {
+        self.text(name)
+            .map(|text| parse_url(name, &text))
+            .transpose()
+    }
+
+    pub fn required_url(&self, name: &str) -> Result<Url, PropertyError> {
+        parse_url(name, &self.required(name)?)
+    }
+
+    /// The template in property `name`, if set, once it compiles.
+    pub fn template(&self, name: &str) -> Result<Option<String>, PropertyError> {
+        let Some(source) = self.text(name) else {
+            return Ok(None);
+        };
+        crate::templates::check(name, &source)?;
+        Ok(Some(source))
     }
 
     /// The properties named `{prefix}{rest}`, as `(rest, value)`.
@@ -68,16 +118,55 @@ impl<'a> Properties<'a> {
             .filter_map(move |(name, value)| Some((name.strip_prefix(prefix)?, value.to_text())))
     }
 
-    /// The template in property `name`, or `default`.
-    pub fn template(&self, name: &str, default: &'static str) -> Cow<'static, str> {
-        self.text(name).map_or(Cow::Borrowed(default), Cow::Owned)
+    /// Refuses a property that is neither in `known` (where `name.*` stands for every name
+    /// with that prefix) nor [`COMMON`]: a typo such as `destinaton` is caught when the action
+    /// is saved, not when its first alarm is lost.
+    pub fn only(&self, known: &[&str]) -> Result<(), PropertyError> {
+        let is_known = |key: &str| {
+            COMMON.contains(&key)
+                || known.iter().any(|k| match k.strip_suffix('*') {
+                    Some(prefix) => key.len() > prefix.len() && key.starts_with(prefix),
+                    None => *k == key,
+                })
+        };
+        match self.action.properties.keys().find(|key| !is_known(key)) {
+            None => Ok(()),
+            Some(unknown) => Err(PropertyError::property(
+                unknown.as_str(),
+                format!(
+                    "is not a property of {} actions; known: {}",
+                    self.action.action_type,
+                    known
+                        .iter()
+                        .chain(COMMON)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        }
     }
+}
+
+/// `value` as an `http` or `https` URL with a host.
+pub fn parse_url(property: &str, value: &str) -> Result<Url, PropertyError> {
+    let url = Url::parse(value.trim())
+        .map_err(|e| PropertyError::property(property, format!("is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(PropertyError::property(
+            property,
+            format!(
+                "must be an http or https URL with a host, not a `{}:` URL",
+                url.scheme()
+            ),
+        ));
+    }
+    Ok(url)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::CODE_BAD_ACTION;
 
     #[test]
     fn values_and_errors_name_the_property() {
@@ -85,27 +174,50 @@ mod tests {
             "name": "hook", "type": "WEB_HOOK", "state": "ENABLED",
             "properties": {"destination": "https://x", "sslTrustAll": false, "retries": "3",
                            "on": "TRUE", "empty": " ", "header.X-A": "1", "header.X-B": "2",
-                           "bad": "maybe"}
+                           "bad": "maybe", "file": "file:///etc/passwd", "method": "put",
+                           "template": "{{ event.subject"}
         }))
         .unwrap();
         let p = Properties::of(&action);
         assert_eq!(p.required("destination").unwrap(), "https://x");
-        let missing = p.required("empty").unwrap_err();
-        assert_eq!(missing.code, CODE_BAD_ACTION);
         assert_eq!(
-            missing.reason,
-            "WEB_HOOK action `hook` needs the property `empty`"
+            p.required("empty").unwrap_err().to_string(),
+            "`properties.empty` is required for WEB_HOOK actions"
         );
         assert!(!p.flag("sslTrustAll", true).unwrap());
         assert!(p.flag("on", false).unwrap());
         assert!(p.flag("absent", true).unwrap());
-        assert!(p.flag("bad", false).unwrap_err().reason.contains("`bad`"));
+        assert!(p
+            .flag("bad", false)
+            .unwrap_err()
+            .to_string()
+            .contains("`properties.bad`"));
         assert_eq!(p.parsed::<u32>("retries").unwrap(), Some(3));
         assert!(p.parsed::<u32>("destination").is_err());
         assert_eq!(
             p.prefixed("header.").collect::<Vec<_>>(),
             [("X-A", "1".to_owned()), ("X-B", "2".to_owned())]
         );
-        assert_eq!(p.template("empty", "default"), "default");
+        assert_eq!(p.one_of("method", &["POST", "PUT"]).unwrap(), Some("PUT"));
+        assert!(p
+            .one_of("bad", &["POST"])
+            .unwrap_err()
+            .to_string()
+            .contains("one of POST"));
+        assert!(p
+            .required_url("file")
+            .unwrap_err()
+            .to_string()
+            .contains("not a `file:` URL"));
+        assert!(p
+            .template("template")
+            .unwrap_err()
+            .to_string()
+            .contains("`properties.template`"));
+        let typo = p
+            .only(&["destination", "header.*"])
+            .unwrap_err()
+            .to_string();
+        assert!(typo.starts_with("`properties.bad` is not a property of WEB_HOOK actions; known: destination, header.*, retryMaxAttempts"), "{typo}");
     }
 }

@@ -61,6 +61,46 @@ const MIGRATIONS: &[&str] = &[
 /// How long the records writer waits for company before a commit; see [`RecordStore::open`].
 const RECORDS_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// How an attempt ended, as the attempts API writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptOutcome {
+    Delivered,
+    /// Failed, and will be tried again.
+    Retrying,
+    /// Failed, and given up: the event is undelivered (or handed to the fallback).
+    Failed,
+}
+
+impl AttemptOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Retrying => "retrying",
+            AttemptOutcome::Failed => "failed",
+        }
+    }
+}
+
+impl rusqlite::ToSql for AttemptOutcome {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for AttemptOutcome {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        match value.as_str()? {
+            "delivered" => Ok(AttemptOutcome::Delivered),
+            "retrying" => Ok(AttemptOutcome::Retrying),
+            "failed" => Ok(AttemptOutcome::Failed),
+            other => Err(rusqlite::types::FromSqlError::Other(
+                format!("`{other}` is not an attempt outcome").into(),
+            )),
+        }
+    }
+}
+
 /// One delivery attempt, as recorded.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -70,8 +110,7 @@ pub struct Attempt {
     pub attempt: u32,
     pub started_at_ms: i64,
     pub duration_ms: i64,
-    /// `delivered`, `retrying` or `failed`.
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -12,7 +12,8 @@
 //! A delay never reaches past the next deadline, so `fallbackTime` and `discardAfter` are met
 //! on time even when the schedule's step is longer.
 
-use crate::channels::Failure;
+use crate::failure::{Failure, Retry};
+use crate::properties::{Properties, PropertyError};
 use model::{Action, DeliveryJob};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -63,6 +64,15 @@ impl RetrySchedule {
         }
     }
 
+    /// Refuses action properties that would override the schedule with something that is not a
+    /// whole number (they are read again by [`RetrySchedule::for_action`]).
+    pub fn check_overrides(properties: &Properties) -> Result<(), PropertyError> {
+        for key in crate::properties::COMMON {
+            properties.parsed::<u64>(key)?;
+        }
+        Ok(())
+    }
+
     /// The wait after `attempts_made` failed attempts; `random` in [0, 1) picks the jitter.
     pub fn delay(&self, attempts_made: u32, random: f64) -> Duration {
         let step = self.initial_delay_ms as f64
@@ -97,11 +107,15 @@ pub fn decide(
     now_ms: i64,
     random: f64,
 ) -> Next {
-    let Some(asked) = failure.retry else {
-        return Next::GiveUp {
-            fallback: true,
-            why: "permanent failure",
-        };
+    let asked = match failure.retry {
+        Retry::Never => {
+            return Next::GiveUp {
+                fallback: true,
+                why: "permanent failure",
+            }
+        }
+        Retry::OnSchedule => None,
+        Retry::After(wait) => Some(wait),
     };
     let elapsed_ms = now_ms - job.first_attempt_at_ms.unwrap_or(now_ms);
     let deadline = |seconds: Option<u64>| {
@@ -145,6 +159,7 @@ pub fn decide(
 mod tests {
     use super::*;
     use crate::channels::tests::{action, job};
+    use crate::failure::Code;
 
     fn failed_job(attempts: u32, first_at: i64) -> DeliveryJob {
         let mut job = job(serde_json::json!({}));
@@ -188,7 +203,7 @@ mod tests {
             jitter: 0.0,
             ..Default::default()
         };
-        let transient = Failure::transient(503, "unavailable");
+        let transient = Failure::transient(Code::Http(503), "unavailable");
         let plain = action("a", "WEB_HOOK", serde_json::json!({}));
         assert_eq!(
             decide(&schedule, &plain, &failed_job(1, 0), &transient, 0, 0.5),
@@ -202,7 +217,8 @@ mod tests {
                 after: Duration::from_secs(4)
             }
         );
-        let asked = Failure::transient_after(429, "slow down", Some(Duration::from_secs(42)));
+        let asked =
+            Failure::transient_after(Code::Http(429), "slow down", Some(Duration::from_secs(42)));
         assert_eq!(
             decide(&schedule, &plain, &failed_job(1, 0), &asked, 0, 0.5),
             Next::Retry {
@@ -222,7 +238,7 @@ mod tests {
                 &schedule,
                 &plain,
                 &failed_job(1, 0),
-                &Failure::permanent(400, "bad"),
+                &Failure::permanent(Code::Http(400), "bad"),
                 0,
                 0.5
             ),

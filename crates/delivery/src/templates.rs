@@ -10,10 +10,13 @@
 //! (so `{"text": {{ event.subject }}}` is valid JSON whatever the subject holds). Helpers:
 //! `limit(n)` cuts to `n` characters with an ellipsis, `datetime` writes epoch seconds as
 //! `YYYY-MM-DD HH:MM:SS UTC`, `mrkdwn` escapes `&`, `<`, `>` for Slack. A template that does
-//! not parse or render is the action's fault: a permanent 906 failure naming the property.
+//! not parse is refused when the action is saved ([`check`]); one that fails to render (a
+//! filter given the wrong value, say) is the action's fault: a permanent 906 failure naming
+//! the property.
 
-use crate::channels::Failure;
+use crate::failure::Failure;
 use crate::lifecycle::Transition;
+use crate::properties::{Properties, PropertyError};
 use minijinja::value::{Serde, Value};
 use minijinja::{Environment, UndefinedBehavior};
 use model::{Action, DeliveryJob};
@@ -41,6 +44,48 @@ Event type: {{ event.eventType }}
 
 pub struct Templates {
     env: Environment<'static>,
+}
+
+/// Refuses a template that does not parse, naming its property.
+pub fn check(property: &str, source: &str) -> Result<(), PropertyError> {
+    Environment::new()
+        .template_from_str(source)
+        .map(drop)
+        .map_err(|e| PropertyError::property(property, format!("is not a valid template: {e}")))
+}
+
+/// An action's own subject and body templates (`subjectTemplate`, `bodyTemplate`); `None`
+/// stands for the channel's default.
+#[derive(Debug, Clone, Default)]
+pub struct Texts {
+    pub subject: Option<String>,
+    pub body: Option<String>,
+}
+
+impl Texts {
+    pub fn read(properties: &Properties) -> Result<Self, PropertyError> {
+        Ok(Texts {
+            subject: properties.template("subjectTemplate")?,
+            body: properties.template("bodyTemplate")?,
+        })
+    }
+}
+
+/// The templates of a chat message: subject and body, or `payloadTemplate` for the whole JSON
+/// payload (Slack, Teams).
+#[derive(Debug, Clone, Default)]
+pub struct MessageTemplates {
+    pub texts: Texts,
+    pub payload: Option<String>,
+}
+
+impl MessageTemplates {
+    pub fn read(properties: &Properties) -> Result<Self, PropertyError> {
+        Ok(MessageTemplates {
+            texts: Texts::read(properties)?,
+            payload: properties.template("payloadTemplate")?,
+        })
+    }
 }
 
 /// The variables a template sees.
@@ -105,26 +150,26 @@ impl Templates {
             .map_err(|e| Failure::bad_action(format!("`{property}` does not render: {e}")))
     }
 
-    /// Renders the action's `subjectTemplate` and `bodyTemplate` as text, or the channel's
-    /// defaults for them.
+    /// Renders the action's subject and body templates as text, or the channel's defaults for
+    /// them.
     pub fn subject_and_body(
         &self,
-        properties: &crate::properties::Properties,
+        texts: &Texts,
         scope: &Scope,
         default_subject: &'static str,
         default_body: &'static str,
     ) -> Result<(String, String), Failure> {
-        let render = |property: &str, default: &'static str| {
+        let render = |property: &str, own: &Option<String>, default: &'static str| {
             self.render(
                 property,
                 Format::Text,
-                &properties.template(property, default),
+                own.as_deref().unwrap_or(default),
                 scope,
             )
         };
         Ok((
-            render("subjectTemplate", default_subject)?,
-            render("bodyTemplate", default_body)?,
+            render("subjectTemplate", &texts.subject, default_subject)?,
+            render("bodyTemplate", &texts.body, default_body)?,
         ))
     }
 
@@ -194,7 +239,7 @@ pub fn datetime(seconds: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::CODE_BAD_ACTION;
+    use crate::failure::{Code, Retry};
 
     fn scope(subject: &str, tags: serde_json::Value) -> Scope {
         let job: DeliveryJob = serde_json::from_value(serde_json::json!({
@@ -266,13 +311,29 @@ mod tests {
     }
 
     #[test]
-    fn broken_templates_are_permanent_failures_naming_the_property() {
+    fn broken_templates_are_refused_or_fail_naming_the_property() {
+        let refused = check("subjectTemplate", "{{ event.subject").unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .starts_with("`properties.subjectTemplate` is not a valid template"),
+            "{refused}"
+        );
+        assert!(check("subjectTemplate", "{{ event.subject }}").is_ok());
         let t = Templates::new();
         let s = scope("x", serde_json::json!({}));
         let failure = t
-            .render("subjectTemplate", Format::Text, "{{ event.subject", &s)
+            .render(
+                "subjectTemplate",
+                Format::Text,
+                "{{ event.subject | limit('x') }}",
+                &s,
+            )
             .unwrap_err();
-        assert_eq!((failure.code, failure.retry), (CODE_BAD_ACTION, None));
+        assert_eq!(
+            (failure.code, failure.retry),
+            (Code::BadAction, Retry::Never)
+        );
         assert!(
             failure
                 .reason

@@ -157,35 +157,6 @@ impl FailureKind {
         FailureKind::Local,
     ];
 
-    /// The kind of a failure code of an HTTP channel: the destination's HTTP status, or one of
-    /// Tocsin's own codes (901–908, see the README).
-    pub fn of_code(code: i32) -> FailureKind {
-        match code {
-            401 | 403 | 407 => FailureKind::AuthError,
-            429 => FailureKind::RateLimited,
-            408 | 504 | 905 => FailureKind::Timeout,
-            400..=499 => FailureKind::ClientError,
-            500..=599 => FailureKind::ServerError,
-            901 | 902 | 906 => FailureKind::Configuration,
-            903 => FailureKind::Local,
-            904 => FailureKind::Connection,
-            907 => FailureKind::BadAnswer,
-            908 => FailureKind::CircuitOpen,
-            _ => FailureKind::ServerError,
-        }
-    }
-
-    /// The kind of a failure code of the EMAIL channel: an SMTP reply code (4xx transient, on
-    /// the server's side; 5xx permanent, the message or recipient refused), or Tocsin's own.
-    pub fn of_smtp_code(code: i32) -> FailureKind {
-        match code {
-            530 | 534 | 535 => FailureKind::AuthError,
-            421 | 450..=452 => FailureKind::ServerError,
-            400..=599 => FailureKind::ClientError,
-            other => FailureKind::of_code(other),
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             FailureKind::ClientError => "client_error",
@@ -734,7 +705,7 @@ mod tests {
     fn deliveries_count_attempts_outcomes_and_latency() {
         let metrics = Metrics::new();
         let failure = Attempt::Failure {
-            kind: FailureKind::of_code(503),
+            kind: FailureKind::ServerError,
             retryable: true,
         };
         metrics.delivery_attempt("WEB_HOOK", failure, Duration::from_millis(20));
@@ -779,42 +750,7 @@ mod tests {
     }
 
     #[test]
-    fn failure_codes_map_to_reasons() {
-        let kind = |code| FailureKind::of_code(code).as_str();
-        assert_eq!(
-            [kind(400), kind(401), kind(403), kind(404), kind(429)],
-            [
-                "client_error",
-                "auth_error",
-                "auth_error",
-                "client_error",
-                "rate_limited"
-            ]
-        );
-        assert_eq!(
-            [
-                kind(500),
-                kind(504),
-                kind(904),
-                kind(905),
-                kind(906),
-                kind(907)
-            ],
-            [
-                "server_error",
-                "timeout",
-                "connection",
-                "timeout",
-                "configuration",
-                "bad_answer"
-            ]
-        );
-        assert_eq!(kind(908), "circuit_open");
-        let smtp = |code| FailureKind::of_smtp_code(code).as_str();
-        assert_eq!(
-            [smtp(535), smtp(451), smtp(550), smtp(904)],
-            ["auth_error", "server_error", "client_error", "connection"]
-        );
+    fn rejections_are_counted_by_reason() {
         assert_eq!(RejectReason::from_status(202), None);
         assert_eq!(RejectReason::from_status(413), Some(RejectReason::TooLarge));
         assert_eq!(RejectReason::from_status(500), Some(RejectReason::Other));

@@ -2,6 +2,7 @@
 //! event must look like, subscriptions tie conditions to actions. The same types are the
 //! import/export format, so a configuration exported from SAP ANS loads as is.
 
+use crate::action_types::ActionTypeError;
 use crate::event::wire_enum;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -159,17 +160,25 @@ pub struct Configuration {
     pub subscriptions: Vec<Subscription>,
 }
 
-/// The action types Tocsin delivers. A configuration naming another type is refused, so a typo
-/// fails at configuration time instead of at 3 a.m.
-pub const ACTION_TYPES: &[&str] = &[
-    "STORE",
-    "WEB_HOOK",
-    "EMAIL",
-    "SLACK",
-    "SLACK_THREADED",
-    "MICROSOFT_TEAMS",
-    "ORACLE_B2C_INCIDENT",
-];
+/// Documented limits on what a configuration may hold (the README lists them): beyond them a
+/// save is refused, so that a pasted log or a runaway script cannot bloat every snapshot.
+pub mod limits {
+    /// Characters in the name of an action, condition or subscription.
+    pub const NAME: usize = 128;
+    /// Characters in a description.
+    pub const DESCRIPTION: usize = 1_024;
+    /// Labels on one entity, and characters in one label.
+    pub const LABELS: usize = 32;
+    pub const LABEL: usize = 128;
+    /// Properties of one action.
+    pub const PROPERTIES: usize = 100;
+    /// Characters in a property key.
+    pub const PROPERTY_KEY: usize = 128;
+    /// Characters in a property value (templates included).
+    pub const PROPERTY_VALUE: usize = 16_384;
+    /// Characters in a condition's `propertyValue`.
+    pub const CONDITION_VALUE: usize = 1_024;
+}
 
 /// The event property a condition looks at.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -270,8 +279,14 @@ pub enum ConfigurationError {
     Invalid {
         kind: &'static str,
         name: String,
-        field: &'static str,
+        field: String,
         problem: String,
+    },
+    /// The action's channel refused its type or properties.
+    #[error("action `{name}`: {error}")]
+    Action {
+        name: String,
+        error: ActionTypeError,
     },
 }
 
@@ -279,13 +294,13 @@ impl ConfigurationError {
     fn invalid(
         kind: &'static str,
         name: &str,
-        field: &'static str,
+        field: impl Into<String>,
         problem: impl Into<String>,
     ) -> Self {
         ConfigurationError::Invalid {
             kind,
             name: name.to_owned(),
-            field,
+            field: field.into(),
             problem: problem.into(),
         }
     }
@@ -300,6 +315,14 @@ fn check_name(kind: &'static str, name: &str) -> Result<(), ConfigurationError> 
             "must not be empty",
         ));
     }
+    if name.chars().count() > limits::NAME {
+        return Err(ConfigurationError::invalid(
+            kind,
+            &shortened(name),
+            "name",
+            format!("is longer than {} characters", limits::NAME),
+        ));
+    }
     if name.contains(['/', '?', '#']) {
         return Err(ConfigurationError::invalid(
             kind,
@@ -311,21 +334,86 @@ fn check_name(kind: &'static str, name: &str) -> Result<(), ConfigurationError> 
     Ok(())
 }
 
+/// A name cut for a message, so that a refused 10,000-character name is not echoed whole.
+fn shortened(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// Checks what every entity has besides its name: the description and the labels.
+fn check_text_fields(
+    kind: &'static str,
+    name: &str,
+    description: Option<&str>,
+    labels: &[String],
+) -> Result<(), ConfigurationError> {
+    let too_long = |field: &str, limit: usize| {
+        ConfigurationError::invalid(
+            kind,
+            name,
+            field,
+            format!("is longer than {limit} characters"),
+        )
+    };
+    if description.is_some_and(|d| d.chars().count() > limits::DESCRIPTION) {
+        return Err(too_long("description", limits::DESCRIPTION));
+    }
+    if labels.len() > limits::LABELS {
+        return Err(ConfigurationError::invalid(
+            kind,
+            name,
+            "labels",
+            format!("has more than {} labels", limits::LABELS),
+        ));
+    }
+    if let Some(i) = labels
+        .iter()
+        .position(|l| l.chars().count() > limits::LABEL)
+    {
+        return Err(too_long(&format!("labels[{i}]"), limits::LABEL));
+    }
+    Ok(())
+}
+
 impl Action {
-    /// Checks the action on its own (its fallback is checked with the whole configuration).
+    /// Checks the action on its own, as far as the model knows it: its name, sizes and limits.
+    /// Its type and properties are checked by its channel ([`crate::ActionTypes`]), its fallback with
+    /// the whole configuration.
     pub fn check(&self) -> Result<(), ConfigurationError> {
         check_name("action", &self.name)?;
-        if !ACTION_TYPES.contains(&self.action_type.as_str()) {
+        check_text_fields(
+            "action",
+            &self.name,
+            self.description.as_deref(),
+            &self.labels,
+        )?;
+        if self.properties.len() > limits::PROPERTIES {
             return Err(ConfigurationError::invalid(
                 "action",
                 &self.name,
-                "type",
-                format!(
-                    "`{}` is not a supported action type; supported: {}",
-                    self.action_type,
-                    ACTION_TYPES.join(", ")
-                ),
+                "properties",
+                format!("has more than {} properties", limits::PROPERTIES),
             ));
+        }
+        for (key, value) in &self.properties {
+            if key.chars().count() > limits::PROPERTY_KEY {
+                return Err(ConfigurationError::invalid(
+                    "action",
+                    &self.name,
+                    format!("properties.{}", shortened(key)),
+                    format!("is a key longer than {} characters", limits::PROPERTY_KEY),
+                ));
+            }
+            if value.to_text().chars().count() > limits::PROPERTY_VALUE {
+                return Err(ConfigurationError::invalid(
+                    "action",
+                    &self.name,
+                    format!("properties.{key}"),
+                    format!("is longer than {} characters", limits::PROPERTY_VALUE),
+                ));
+            }
         }
         Ok(())
     }
@@ -334,6 +422,24 @@ impl Action {
 impl Condition {
     pub fn check(&self) -> Result<(), ConfigurationError> {
         check_name("condition", &self.name)?;
+        check_text_fields(
+            "condition",
+            &self.name,
+            self.description.as_deref(),
+            &self.labels,
+        )?;
+        if self
+            .property_value
+            .as_ref()
+            .is_some_and(|v| v.chars().count() > limits::CONDITION_VALUE)
+        {
+            return Err(ConfigurationError::invalid(
+                "condition",
+                &self.name,
+                "propertyValue",
+                format!("is longer than {} characters", limits::CONDITION_VALUE),
+            ));
+        }
         if PropertyKey::parse(&self.property_key).is_none() {
             return Err(ConfigurationError::invalid(
                 "condition",
@@ -372,14 +478,21 @@ impl Condition {
 
 impl Subscription {
     pub fn check(&self) -> Result<(), ConfigurationError> {
-        check_name("subscription", &self.name)
+        check_name("subscription", &self.name)?;
+        check_text_fields(
+            "subscription",
+            &self.name,
+            self.description.as_deref(),
+            &self.labels,
+        )
     }
 }
 
 impl Configuration {
-    /// Checks every entity, that names are unique, that subscriptions name only what exists,
-    /// and that fallback actions exist and never lead back to where they started.
-    pub fn check(&self) -> Result<(), ConfigurationError> {
+    /// Checks every entity on its own, that names are unique, that subscriptions name only what
+    /// exists, and that fallback actions exist and never lead back to where they started. The
+    /// actions' types and properties are their channels' to check ([`crate::Catalog::new`]).
+    pub fn check_structure(&self) -> Result<(), ConfigurationError> {
         fn unique<'a>(
             kind: &'static str,
             names: impl Iterator<Item = &'a str>,

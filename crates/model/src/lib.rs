@@ -7,6 +7,7 @@
 //! Field names and field sets follow the SAP Alert Notification service API to the byte: the
 //! official Java client rejects unknown fields, so nothing here serializes an extra one.
 
+pub mod action_types;
 pub mod bus;
 pub mod catalog;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod event;
 pub mod secrets;
 pub mod validate;
 
+pub use action_types::{ActionTypeError, ActionTypes, AnyActionType, Prepared};
 pub use bus::{DeliveryJob, IngestedEvent};
 pub use catalog::{Catalog, SharedCatalog};
 pub use config::{

@@ -1,10 +1,11 @@
 //! Credentials in action properties are stored but never shown: every API answer, export and
 //! log sees [`masked`] actions. A property is secret when its key says so (password, token,
-//! secret, …); URLs lose their user-info and query values everywhere, and their whole path for
-//! the destinations whose URL *is* the credential (Slack and Teams webhooks).
+//! secret, …); URLs lose their user-info and query values everywhere, and their whole path where
+//! the action's channel says the URL *is* the credential (Slack and Teams webhooks).
 //! When a client sends back a masked value — as the SAP clients do after a read — the stored
 //! value is kept ([`restore`]).
 
+use crate::action_types::ActionTypes;
 use crate::config::{Action, PropertyValue};
 
 /// What a masked secret reads as.
@@ -20,9 +21,6 @@ const SECRET_WORDS: &[&str] = &[
     "credential",
     "authorization",
 ];
-
-/// Action types whose URL property carries the secret in its path.
-const SECRET_PATH_TYPES: &[&str] = &["SLACK", "MICROSOFT_TEAMS"];
 
 fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase().replace(['_', '-'], "");
@@ -58,21 +56,26 @@ fn mask_url(value: &str, hide_path: bool) -> Option<String> {
     (masked != value).then_some(masked)
 }
 
-fn masked_value(action_type: &str, key: &str, value: &PropertyValue) -> Option<PropertyValue> {
+fn masked_value(
+    types: &dyn ActionTypes,
+    action_type: &str,
+    key: &str,
+    value: &PropertyValue,
+) -> Option<PropertyValue> {
     if is_secret_key(key) {
         return Some(PropertyValue::Text(MASK.into()));
     }
     let PropertyValue::Text(text) = value else {
         return None;
     };
-    mask_url(text, SECRET_PATH_TYPES.contains(&action_type)).map(PropertyValue::Text)
+    mask_url(text, types.url_is_credential(action_type, key)).map(PropertyValue::Text)
 }
 
 /// The action as it may be shown: secrets masked.
-pub fn masked(action: &Action) -> Action {
+pub fn masked(action: &Action, types: &dyn ActionTypes) -> Action {
     let mut shown = action.clone();
     for (key, value) in shown.properties.iter_mut() {
-        if let Some(masked) = masked_value(&action.action_type, key, value) {
+        if let Some(masked) = masked_value(types, &action.action_type, key, value) {
             *value = masked;
         }
     }
@@ -89,11 +92,15 @@ pub struct MaskedSecret {
 
 /// Replaces every property of `incoming` that was sent back in its masked form with the stored
 /// value of `stored` (the same action before the change).
-pub fn restore(incoming: &mut Action, stored: Option<&Action>) -> Result<(), MaskedSecret> {
+pub fn restore(
+    incoming: &mut Action,
+    stored: Option<&Action>,
+    types: &dyn ActionTypes,
+) -> Result<(), MaskedSecret> {
     for (key, value) in incoming.properties.iter_mut() {
         let previous = stored.and_then(|s| s.properties.get(key));
         let sent_back_masked = previous.is_some_and(|previous| {
-            masked_value(&incoming.action_type, key, previous).as_ref() == Some(value)
+            masked_value(types, &incoming.action_type, key, previous).as_ref() == Some(value)
         });
         if sent_back_masked {
             *value = previous.expect("checked").clone();
@@ -110,6 +117,18 @@ pub fn restore(incoming: &mut Action, stored: Option<&Action>) -> Result<(), Mas
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Slack's webhook URL is a credential, as the delivery crate's registry says.
+    struct SlackUrls;
+
+    impl ActionTypes for SlackUrls {
+        fn prepare(&self, _: &Action) -> Result<crate::Prepared, crate::ActionTypeError> {
+            Ok(std::sync::Arc::new(()))
+        }
+        fn url_is_credential(&self, action_type: &str, property: &str) -> bool {
+            action_type == "SLACK" && property == "webhookUrl"
+        }
+    }
 
     fn action(action_type: &str, properties: &[(&str, &str)]) -> Action {
         serde_json::from_value(serde_json::json!({
@@ -138,7 +157,7 @@ mod tests {
                 ("method", "POST"),
             ],
         );
-        let shown = masked(&stored);
+        let shown = masked(&stored, &SlackUrls);
         assert_eq!(
             text(&shown, "destination"),
             "https://********@example.com/hook?token=********&x=********"
@@ -151,10 +170,13 @@ mod tests {
             "a key naming a token is secret"
         );
         assert_eq!(text(&shown, "method"), "POST");
-        let slack = masked(&action(
-            "SLACK",
-            &[("webhookUrl", "https://hooks.slack.com/services/T0/B0/XyZ")],
-        ));
+        let slack = masked(
+            &action(
+                "SLACK",
+                &[("webhookUrl", "https://hooks.slack.com/services/T0/B0/XyZ")],
+            ),
+            &SlackUrls,
+        );
         assert_eq!(
             text(&slack, "webhookUrl"),
             "https://hooks.slack.com/********"
@@ -170,11 +192,11 @@ mod tests {
                 ("password", "p"),
             ],
         );
-        let mut update = masked(&stored);
+        let mut update = masked(&stored, &SlackUrls);
         update
             .properties
             .insert("channel".into(), PropertyValue::Text("#ops".into()));
-        restore(&mut update, Some(&stored)).unwrap();
+        restore(&mut update, Some(&stored), &SlackUrls).unwrap();
         assert_eq!(
             text(&update, "webhookUrl"),
             "https://hooks.slack.com/services/T0/B0/XyZ"
@@ -182,16 +204,16 @@ mod tests {
         assert_eq!(text(&update, "password"), "p");
         assert_eq!(text(&update, "channel"), "#ops");
 
-        let mut changed = masked(&stored);
+        let mut changed = masked(&stored, &SlackUrls);
         changed
             .properties
             .insert("password".into(), PropertyValue::Text("new".into()));
-        restore(&mut changed, Some(&stored)).unwrap();
+        restore(&mut changed, Some(&stored), &SlackUrls).unwrap();
         assert_eq!(text(&changed, "password"), "new");
 
-        let mut orphan = masked(&stored);
+        let mut orphan = masked(&stored, &SlackUrls);
         assert!(
-            restore(&mut orphan, None).is_err(),
+            restore(&mut orphan, None, &SlackUrls).is_err(),
             "nothing to restore from"
         );
     }

@@ -8,7 +8,7 @@
 
 use crate::store::{ChangeError, ConfigStore};
 use model::config::EntityMeta;
-use model::{secrets, Action, Condition, Configuration, Subscription};
+use model::{secrets, Action, ActionTypes, Condition, Configuration, Subscription};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -31,11 +31,15 @@ pub trait Entity: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     fn all(configuration: &Configuration) -> &Vec<Self>;
     fn all_mut(configuration: &mut Configuration) -> &mut Vec<Self>;
     /// The entity as answers show it.
-    fn shown(&self) -> Self {
+    fn shown(&self, _types: &dyn ActionTypes) -> Self {
         self.clone()
     }
     /// Readies an incoming entity, given the stored one of the same name.
-    fn prepare(&mut self, _stored: Option<&Self>) -> Result<(), ChangeError> {
+    fn prepare(
+        &mut self,
+        _stored: Option<&Self>,
+        _types: &dyn ActionTypes,
+    ) -> Result<(), ChangeError> {
         Ok(())
     }
     /// The entities that refer to the one named `name` and so keep it from being deleted.
@@ -68,11 +72,15 @@ impl Entity for Action {
     fn all_mut(configuration: &mut Configuration) -> &mut Vec<Self> {
         &mut configuration.actions
     }
-    fn shown(&self) -> Self {
-        secrets::masked(self)
+    fn shown(&self, types: &dyn ActionTypes) -> Self {
+        secrets::masked(self, types)
     }
-    fn prepare(&mut self, stored: Option<&Self>) -> Result<(), ChangeError> {
-        Ok(secrets::restore(self, stored)?)
+    fn prepare(
+        &mut self,
+        stored: Option<&Self>,
+        types: &dyn ActionTypes,
+    ) -> Result<(), ChangeError> {
+        Ok(secrets::restore(self, stored, types)?)
     }
     fn used_by(configuration: &Configuration, name: &str) -> Vec<String> {
         let mut users = subscriptions_using(configuration, |s| s.actions.iter().any(|a| a == name));
@@ -227,7 +235,7 @@ fn entity_routes<E: Entity>(
                 .iter()
                 .find(|e| e.name() == name)
             {
-                Some(entity) => json_reply(StatusCode::OK, &entity.shown()),
+                Some(entity) => json_reply(StatusCode::OK, &entity.shown(store.action_types())),
                 None => error_reply(ChangeError::NotFound {
                     kind: E::KIND,
                     name,
@@ -243,7 +251,7 @@ fn entity_routes<E: Entity>(
             let outcome = async {
                 let mut entity: E = parse(E::KIND, &body)?;
                 store
-                    .change(move |configuration| {
+                    .change(move |configuration, types| {
                         if E::all(configuration)
                             .iter()
                             .any(|e| e.name() == entity.name())
@@ -254,7 +262,7 @@ fn entity_routes<E: Entity>(
                                 entity.name()
                             )));
                         }
-                        entity.prepare(None)?;
+                        entity.prepare(None, types)?;
                         *entity.meta_mut() =
                             EntityMeta::stamped(None, model::now_epoch_seconds(), new_id);
                         E::all_mut(configuration).push(entity.clone());
@@ -263,7 +271,7 @@ fn entity_routes<E: Entity>(
                     .await
             };
             match outcome.await {
-                Ok(entity) => json_reply(StatusCode::CREATED, &entity.shown()),
+                Ok(entity) => json_reply(StatusCode::CREATED, &entity.shown(store.action_types())),
                 Err(e) => error_reply(e),
             }
         });
@@ -284,7 +292,7 @@ fn entity_routes<E: Entity>(
                         )));
                     }
                     store
-                        .change(move |configuration| {
+                        .change(move |configuration, types| {
                             let all = E::all_mut(configuration);
                             let Some(stored) = all.iter_mut().find(|e| e.name() == name) else {
                                 return Err(ChangeError::NotFound {
@@ -292,7 +300,7 @@ fn entity_routes<E: Entity>(
                                     name,
                                 });
                             };
-                            entity.prepare(Some(stored))?;
+                            entity.prepare(Some(stored), types)?;
                             let previous = stored.meta_mut().clone();
                             *entity.meta_mut() = EntityMeta::stamped(
                                 Some(&previous),
@@ -305,7 +313,7 @@ fn entity_routes<E: Entity>(
                         .await
                 };
                 match outcome.await {
-                    Ok(entity) => json_reply(StatusCode::OK, &entity.shown()),
+                    Ok(entity) => json_reply(StatusCode::OK, &entity.shown(store.action_types())),
                     Err(e) => error_reply(e),
                 }
             },
@@ -313,7 +321,7 @@ fn entity_routes<E: Entity>(
     let delete = member.and(warp::delete()).and(guard).and(store).then(
         |name: String, store: Arc<ConfigStore>| async move {
             let outcome = store
-                .change(|configuration| {
+                .change(|configuration, _| {
                     let users = E::used_by(configuration, &name);
                     if !users.is_empty() {
                         return Err(ChangeError::Conflict(format!(
@@ -389,7 +397,7 @@ fn list<E: Entity>(query: &HashMap<String, String>, store: &ConfigStore) -> Resp
         .iter()
         .skip(page.saturating_mul(page_size))
         .take(page_size)
-        .map(Entity::shown)
+        .map(|e| e.shown(store.action_types()))
         .collect();
     json_reply(
         StatusCode::OK,
@@ -406,9 +414,15 @@ fn list<E: Entity>(query: &HashMap<String, String>, store: &ConfigStore) -> Resp
 }
 
 /// The configuration as export shows it: secrets masked.
-fn exported(configuration: &Configuration) -> Configuration {
+fn exported(store: &ConfigStore) -> Configuration {
+    let current = store.current();
+    let configuration = current.configuration();
     Configuration {
-        actions: configuration.actions.iter().map(Entity::shown).collect(),
+        actions: configuration
+            .actions
+            .iter()
+            .map(|a| a.shown(store.action_types()))
+            .collect(),
         ..configuration.clone()
     }
 }
@@ -418,11 +432,17 @@ fn exported(configuration: &Configuration) -> Configuration {
 pub fn replace(
     configuration: &mut Configuration,
     mut incoming: Configuration,
+    types: &dyn ActionTypes,
 ) -> Result<(), ChangeError> {
-    fn stamp<E: Entity>(incoming: &mut [E], stored: &[E], now: i64) -> Result<(), ChangeError> {
+    fn stamp<E: Entity>(
+        incoming: &mut [E],
+        stored: &[E],
+        now: i64,
+        types: &dyn ActionTypes,
+    ) -> Result<(), ChangeError> {
         for entity in incoming {
             let previous = stored.iter().find(|s| s.name() == entity.name());
-            entity.prepare(previous)?;
+            entity.prepare(previous, types)?;
             let own = entity.meta_mut().clone();
             let basis = if own.id.is_some() {
                 Some(own)
@@ -434,12 +454,18 @@ pub fn replace(
         Ok(())
     }
     let now = model::now_epoch_seconds();
-    stamp(&mut incoming.actions, &configuration.actions, now)?;
-    stamp(&mut incoming.conditions, &configuration.conditions, now)?;
+    stamp(&mut incoming.actions, &configuration.actions, now, types)?;
+    stamp(
+        &mut incoming.conditions,
+        &configuration.conditions,
+        now,
+        types,
+    )?;
     stamp(
         &mut incoming.subscriptions,
         &configuration.subscriptions,
         now,
+        types,
     )?;
     *configuration = incoming;
     Ok(())
@@ -458,12 +484,7 @@ fn configuration_routes(
         .clone()
         .and(warp::get())
         .and(guard.clone())
-        .map(move || {
-            json_reply(
-                StatusCode::OK,
-                &exported(export_store.current().configuration()),
-            )
-        });
+        .map(move || json_reply(StatusCode::OK, &exported(&export_store)));
     let import_store = Arc::clone(store);
     let import = path
         .and(warp::post())
@@ -475,9 +496,9 @@ fn configuration_routes(
                 let outcome = async {
                     let incoming: Configuration = parse("configuration", &body)?;
                     store
-                        .change(|configuration| replace(configuration, incoming))
+                        .change(|configuration, types| replace(configuration, incoming, types))
                         .await?;
-                    Ok::<_, ChangeError>(exported(store.current().configuration()))
+                    Ok::<_, ChangeError>(exported(&store))
                 };
                 match outcome.await {
                     Ok(configuration) => json_reply(StatusCode::CREATED, &configuration),

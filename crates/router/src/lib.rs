@@ -239,9 +239,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue = Arc::new(EmbeddedBus::open(&dir.path().join("queue.db"), None).unwrap());
         let bus: Arc<dyn Bus> = queue.clone();
-        let store = ConfigStore::open(&dir.path().join("config.db"), Arc::clone(&bus))
-            .await
-            .unwrap();
+        let store = ConfigStore::open(
+            &dir.path().join("config.db"),
+            Arc::clone(&bus),
+            Arc::new(model::AnyActionType),
+        )
+        .await
+        .unwrap();
         let configuration: Configuration = serde_json::from_value(json!({
             "actions": [
                 {"name": "x", "type": "STORE", "state": "ENABLED"},
@@ -258,7 +262,7 @@ mod tests {
         }))
         .unwrap();
         store
-            .change(|c| api::replace(c, configuration))
+            .change(|c, types| api::replace(c, configuration, types))
             .await
             .unwrap();
         let metrics = Arc::new(Metrics::new());

@@ -16,7 +16,7 @@
 use bus::Bus;
 use model::config::ConfigurationError;
 use model::secrets::MaskedSecret;
-use model::{Catalog, Configuration, SharedCatalog};
+use model::{ActionTypes, Catalog, Configuration, SharedCatalog};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -68,12 +68,19 @@ pub struct ConfigStore {
     version: AtomicI64,
     /// The bus shared with other processes.
     bus: Arc<dyn Bus>,
+    /// The channels, which check every action and prepare it for delivery.
+    types: Arc<dyn ActionTypes>,
 }
 
 impl ConfigStore {
     /// Opens the store, publishes the stored configuration (empty the first time), and catches
-    /// up with any newer one the other processes on `bus` have.
-    pub async fn open(path: &Path, bus: Arc<dyn Bus>) -> Result<Self, ChangeError> {
+    /// up with any newer one the other processes on `bus` have. Every change is checked by
+    /// `types`, the channels.
+    pub async fn open(
+        path: &Path,
+        bus: Arc<dyn Bus>,
+        types: Arc<dyn ActionTypes>,
+    ) -> Result<Self, ChangeError> {
         let db = Database::open(path, MIGRATIONS, Durability::Full, None)?;
         let stored: Option<(String, i64)> = db
             .read(|c| {
@@ -97,10 +104,11 @@ impl ConfigStore {
         };
         let store = ConfigStore {
             db,
-            catalog: Catalog::new(configuration)?.shared(),
+            catalog: Catalog::load(configuration, &*types)?.shared(),
             change_lock: Mutex::new(()),
             version: AtomicI64::new(version),
             bus,
+            types,
         };
         store.refresh().await;
         Ok(store)
@@ -109,6 +117,11 @@ impl ConfigStore {
     /// The catalog that routing and delivery read; it follows every change.
     pub fn catalog(&self) -> SharedCatalog {
         Arc::clone(&self.catalog)
+    }
+
+    /// The action types this installation delivers (to mask and restore action secrets).
+    pub fn action_types(&self) -> &dyn ActionTypes {
+        &*self.types
     }
 
     /// The configuration as it is now.
@@ -133,15 +146,15 @@ impl ConfigStore {
     /// returned.
     pub async fn change<T>(
         &self,
-        change: impl FnOnce(&mut Configuration) -> Result<T, ChangeError>,
+        change: impl FnOnce(&mut Configuration, &dyn ActionTypes) -> Result<T, ChangeError>,
     ) -> Result<T, ChangeError> {
         // Build on the newest configuration, wherever it was changed. Two processes changing
         // at the same instant both succeed, and the later version wins everywhere.
         self.refresh().await;
         let _serialized = self.change_lock.lock().await;
         let mut configuration = self.current().configuration().clone();
-        let outcome = change(&mut configuration)?;
-        let catalog = Catalog::new(configuration).map_err(|e| match e {
+        let outcome = change(&mut configuration, &*self.types)?;
+        let catalog = Catalog::new(configuration, &*self.types).map_err(|e| match e {
             ConfigurationError::Duplicate { .. } => ChangeError::Conflict(e.to_string()),
             other => ChangeError::Invalid(other),
         })?;
@@ -185,7 +198,7 @@ impl ConfigStore {
         let Some(snapshot) = newest else { return };
         let version = snapshot.version;
         let adopted = async {
-            let catalog = Catalog::new(snapshot.configuration)?;
+            let catalog = Catalog::load(snapshot.configuration, &*self.types)?;
             self.persist(catalog, version).await
         };
         match adopted.await {

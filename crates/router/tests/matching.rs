@@ -8,6 +8,11 @@ use proptest::prelude::*;
 use router::matcher::Matcher;
 use serde_json::json;
 
+/// The routing side alone: any action type is accepted, none is delivered.
+fn catalog(configuration: Configuration) -> Result<Catalog, model::config::ConfigurationError> {
+    Catalog::new(configuration, &model::AnyActionType)
+}
+
 fn event(priority: Option<i32>, tags: serde_json::Value) -> ResourceEvent {
     let mut value = json!({
         "id": "e", "eventType": "HighCPU", "severity": "ERROR", "category": "ALERT",
@@ -26,7 +31,7 @@ fn one_condition(key: &str, predicate: &str, value: Option<&str>) -> Catalog {
     if let Some(v) = value {
         condition["propertyValue"] = json!(v);
     }
-    Catalog::new(serde_json::from_value::<Configuration>(json!({
+    catalog(serde_json::from_value::<Configuration>(json!({
         "actions": [{"name": "a", "type": "STORE", "state": "ENABLED"}],
         "conditions": [condition],
         "subscriptions": [{"name": "s", "state": "ENABLED", "conditions": ["c"], "actions": ["a"]}]
@@ -133,7 +138,7 @@ fn combination(mandatory: &[&str]) -> Catalog {
     .iter()
     .map(|(name, key, value)| json!({"name": name, "propertyKey": key, "predicate": "EQUALS", "propertyValue": value, "mandatory": mandatory.contains(name)}))
     .collect();
-    Catalog::new(serde_json::from_value::<Configuration>(json!({
+    catalog(serde_json::from_value::<Configuration>(json!({
         "actions": [{"name": "a", "type": "STORE", "state": "ENABLED"}],
         "conditions": conditions,
         "subscriptions": [{"name": "s", "state": "ENABLED", "conditions": ["sev-fatal", "sev-error", "type-cpu", "type-disk", "zone-eu"], "actions": ["a"]}]
@@ -195,7 +200,7 @@ fn same_key_is_or_different_keys_are_and_mandatory_must_all_hold() {
 
 #[test]
 fn states_snoozes_and_empty_condition_lists() {
-    let catalog = Catalog::new(serde_json::from_value::<Configuration>(json!({
+    let catalog = catalog(serde_json::from_value::<Configuration>(json!({
         "actions": [
             {"name": "on", "type": "STORE", "state": "ENABLED"},
             {"name": "off", "type": "STORE", "state": "DISABLED"},
@@ -390,7 +395,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
     #[test]
     fn the_indexed_matcher_agrees_with_the_reference(configuration in arb_configuration(), events in prop::collection::vec(arb_event(), 1..6), now in 0i64..25) {
-        let catalog = Catalog::new(configuration.clone()).unwrap();
+        let catalog = catalog(configuration.clone()).unwrap();
         let matcher = Matcher::new(&catalog);
         for event in &events {
             let mut got: Vec<String> = matcher.select(event, now).into_iter().map(str::to_owned).collect();

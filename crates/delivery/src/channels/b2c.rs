@@ -35,13 +35,13 @@
 //! and timeouts are retryable, after `osvc-crest-next-request-after` (ms) when given; 4xx are
 //! not, except 409 on create (the next attempt looks up first).
 
-use super::{Channel, Failure, Outcome, Tools, CODE_BAD_ANSWER, CODE_LOCAL_STORAGE};
-use crate::http::{parse_url, Reply};
+use super::{Channel, Tools};
+use crate::failure::{Code, Failure, Retry};
+use crate::http::Reply;
 use crate::lifecycle::Transition;
 use crate::links::{Link, LinkState};
-use crate::properties::Properties;
-use crate::templates::{Scope, EVENT_AS_TEXT};
-use async_trait::async_trait;
+use crate::properties::{Properties, PropertyError};
+use crate::templates::{Scope, Texts, EVENT_AS_TEXT};
 use model::{Action, DeliveryJob, ResourceEvent, Severity};
 use reqwest::header::{HeaderValue, ACCEPT};
 use reqwest::{Method, Url};
@@ -74,7 +74,27 @@ struct Site {
     trust_all: bool,
 }
 
-/// What an incident looks like on that site.
+/// How incidents are kept on that site: the action's incident properties, parsed.
+struct IncidentRules {
+    primary_contact: i64,
+    queue: Option<i64>,
+    /// Lookup names by severity name (`severity_CRITICAL` → `CRITICAL`).
+    severities: HashMap<String, String>,
+    status_firing: String,
+    status_ok: String,
+    key_field: String,
+    reopen: bool,
+    entry_type: String,
+    texts: Texts,
+}
+
+/// An `ORACLE_B2C_INCIDENT` action's properties, parsed.
+pub struct B2cConfig {
+    site: Site,
+    rules: IncidentRules,
+}
+
+/// What an incident looks like on that site for one event.
 struct Incident {
     primary_contact: i64,
     queue: Option<i64>,
@@ -95,10 +115,14 @@ impl B2cIncidentChannel {
         }
     }
 
-    async fn attempt(&self, job: &DeliveryJob, action: &Action) -> Result<(), Failure> {
-        let p = Properties::of(action);
-        let site = site(&p)?;
-        let incident = self.incident(job, action, &p)?;
+    async fn attempt(
+        &self,
+        job: &DeliveryJob,
+        action: &Action,
+        config: &B2cConfig,
+    ) -> Result<(), Failure> {
+        let site = &config.site;
+        let incident = self.incident(job, action, &config.rules)?;
         let event = &job.event;
         let key = event.source_event_id().unwrap_or(&event.id);
         let scope = format!("{}|{}", action.name, site.base);
@@ -114,7 +138,7 @@ impl B2cIncidentChannel {
         if let Some(pending) = link.clone().filter(|l| l.state == LinkState::Pending) {
             let previous = pending.target.parse::<i64>().ok();
             let found = self
-                .find(&site, &incident.key_field, key)
+                .find(site, &incident.key_field, key)
                 .await?
                 .filter(|id| previous.is_none_or(|previous| *id > previous));
             match found {
@@ -143,14 +167,12 @@ impl B2cIncidentChannel {
         let transition = Transition::of(event);
         let Some(link) = link else {
             if transition != Transition::Close {
-                return self
-                    .create(&site, &incident, &scope, key, event, None)
-                    .await;
+                return self.create(site, &incident, &scope, key, event, None).await;
             }
             // Nothing on record: the map may have been lost, so ask the site.
-            return match self.find(&site, &incident.key_field, key).await? {
+            return match self.find(site, &incident.key_field, key).await? {
                 Some(id) => {
-                    self.update(&site, id, &incident, Some(&incident.status_ok))
+                    self.update(site, id, &incident, Some(&incident.status_ok))
                         .await?;
                     self.record(&scope, key, &link_to(LinkState::Closed, id, event))
                         .await
@@ -172,20 +194,19 @@ impl B2cIncidentChannel {
             (Transition::Close, true) => (Some(&incident.status_ok), LinkState::Closed),
             (Transition::Open, false) if !incident.reopen => {
                 return self
-                    .create(&site, &incident, &scope, key, event, Some(id))
+                    .create(site, &incident, &scope, key, event, Some(id))
                     .await
             }
             (Transition::Open, false) => (Some(&incident.status_firing), LinkState::Open),
             (_, _) => (None, link.state),
         };
         match self
-            .update(&site, id, &incident, status.map(String::as_str))
+            .update(site, id, &incident, status.map(String::as_str))
             .await
         {
             // The incident was deleted on the site: a firing starts a new one.
-            Err(gone) if gone.code == 404 && transition == Transition::Open => {
-                self.create(&site, &incident, &scope, key, event, None)
-                    .await
+            Err(gone) if gone.code == Code::Http(404) && transition == Transition::Open => {
+                self.create(site, &incident, &scope, key, event, None).await
             }
             Err(failure) => Err(failure),
             Ok(()) => self.record(&scope, key, &link_to(state, id, event)).await,
@@ -226,8 +247,8 @@ impl B2cIncidentChannel {
             .call(site, Method::POST, "incidents", Some(&body))
             .await
             .map_err(|mut failure| {
-                if failure.code == 409 {
-                    failure.retry = Some(None); // the next attempt looks it up first
+                if failure.code == Code::Http(409) {
+                    failure.retry = Retry::OnSchedule; // the next attempt looks it up first
                 }
                 failure
             })?;
@@ -237,7 +258,7 @@ impl B2cIncidentChannel {
             .ok_or_else(|| {
                 // It may exist all the same: the link stays pending, so a retry looks first.
                 Failure::transient(
-                    CODE_BAD_ANSWER,
+                    Code::BadAnswer,
                     format!(
                         "{} created an incident without saying its id: {}",
                         reply.destination,
@@ -279,7 +300,7 @@ impl B2cIncidentChannel {
         let reply = self.call_url(site, Method::GET, url, None).await?;
         let answer: Value = serde_json::from_slice(&reply.body).map_err(|_| {
             Failure::transient(
-                CODE_BAD_ANSWER,
+                Code::BadAnswer,
                 format!("{} answered the look-up with no JSON", reply.destination),
             )
         })?;
@@ -350,8 +371,8 @@ impl B2cIncidentChannel {
             .headers
             .get(NEXT_REQUEST_AFTER)
             .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-        if let (Some(ms), Some(_)) = (next_after, &failure.retry) {
-            failure.retry = Some(Some(Duration::from_millis(ms)));
+        if let (Some(ms), true) = (next_after, failure.is_retryable()) {
+            failure.retry = Retry::After(Duration::from_millis(ms));
         }
         Err(failure)
     }
@@ -360,43 +381,23 @@ impl B2cIncidentChannel {
         &self,
         job: &DeliveryJob,
         action: &Action,
-        p: &Properties,
+        rules: &IncidentRules,
     ) -> Result<Incident, Failure> {
-        let key_field = p
-            .text("keyField")
-            .unwrap_or_else(|| "oci_dedupe_key".into());
-        if key_field.is_empty()
-            || !key_field
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            return Err(Failure::bad_action(
-                "`keyField` must be a custom field name (letters, digits, `_`)",
-            ));
-        }
         let scope = Scope::new(job, action);
-        let templates = &self.tools.templates;
-        let (subject, text) = templates.subject_and_body(p, &scope, SUBJECT, EVENT_AS_TEXT)?;
-        let entry_type = p.text("threadEntryType").unwrap_or_else(|| "Note".into());
-        let primary_contact = p
-            .required("primaryContactId")?
-            .trim()
-            .parse()
-            .map_err(|_| {
-                Failure::bad_action("`primaryContactId` must be a contact id (a number)")
-            })?;
+        let (subject, text) =
+            self.tools
+                .templates
+                .subject_and_body(&rules.texts, &scope, SUBJECT, EVENT_AS_TEXT)?;
         Ok(Incident {
-            primary_contact,
-            queue: p.parsed("queueId")?,
-            severity: severity(p, &job.event),
-            status_firing: p
-                .text("status_FIRING")
-                .unwrap_or_else(|| "Unresolved".into()),
-            status_ok: p.text("status_OK").unwrap_or_else(|| "Solved".into()),
-            key_field,
-            reopen: p.flag("reopen", true)?,
+            primary_contact: rules.primary_contact,
+            queue: rules.queue,
+            severity: severity(&rules.severities, &job.event),
+            status_firing: rules.status_firing.clone(),
+            status_ok: rules.status_ok.clone(),
+            key_field: rules.key_field.clone(),
+            reopen: rules.reopen,
             subject,
-            thread: json!({"text": text, "entryType": {"lookupName": entry_type}}),
+            thread: json!({"text": text, "entryType": {"lookupName": rules.entry_type}}),
         })
     }
 
@@ -405,24 +406,94 @@ impl B2cIncidentChannel {
     }
 }
 
-#[async_trait]
 impl Channel for B2cIncidentChannel {
-    fn action_type(&self) -> &'static str {
-        "ORACLE_B2C_INCIDENT"
+    const TYPE: &'static str = "ORACLE_B2C_INCIDENT";
+    const PROPERTIES: &'static [&'static str] = &[
+        "hostname",
+        "baseUrl",
+        "username",
+        "password",
+        "apiVersion",
+        "applicationContext",
+        "primaryContactId",
+        "queueId",
+        "severity_*",
+        "status_FIRING",
+        "status_OK",
+        "keyField",
+        "reopen",
+        "threadEntryType",
+        "subjectTemplate",
+        "bodyTemplate",
+        "sslTrustAll",
+    ];
+    type Config = B2cConfig;
+
+    fn configure(p: &Properties) -> Result<B2cConfig, PropertyError> {
+        Ok(B2cConfig {
+            site: site(p)?,
+            rules: rules(p)?,
+        })
     }
 
-    async fn deliver(&self, job: &DeliveryJob, action: &Action) -> Outcome {
-        self.attempt(job, action).await.into()
+    async fn deliver(
+        &self,
+        job: &DeliveryJob,
+        action: &Action,
+        config: &B2cConfig,
+    ) -> Result<(), Failure> {
+        self.attempt(job, action, config).await
     }
 }
 
-fn site(p: &Properties) -> Result<Site, Failure> {
-    let mut root = match (p.text("baseUrl"), p.text("hostname")) {
-        (Some(url), _) => parse_url("baseUrl", &url)?,
-        (None, Some(host)) => parse_url("hostname", &format!("https://{}", host.trim()))?,
+fn rules(p: &Properties) -> Result<IncidentRules, PropertyError> {
+    let key_field = p
+        .text("keyField")
+        .unwrap_or_else(|| "oci_dedupe_key".into());
+    if !key_field
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(PropertyError::property(
+            "keyField",
+            "must be a custom field name (letters, digits, `_`)",
+        ));
+    }
+    let primary_contact = p
+        .required("primaryContactId")?
+        .trim()
+        .parse()
+        .map_err(|_| {
+            PropertyError::property("primaryContactId", "must be a contact id (a number)")
+        })?;
+    Ok(IncidentRules {
+        primary_contact,
+        queue: p.parsed("queueId")?,
+        severities: p
+            .prefixed("severity_")
+            .map(|(name, lookup)| (name.to_owned(), lookup))
+            .collect(),
+        status_firing: p
+            .text("status_FIRING")
+            .unwrap_or_else(|| "Unresolved".into()),
+        status_ok: p.text("status_OK").unwrap_or_else(|| "Solved".into()),
+        key_field,
+        reopen: p.flag("reopen", true)?,
+        entry_type: p.text("threadEntryType").unwrap_or_else(|| "Note".into()),
+        texts: Texts::read(p)?,
+    })
+}
+
+fn site(p: &Properties) -> Result<Site, PropertyError> {
+    let mut root = match (p.url("baseUrl")?, p.text("hostname")) {
+        (Some(url), _) => url,
+        (None, Some(host)) => {
+            crate::properties::parse_url("hostname", &format!("https://{}", host.trim()))?
+        }
         (None, None) => {
-            return Err(Failure::bad_action(
-                "ORACLE_B2C_INCIDENT needs `hostname` or `baseUrl`",
+            return Err(PropertyError::property(
+                "hostname",
+                "or `baseUrl` is required for ORACLE_B2C_INCIDENT actions",
             ))
         }
     };
@@ -434,9 +505,10 @@ fn site(p: &Properties) -> Result<Site, Failure> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '.')
     {
-        return Err(Failure::bad_action(format!(
-            "`apiVersion` `{version}` is not a version like v1.4"
-        )));
+        return Err(PropertyError::property(
+            "apiVersion",
+            format!("`{version}` is not a version like v1.4"),
+        ));
     }
     let base = root
         .join(&format!("services/rest/connect/{version}/"))
@@ -445,8 +517,9 @@ fn site(p: &Properties) -> Result<Site, Failure> {
         .text("applicationContext")
         .unwrap_or_else(|| "Tocsin".into());
     if context.chars().count() > 40 || HeaderValue::from_str(&context).is_err() {
-        return Err(Failure::bad_action(
-            "`applicationContext` must be at most 40 plain characters",
+        return Err(PropertyError::property(
+            "applicationContext",
+            "must be at most 40 plain characters",
         ));
     }
     Ok(Site {
@@ -460,13 +533,18 @@ fn site(p: &Properties) -> Result<Site, Failure> {
 
 /// The severity lookup name: by the OCI severity (`oci:severity` tag), then by the event's
 /// severity (FATAL also as CRITICAL, its OCI name).
-fn severity(p: &Properties, event: &ResourceEvent) -> Option<String> {
+fn severity(severities: &HashMap<String, String>, event: &ResourceEvent) -> Option<String> {
     let oci = event.tag("oci:severity").map(str::to_ascii_uppercase);
     let critical = (event.severity == Severity::Fatal).then(|| "CRITICAL".to_owned());
     [oci, Some(event.severity.as_str().to_owned()), critical]
         .into_iter()
         .flatten()
-        .find_map(|name| p.text(&format!("severity_{name}")))
+        .find_map(|name| {
+            severities
+                .get(&name)
+                .filter(|l| !l.trim().is_empty())
+                .cloned()
+        })
 }
 
 /// What the site said went wrong: `o:errorCode title: detail` from its JSON error body.
@@ -498,7 +576,7 @@ fn link_to(state: LinkState, id: i64, event: &ResourceEvent) -> Link {
 /// The link map failed: Tocsin's own storage, worth retrying.
 fn local(error: impl ToString) -> Failure {
     Failure::transient(
-        CODE_LOCAL_STORAGE,
+        Code::LocalStorage,
         format!("the incident link map: {}", error.to_string()),
     )
 }
@@ -506,8 +584,9 @@ fn local(error: impl ToString) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::tests::{action, job_with_id, tools};
-    use crate::channels::{ChannelSettings, CODE_BAD_ACTION, CODE_TIMEOUT};
+    use crate::channels::tests::{action, attempt, job_with_id, tools};
+    use crate::channels::ChannelSettings;
+    use crate::failure::{Code, Retry};
     use base64::engine::general_purpose::STANDARD as BASE64;
     use base64::Engine;
     use wiremock::matchers::{method, path, query_param};
@@ -593,7 +672,7 @@ mod tests {
         let ok = alarm("e3", "dk-1", "CLOSE", "[OK] Test Alert");
         let again = alarm("e4", "dk-1", "CREATE_OR_UPDATE", "[FIRING] Test Alert");
         for job in [&firing, &repeat, &repeat, &ok, &again] {
-            assert_eq!(channel.deliver(job, &action).await, Outcome::Delivered);
+            assert_eq!(attempt(&channel, job, &action).await, Ok(()));
         }
 
         let sent = requests(&server).await;
@@ -691,7 +770,7 @@ mod tests {
             alarm("e3", "dk", "CREATE_OR_UPDATE", "c"),
             alarm("e4", "dk", "COMMENT", "d"),
         ] {
-            assert_eq!(channel.deliver(&job, &action).await, Outcome::Delivered);
+            assert_eq!(attempt(&channel, &job, &action).await, Ok(()));
         }
         let sent = requests(&server).await;
         let summary: Vec<(&str, &str)> = sent
@@ -753,15 +832,18 @@ mod tests {
         let channel = B2cIncidentChannel::new(Tools::open(dir.path(), &settings).unwrap());
         let action = b2c_action(&server, json!({}));
         let firing = alarm("e1", "dk-'q", "CREATE_OR_UPDATE", "a");
-        let Outcome::Failed(timeout) = channel.deliver(&firing, &action).await else {
+        let Err(timeout) = attempt(&channel, &firing, &action).await else {
             panic!("the create was answered in time");
         };
-        assert_eq!((timeout.code, timeout.retry), (CODE_TIMEOUT, Some(None)));
+        assert_eq!(
+            (timeout.code, timeout.retry),
+            (Code::Timeout, Retry::OnSchedule)
+        );
         // The retry of the same event finds the incident its create made: nothing more to send.
-        assert_eq!(channel.deliver(&firing, &action).await, Outcome::Delivered);
+        assert_eq!(attempt(&channel, &firing, &action).await, Ok(()));
         // The repeat goes to that incident.
         let repeat = alarm("e2", "dk-'q", "CREATE_OR_UPDATE", "b");
-        assert_eq!(channel.deliver(&repeat, &action).await, Outcome::Delivered);
+        assert_eq!(attempt(&channel, &repeat, &action).await, Ok(()));
     }
 
     #[tokio::test]
@@ -802,19 +884,22 @@ mod tests {
             }
             let channel = &channel;
             async move {
-                match channel
-                    .deliver(&alarm("e1", site, "CREATE_OR_UPDATE", "s"), &action)
-                    .await
+                match attempt(
+                    channel,
+                    &alarm("e1", site, "CREATE_OR_UPDATE", "s"),
+                    &action,
+                )
+                .await
                 {
-                    Outcome::Failed(f) => f,
-                    Outcome::Delivered => panic!("{site} delivered"),
+                    Err(f) => f,
+                    Ok(()) => panic!("{site} delivered"),
                 }
             }
         };
         let throttled = fail("throttled", json!({})).await;
         assert_eq!(
             (throttled.code, throttled.retry),
-            (503, Some(Some(Duration::from_millis(2500))))
+            (Code::Http(503), Retry::After(Duration::from_millis(2500)))
         );
         assert!(
             throttled
@@ -824,26 +909,35 @@ mod tests {
             throttled.reason
         );
         let refused = fail("refused", json!({})).await;
-        assert_eq!((refused.code, refused.retry), (400, None));
+        assert_eq!(
+            (refused.code, refused.retry),
+            (Code::Http(400), Retry::Never)
+        );
         assert!(
             refused.reason.ends_with("OSC-CREST-00006: An attempt to write a resource failed: Invalid ID: No such Contact with ID = 209"),
             "{}",
             refused.reason
         );
         let locked = fail("locked", json!({})).await;
-        assert_eq!((locked.code, locked.retry), (401, None));
+        assert_eq!((locked.code, locked.retry), (Code::Http(401), Retry::Never));
         assert!(!locked.reason.contains("pw"));
         for (extra, complaint) in [
-            (json!({"primaryContactId": "someone"}), "`primaryContactId`"),
+            (
+                json!({"primaryContactId": "someone"}),
+                "`properties.primaryContactId`",
+            ),
             (
                 json!({"applicationContext": "x".repeat(41)}),
-                "`applicationContext`",
+                "`properties.applicationContext`",
             ),
-            (json!({"keyField": "a = 1 OR 1"}), "`keyField`"),
-            (json!({"apiVersion": "../v1"}), "`apiVersion`"),
+            (json!({"keyField": "a = 1 OR 1"}), "`properties.keyField`"),
+            (json!({"apiVersion": "../v1"}), "`properties.apiVersion`"),
         ] {
             let failure = fail("", extra).await;
-            assert_eq!((failure.code, failure.retry), (CODE_BAD_ACTION, None));
+            assert_eq!(
+                (failure.code, failure.retry),
+                (Code::BadAction, Retry::Never)
+            );
             assert!(failure.reason.contains(complaint), "{}", failure.reason);
         }
     }

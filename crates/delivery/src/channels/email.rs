@@ -4,7 +4,8 @@
 //! `smtpHost`, `smtpPort` (default 587, 465 with `TLS`, 25 with `NONE`), `smtpSecurity`
 //! (`STARTTLS`, required — the default; `TLS`, TLS from the first byte; `NONE`, plaintext
 //! for a trusted local relay), `username` + `password` (SMTP AUTH), `sslTrustAll`,
-//! `subjectTemplate`, `bodyTemplate` (the plain-text part) and `htmlTemplate` (the HTML part,
+//! `subjectTemplate`, `bodyTemplate` (the plain-text part; ANS calls it `payloadTemplate`,
+//! which is taken when `bodyTemplate` is not set) and `htmlTemplate` (the HTML part,
 //! values HTML-escaped). The defaults show the subject (marked `Resolved:` when the event
 //! closes its alert), the body, severity, resource, time, event type and the event's links.
 //!
@@ -14,11 +15,11 @@
 //! A server that does not offer STARTTLS when it is required is a permanent 906: the mail and
 //! the credentials are never sent in plaintext.
 
-use super::{Channel, Failure, Outcome, Tools, CODE_CONNECTION, CODE_TIMEOUT};
+use super::{Channel, Tools};
+use crate::failure::{Code, Failure};
 use crate::http::chain;
-use crate::properties::Properties;
-use crate::templates::{Format, Scope, EVENT_AS_TEXT};
-use async_trait::async_trait;
+use crate::properties::{Properties, PropertyError};
+use crate::templates::{Format, Scope, Texts, EVENT_AS_TEXT};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
@@ -57,58 +58,155 @@ impl EmailChannel {
         EmailChannel { tools }
     }
 
-    async fn attempt(&self, job: &DeliveryJob, action: &Action) -> Result<(), Failure> {
-        let p = Properties::of(action);
-        let host = p.required("smtpHost")?.trim().to_owned();
-        let security = match p
-            .text("smtpSecurity")
-            .map(|s| s.trim().to_ascii_uppercase())
-            .as_deref()
-        {
+    fn message(
+        &self,
+        job: &DeliveryJob,
+        action: &Action,
+        config: &EmailConfig,
+    ) -> Result<Message, Failure> {
+        let mut builder = Message::builder().from(config.from.clone());
+        for recipient in &config.to {
+            builder = builder.to(recipient.clone());
+        }
+        let scope = Scope::new(job, action);
+        let render = |property: &str,
+                      format: Format,
+                      own: &Option<String>,
+                      default: &'static str| {
+            self.tools
+                .templates
+                .render(property, format, own.as_deref().unwrap_or(default), &scope)
+        };
+        let subject = render(
+            "subjectTemplate",
+            Format::Text,
+            &config.texts.subject,
+            SUBJECT,
+        )?;
+        let text = render(
+            "bodyTemplate",
+            Format::Text,
+            &config.texts.body,
+            EVENT_AS_TEXT,
+        )?;
+        let html = render("htmlTemplate", Format::Html, &config.html, HTML)?;
+        builder
+            .subject(subject.replace(['\r', '\n'], " "))
+            .multipart(MultiPart::alternative_plain_html(text, html))
+            .map_err(|e| Failure::bad_action(format!("cannot build the mail: {e}")))
+    }
+}
+
+/// An `EMAIL` action's properties, parsed.
+pub struct EmailConfig {
+    host: String,
+    port: u16,
+    security: Security,
+    trust_all: bool,
+    credentials: Option<Credentials>,
+    from: Mailbox,
+    to: Vec<Mailbox>,
+    texts: Texts,
+    html: Option<String>,
+}
+
+impl Channel for EmailChannel {
+    const TYPE: &'static str = "EMAIL";
+    const PROPERTIES: &'static [&'static str] = &[
+        "destination",
+        "from",
+        "smtpHost",
+        "smtpPort",
+        "smtpSecurity",
+        "username",
+        "password",
+        "sslTrustAll",
+        "subjectTemplate",
+        "bodyTemplate",
+        "payloadTemplate",
+        "htmlTemplate",
+    ];
+    type Config = EmailConfig;
+
+    fn configure(p: &Properties) -> Result<EmailConfig, PropertyError> {
+        let security = match p.one_of("smtpSecurity", &["STARTTLS", "TLS", "NONE"])? {
             None | Some("STARTTLS") => Security::StartTls,
             Some("TLS") => Security::Tls,
-            Some("NONE") => Security::Plain,
-            Some(other) => {
-                return Err(Failure::bad_action(format!(
-                    "`smtpSecurity` must be STARTTLS, TLS or NONE, not `{other}`"
-                )))
-            }
+            Some(_) => Security::Plain,
         };
         let port = p.parsed::<u16>("smtpPort")?.unwrap_or(match security {
             Security::StartTls => 587,
             Security::Tls => 465,
             Security::Plain => 25,
         });
-        let message = self.message(job, action)?;
+        let mailbox = |property: &str, text: &str| {
+            text.trim().parse::<Mailbox>().map_err(|e| {
+                PropertyError::property(property, format!("has an invalid address `{text}`: {e}"))
+            })
+        };
+        let to = p
+            .required("destination")?
+            .split([',', ';'])
+            .filter(|r| !r.trim().is_empty())
+            .map(|r| mailbox("destination", r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let credentials = match p.text("username") {
+            Some(username) => Some(Credentials::new(username, p.required("password")?)),
+            None => None,
+        };
+        let mut texts = Texts::read(p)?;
+        if texts.body.is_none() {
+            texts.body = p.template("payloadTemplate")?;
+        }
+        Ok(EmailConfig {
+            host: p.required("smtpHost")?.trim().to_owned(),
+            port,
+            security,
+            trust_all: p.flag("sslTrustAll", false)?,
+            credentials,
+            from: mailbox("from", &p.required("from")?)?,
+            to,
+            texts,
+            html: p.template("htmlTemplate")?,
+        })
+    }
 
+    async fn deliver(
+        &self,
+        job: &DeliveryJob,
+        action: &Action,
+        config: &EmailConfig,
+    ) -> Result<(), Failure> {
+        let message = self.message(job, action, config)?;
+        let host = &config.host;
         let tls_parameters = || {
             TlsParameters::builder(host.clone())
-                .dangerous_accept_invalid_certs(p.flag("sslTrustAll", false)?)
+                .dangerous_accept_invalid_certs(config.trust_all)
                 .build_rustls()
                 .map_err(|e| Failure::bad_action(format!("TLS for `smtpHost`: {}", chain(&e))))
         };
-        let tls = match security {
+        let tls = match config.security {
             Security::StartTls => Tls::Required(tls_parameters()?),
             Security::Tls => Tls::Wrapper(tls_parameters()?),
             Security::Plain => Tls::None,
         };
         let timeout = self.tools.http.timeout();
-        let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host)
-            .port(port)
+        let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+            .port(config.port)
             .tls(tls)
             .timeout(Some(timeout));
-        if let Some(username) = p.text("username") {
-            transport = transport.credentials(Credentials::new(username, p.required("password")?));
+        if let Some(credentials) = &config.credentials {
+            transport = transport.credentials(credentials.clone());
         }
         let transport = transport.build();
 
-        let shown = format!("smtp://{host}:{port}");
+        let shown = format!("smtp://{host}:{}", config.port);
         let _slot = self.tools.http.reserve(&shown, &shown, timeout).await?;
         transport.send(message).await.map(drop).map_err(|e| {
             let detail = chain(&e);
             match e.status() {
                 Some(code) => {
-                    let code = i32::from(u16::from(code));
+                    let code = Code::Smtp(u16::from(code));
                     let reason = format!("{shown} answered {detail}");
                     if e.is_transient() {
                         Failure::transient(code, reason)
@@ -117,62 +215,21 @@ impl EmailChannel {
                     }
                 }
                 None if e.is_timeout() => Failure::transient(
-                    CODE_TIMEOUT,
+                    Code::Timeout,
                     format!("{shown}: no answer within {} ms", timeout.as_millis()),
                 ),
                 None if e.is_client() => Failure::bad_action(format!("{shown}: {detail}")),
-                None => Failure::transient(CODE_CONNECTION, format!("{shown}: {detail}")),
+                None => Failure::transient(Code::Connection, format!("{shown}: {detail}")),
             }
         })
-    }
-
-    fn message(&self, job: &DeliveryJob, action: &Action) -> Result<Message, Failure> {
-        let p = Properties::of(action);
-        let mailbox = |property: &str, text: &str| {
-            text.trim().parse::<Mailbox>().map_err(|e| {
-                Failure::bad_action(format!("`{property}` has an invalid address `{text}`: {e}"))
-            })
-        };
-        let mut builder = Message::builder().from(mailbox("from", &p.required("from")?)?);
-        let recipients = p.required("destination")?;
-        for recipient in recipients
-            .split([',', ';'])
-            .filter(|r| !r.trim().is_empty())
-        {
-            builder = builder.to(mailbox("destination", recipient)?);
-        }
-        let scope = Scope::new(job, action);
-        let render = |property: &str, format: Format, default: &'static str| {
-            self.tools
-                .templates
-                .render(property, format, &p.template(property, default), &scope)
-        };
-        let subject = render("subjectTemplate", Format::Text, SUBJECT)?;
-        let text = render("bodyTemplate", Format::Text, EVENT_AS_TEXT)?;
-        let html = render("htmlTemplate", Format::Html, HTML)?;
-        builder
-            .subject(subject.replace(['\r', '\n'], " "))
-            .multipart(MultiPart::alternative_plain_html(text, html))
-            .map_err(|e| Failure::bad_action(format!("cannot build the mail: {e}")))
-    }
-}
-
-#[async_trait]
-impl Channel for EmailChannel {
-    fn action_type(&self) -> &'static str {
-        "EMAIL"
-    }
-
-    async fn deliver(&self, job: &DeliveryJob, action: &Action) -> Outcome {
-        self.attempt(job, action).await.into()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::tests::{action, job, tools};
-    use crate::channels::CODE_BAD_ACTION;
+    use crate::channels::tests::{action, attempt, job, tools};
+    use crate::failure::{Code, Retry};
     use base64::engine::general_purpose::STANDARD as BASE64;
     use base64::Engine;
     use serde_json::json;
@@ -350,7 +407,7 @@ mod tests {
             json!({"username": "mailer", "password": "pw"}),
         );
         let job = job(json!({"ans:detailsLink": "https://console.example/a?x=1&y=2"}));
-        assert_eq!(channel.deliver(&job, &action).await, Outcome::Delivered);
+        assert_eq!(attempt(&channel, &job, &action).await, Ok(()));
 
         let session = wait_for_sessions(&sessions, 1).await.remove(0);
         let auth = format!("AUTH PLAIN {}", BASE64.encode("\0mailer\0pw"));
@@ -405,24 +462,34 @@ mod tests {
             let action = email_action(port, destination, json!({}));
             let channel = &channel;
             async move {
-                match channel.deliver(&job(json!({})), &action).await {
-                    Outcome::Failed(f) => f,
-                    Outcome::Delivered => panic!("{destination} delivered"),
+                match attempt(channel, &job(json!({})), &action).await {
+                    Err(f) => f,
+                    Ok(()) => panic!("{destination} delivered"),
                 }
             }
         };
         let unknown = fail("nobody@example.com").await;
-        assert_eq!((unknown.code, unknown.retry), (550, None));
+        assert_eq!(
+            (unknown.code, unknown.retry),
+            (Code::Smtp(550), Retry::Never)
+        );
         assert!(
             unknown.reason.contains("No such user here"),
             "{}",
             unknown.reason
         );
         let busy = fail("busy@example.com").await;
-        assert_eq!((busy.code, busy.retry), (451, Some(None)));
+        assert_eq!(
+            (busy.code, busy.retry),
+            (Code::Smtp(451), Retry::OnSchedule)
+        );
         let bad = fail("not an address").await;
-        assert_eq!((bad.code, bad.retry), (CODE_BAD_ACTION, None));
-        assert!(bad.reason.contains("`destination`"), "{}", bad.reason);
+        assert_eq!((bad.code, bad.retry), (Code::BadAction, Retry::Never));
+        assert!(
+            bad.reason.contains("`properties.destination`"),
+            "{}",
+            bad.reason
+        );
     }
 
     #[tokio::test]
@@ -435,12 +502,12 @@ mod tests {
             "ops@example.com",
             json!({"smtpSecurity": "STARTTLS", "username": "mailer", "password": "pw"}),
         );
-        let Outcome::Failed(failure) = channel.deliver(&job(json!({})), &action).await else {
+        let Err(failure) = attempt(&channel, &job(json!({})), &action).await else {
             panic!("delivered without STARTTLS");
         };
         assert_eq!(
             (failure.code, failure.retry),
-            (CODE_BAD_ACTION, None),
+            (Code::BadAction, Retry::Never),
             "{}",
             failure.reason
         );
@@ -458,12 +525,12 @@ mod tests {
         let closed_port = closed.local_addr().unwrap().port();
         drop(closed);
         let action = email_action(closed_port, "ops@example.com", json!({}));
-        let Outcome::Failed(failure) = channel.deliver(&job(json!({})), &action).await else {
+        let Err(failure) = attempt(&channel, &job(json!({})), &action).await else {
             panic!("delivered to a closed port");
         };
         assert_eq!(
             (failure.code, failure.retry),
-            (CODE_CONNECTION, Some(None)),
+            (Code::Connection, Retry::OnSchedule),
             "{}",
             failure.reason
         );
@@ -480,8 +547,8 @@ mod tests {
                 "ops@example.com",
                 json!({"smtpSecurity": security, "sslTrustAll": true, "username": "mailer", "password": "pw"}),
             );
-            let outcome = channel.deliver(&job(json!({})), &action).await;
-            assert_eq!(outcome, Outcome::Delivered, "{security}");
+            let outcome = attempt(&channel, &job(json!({})), &action).await;
+            assert_eq!(outcome, Ok(()), "{security}");
             let session = wait_for_sessions(&sessions, 1).await.remove(0);
             assert_eq!(
                 session.mail_over_tls,
@@ -501,10 +568,10 @@ mod tests {
         // Without sslTrustAll, the self-signed certificate is refused before anything is sent.
         let (port, sessions) = smtp_server(Listen::Tls).await;
         let action = email_action(port, "ops@example.com", json!({"smtpSecurity": "TLS"}));
-        let Outcome::Failed(failure) = channel.deliver(&job(json!({})), &action).await else {
+        let Err(failure) = attempt(&channel, &job(json!({})), &action).await else {
             panic!("an untrusted certificate was accepted");
         };
-        assert_eq!(failure.code, CODE_CONNECTION);
+        assert_eq!(failure.code, Code::Connection);
         assert!(failure.reason.contains("certificate"), "{}", failure.reason);
         assert!(sessions.lock().unwrap().is_empty());
     }

@@ -1,13 +1,14 @@
-//! Channels: one per action `type`, each in its own file, each implementing [`Channel`].
-//! Adding one means writing the file and registering it in [`Channels::open`]; nothing else.
+//! Channels: one per action `type`, each in its own module, each implementing [`Channel`].
+//! Adding one means writing its module and adding one line to the registry in
+//! [`Channels::open`]; nothing else lists action types.
 //!
-//! A channel gets the job (the event) and the action (its properties), makes one attempt and
-//! says how it ended: [`Outcome::Delivered`], or a [`Failure`] with a code, a reason fit for
-//! the undelivered record (never a secret), and whether trying again can help. Channels share
-//! their plumbing through [`Tools`]: the HTTP client with its per-destination limits
-//! ([`crate::http`]), the template engine ([`crate::templates`]), the action-property readers
-//! ([`crate::properties`]) and the map from alert keys to what a destination created for them
-//! ([`crate::links`]).
+//! A channel owns everything about its type: its name, the properties it knows, a pure check
+//! that parses an action's properties into its typed configuration (run when the action is
+//! saved: a wrong property is a 400 then, not a failed alarm later), which of its URL
+//! properties are credentials, and one attempt, which ends delivered or with a [`Failure`].
+//! Channels share their plumbing through [`Tools`]: the HTTP client with its per-destination
+//! limits ([`crate::http`]), the template engine ([`crate::templates`]) and the map from alert
+//! keys to what a destination created for them ([`crate::links`]).
 
 mod b2c;
 mod email;
@@ -17,111 +18,89 @@ mod store;
 mod teams;
 mod webhook;
 
-pub use b2c::B2cIncidentChannel;
-pub use email::EmailChannel;
-pub use slack::SlackChannel;
-pub use slack_threaded::SlackThreadedChannel;
-pub use store::StoreChannel;
-pub use teams::TeamsChannel;
-pub use webhook::WebhookChannel;
-
+use crate::failure::Failure;
 use crate::http::Http;
 use crate::links::Links;
+use crate::properties::{Properties, PropertyError};
 use crate::templates::Templates;
 use async_trait::async_trait;
-use model::{Action, DeliveryJob};
+use model::{Action, ActionTypeError, ActionTypes, DeliveryJob, Prepared};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-/// Failure code: the job names an action that is no longer configured.
-pub const CODE_ACTION_MISSING: i32 = 901;
-/// Failure code: no channel serves the action's type.
-pub const CODE_UNSUPPORTED_TYPE: i32 = 902;
-/// Failure code: Tocsin could not record the outcome locally.
-pub const CODE_LOCAL_STORAGE: i32 = 903;
-/// Failure code: the destination could not be reached, or the connection broke.
-pub const CODE_CONNECTION: i32 = 904;
-/// Failure code: no answer in time (or no free slot for the destination in that time).
-pub const CODE_TIMEOUT: i32 = 905;
-/// Failure code: the action's properties are missing, invalid, or a template does not render.
-pub const CODE_BAD_ACTION: i32 = 906;
-/// Failure code: the destination answered with success but its answer reports an error, or
-/// cannot be used (Slack `ok:false`, an incident created without an id).
-pub const CODE_BAD_ANSWER: i32 = 907;
-/// Failure code: the destination's circuit is open — it failed too often in a row, so Tocsin
-/// does not try it again until the next probe.
-pub const CODE_CIRCUIT_OPEN: i32 = 908;
-
-/// How one delivery attempt ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    Delivered,
-    Failed(Failure),
-}
-
-impl From<Result<(), Failure>> for Outcome {
-    fn from(result: Result<(), Failure>) -> Self {
-        match result {
-            Ok(()) => Outcome::Delivered,
-            Err(failure) => Outcome::Failed(failure),
-        }
-    }
-}
-
-/// Why an attempt failed, and whether trying again can help.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Failure {
-    /// The destination's status (HTTP, or SMTP for email), or one of the `CODE_*` constants.
-    pub code: i32,
-    pub reason: String,
-    /// `None`: permanent. `Some(None)`: retry on the usual schedule. `Some(Some(d))`: the
-    /// destination asked for `d`.
-    pub retry: Option<Option<Duration>>,
-}
-
-impl Failure {
-    pub fn permanent(code: i32, reason: impl Into<String>) -> Self {
-        Failure {
-            code,
-            reason: reason.into(),
-            retry: None,
-        }
-    }
-
-    pub fn transient(code: i32, reason: impl Into<String>) -> Self {
-        Failure {
-            code,
-            reason: reason.into(),
-            retry: Some(None),
-        }
-    }
-
-    /// Retryable, after `after` when the destination said how long to wait.
-    pub fn transient_after(code: i32, reason: impl Into<String>, after: Option<Duration>) -> Self {
-        Failure {
-            code,
-            reason: reason.into(),
-            retry: Some(after),
-        }
-    }
-
-    /// The action is configured wrongly: permanent until someone fixes it.
-    pub fn bad_action(reason: impl Into<String>) -> Self {
-        Failure::permanent(CODE_BAD_ACTION, reason)
-    }
-}
-
-/// Delivers a job for an action of one type.
-#[async_trait]
-pub trait Channel: Send + Sync {
+/// Delivers jobs for the actions of one type.
+pub trait Channel: Send + Sync + 'static {
     /// The action `type` this channel serves, e.g. `STORE`.
-    fn action_type(&self) -> &'static str;
+    const TYPE: &'static str;
+    /// The properties it reads (`name.*`: every name with that prefix); any other property is
+    /// refused, except the retry overrides every type accepts.
+    const PROPERTIES: &'static [&'static str];
+    /// Properties whose URL is itself a credential, so that its whole path is masked.
+    const CREDENTIAL_URLS: &'static [&'static str] = &[];
+    /// An action's properties, checked and parsed.
+    type Config: Send + Sync + 'static;
+
+    /// Checks an action's properties and parses them; pure, run when the action is saved.
+    fn configure(properties: &Properties) -> Result<Self::Config, PropertyError>;
 
     /// Makes one attempt.
-    async fn deliver(&self, job: &DeliveryJob, action: &Action) -> Outcome;
+    fn deliver(
+        &self,
+        job: &DeliveryJob,
+        action: &Action,
+        config: &Self::Config,
+    ) -> impl Future<Output = Result<(), Failure>> + Send;
+}
+
+/// A [`Channel`] behind the registry: its configuration travels as a [`Prepared`].
+#[async_trait]
+trait Registered: Send + Sync {
+    fn action_type(&self) -> &'static str;
+    fn credential_urls(&self) -> &'static [&'static str];
+    fn prepare(&self, action: &Action) -> Result<Prepared, PropertyError>;
+    async fn deliver(
+        &self,
+        job: &DeliveryJob,
+        action: &Action,
+        prepared: &Prepared,
+    ) -> Result<(), Failure>;
+}
+
+#[async_trait]
+impl<C: Channel> Registered for C {
+    fn action_type(&self) -> &'static str {
+        C::TYPE
+    }
+
+    fn credential_urls(&self) -> &'static [&'static str] {
+        C::CREDENTIAL_URLS
+    }
+
+    fn prepare(&self, action: &Action) -> Result<Prepared, PropertyError> {
+        let properties = Properties::of(action);
+        properties.only(C::PROPERTIES)?;
+        crate::retry::RetrySchedule::check_overrides(&properties)?;
+        Ok(Arc::new(C::configure(&properties)?))
+    }
+
+    async fn deliver(
+        &self,
+        job: &DeliveryJob,
+        action: &Action,
+        prepared: &Prepared,
+    ) -> Result<(), Failure> {
+        let config = prepared.downcast_ref::<C::Config>().ok_or_else(|| {
+            Failure::bad_action(format!(
+                "action `{}` was prepared for another type than {}",
+                action.name,
+                C::TYPE
+            ))
+        })?;
+        Channel::deliver(self, job, action, config).await
+    }
 }
 
 /// The `[channels]` settings: how Tocsin treats the destinations it talks to.
@@ -174,10 +153,10 @@ impl Tools {
     }
 }
 
-/// The channels by action type.
+/// The channels by action type: the registry.
 #[derive(Clone)]
 pub struct Channels {
-    by_type: HashMap<&'static str, Arc<dyn Channel>>,
+    by_type: HashMap<&'static str, Arc<dyn Registered>>,
     http: Arc<Http>,
 }
 
@@ -190,19 +169,31 @@ impl Channels {
     ) -> Result<Self, storage::StorageError> {
         let tools = Tools::open(data_dir, settings)?;
         let http = Arc::clone(&tools.http);
-        let all: Vec<Arc<dyn Channel>> = vec![
-            Arc::new(StoreChannel::new(records)),
-            Arc::new(WebhookChannel::new(tools.clone())),
-            Arc::new(SlackChannel::new(tools.clone())),
-            Arc::new(SlackThreadedChannel::new(tools.clone())),
-            Arc::new(TeamsChannel::new(tools.clone())),
-            Arc::new(EmailChannel::new(tools.clone())),
-            Arc::new(B2cIncidentChannel::new(tools)),
+        let all: Vec<Arc<dyn Registered>> = vec![
+            Arc::new(store::StoreChannel::new(records)),
+            Arc::new(webhook::WebhookChannel::new(tools.clone())),
+            Arc::new(slack::SlackChannel::new(tools.clone())),
+            Arc::new(slack_threaded::SlackThreadedChannel::new(tools.clone())),
+            Arc::new(teams::TeamsChannel::new(tools.clone())),
+            Arc::new(email::EmailChannel::new(tools.clone())),
+            Arc::new(b2c::B2cIncidentChannel::new(tools)),
         ];
         Ok(Channels {
             by_type: all.into_iter().map(|c| (c.action_type(), c)).collect(),
             http,
         })
+    }
+
+    /// The action types served, sorted.
+    pub fn types(&self) -> Vec<&'static str> {
+        let mut types: Vec<_> = self.by_type.keys().copied().collect();
+        types.sort_unstable();
+        types
+    }
+
+    /// The registry's own (static) name of `action_type`, if a channel serves it.
+    pub fn type_name(&self, action_type: &str) -> Option<&'static str> {
+        self.by_type.get(action_type).map(|c| c.action_type())
     }
 
     /// How many destinations have an open circuit, and how many a half-open one (for metrics:
@@ -214,14 +205,60 @@ impl Channels {
         (count(CircuitState::Open), count(CircuitState::HalfOpen))
     }
 
-    pub fn get(&self, action_type: &str) -> Option<&Arc<dyn Channel>> {
-        self.by_type.get(action_type)
+    /// Makes one attempt of `job` through the channel of `action`'s type, with the
+    /// configuration prepared when the action was saved.
+    pub async fn deliver(
+        &self,
+        job: &DeliveryJob,
+        action: &Action,
+        prepared: &Prepared,
+    ) -> Result<(), Failure> {
+        match self.by_type.get(action.action_type.as_str()) {
+            Some(channel) => channel.deliver(job, action, prepared).await,
+            None => Err(Failure::permanent(
+                crate::failure::Code::UnsupportedType,
+                format!(
+                    "action type `{}` is not supported by this Tocsin version",
+                    action.action_type
+                ),
+            )),
+        }
+    }
+}
+
+impl ActionTypes for Channels {
+    fn prepare(&self, action: &Action) -> Result<Prepared, ActionTypeError> {
+        match self.by_type.get(action.action_type.as_str()) {
+            Some(channel) => channel.prepare(action),
+            None => Err(ActionTypeError::Unknown {
+                action_type: action.action_type.clone(),
+                supported: self.types().join(", "),
+            }),
+        }
+    }
+
+    fn url_is_credential(&self, action_type: &str, property: &str) -> bool {
+        self.by_type
+            .get(action_type)
+            .is_some_and(|c| c.credential_urls().contains(&property))
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// One attempt as the worker makes it: the action prepared as when it is saved (a refused
+    /// property fails as a 906), then delivered.
+    pub async fn attempt<C: Channel>(
+        channel: &C,
+        job: &DeliveryJob,
+        action: &Action,
+    ) -> Result<(), Failure> {
+        let prepared =
+            Registered::prepare(channel, action).map_err(|e| Failure::bad_action(e.to_string()))?;
+        Registered::deliver(channel, job, action, &prepared).await
+    }
 
     /// Tools on a fresh data directory (kept alive by the returned guard), 5 s timeout.
     pub fn tools() -> (Tools, tempfile::TempDir) {

@@ -12,14 +12,13 @@
 //! `403 invalid_token`, `404 channel_not_found`, `410 channel_is_archived`, …), which becomes
 //! the failure's reason; 429 is retried after its `Retry-After`, 5xx retried, 4xx not.
 
-use super::{Channel, Failure, Outcome, Tools};
-use crate::http::parse_url;
+use super::{Channel, Tools};
+use crate::failure::Failure;
 use crate::lifecycle::Transition;
-use crate::properties::Properties;
-use crate::templates::{datetime, event_links, mrkdwn, Scope};
-use async_trait::async_trait;
+use crate::properties::{Properties, PropertyError};
+use crate::templates::{datetime, event_links, mrkdwn, MessageTemplates, Scope};
 use model::{Action, DeliveryJob, Severity};
-use reqwest::Method;
+use reqwest::Url;
 use serde_json::{json, Value};
 
 const SUBJECT: &str = "{% if resolved %}Resolved: {% endif %}{{ event.subject | mrkdwn }}";
@@ -33,46 +32,61 @@ impl SlackChannel {
     pub fn new(tools: Tools) -> Self {
         SlackChannel { tools }
     }
-
-    async fn attempt(&self, job: &DeliveryJob, action: &Action) -> Result<(), Failure> {
-        let p = Properties::of(action);
-        let url = parse_url("webhookUrl", &p.required("webhookUrl")?)?;
-        let payload = message(&self.tools, job, action)?;
-        let request = self
-            .tools
-            .http
-            .request(Method::POST, url, false)
-            .json(&payload);
-        let reply = self.tools.http.send(request).await?;
-        if reply.is_success() {
-            Ok(())
-        } else {
-            Err(reply.failure(&reply.quote()))
-        }
-    }
 }
 
-#[async_trait]
+/// A `SLACK` action's properties, parsed.
+pub struct SlackConfig {
+    webhook: Url,
+    templates: MessageTemplates,
+}
+
 impl Channel for SlackChannel {
-    fn action_type(&self) -> &'static str {
-        "SLACK"
+    const TYPE: &'static str = "SLACK";
+    const PROPERTIES: &'static [&'static str] = &[
+        "webhookUrl",
+        "subjectTemplate",
+        "bodyTemplate",
+        "payloadTemplate",
+    ];
+    const CREDENTIAL_URLS: &'static [&'static str] = &["webhookUrl"];
+    type Config = SlackConfig;
+
+    fn configure(p: &Properties) -> Result<SlackConfig, PropertyError> {
+        Ok(SlackConfig {
+            webhook: p.required_url("webhookUrl")?,
+            templates: MessageTemplates::read(p)?,
+        })
     }
 
-    async fn deliver(&self, job: &DeliveryJob, action: &Action) -> Outcome {
-        self.attempt(job, action).await.into()
+    async fn deliver(
+        &self,
+        job: &DeliveryJob,
+        action: &Action,
+        config: &SlackConfig,
+    ) -> Result<(), Failure> {
+        let payload = message(&self.tools, job, action, &config.templates)?;
+        self.tools
+            .http
+            .post_json(config.webhook.clone(), &payload)
+            .await
+            .map(drop)
     }
 }
 
 /// The message for `job`: the action's `payloadTemplate`, or the default Block Kit message
 /// from its subject and body templates.
-pub(super) fn message(tools: &Tools, job: &DeliveryJob, action: &Action) -> Result<Value, Failure> {
-    let p = Properties::of(action);
+pub(super) fn message(
+    tools: &Tools,
+    job: &DeliveryJob,
+    action: &Action,
+    own: &MessageTemplates,
+) -> Result<Value, Failure> {
     let scope = Scope::new(job, action);
     let templates = &tools.templates;
-    if let Some(template) = p.text("payloadTemplate") {
-        return templates.render_json("payloadTemplate", &template, &scope);
+    if let Some(template) = &own.payload {
+        return templates.render_json("payloadTemplate", template, &scope);
     }
-    let (subject, body) = templates.subject_and_body(&p, &scope, SUBJECT, BODY)?;
+    let (subject, body) = templates.subject_and_body(&own.texts, &scope, SUBJECT, BODY)?;
     let event = &job.event;
     let resolved = Transition::of(event) == Transition::Close;
     let mut blocks = vec![
@@ -117,7 +131,8 @@ fn colour(severity: Severity, resolved: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::tests::{action, job, tools};
+    use crate::channels::tests::{action, attempt, job, tools};
+    use crate::failure::{Code, Retry};
     use wiremock::matchers::{header, method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -139,7 +154,7 @@ mod tests {
             json!({"webhookUrl": format!("{}/services/T0/B0/secret", server.uri())}),
         );
         let job = job(json!({"ans:detailsLink": "https://console.example/alarms/1"}));
-        assert_eq!(channel.deliver(&job, &action).await, Outcome::Delivered);
+        assert_eq!(attempt(&channel, &job, &action).await, Ok(()));
         let sent: Value = server.received_requests().await.unwrap()[0]
             .body_json()
             .unwrap();
@@ -171,16 +186,13 @@ mod tests {
             "SLACK",
             json!({"webhookUrl": server.uri(), "bodyTemplate": "on {{ event.resource.resourceName }} <&>"}),
         );
-        assert_eq!(channel.deliver(&resolved, &plain).await, Outcome::Delivered);
+        assert_eq!(attempt(&channel, &resolved, &plain).await, Ok(()));
         let custom = action(
             "slack",
             "SLACK",
             json!({"webhookUrl": server.uri(), "payloadTemplate": "{\"text\": {{ event.subject | limit(5) }}}"}),
         );
-        assert_eq!(
-            channel.deliver(&resolved, &custom).await,
-            Outcome::Delivered
-        );
+        assert_eq!(attempt(&channel, &resolved, &custom).await, Ok(()));
         let sent = server.received_requests().await.unwrap();
         let first: Value = sent[0].body_json().unwrap();
         assert_eq!(first["text"], "[FATAL] Resolved: CPU above 90%");
@@ -224,9 +236,9 @@ mod tests {
             );
             let channel = &channel;
             async move {
-                match channel.deliver(&job(json!({})), &action).await {
-                    Outcome::Failed(f) => f,
-                    Outcome::Delivered => panic!("{route} delivered"),
+                match attempt(channel, &job(json!({})), &action).await {
+                    Err(f) => f,
+                    Ok(()) => panic!("{route} delivered"),
                 }
             }
         };
@@ -236,7 +248,11 @@ mod tests {
             ("/bad", 400, "invalid_payload"),
         ] {
             let failure = fail(route).await;
-            assert_eq!((failure.code, failure.retry), (code, None), "{route}");
+            assert_eq!(
+                (failure.code, failure.retry),
+                (Code::Http(code), Retry::Never),
+                "{route}"
+            );
             assert!(failure.reason.ends_with(text), "{}", failure.reason);
             assert!(
                 !failure.reason.contains(route),
@@ -245,11 +261,17 @@ mod tests {
             );
         }
         let broken = fail("/broken").await;
-        assert_eq!((broken.code, broken.retry), (500, Some(None)));
+        assert_eq!(
+            (broken.code, broken.retry),
+            (Code::Http(500), Retry::OnSchedule)
+        );
         let throttled = fail("/throttled").await;
         assert_eq!(
             (throttled.code, throttled.retry),
-            (429, Some(Some(std::time::Duration::from_secs(30))))
+            (
+                Code::Http(429),
+                Retry::After(std::time::Duration::from_secs(30))
+            )
         );
     }
 }

@@ -22,12 +22,12 @@
 //! A post whose answer never came may have been made; retrying it can post it twice.
 
 use super::slack::message;
-use super::{Channel, Failure, Outcome, Tools, CODE_BAD_ANSWER, CODE_LOCAL_STORAGE};
-use crate::http::parse_url;
+use super::{Channel, Tools};
+use crate::failure::{Code, Failure};
 use crate::lifecycle::Transition;
 use crate::links::{Link, LinkState};
-use crate::properties::Properties;
-use async_trait::async_trait;
+use crate::properties::{Properties, PropertyError};
+use crate::templates::MessageTemplates;
 use model::{Action, DeliveryJob};
 use reqwest::{Method, Url};
 use serde_json::Value;
@@ -46,11 +46,12 @@ pub struct SlackThreadedChannel {
     tools: Tools,
 }
 
-/// Where the messages go.
-struct Conversation {
+/// A `SLACK_THREADED` action's properties, parsed: where the messages go, and how they read.
+pub struct Conversation {
     api: Url,
     token: String,
     channel: String,
+    templates: MessageTemplates,
 }
 
 /// A posted message: its channel ID and timestamp.
@@ -64,26 +65,17 @@ impl SlackThreadedChannel {
         SlackThreadedChannel { tools }
     }
 
-    async fn attempt(&self, job: &DeliveryJob, action: &Action) -> Result<(), Failure> {
-        let p = Properties::of(action);
-        let mut api = parse_url(
-            "apiUrl",
-            &p.text("apiUrl")
-                .unwrap_or_else(|| "https://slack.com/api/".into()),
-        )?;
-        if !api.path().ends_with('/') {
-            api.set_path(&format!("{}/", api.path()));
-        }
-        let to = Conversation {
-            api,
-            token: p.required("token")?,
-            channel: p.required("channel")?,
-        };
-        let payload = message(&self.tools, job, action)?;
+    async fn attempt(
+        &self,
+        job: &DeliveryJob,
+        action: &Action,
+        to: &Conversation,
+    ) -> Result<(), Failure> {
+        let payload = message(&self.tools, job, action, &to.templates)?;
         let event = &job.event;
         let closes = Transition::of(event) == Transition::Close;
         let Some(key) = event.correlation_id().or(event.source_event_id()) else {
-            return self.post(&to, &payload, None, false).await.map(drop);
+            return self.post(to, &payload, None, false).await.map(drop);
         };
         let scope = format!("{}|{}", action.name, to.channel);
         let links = &self.tools.links;
@@ -101,7 +93,7 @@ impl SlackThreadedChannel {
         });
         let (state, thread) = match parent {
             None => {
-                let posted = self.post(&to, &payload, None, false).await?;
+                let posted = self.post(to, &payload, None, false).await?;
                 let state = if closes {
                     LinkState::Closed
                 } else {
@@ -110,9 +102,9 @@ impl SlackThreadedChannel {
                 (state, posted)
             }
             Some(parent) => {
-                self.post(&to, &payload, Some(&parent.ts), closes).await?;
+                self.post(to, &payload, Some(&parent.ts), closes).await?;
                 if closes {
-                    self.update_parent(&to, &parent, &payload).await;
+                    self.update_parent(to, &parent, &payload).await;
                     (LinkState::Closed, parent)
                 } else {
                     (LinkState::Open, parent)
@@ -148,7 +140,7 @@ impl SlackThreadedChannel {
                 ts: ts.to_owned(),
             }),
             _ => Err(Failure::permanent(
-                CODE_BAD_ANSWER,
+                Code::BadAnswer,
                 "chat.postMessage answered ok without the message's channel and ts",
             )),
         }
@@ -160,7 +152,7 @@ impl SlackThreadedChannel {
         body["channel"] = parent.channel.clone().into();
         body["ts"] = parent.ts.clone().into();
         if let Err(failure) = self.call(to, "chat.update", &body).await {
-            tracing::warn!(code = failure.code, reason = %failure.reason, "cannot mark the Slack thread's parent resolved");
+            tracing::warn!(code = failure.code.number(), reason = %failure.reason, "cannot mark the Slack thread's parent resolved");
         }
     }
 
@@ -184,33 +176,60 @@ impl SlackThreadedChannel {
         let error = answer["error"].as_str().unwrap_or("no `ok` in the answer");
         let reason = format!("{method}: {error}");
         Err(if RETRYABLE.contains(&error) {
-            Failure::transient_after(CODE_BAD_ANSWER, reason, reply.retry_after())
+            Failure::transient_after(Code::BadAnswer, reason, reply.retry_after())
         } else {
-            Failure::permanent(CODE_BAD_ANSWER, reason)
+            Failure::permanent(Code::BadAnswer, reason)
         })
     }
 }
 
-#[async_trait]
 impl Channel for SlackThreadedChannel {
-    fn action_type(&self) -> &'static str {
-        "SLACK_THREADED"
+    const TYPE: &'static str = "SLACK_THREADED";
+    const PROPERTIES: &'static [&'static str] = &[
+        "token",
+        "channel",
+        "apiUrl",
+        "subjectTemplate",
+        "bodyTemplate",
+        "payloadTemplate",
+    ];
+    type Config = Conversation;
+
+    fn configure(p: &Properties) -> Result<Conversation, PropertyError> {
+        let mut api = p
+            .url("apiUrl")?
+            .unwrap_or_else(|| Url::parse("https://slack.com/api/").expect("a URL"));
+        if !api.path().ends_with('/') {
+            api.set_path(&format!("{}/", api.path()));
+        }
+        Ok(Conversation {
+            api,
+            token: p.required("token")?,
+            channel: p.required("channel")?,
+            templates: MessageTemplates::read(p)?,
+        })
     }
 
-    async fn deliver(&self, job: &DeliveryJob, action: &Action) -> Outcome {
-        self.attempt(job, action).await.into()
+    async fn deliver(
+        &self,
+        job: &DeliveryJob,
+        action: &Action,
+        to: &Conversation,
+    ) -> Result<(), Failure> {
+        self.attempt(job, action, to).await
     }
 }
 
 /// The link map failed: Tocsin's own storage, worth retrying.
 fn local(error: storage::StorageError) -> Failure {
-    Failure::transient(CODE_LOCAL_STORAGE, format!("the Slack thread map: {error}"))
+    Failure::transient(Code::LocalStorage, format!("the Slack thread map: {error}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::tests::{action, job_with_id, tools};
+    use crate::channels::tests::{action, attempt, job_with_id, tools};
+    use crate::failure::{Code, Retry};
     use serde_json::json;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
@@ -268,7 +287,7 @@ mod tests {
             alert("e4", "c-1", "CLOSE"),
             alert("e5", "c-1", "CREATE_OR_UPDATE"),
         ] {
-            assert_eq!(channel.deliver(&job, &action).await, Outcome::Delivered);
+            assert_eq!(attempt(&channel, &job, &action).await, Ok(()));
         }
         let sent: Vec<(String, Value)> = server
             .received_requests()
@@ -340,27 +359,27 @@ mod tests {
             );
             let channel = &channel;
             async move {
-                match channel
-                    .deliver(&alert("e1", api, "CREATE_OR_UPDATE"), &action)
-                    .await
-                {
-                    Outcome::Failed(f) => f,
-                    Outcome::Delivered => panic!("{api} delivered"),
+                match attempt(channel, &alert("e1", api, "CREATE_OR_UPDATE"), &action).await {
+                    Err(f) => f,
+                    Ok(()) => panic!("{api} delivered"),
                 }
             }
         };
         let missing = fail("missing").await;
-        assert_eq!((missing.code, missing.retry), (CODE_BAD_ANSWER, None));
+        assert_eq!(
+            (missing.code, missing.retry),
+            (Code::BadAnswer, Retry::Never)
+        );
         assert_eq!(missing.reason, "chat.postMessage: channel_not_found");
         let limited = fail("limited").await;
         assert_eq!(
             (limited.code, limited.retry),
-            (CODE_BAD_ANSWER, Some(Some(Duration::from_secs(3))))
+            (Code::BadAnswer, Retry::After(Duration::from_secs(3)))
         );
         let throttled = fail("throttled").await;
         assert_eq!(
             (throttled.code, throttled.retry),
-            (429, Some(Some(Duration::from_secs(20))))
+            (Code::Http(429), Retry::After(Duration::from_secs(20)))
         );
         assert!(!throttled.reason.contains("xoxb"), "{}", throttled.reason);
     }

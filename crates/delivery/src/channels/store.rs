@@ -1,8 +1,9 @@
 //! `STORE`: keeps the event as a `MATCHED` record, readable through the matched-events API.
 
-use super::{Channel, Failure, Outcome, CODE_LOCAL_STORAGE};
+use super::Channel;
+use crate::failure::{Code, Failure};
+use crate::properties::{Properties, PropertyError};
 use crate::records::RecordStore;
-use async_trait::async_trait;
 use model::{Action, DeliveryJob, DeliveryStatus};
 
 pub struct StoreChannel {
@@ -15,16 +16,19 @@ impl StoreChannel {
     }
 }
 
-#[async_trait]
 impl Channel for StoreChannel {
-    fn action_type(&self) -> &'static str {
-        "STORE"
+    const TYPE: &'static str = "STORE";
+    const PROPERTIES: &'static [&'static str] = &[];
+    type Config = ();
+
+    fn configure(_: &Properties) -> Result<(), PropertyError> {
+        Ok(())
     }
 
-    async fn deliver(&self, job: &DeliveryJob, _action: &Action) -> Outcome {
-        match self.records.record(job, DeliveryStatus::Matched, &[]).await {
-            Ok(()) => Outcome::Delivered,
-            Err(e) => Outcome::Failed(Failure::transient(CODE_LOCAL_STORAGE, e.to_string())),
-        }
+    async fn deliver(&self, job: &DeliveryJob, _: &Action, _: &()) -> Result<(), Failure> {
+        self.records
+            .record(job, DeliveryStatus::Matched, &[])
+            .await
+            .map_err(|e| Failure::transient(Code::LocalStorage, e.to_string()))
     }
 }

@@ -13,14 +13,13 @@
 //! HTTP error 429`), which is a retryable 429. 429 is retried after its `Retry-After`, 5xx
 //! retried, other statuses (400, 404, 413 too large) not.
 
-use super::{Channel, Failure, Outcome, Tools};
-use crate::http::parse_url;
+use super::{Channel, Tools};
+use crate::failure::{Code, Failure};
 use crate::lifecycle::Transition;
-use crate::properties::Properties;
-use crate::templates::{datetime, event_links, Scope};
-use async_trait::async_trait;
+use crate::properties::{Properties, PropertyError};
+use crate::templates::{datetime, event_links, MessageTemplates, Scope};
 use model::{Action, DeliveryJob, Severity};
-use reqwest::Method;
+use reqwest::Url;
 use serde_json::{json, Value};
 
 const SUBJECT: &str = "{% if resolved %}Resolved: {% endif %}{{ event.subject }}";
@@ -32,46 +31,30 @@ pub struct TeamsChannel {
     tools: Tools,
 }
 
+/// A `MICROSOFT_TEAMS` action's properties, parsed.
+pub struct TeamsConfig {
+    webhook: Url,
+    templates: MessageTemplates,
+}
+
 impl TeamsChannel {
     pub fn new(tools: Tools) -> Self {
         TeamsChannel { tools }
     }
 
-    async fn attempt(&self, job: &DeliveryJob, action: &Action) -> Result<(), Failure> {
-        let p = Properties::of(action);
-        let url = parse_url("webhookUrl", &p.required("webhookUrl")?)?;
-        let payload = self.card(job, action)?;
-        let request = self
-            .tools
-            .http
-            .request(Method::POST, url, false)
-            .json(&payload);
-        let reply = self.tools.http.send(request).await?;
-        if !reply.is_success() {
-            return Err(reply.failure(&reply.quote()));
-        }
-        if reply.text().contains(THROTTLED_IN_BODY) {
-            return Err(Failure::transient_after(
-                429,
-                format!(
-                    "{} throttled the message: {}",
-                    reply.destination,
-                    reply.quote()
-                ),
-                reply.retry_after(),
-            ));
-        }
-        Ok(())
-    }
-
-    fn card(&self, job: &DeliveryJob, action: &Action) -> Result<Value, Failure> {
-        let p = Properties::of(action);
+    fn card(
+        &self,
+        job: &DeliveryJob,
+        action: &Action,
+        config: &TeamsConfig,
+    ) -> Result<Value, Failure> {
         let scope = Scope::new(job, action);
         let templates = &self.tools.templates;
-        if let Some(template) = p.text("payloadTemplate") {
-            return templates.render_json("payloadTemplate", &template, &scope);
+        if let Some(template) = &config.templates.payload {
+            return templates.render_json("payloadTemplate", template, &scope);
         }
-        let (subject, body) = templates.subject_and_body(&p, &scope, SUBJECT, BODY)?;
+        let (subject, body) =
+            templates.subject_and_body(&config.templates.texts, &scope, SUBJECT, BODY)?;
         let event = &job.event;
         let resolved = Transition::of(event) == Transition::Close;
         let resource = format!(
@@ -112,14 +95,48 @@ impl TeamsChannel {
     }
 }
 
-#[async_trait]
 impl Channel for TeamsChannel {
-    fn action_type(&self) -> &'static str {
-        "MICROSOFT_TEAMS"
+    const TYPE: &'static str = "MICROSOFT_TEAMS";
+    const PROPERTIES: &'static [&'static str] = &[
+        "webhookUrl",
+        "subjectTemplate",
+        "bodyTemplate",
+        "payloadTemplate",
+    ];
+    const CREDENTIAL_URLS: &'static [&'static str] = &["webhookUrl"];
+    type Config = TeamsConfig;
+
+    fn configure(p: &Properties) -> Result<TeamsConfig, PropertyError> {
+        Ok(TeamsConfig {
+            webhook: p.required_url("webhookUrl")?,
+            templates: MessageTemplates::read(p)?,
+        })
     }
 
-    async fn deliver(&self, job: &DeliveryJob, action: &Action) -> Outcome {
-        self.attempt(job, action).await.into()
+    async fn deliver(
+        &self,
+        job: &DeliveryJob,
+        action: &Action,
+        config: &TeamsConfig,
+    ) -> Result<(), Failure> {
+        let payload = self.card(job, action, config)?;
+        let reply = self
+            .tools
+            .http
+            .post_json(config.webhook.clone(), &payload)
+            .await?;
+        if reply.text().contains(THROTTLED_IN_BODY) {
+            return Err(Failure::transient_after(
+                Code::Http(429),
+                format!(
+                    "{} throttled the message: {}",
+                    reply.destination,
+                    reply.quote()
+                ),
+                reply.retry_after(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -136,7 +153,8 @@ fn colour(severity: Severity, resolved: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::tests::{action, job, tools};
+    use crate::channels::tests::{action, attempt, job, tools};
+    use crate::failure::{Code, Retry};
     use std::time::Duration;
     use wiremock::matchers::{header, method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -164,13 +182,13 @@ mod tests {
             json!({"webhookUrl": format!("{}/workflows/abc/triggers/manual/paths/invoke?sig=s3cret", server.uri())}),
         );
         let job = job(json!({"ans:recommendedActionLink": "https://runbooks.example/cpu"}));
-        assert_eq!(channel.deliver(&job, &workflow).await, Outcome::Delivered);
+        assert_eq!(attempt(&channel, &job, &workflow).await, Ok(()));
         let classic = action(
             "teams",
             "MICROSOFT_TEAMS",
             json!({"webhookUrl": format!("{}/webhookb2/classic", server.uri())}),
         );
-        assert_eq!(channel.deliver(&job, &classic).await, Outcome::Delivered);
+        assert_eq!(attempt(&channel, &job, &classic).await, Ok(()));
         let sent: Value = server.received_requests().await.unwrap()[0]
             .body_json()
             .unwrap();
@@ -224,29 +242,29 @@ mod tests {
             );
             let channel = &channel;
             async move {
-                match channel
-                    .deliver(&job(json!({"ans:status": "CLOSE"})), &action)
-                    .await
-                {
-                    Outcome::Failed(f) => f,
-                    Outcome::Delivered => panic!("{route} delivered"),
+                match attempt(channel, &job(json!({"ans:status": "CLOSE"})), &action).await {
+                    Err(f) => f,
+                    Ok(()) => panic!("{route} delivered"),
                 }
             }
         };
         let throttled = fail("/status429").await;
         assert_eq!(
             (throttled.code, throttled.retry),
-            (429, Some(Some(Duration::from_secs(5))))
+            (Code::Http(429), Retry::After(Duration::from_secs(5)))
         );
         let in_body = fail("/body429").await;
-        assert_eq!((in_body.code, in_body.retry), (429, Some(None)));
+        assert_eq!(
+            (in_body.code, in_body.retry),
+            (Code::Http(429), Retry::OnSchedule)
+        );
         assert!(
             in_body.reason.contains("returned HTTP error 429"),
             "{}",
             in_body.reason
         );
         let large = fail("/large").await;
-        assert_eq!((large.code, large.retry), (413, None));
+        assert_eq!((large.code, large.retry), (Code::Http(413), Retry::Never));
         for failure in [throttled, in_body, large] {
             assert!(!failure.reason.contains("s3cret"), "{}", failure.reason);
         }

@@ -14,16 +14,16 @@
 //! Any 2xx is delivered; otherwise the status decides (see [`crate::http`]). A 401 while using
 //! a cached OAuth token drops the token and is worth retrying.
 
-use super::{Channel, Failure, Outcome, Tools, CODE_BAD_ANSWER};
-use crate::http::{parse_url, redact};
-use crate::properties::Properties;
+use super::{Channel, Tools};
+use crate::failure::{Code, Failure, Retry};
+use crate::http::redact;
+use crate::properties::{Properties, PropertyError};
 use crate::templates::Scope;
-use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use model::{Action, DeliveryJob};
-use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, Url};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -80,37 +80,19 @@ impl WebhookChannel {
         }
     }
 
-    async fn attempt(&self, job: &DeliveryJob, action: &Action) -> Result<(), Failure> {
-        let p = Properties::of(action);
-        let url = parse_url("destination", &p.required("destination")?)?;
-        let method = match p
-            .text("method")
-            .map(|m| m.trim().to_ascii_uppercase())
-            .as_deref()
-        {
-            None | Some("POST") => Method::POST,
-            Some("PUT") => Method::PUT,
-            Some("PATCH") => Method::PATCH,
-            Some(other) => {
-                return Err(Failure::bad_action(format!(
-                    "`method` must be POST, PUT or PATCH, not `{other}`"
-                )))
-            }
-        };
-        let trust_all = p.flag("sslTrustAll", false)?;
-        let timeout = p.parsed::<u64>("timeoutSeconds")?.map(Duration::from_secs);
-        let auth = auth(&p)?;
-        let signing_key = p
-            .text("signingSecret")
-            .map(|s| signing_key(&s))
-            .transpose()?;
-        let body = match p.text("payloadTemplate") {
+    async fn attempt(
+        &self,
+        job: &DeliveryJob,
+        action: &Action,
+        config: &WebhookConfig,
+    ) -> Result<(), Failure> {
+        let body = match &config.payload_template {
             Some(template) => {
                 let scope = Scope::new(job, action);
                 let payload =
                     self.tools
                         .templates
-                        .render_json("payloadTemplate", &template, &scope)?;
+                        .render_json("payloadTemplate", template, &scope)?;
                 serde_json::to_vec(&payload).expect("JSON values serialize")
             }
             None => serde_json::to_vec(&job.event).expect("events serialize"),
@@ -119,20 +101,17 @@ impl WebhookChannel {
         let mut request = self
             .tools
             .http
-            .request(method, url.clone(), trust_all)
-            .header(CONTENT_TYPE, "application/json");
-        for (name, value) in p.prefixed("header.") {
-            let name = HeaderName::try_from(name)
-                .map_err(|_| Failure::bad_action(format!("`header.{name}` is no header name")))?;
-            let value = HeaderValue::try_from(value.as_str()).map_err(|_| {
-                Failure::bad_action(format!("`header.{name}` has an invalid value"))
-            })?;
-            request = request.header(name, value);
-        }
-        if let Some(timeout) = timeout {
+            .request(
+                config.method.clone(),
+                config.destination.clone(),
+                config.trust_all,
+            )
+            .header(CONTENT_TYPE, "application/json")
+            .headers(config.headers.clone());
+        if let Some(timeout) = config.timeout {
             request = request.timeout(timeout);
         }
-        if let Some(key) = &signing_key {
+        if let Some(key) = &config.signing_key {
             let id = message_id(job, action);
             let timestamp = model::now_epoch_seconds();
             request = request
@@ -140,7 +119,7 @@ impl WebhookChannel {
                 .header("webhook-timestamp", timestamp.to_string())
                 .header("webhook-signature", sign(key, &id, timestamp, &body));
         }
-        let (request, oauth) = match &auth {
+        let (request, oauth) = match &config.auth {
             Auth::Anonymous => (request, None),
             Auth::Basic { username, password } => {
                 (request.basic_auth(username, Some(password)), None)
@@ -160,7 +139,7 @@ impl WebhookChannel {
                 .lock()
                 .expect("not poisoned")
                 .remove(&client.cache_key());
-            failure.retry = Some(None);
+            failure.retry = Retry::OnSchedule;
             failure
                 .reason
                 .push_str(" (the OAuth token was dropped; a retry fetches a new one)");
@@ -194,7 +173,7 @@ impl WebhookChannel {
         }
         let answer: TokenAnswer = serde_json::from_slice(&reply.body).map_err(|_| {
             Failure::permanent(
-                CODE_BAD_ANSWER,
+                Code::BadAnswer,
                 format!(
                     "OAuth token endpoint {} answered without an access_token",
                     redact(&client.token_url)
@@ -211,21 +190,82 @@ impl WebhookChannel {
     }
 }
 
-#[async_trait]
+/// A `WEB_HOOK` action's properties, parsed.
+pub struct WebhookConfig {
+    destination: Url,
+    method: Method,
+    headers: HeaderMap,
+    trust_all: bool,
+    timeout: Option<Duration>,
+    auth: Auth,
+    signing_key: Option<Vec<u8>>,
+    payload_template: Option<String>,
+}
+
 impl Channel for WebhookChannel {
-    fn action_type(&self) -> &'static str {
-        "WEB_HOOK"
+    const TYPE: &'static str = "WEB_HOOK";
+    const PROPERTIES: &'static [&'static str] = &[
+        "destination",
+        "method",
+        "header.*",
+        "payloadTemplate",
+        "sslTrustAll",
+        "timeoutSeconds",
+        "username",
+        "password",
+        "bearerToken",
+        "oauthTokenUrl",
+        "clientId",
+        "clientSecret",
+        "oauthScope",
+        "signingSecret",
+    ];
+    type Config = WebhookConfig;
+
+    fn configure(p: &Properties) -> Result<WebhookConfig, PropertyError> {
+        let method = match p.one_of("method", &["POST", "PUT", "PATCH"])? {
+            None | Some("POST") => Method::POST,
+            Some("PUT") => Method::PUT,
+            Some(_) => Method::PATCH,
+        };
+        let mut headers = HeaderMap::new();
+        for (name, value) in p.prefixed("header.") {
+            let property = format!("header.{name}");
+            let name = HeaderName::try_from(name)
+                .map_err(|_| PropertyError::property(&property, "is not a header name"))?;
+            let value = HeaderValue::try_from(value.as_str())
+                .map_err(|_| PropertyError::property(&property, "is not a valid header value"))?;
+            headers.insert(name, value);
+        }
+        Ok(WebhookConfig {
+            destination: p.required_url("destination")?,
+            method,
+            headers,
+            trust_all: p.flag("sslTrustAll", false)?,
+            timeout: p.parsed::<u64>("timeoutSeconds")?.map(Duration::from_secs),
+            auth: auth(p)?,
+            signing_key: p
+                .text("signingSecret")
+                .map(|s| signing_key(&s))
+                .transpose()?,
+            payload_template: p.template("payloadTemplate")?,
+        })
     }
 
-    async fn deliver(&self, job: &DeliveryJob, action: &Action) -> Outcome {
-        self.attempt(job, action).await.into()
+    async fn deliver(
+        &self,
+        job: &DeliveryJob,
+        action: &Action,
+        config: &WebhookConfig,
+    ) -> Result<(), Failure> {
+        self.attempt(job, action, config).await
     }
 }
 
-fn auth(p: &Properties) -> Result<Auth, Failure> {
-    if let Some(token_url) = p.text("oauthTokenUrl") {
+fn auth(p: &Properties) -> Result<Auth, PropertyError> {
+    if let Some(token_url) = p.url("oauthTokenUrl")? {
         return Ok(Auth::ClientCredentials(OAuthClient {
-            token_url: parse_url("oauthTokenUrl", &token_url)?,
+            token_url,
             client_id: p.required("clientId")?,
             client_secret: p.required("clientSecret")?,
             scope: p.text("oauthScope").unwrap_or_default(),
@@ -244,14 +284,16 @@ fn auth(p: &Properties) -> Result<Auth, Failure> {
 }
 
 /// The key in a Standard Webhooks secret: base64 after an optional `whsec_`.
-fn signing_key(secret: &str) -> Result<Vec<u8>, Failure> {
+fn signing_key(secret: &str) -> Result<Vec<u8>, PropertyError> {
     let encoded = secret.trim();
     let encoded = encoded.strip_prefix("whsec_").unwrap_or(encoded);
     BASE64
         .decode(encoded)
         .ok()
         .filter(|key| !key.is_empty())
-        .ok_or_else(|| Failure::bad_action("`signingSecret` must be `whsec_` followed by base64"))
+        .ok_or_else(|| {
+            PropertyError::property("signingSecret", "must be `whsec_` followed by base64")
+        })
 }
 
 /// Stable across attempts of one event on one action; distinct between actions, so that a
@@ -272,8 +314,8 @@ fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::tests::{action, job, tools};
-    use crate::channels::{CODE_BAD_ACTION, CODE_TIMEOUT};
+    use crate::channels::tests::{action, attempt, job, tools};
+    use crate::failure::{Code, Retry};
     use wiremock::matchers::{body_json, body_string, header, method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -302,7 +344,7 @@ mod tests {
             }),
         );
         let job = job(serde_json::json!({"ans:sourceEventId": "k1"}));
-        assert_eq!(channel.deliver(&job, &action).await, Outcome::Delivered);
+        assert_eq!(attempt(&channel, &job, &action).await, Ok(()));
 
         let sent = &server.received_requests().await.unwrap()[0];
         let h = |name: &str| sent.headers.get(name).unwrap().to_str().unwrap().to_owned();
@@ -352,8 +394,8 @@ mod tests {
                 "payloadTemplate": r#"{"sev": {{ event.severity }}, "alert": {{ event.subject }}, "resolved": {{ resolved }}}"#
             }),
         );
-        let outcome = channel.deliver(&job(serde_json::json!({})), &action).await;
-        assert_eq!(outcome, Outcome::Delivered);
+        let outcome = attempt(&channel, &job(serde_json::json!({})), &action).await;
+        assert_eq!(outcome, Ok(()));
     }
 
     #[tokio::test]
@@ -395,19 +437,22 @@ mod tests {
             }),
         );
         let job = job(serde_json::json!({}));
-        assert_eq!(channel.deliver(&job, &action).await, Outcome::Delivered);
-        assert_eq!(channel.deliver(&job, &action).await, Outcome::Delivered);
-        let Outcome::Failed(failure) = channel.deliver(&job, &action).await else {
+        assert_eq!(attempt(&channel, &job, &action).await, Ok(()));
+        assert_eq!(attempt(&channel, &job, &action).await, Ok(()));
+        let Err(failure) = attempt(&channel, &job, &action).await else {
             panic!("the third call is refused");
         };
-        assert_eq!((failure.code, failure.retry), (401, Some(None)));
+        assert_eq!(
+            (failure.code, failure.retry),
+            (Code::Http(401), Retry::OnSchedule)
+        );
         assert!(
             failure.reason.contains("token expired"),
             "{}",
             failure.reason
         );
         // The next attempt fetches a new token (the mock expects two fetches in all).
-        let _ = channel.deliver(&job, &action).await;
+        let _ = attempt(&channel, &job, &action).await;
     }
 
     #[tokio::test]
@@ -431,54 +476,60 @@ mod tests {
             let action = action("hook", "WEB_HOOK", properties);
             let channel = &channel;
             async move {
-                match channel.deliver(&job(serde_json::json!({})), &action).await {
-                    Outcome::Failed(failure) => failure,
-                    Outcome::Delivered => panic!("delivered"),
+                match attempt(channel, &job(serde_json::json!({})), &action).await {
+                    Err(failure) => failure,
+                    Ok(()) => panic!("delivered"),
                 }
             }
         };
         let gone =
             deliver(serde_json::json!({"destination": format!("{}/gone?key=abc", server.uri())}))
                 .await;
-        assert_eq!((gone.code, gone.retry.is_some()), (410, false));
+        assert_eq!((gone.code, gone.is_retryable()), (Code::Http(410), false));
         assert!(
             gone.reason.contains("endpoint disabled") && !gone.reason.contains("abc"),
             "{}",
             gone.reason
         );
         let slow = deliver(serde_json::json!({"destination": format!("{}/slow", server.uri()), "timeoutSeconds": 1})).await;
-        assert_eq!((slow.code, slow.retry), (CODE_TIMEOUT, Some(None)));
+        assert_eq!((slow.code, slow.retry), (Code::Timeout, Retry::OnSchedule));
         let busy =
             deliver(serde_json::json!({"destination": format!("{}/busy", server.uri())})).await;
         assert_eq!(
             (busy.code, busy.retry),
-            (503, Some(Some(Duration::from_secs(120))))
+            (Code::Http(503), Retry::After(Duration::from_secs(120)))
         );
         for (properties, complaint) in [
-            (serde_json::json!({}), "needs the property `destination`"),
+            (
+                serde_json::json!({}),
+                "`properties.destination` is required",
+            ),
             (
                 serde_json::json!({"destination": "ftp://x/y"}),
                 "http or https",
             ),
             (
                 serde_json::json!({"destination": server.uri(), "method": "GET"}),
-                "`method`",
+                "`properties.method`",
             ),
             (
                 serde_json::json!({"destination": server.uri(), "username": "u"}),
-                "`password`",
+                "`properties.password`",
             ),
             (
                 serde_json::json!({"destination": server.uri(), "signingSecret": "whsec_!!"}),
-                "`signingSecret`",
+                "`properties.signingSecret`",
             ),
             (
                 serde_json::json!({"destination": server.uri(), "payloadTemplate": "{{"}),
-                "`payloadTemplate`",
+                "`properties.payloadTemplate`",
             ),
         ] {
             let failure = deliver(properties).await;
-            assert_eq!((failure.code, failure.retry), (CODE_BAD_ACTION, None));
+            assert_eq!(
+                (failure.code, failure.retry),
+                (Code::BadAction, Retry::Never)
+            );
             assert!(
                 failure.reason.contains(complaint),
                 "{complaint}: {}",
