@@ -10,9 +10,20 @@
 //! durable lane's head is done — delivered or given up — the next parked job becomes the head
 //! and goes back on the queue. The hot path, where deliveries succeed, writes nothing here.
 //! Jobs without a key have no lane.
+//!
+//! [`OrderingLanes`] is the whole of it, both halves: the lanes in memory and the durable ones
+//! ([`Lanes`], the SQLite file). The worker asks it three things: which of the jobs just taken
+//! from the queue may run ([`OrderingLanes::admit`]), to hold a lane while its head waits for a
+//! retry ([`OrderingLanes::hold`]), and to hand a lane on when its head is done
+//! ([`OrderingLanes::release`]).
 
+use crate::ticket::Ticket;
+use bus::{Bus, Queue};
 use bytes::Bytes;
+use model::DeliveryJob;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
+use std::sync::Arc;
 use storage::{Database, Durability, StorageError};
 
 const MIGRATIONS: &[&str] = &["
@@ -203,6 +214,194 @@ impl Lanes {
                     .collect()
             })
             .await
+    }
+}
+
+/// A lane: (action, alert key).
+type LaneKey = (String, String);
+
+/// The lanes this process is working on.
+#[derive(Default)]
+struct LaneMemory {
+    /// Lanes whose head is being attempted here, with the jobs waiting behind it.
+    active: HashMap<LaneKey, VecDeque<(Ticket, DeliveryJob)>>,
+    /// Lanes that are durable in SQLite (a head waits for a retry): their jobs go there.
+    durable: HashSet<LaneKey>,
+}
+
+/// The ordering lanes, in memory and durable; see the module doc.
+pub struct OrderingLanes {
+    durable: Lanes,
+    bus: Arc<dyn Bus>,
+    /// A tokio mutex: making a lane durable awaits SQLite while no new job may slip into it.
+    memory: tokio::sync::Mutex<LaneMemory>,
+}
+
+fn lane_key(job: &DeliveryJob) -> Option<LaneKey> {
+    Some((job.action.clone(), job.ordering_key()?.to_owned()))
+}
+
+/// A job with a lane, as `payload`: where it queues behind others with the same key.
+fn lane_of(job: &DeliveryJob, payload: Bytes) -> Option<LaneJob> {
+    let (action, key) = lane_key(job)?;
+    Some(LaneJob {
+        action,
+        key,
+        id: job_id(job),
+        payload,
+    })
+}
+
+fn job_id(job: &DeliveryJob) -> String {
+    format!("{}/{}", job.event.id, job.action)
+}
+
+impl OrderingLanes {
+    pub fn new(durable: Lanes, bus: Arc<dyn Bus>) -> Self {
+        OrderingLanes {
+            durable,
+            bus,
+            memory: Default::default(),
+        }
+    }
+
+    /// At start: learns which lanes are durable, and puts back on the queue the heads that
+    /// were promoted just before a crash and may never have reached it.
+    pub async fn recover(&self) -> Result<(), bus::BusError> {
+        self.memory.lock().await.durable =
+            self.durable.durable_lanes().await?.into_iter().collect();
+        for head in self.durable.stranded_heads().await? {
+            self.bus
+                .publish(Queue::Deliveries, vec![head.payload])
+                .await?;
+            self.durable.forget(head.seq).await?;
+        }
+        Ok(())
+    }
+
+    /// Sorts jobs just taken from the queue: those behind a lane head wait (in memory) or are
+    /// parked (durably, and acked); the rest are returned to run, in arrival order.
+    pub async fn admit(&self, jobs: Vec<(Ticket, DeliveryJob)>) -> Vec<(Ticket, DeliveryJob)> {
+        let mut memory = self.memory.lock().await;
+        let mut run = Vec::with_capacity(jobs.len());
+        let mut to_durable: Vec<(Ticket, DeliveryJob)> = Vec::new();
+        for (delivery, job) in jobs {
+            let Some(key) = lane_key(&job) else {
+                run.push((delivery, job));
+                continue;
+            };
+            if memory.durable.contains(&key) {
+                to_durable.push((delivery, job));
+            } else if let Some(waiting) = memory.active.get_mut(&key) {
+                tracing::debug!(event = %job.event.id, action = %job.action, "waiting behind an earlier event with the same key");
+                waiting.push_back((delivery, job));
+            } else {
+                memory.active.insert(key, Default::default());
+                run.push((delivery, job));
+            }
+        }
+        if !to_durable.is_empty() {
+            // Still under the lock: a job admitted later cannot claim before these.
+            run.extend(self.claim_durably(to_durable).await);
+        }
+        run
+    }
+
+    /// Claims durable lanes for `jobs`, in order: heads back from a retry run, the others are
+    /// parked (and acked). Returns the jobs to run.
+    async fn claim_durably(&self, jobs: Vec<(Ticket, DeliveryJob)>) -> Vec<(Ticket, DeliveryJob)> {
+        let lane_jobs = jobs
+            .iter()
+            .filter_map(|(_, job)| lane_of(job, job.encode().into()))
+            .collect();
+        let claims = match self.durable.claim(lane_jobs).await {
+            Ok(claims) => claims,
+            Err(e) => {
+                // Without the lanes, order cannot be kept: leave these jobs queued.
+                tracing::error!(error = %e, "cannot claim ordering lanes; requeueing");
+                for (delivery, _) in jobs {
+                    crate::worker::settle(delivery.requeue().await, "requeue");
+                }
+                return Vec::new();
+            }
+        };
+        let mut run = Vec::new();
+        for ((delivery, job), claim) in jobs.into_iter().zip(claims) {
+            if claim == Claim::Parked {
+                tracing::debug!(event = %job.event.id, action = %job.action, "parked behind an earlier event that waits for a retry");
+                crate::worker::settle(delivery.ack().await, "ack");
+            } else {
+                run.push((delivery, job));
+            }
+        }
+        run
+    }
+
+    /// The head `job` of an in-memory lane is going to wait for a retry, as `payload`: record
+    /// its lane durably and park the jobs waiting behind it there, in order, before anything
+    /// else can arrive.
+    pub async fn hold(&self, job: &DeliveryJob, payload: &Bytes) -> Result<(), StorageError> {
+        let Some(key) = lane_key(job) else {
+            return Ok(());
+        };
+        let mut memory = self.memory.lock().await;
+        if memory.durable.contains(&key) {
+            return Ok(());
+        }
+        let head = lane_of(job, payload.clone()).expect("a keyed job");
+        self.durable.claim(vec![head]).await?;
+        memory.durable.insert(key.clone());
+        let waiting: Vec<_> = memory.active.remove(&key).unwrap_or_default().into();
+        drop(self.claim_durably(waiting).await);
+        Ok(())
+    }
+
+    /// `job` is over: its lane goes to the next job with its key — returned when it waits here
+    /// in memory, put back on the queue when it was parked durably. An error means the lane
+    /// could not be handed on, and `job` must run again.
+    pub async fn release(
+        &self,
+        job: &DeliveryJob,
+    ) -> Result<Option<(Ticket, DeliveryJob)>, StorageError> {
+        let Some(key) = lane_key(job) else {
+            return Ok(None);
+        };
+        let mut memory = self.memory.lock().await;
+        if !memory.durable.contains(&key) {
+            let Some(waiting) = memory.active.get_mut(&key) else {
+                return Ok(None);
+            };
+            let next = waiting.pop_front();
+            if next.is_none() {
+                memory.active.remove(&key);
+            }
+            return Ok(next);
+        }
+        match self
+            .durable
+            .release(&job.action, &key.1, &job_id(job))
+            .await?
+        {
+            None => {
+                memory.durable.remove(&key);
+            }
+            Some(next) => {
+                let queued = self
+                    .bus
+                    .publish(Queue::Deliveries, vec![next.payload])
+                    .await;
+                match queued {
+                    Ok(()) => {
+                        if let Err(e) = self.durable.forget(next.seq).await {
+                            tracing::warn!(error = %e, "cannot forget a promoted job; it may run twice");
+                        }
+                    }
+                    // It stays parked as the head: the next start publishes it.
+                    Err(e) => tracing::error!(error = %e, "cannot queue the next job of a lane"),
+                }
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -49,6 +49,11 @@ fn is_zero(n: &u32) -> bool {
 }
 
 impl DeliveryJob {
+    /// The job as it travels on the deliveries queue.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("jobs serialize")
+    }
+
     /// A first attempt of `action` for `event`.
     pub fn new(event: ResourceEvent, accepted_at_ms: i64, action: impl Into<String>) -> Self {
         DeliveryJob {

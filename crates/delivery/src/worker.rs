@@ -1,0 +1,404 @@
+//! The delivery worker: takes jobs off the deliveries queue and runs each through its steps.
+//!
+//! [`DeliveryWorker::run`] consumes the queue in batches; a delivery naming several actions
+//! becomes one job per action, each holding a [`Ticket`] on it, and the ordering lanes decide
+//! which may run now ([`OrderingLanes::admit`]). Each job then goes through typed steps:
+//! [`Shared::attempt`] makes one attempt and records it, and its [`Step`] says what follows —
+//! [`Shared::on_delivered`], [`Shared::on_retry`] (back on the bus with a delay, holding
+//! nothing while it waits, its lane held durably) or [`Shared::on_give_up`] (recorded
+//! `UNDELIVERED` with every reason, handed to the fallback action if it has one). A job's queue
+//! message is acked only after its next step is durable; when a step cannot be made durable the
+//! message is handed back, so nothing is lost. On shutdown the worker stops taking jobs and
+//! finishes those in hand.
+
+use crate::channels::Channels;
+use crate::failure::{Code, Failure};
+use crate::lanes::{Lanes, OrderingLanes};
+use crate::records::{Attempt, AttemptOutcome, RecordStore};
+use crate::retry::{self, Next, RetrySchedule};
+use crate::ticket::Ticket;
+use bus::{Bus, Delivery, Queue};
+use bytes::Bytes;
+use metrics::{DeliveryOutcome, Metrics};
+use model::{
+    Action, ActionTypeError, DeliveryJob, DeliveryStatus, FailureReason, Prepared, SharedCatalog,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Settings of the delivery workers.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Jobs in progress at most.
+    pub prefetch: u16,
+    /// The default retry schedule; actions may override it.
+    pub retry: RetrySchedule,
+}
+
+pub struct DeliveryWorker {
+    prefetch: u16,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    bus: Arc<dyn Bus>,
+    catalog: SharedCatalog,
+    channels: Channels,
+    records: RecordStore,
+    lanes: OrderingLanes,
+    retry: RetrySchedule,
+    metrics: Arc<Metrics>,
+}
+
+/// What follows a failed attempt.
+enum Step {
+    Retry { after: Duration },
+    GiveUp { fallback: bool, why: &'static str },
+}
+
+/// One attempt's facts, for the records and the metrics.
+struct Attempted {
+    /// The channel's name, the metrics label (`none` when no channel serves the action).
+    channel: &'static str,
+    started_at_ms: i64,
+    took: Duration,
+}
+
+impl DeliveryWorker {
+    pub fn new(
+        config: DeliveryConfig,
+        bus: Arc<dyn Bus>,
+        catalog: SharedCatalog,
+        channels: Channels,
+        records: RecordStore,
+        lanes: Lanes,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        DeliveryWorker {
+            prefetch: config.prefetch,
+            shared: Arc::new(Shared {
+                lanes: OrderingLanes::new(lanes, Arc::clone(&bus)),
+                bus,
+                catalog,
+                channels,
+                records,
+                retry: config.retry,
+                metrics,
+            }),
+        }
+    }
+
+    /// Delivers until `shutdown` turns true, then finishes the jobs in hand.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), bus::BusError> {
+        self.shared.lanes.recover().await?;
+        let mut jobs = self
+            .shared
+            .bus
+            .subscribe(Queue::Deliveries, self.prefetch)
+            .await?;
+        let mut in_hand = JoinSet::new();
+        loop {
+            let batch = tokio::select! {
+                batch = jobs.next_batch(usize::from(self.prefetch)) => batch,
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let runnable = self.shared.lanes.admit(split(batch).await).await;
+            for (delivery, job) in runnable {
+                let shared = Arc::clone(&self.shared);
+                in_hand.spawn(shared.process(delivery, job));
+            }
+            // Reap finished tasks as we go so the set does not grow with the backlog.
+            while in_hand.try_join_next().is_some() {}
+        }
+        drop(jobs);
+        while in_hand.join_next().await.is_some() {}
+        tracing::info!("delivery stopped");
+        Ok(())
+    }
+}
+
+/// Decodes a batch into one job per action, each with its [`Ticket`]; undecodable deliveries
+/// are dead-lettered.
+async fn split(batch: Vec<Delivery>) -> Vec<(Ticket, DeliveryJob)> {
+    let mut jobs = Vec::with_capacity(batch.len());
+    for delivery in batch {
+        let job: DeliveryJob = match serde_json::from_slice(&delivery.payload) {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::error!(error = %e, "undecodable delivery job; dead-lettering it");
+                settle(delivery.dead_letter().await, "dead-letter");
+                continue;
+            }
+        };
+        let split = job.split();
+        jobs.extend(Ticket::split(delivery, split.len()).into_iter().zip(split));
+    }
+    jobs
+}
+
+impl Shared {
+    /// Runs `delivery`, then the jobs that were waiting behind it in its lane, one by one.
+    async fn process(self: Arc<Self>, delivery: Ticket, job: DeliveryJob) {
+        let mut next = Some((delivery, job));
+        while let Some((delivery, job)) = next {
+            next = self.process_one(delivery, job).await;
+        }
+    }
+
+    /// One attempt and the step after it. Returns the job that was waiting behind this one in
+    /// its lane, now free to run.
+    async fn process_one(
+        &self,
+        delivery: Ticket,
+        mut job: DeliveryJob,
+    ) -> Option<(Ticket, DeliveryJob)> {
+        let catalog = self.catalog.load_full();
+        let prepared = catalog.prepared(&job.action);
+        let action = prepared.map(|(action, _)| action);
+        let (outcome, attempted) = self.attempt(&mut job, prepared).await;
+        let failure = match outcome {
+            Ok(()) => return self.on_delivered(delivery, &job, &attempted).await,
+            Err(failure) => failure,
+        };
+        job.attempt += 1;
+        job.failures.push(FailureReason {
+            code: failure.code.number(),
+            reason: failure.reason.clone(),
+            timestamp: attempted.started_at_ms / 1000,
+        });
+        let step = self.next_step(action, &job, &failure);
+        self.note_failure(&job, &attempted, &failure, &step).await;
+        match step {
+            Step::Retry { after } => {
+                tracing::warn!(event = %job.event.id, action = %job.action, attempt = job.attempt, code = failure.code.number(), reason = %failure.reason, retry_in_ms = after.as_millis() as u64, "attempt failed; retrying");
+                self.on_retry(delivery, &job, after).await;
+                None
+            }
+            Step::GiveUp { fallback, why } => {
+                tracing::warn!(event = %job.event.id, action = %job.action, attempts = job.attempt, code = failure.code.number(), reason = %failure.reason, why, "undelivered");
+                let fallback = action
+                    .filter(|_| fallback)
+                    .and_then(|a| a.fallback_action.as_deref());
+                self.on_give_up(delivery, &job, fallback, attempted.channel)
+                    .await
+            }
+        }
+    }
+
+    /// Makes one attempt through the channel, with the action as prepared when it was saved.
+    async fn attempt(
+        &self,
+        job: &mut DeliveryJob,
+        prepared: Option<(&Action, &Result<Prepared, ActionTypeError>)>,
+    ) -> (Result<(), Failure>, Attempted) {
+        let started_at_ms = model::now_epoch_millis();
+        job.first_attempt_at_ms.get_or_insert(started_at_ms);
+        let channel = prepared
+            .and_then(|(action, _)| self.channels.type_name(&action.action_type))
+            .unwrap_or("none");
+        let clock = Instant::now();
+        let outcome = match prepared {
+            None => Err(Failure::permanent(
+                Code::ActionMissing,
+                format!("action `{}` no longer exists", job.action),
+            )),
+            Some((action, Ok(prepared))) => self.channels.deliver(job, action, prepared).await,
+            Some((action, Err(ActionTypeError::Unknown { .. }))) => Err(Failure::permanent(
+                Code::UnsupportedType,
+                format!(
+                    "action type `{}` is not supported by this Tocsin version",
+                    action.action_type
+                ),
+            )),
+            Some((action, Err(refused))) => Err(Failure::bad_action(format!(
+                "action `{}`: {refused}",
+                action.name
+            ))),
+        };
+        let attempted = Attempted {
+            channel,
+            started_at_ms,
+            took: clock.elapsed(),
+        };
+        (outcome, attempted)
+    }
+
+    /// Retry, or give up: the schedule and the ANS rules decide ([`retry::decide`]).
+    fn next_step(&self, action: Option<&Action>, job: &DeliveryJob, failure: &Failure) -> Step {
+        let Some(action) = action else {
+            return Step::GiveUp {
+                fallback: false,
+                why: "the action no longer exists",
+            };
+        };
+        let now = model::now_epoch_millis();
+        match retry::decide(&self.retry, action, job, failure, now, rand::random()) {
+            Next::Retry { after } => Step::Retry { after },
+            Next::GiveUp { fallback, why } => Step::GiveUp { fallback, why },
+        }
+    }
+
+    async fn on_delivered(
+        &self,
+        delivery: Ticket,
+        job: &DeliveryJob,
+        attempted: &Attempted,
+    ) -> Option<(Ticket, DeliveryJob)> {
+        let channel = attempted.channel;
+        self.metrics
+            .delivery_attempt(channel, metrics::Attempt::Success, attempted.took);
+        self.metrics.delivery_finished(
+            channel,
+            DeliveryOutcome::Delivered,
+            job.accepted_at_ms,
+            model::now_epoch_millis(),
+        );
+        tracing::info!(event = %job.event.id, action = %job.action, attempt = job.attempt + 1, "delivered");
+        self.note_attempt(
+            job,
+            job.attempt + 1,
+            attempted,
+            AttemptOutcome::Delivered,
+            None,
+        )
+        .await;
+        self.finish(delivery, job).await
+    }
+
+    /// The job waits for its retry on the bus, its lane held durably so that later events with
+    /// its key wait behind it.
+    async fn on_retry(&self, delivery: Ticket, job: &DeliveryJob, after: Duration) {
+        let payload = Bytes::from(job.encode());
+        if let Err(e) = self.lanes.hold(job, &payload).await {
+            tracing::error!(error = %e, event = %job.event.id, "cannot record an ordering lane; the job will run again");
+            settle(delivery.requeue().await, "requeue");
+            return;
+        }
+        let delayed = self
+            .bus
+            .publish_delayed(Queue::Deliveries, payload, after)
+            .await;
+        match delayed {
+            Ok(()) => settle(delivery.ack().await, "ack"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot queue a delayed job; it will run again");
+                settle(delivery.requeue().await, "requeue");
+            }
+        }
+    }
+
+    /// The job is undelivered: recorded with every reason, then handed to `fallback`.
+    async fn on_give_up(
+        &self,
+        delivery: Ticket,
+        job: &DeliveryJob,
+        fallback: Option<&str>,
+        channel: &'static str,
+    ) -> Option<(Ticket, DeliveryJob)> {
+        let recorded = self
+            .records
+            .record(job, DeliveryStatus::Undelivered, &job.failures)
+            .await;
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, event = %job.event.id, "cannot record an undelivered event; it will run again");
+            settle(delivery.requeue().await, "requeue");
+            return None;
+        }
+        self.metrics.delivery_finished(
+            channel,
+            DeliveryOutcome::Undelivered,
+            job.accepted_at_ms,
+            model::now_epoch_millis(),
+        );
+        if let Some(fallback) = fallback {
+            let mut stand_in = DeliveryJob::new(job.event.clone(), job.accepted_at_ms, fallback);
+            stand_in.fallback_for = Some(job.action.clone());
+            tracing::info!(event = %job.event.id, action = %job.action, fallback, "handing over to the fallback action");
+            let queued = self
+                .bus
+                .publish(Queue::Deliveries, vec![stand_in.encode().into()])
+                .await;
+            if let Err(e) = queued {
+                tracing::error!(error = %e, event = %job.event.id, "cannot queue the fallback; the job will run again");
+                settle(delivery.requeue().await, "requeue");
+                return None;
+            }
+        }
+        self.finish(delivery, job).await
+    }
+
+    /// Counts and records a failed attempt.
+    async fn note_failure(
+        &self,
+        job: &DeliveryJob,
+        attempted: &Attempted,
+        failure: &Failure,
+        step: &Step,
+    ) {
+        let retryable = matches!(step, Step::Retry { .. });
+        let kind = failure.code.kind();
+        self.metrics.delivery_attempt(
+            attempted.channel,
+            metrics::Attempt::Failure { kind, retryable },
+            attempted.took,
+        );
+        let outcome = if retryable {
+            AttemptOutcome::Retrying
+        } else {
+            AttemptOutcome::Failed
+        };
+        // `job` already counts this attempt.
+        self.note_attempt(job, job.attempt, attempted, outcome, Some(failure))
+            .await;
+    }
+
+    /// Records attempt `number` (1 for the first) of `job`.
+    async fn note_attempt(
+        &self,
+        job: &DeliveryJob,
+        number: u32,
+        attempted: &Attempted,
+        outcome: AttemptOutcome,
+        failure: Option<&Failure>,
+    ) {
+        let attempt = Attempt {
+            action: job.action.clone(),
+            attempt: number,
+            started_at_ms: attempted.started_at_ms,
+            duration_ms: attempted.took.as_millis() as i64,
+            outcome,
+            code: failure.map(|f| f.code.number()),
+            reason: failure.map(|f| f.reason.clone()),
+        };
+        if let Err(e) = self.records.record_attempt(&job.event.id, attempt).await {
+            tracing::warn!(error = %e, event = %job.event.id, "cannot record an attempt");
+        }
+    }
+
+    /// The job is over: its lane goes on to the next job with its key, and it is acked.
+    async fn finish(&self, delivery: Ticket, job: &DeliveryJob) -> Option<(Ticket, DeliveryJob)> {
+        match self.lanes.release(job).await {
+            Ok(next) => {
+                settle(delivery.ack().await, "ack");
+                next
+            }
+            Err(e) => {
+                tracing::error!(error = %e, event = %job.event.id, "cannot release an ordering lane; the job will run again");
+                settle(delivery.requeue().await, "requeue");
+                None
+            }
+        }
+    }
+}
+
+/// Logs a settle that failed: the job then simply runs again.
+pub(crate) fn settle(result: Result<(), bus::BusError>, what: &str) {
+    if let Err(e) = result {
+        tracing::warn!(error = %e, what, "cannot settle a delivery job; it will run again");
+    }
+}
