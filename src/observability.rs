@@ -12,7 +12,7 @@ use delivery::records::{RecordQuery, RecordStore};
 use metrics::{Metrics, RejectReason};
 use model::DeliveryStatus;
 use router::store::ConfigStore;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use warp::filters::BoxedFilter;
 use warp::http::{header, StatusCode};
@@ -21,11 +21,6 @@ use warp::{Filter, Reply};
 
 /// The OpenAPI document of every route below, served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../schemas/openapi.json");
-
-/// The `source` metric label of each alarm source.
-pub const SOURCE_ANS: &str = "ans";
-pub const SOURCE_OCI: &str = "oci";
-pub const SOURCE_ALERTMANAGER: &str = "alertmanager";
 
 /// One route the server answers: its pattern as the OpenAPI document writes it, its methods,
 /// and the alarm source it feeds, if it is one.
@@ -43,23 +38,9 @@ const fn route(pattern: &'static str, methods: &'static [&'static str]) -> Route
     }
 }
 
-const fn source(pattern: &'static str, source: &'static str) -> Route {
-    Route {
-        pattern,
-        methods: &["POST"],
-        source: Some(source),
-    }
-}
-
-/// Every route the server answers. `{platform}` is `cf` or `neo`; another `{…}` is any one
-/// path segment. A test checks this table, the OpenAPI document and the live server agree.
-pub const ROUTES: &[Route] = &[
+/// The routes besides the sources' (which describe their own).
+const OTHER_ROUTES: &[Route] = &[
     route("/oauth/token", &["GET", "POST"]),
-    source("/{platform}/producer/v1/resource-events", SOURCE_ANS),
-    source("/{platform}/producer/v1/resource-events-batch", SOURCE_ANS),
-    source("/oci/v1/notifications", SOURCE_OCI),
-    route("/oci/v1/subscriptions", &["GET"]),
-    source("/alertmanager/v1/webhook", SOURCE_ALERTMANAGER),
     route("/{platform}/consumer/v1/matched-events", &["GET"]),
     route("/{platform}/consumer/v1/matched-events/{eventId}", &["GET"]),
     route("/{platform}/consumer/v1/undelivered-events", &["GET"]),
@@ -100,6 +81,22 @@ pub const ROUTES: &[Route] = &[
     route("/metrics", &["GET"]),
     route("/openapi.json", &["GET"]),
 ];
+
+/// Every route the server answers: the sources' own ([`ingest::sources::ALL`]), then the rest.
+/// `{platform}` is `cf` or `neo`; another `{…}` is any one path segment. A test checks this
+/// table, the OpenAPI document and the live server agree.
+pub static ROUTES: LazyLock<Vec<Route>> = LazyLock::new(|| {
+    let sources = ingest::sources::ALL.iter().flat_map(|source| {
+        source.routes.iter().map(|r| Route {
+            pattern: r.pattern,
+            methods: r.methods,
+            source: r.takes_events.then_some(source.label),
+        })
+    });
+    sources
+        .chain(OTHER_ROUTES.iter().map(|r| route(r.pattern, r.methods)))
+        .collect()
+});
 
 /// The route a request path belongs to.
 pub fn route_of(path: &str) -> Option<&'static Route> {
@@ -346,7 +343,7 @@ mod tests {
         assert_eq!(pattern("/metrics/x"), None);
         assert_eq!(
             route_of("/cf/producer/v1/resource-events-batch").and_then(|r| r.source),
-            Some(SOURCE_ANS)
+            Some(ingest::sources::ans::DESCRIPTION.label)
         );
     }
 

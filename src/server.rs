@@ -6,7 +6,7 @@
 //! messages and finish those in hand; whatever they had not started stays queued.
 
 use crate::credentials;
-use crate::observability::{self, BusProbe, Probe, SOURCE_ALERTMANAGER, SOURCE_ANS, SOURCE_OCI};
+use crate::observability::{self, BusProbe, Probe};
 use crate::settings::{Backend, Settings};
 use anyhow::Context;
 use bus::{Bus, EmbeddedBus, RabbitBus, RabbitSettings};
@@ -14,10 +14,7 @@ use delivery::channels::Channels;
 use delivery::lanes::Lanes;
 use delivery::records::{RecordStore, Region};
 use delivery::{DeliveryConfig, DeliveryWorker};
-use ingest::sources::alertmanager::AlertmanagerConfig;
-use ingest::sources::ans::AnsProducerConfig;
 use ingest::sources::oci::OciSource;
-use ingest::EventPublisher;
 use metrics::Metrics;
 use model::Configuration;
 use router::store::ConfigStore;
@@ -186,26 +183,19 @@ fn api_routes(
     probe: Probe,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone {
     let metrics = Arc::clone(&probe.metrics);
-    let producer = ingest::sources::ans::routes(
-        AnsProducerConfig {
-            body_limit: settings.body_limit_bytes,
-        },
-        EventPublisher::new(Arc::clone(&bus), Arc::clone(&metrics), SOURCE_ANS),
-        auth.require(Scope::Producer),
-    );
-    // The other alarm sources: OCI Notifications, Alertmanager.
-    let oci = oci.routes(
-        EventPublisher::new(Arc::clone(&bus), Arc::clone(&metrics), SOURCE_OCI),
-        auth.require(Scope::Producer),
-        auth.require(Scope::Configuration),
-    );
-    let alertmanager = ingest::sources::alertmanager::routes(
-        AlertmanagerConfig {
-            body_limit: settings.body_limit_bytes,
-        },
-        EventPublisher::new(Arc::clone(&bus), Arc::clone(&metrics), SOURCE_ALERTMANAGER),
-        auth.require(Scope::Producer),
-    );
+    // The alarm sources, each with its own routes.
+    let mount = ingest::sources::Mount {
+        bus: Arc::clone(&bus),
+        metrics: Arc::clone(&metrics),
+        body_limit: settings.body_limit_bytes,
+        producer: auth.require(Scope::Producer).boxed(),
+        reader: auth.require(Scope::Configuration).boxed(),
+    };
+    let sources = ingest::sources::ans::mount(&mount)
+        .or(oci.mount(&mount))
+        .unify()
+        .or(ingest::sources::alertmanager::mount(&mount))
+        .unify();
     let consumer = delivery::consumer_api::routes(records.clone(), auth.require(Scope::Consumer));
     let operator = delivery::operator_api::routes(
         records,
@@ -226,9 +216,7 @@ fn api_routes(
     };
     let health = observability::routes(probe, metrics_guard);
     auth.token_endpoint()
-        .or(producer)
-        .or(oci)
-        .or(alertmanager)
+        .or(sources)
         .or(consumer)
         .or(operator)
         .or(configuration)

@@ -34,30 +34,25 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
-use warp::{Filter, Rejection, Reply};
+use warp::{Filter, Reply};
 use web::ApiError;
 
 /// `eventType` of an alert without an `alertname` label.
 const DEFAULT_EVENT_TYPE: &str = "PrometheusAlert";
 
-/// Settings of the Alertmanager source.
-#[derive(Debug, Clone)]
-pub struct AlertmanagerConfig {
-    /// Largest request body accepted, in bytes.
-    pub body_limit: u64,
-}
+pub const DESCRIPTION: super::Description = super::Description {
+    label: "alertmanager",
+    routes: &[super::intake("/alertmanager/v1/webhook")],
+};
 
-/// `POST /alertmanager/v1/webhook`, behind `guard` (the producer-scope credential check).
-pub fn routes(
-    config: AlertmanagerConfig,
-    publisher: EventPublisher,
-    guard: impl Filter<Extract = (), Error = Rejection> + Clone + Send + Sync + 'static,
-) -> BoxedFilter<(Response,)> {
+/// `POST /alertmanager/v1/webhook`, behind the producer-scope credential check.
+pub fn mount(mount: &super::Mount) -> BoxedFilter<(Response,)> {
+    let publisher = mount.publisher(&DESCRIPTION);
     let publisher = warp::any().map(move || publisher.clone());
     warp::path!("alertmanager" / "v1" / "webhook")
         .and(warp::post())
-        .and(guard)
-        .and(web::body::json(config.body_limit))
+        .and(mount.producer.clone())
+        .and(web::body::json(mount.body_limit))
         .and(publisher)
         .then(accept)
         .boxed()

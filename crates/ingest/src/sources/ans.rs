@@ -18,22 +18,23 @@ use serde_json::Value;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::{Filter, Rejection, Reply};
+use warp::{Filter, Reply};
 use web::ApiError;
 
 /// Settings of the ANS producer source.
-#[derive(Debug, Clone)]
-pub struct AnsProducerConfig {
-    /// Largest request body accepted, in bytes.
-    pub body_limit: u64,
-}
+pub const DESCRIPTION: super::Description = super::Description {
+    label: "ans",
+    routes: &[
+        super::intake("/{platform}/producer/v1/resource-events"),
+        super::intake("/{platform}/producer/v1/resource-events-batch"),
+    ],
+};
 
-/// The producer routes, behind `guard` (the producer-scope credential check).
-pub fn routes(
-    config: AnsProducerConfig,
-    publisher: EventPublisher,
-    guard: impl Filter<Extract = (), Error = Rejection> + Clone + Send + Sync + 'static,
-) -> BoxedFilter<(Response,)> {
+/// The producer routes, behind the producer-scope credential check.
+pub fn mount(mount: &super::Mount) -> BoxedFilter<(Response,)> {
+    let publisher = mount.publisher(&DESCRIPTION);
+    let guard = mount.producer.clone();
+    let body_limit = mount.body_limit;
     // Path before method, so that an unknown path is a 404 rather than a 405.
     let base = web::platform()
         .and(warp::path("producer"))
@@ -46,7 +47,7 @@ pub fn routes(
         .and(warp::post())
         .and(guard.clone())
         .and(warp::query::<SchemaQuery>())
-        .and(web::body::json(config.body_limit))
+        .and(web::body::json(body_limit))
         .and(publisher.clone())
         .then(accept_one);
     let batch = base
@@ -55,7 +56,7 @@ pub fn routes(
         .and(warp::post())
         .and(guard)
         .and(warp::query::<SchemaQuery>())
-        .and(web::body::json(config.body_limit))
+        .and(web::body::json(body_limit))
         .and(publisher)
         .then(accept_batch);
     single.or(batch).unify().boxed()

@@ -1,5 +1,7 @@
-//! One module per source. Each exposes a config struct and `routes`, the warp filter that
-//! serves it; the binary mounts them side by side.
+//! One module per source. Each describes itself ([`Description`]: its metrics label and its
+//! routes, from which the server builds its route table) and mounts its warp filter from a
+//! [`Mount`]; the binary mounts them side by side. Adding a source means writing its module
+//! and adding it to [`ALL`] and to the server's mount list.
 //!
 //! A source parses its wire format and normalizes it into [`ResourceEvent`]s with pure
 //! functions (no HTTP, unit-tested over fixtures), then its thin HTTP layer hands the events to
@@ -12,12 +14,71 @@ pub mod ans;
 pub mod cloudevents;
 pub mod oci;
 
+use crate::EventPublisher;
+use bus::Bus;
+use metrics::Metrics;
 use model::{ResourceEvent, ValidationError};
 use serde_json::Value;
+use std::sync::Arc;
+use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 use web::ApiError;
+
+/// A route a source serves, as the OpenAPI document writes it (`{platform}` is `cf` or `neo`).
+pub struct SourceRoute {
+    pub pattern: &'static str,
+    pub methods: &'static [&'static str],
+    /// Whether requests to it bring events: its refusals are counted under the source's label.
+    pub takes_events: bool,
+}
+
+/// What a source says of itself.
+pub struct Description {
+    /// Its `source` label in the metrics.
+    pub label: &'static str,
+    pub routes: &'static [SourceRoute],
+}
+
+/// A route that brings events, by `POST`.
+pub(crate) const fn intake(pattern: &'static str) -> SourceRoute {
+    SourceRoute {
+        pattern,
+        methods: &["POST"],
+        takes_events: true,
+    }
+}
+
+/// Every source.
+pub const ALL: [&Description; 3] = [
+    &ans::DESCRIPTION,
+    &oci::DESCRIPTION,
+    &alertmanager::DESCRIPTION,
+];
+
+/// What every source is mounted with.
+pub struct Mount {
+    pub bus: Arc<dyn Bus>,
+    pub metrics: Arc<Metrics>,
+    /// Largest request body accepted, in bytes.
+    pub body_limit: u64,
+    /// The credential check of the routes that take events (the producer scope).
+    pub producer: BoxedFilter<()>,
+    /// The credential check of the routes that show a source's state (the configuration scope).
+    pub reader: BoxedFilter<()>,
+}
+
+impl Mount {
+    /// The publisher of `source`'s events, counted under its label.
+    pub fn publisher(&self, source: &Description) -> EventPublisher {
+        EventPublisher::new(
+            Arc::clone(&self.bus),
+            Arc::clone(&self.metrics),
+            source.label,
+        )
+    }
+}
 
 /// A fresh event id (UUID v7: time-ordered, so ids sort roughly by arrival).
 pub(crate) fn new_event_id() -> String {

@@ -40,7 +40,7 @@ use subtle::ConstantTimeEq;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
-use warp::{Filter, Rejection, Reply};
+use warp::{Filter, Reply};
 use web::ApiError;
 
 /// The source's own SQLite file in the data directory: the dedupe window and the
@@ -140,6 +140,18 @@ enum Message {
     Event(OciEvent),
 }
 
+pub const DESCRIPTION: super::Description = super::Description {
+    label: "oci",
+    routes: &[
+        super::intake("/oci/v1/notifications"),
+        super::SourceRoute {
+            pattern: "/oci/v1/subscriptions",
+            methods: &["GET"],
+            takes_events: false,
+        },
+    ],
+};
+
 impl OciSource {
     /// Opens (creating) the source's database in `data_dir`.
     pub fn open(config: OciConfig, data_dir: &Path) -> Result<OciSource, OciError> {
@@ -159,17 +171,14 @@ impl OciSource {
         })
     }
 
-    /// `POST /oci/v1/notifications` behind the endpoint's credentials (`producer_guard` unless
-    /// the config has its own), and `GET /oci/v1/subscriptions` behind `reader_guard`.
-    pub fn routes(
-        self,
-        publisher: EventPublisher,
-        producer_guard: impl Filter<Extract = (), Error = Rejection> + Clone + Send + Sync + 'static,
-        reader_guard: impl Filter<Extract = (), Error = Rejection> + Clone + Send + Sync + 'static,
-    ) -> BoxedFilter<(Response,)> {
+    /// `POST /oci/v1/notifications` behind the endpoint's credentials (the producer scope
+    /// unless the config has its own), and `GET /oci/v1/subscriptions` behind the reader's.
+    pub fn mount(self, mount: &super::Mount) -> BoxedFilter<(Response,)> {
+        let publisher = mount.publisher(&DESCRIPTION);
+        let reader_guard = mount.reader.clone();
         let guard = match &self.config.credentials {
             Some(credentials) => basic_guard(credentials),
-            None => producer_guard.boxed(),
+            None => mount.producer.clone(),
         };
         let body_limit = self.config.body_limit;
         let source = Arc::new(self);
