@@ -31,22 +31,7 @@ impl EventPublisher {
         let accepted_at_ms = model::now_epoch_millis();
         let payloads = events
             .iter()
-            .map(|event| {
-                // `IngestedEvent` borrows nothing, so serialize a view instead of cloning.
-                #[derive(serde::Serialize)]
-                #[serde(rename_all = "camelCase")]
-                struct View<'a> {
-                    event: &'a ResourceEvent,
-                    accepted_at_ms: i64,
-                }
-                let json = serde_json::to_vec(&View {
-                    event,
-                    accepted_at_ms,
-                })
-                .expect("events always serialize");
-                debug_assert!(serde_json::from_slice::<IngestedEvent>(&json).is_ok());
-                Bytes::from(json)
-            })
+            .map(|event| Bytes::from(IngestedEvent::encode(event, accepted_at_ms)))
             .collect();
         self.bus.publish(Queue::Events, payloads).await?;
         self.metrics

@@ -20,7 +20,7 @@ use bus::{Bus, Delivery, Queue};
 use bytes::Bytes;
 use matcher::Matcher;
 use metrics::{Counter, Metrics, RouteOutcome};
-use model::{Catalog, IngestedEvent, ResourceEvent};
+use model::{Catalog, DeliveryJob, IngestedEvent, ResourceEvent};
 use std::sync::Arc;
 use std::time::Duration;
 use store::ConfigStore;
@@ -187,22 +187,12 @@ impl Router {
 
 /// The job for `action` and, in `also`, the event's other actions: the event travels once.
 fn job_payload(event: &ResourceEvent, accepted_at_ms: i64, action: &str, also: &[&str]) -> Bytes {
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct View<'a> {
-        event: &'a ResourceEvent,
-        accepted_at_ms: i64,
-        action: &'a str,
-        #[serde(skip_serializing_if = "<[_]>::is_empty")]
-        also: &'a [&'a str],
-    }
-    let view = View {
+    Bytes::from(DeliveryJob::encode_first(
         event,
         accepted_at_ms,
         action,
         also,
-    };
-    Bytes::from(serde_json::to_vec(&view).expect("jobs always serialize"))
+    ))
 }
 
 #[cfg(test)]
