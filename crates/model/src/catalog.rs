@@ -36,17 +36,18 @@ impl Catalog {
         configuration: Configuration,
         types: &dyn ActionTypes,
     ) -> Result<Self, ConfigurationError> {
-        configuration.check_structure()?;
-        let catalog = Self::index(configuration, types);
-        for action in &catalog.configuration.actions {
-            if let Err(error) = &catalog.actions[&action.name].1 {
-                return Err(ConfigurationError::Action {
-                    name: action.name.clone(),
-                    error: error.clone(),
-                });
-            }
+        let catalog = Self::index(configuration, types)?;
+        let refused = catalog
+            .refused()
+            .next()
+            .map(|(action, error)| ConfigurationError::Action {
+                name: action.name.clone(),
+                error: error.clone(),
+            });
+        match refused {
+            Some(refused) => Err(refused),
+            None => Ok(catalog),
         }
-        Ok(catalog)
     }
 
     /// Indexes a configuration that was accepted once (stored, or shared by another process).
@@ -56,27 +57,37 @@ impl Catalog {
         configuration: Configuration,
         types: &dyn ActionTypes,
     ) -> Result<Self, ConfigurationError> {
-        configuration.check_structure()?;
-        let catalog = Self::index(configuration, types);
-        for action in &catalog.configuration.actions {
-            if let Err(error) = &catalog.actions[&action.name].1 {
-                tracing::warn!(action = %action.name, %error, "an action of the stored configuration is refused by its channel; its deliveries will fail until it is fixed");
-            }
+        let catalog = Self::index(configuration, types)?;
+        for (action, error) in catalog.refused() {
+            tracing::warn!(action = %action.name, %error, "an action of the stored configuration is refused by its channel; its deliveries will fail until it is fixed");
         }
         Ok(catalog)
     }
 
-    fn index(configuration: Configuration, types: &dyn ActionTypes) -> Self {
+    /// Checks the configuration's structure and has each action prepared by its channel.
+    fn index(
+        configuration: Configuration,
+        types: &dyn ActionTypes,
+    ) -> Result<Self, ConfigurationError> {
+        configuration.check_structure()?;
         let actions = configuration
             .actions
             .iter()
             .enumerate()
             .map(|(i, a)| (a.name.clone(), (i, types.prepare(a))))
             .collect();
-        Catalog {
+        Ok(Catalog {
             configuration,
             actions,
-        }
+        })
+    }
+
+    /// The actions their channels refuse, in configuration order.
+    fn refused(&self) -> impl Iterator<Item = (&Action, &ActionTypeError)> {
+        self.configuration
+            .actions
+            .iter()
+            .filter_map(|a| Some((a, self.actions[&a.name].1.as_ref().err()?)))
     }
 
     pub fn configuration(&self) -> &Configuration {

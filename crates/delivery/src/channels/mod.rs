@@ -103,6 +103,43 @@ impl<C: Channel> Registered for C {
     }
 }
 
+/// The configuration of a chat channel that posts to an incoming webhook (Slack, Teams): the
+/// webhook URL, itself a credential, and the message templates.
+pub struct ChatWebhook {
+    webhook: reqwest::Url,
+    templates: crate::templates::MessageTemplates,
+}
+
+impl ChatWebhook {
+    pub const PROPERTIES: &'static [&'static str] = &[
+        "webhookUrl",
+        "subjectTemplate",
+        "bodyTemplate",
+        "payloadTemplate",
+    ];
+    pub const CREDENTIAL_URLS: &'static [&'static str] = &["webhookUrl"];
+
+    pub fn read(p: &Properties) -> Result<Self, PropertyError> {
+        Ok(ChatWebhook {
+            webhook: p.required_url("webhookUrl")?,
+            templates: crate::templates::MessageTemplates::read(p)?,
+        })
+    }
+
+    /// Posts `payload` to the webhook: its answer when it is a success, else its failure.
+    pub async fn post(
+        &self,
+        http: &Http,
+        payload: &serde_json::Value,
+    ) -> Result<crate::http::Reply, Failure> {
+        http.post_json(self.webhook.clone(), payload).await
+    }
+
+    pub fn templates(&self) -> &crate::templates::MessageTemplates {
+        &self.templates
+    }
+}
+
 /// The `[channels]` settings: how Tocsin treats the destinations it talks to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -12,13 +12,12 @@
 //! `403 invalid_token`, `404 channel_not_found`, `410 channel_is_archived`, …), which becomes
 //! the failure's reason; 429 is retried after its `Retry-After`, 5xx retried, 4xx not.
 
-use super::{Channel, Tools};
+use super::{Channel, ChatWebhook, Tools};
 use crate::failure::Failure;
 use crate::lifecycle::Transition;
 use crate::properties::{Properties, PropertyError};
 use crate::templates::{datetime, event_links, mrkdwn, MessageTemplates, Scope};
 use model::{Action, DeliveryJob, Severity};
-use reqwest::Url;
 use serde_json::{json, Value};
 
 const SUBJECT: &str = "{% if resolved %}Resolved: {% endif %}{{ event.subject | mrkdwn }}";
@@ -34,42 +33,24 @@ impl SlackChannel {
     }
 }
 
-/// A `SLACK` action's properties, parsed.
-pub struct SlackConfig {
-    webhook: Url,
-    templates: MessageTemplates,
-}
-
 impl Channel for SlackChannel {
     const TYPE: &'static str = "SLACK";
-    const PROPERTIES: &'static [&'static str] = &[
-        "webhookUrl",
-        "subjectTemplate",
-        "bodyTemplate",
-        "payloadTemplate",
-    ];
-    const CREDENTIAL_URLS: &'static [&'static str] = &["webhookUrl"];
-    type Config = SlackConfig;
+    const PROPERTIES: &'static [&'static str] = ChatWebhook::PROPERTIES;
+    const CREDENTIAL_URLS: &'static [&'static str] = ChatWebhook::CREDENTIAL_URLS;
+    type Config = ChatWebhook;
 
-    fn configure(p: &Properties) -> Result<SlackConfig, PropertyError> {
-        Ok(SlackConfig {
-            webhook: p.required_url("webhookUrl")?,
-            templates: MessageTemplates::read(p)?,
-        })
+    fn configure(p: &Properties) -> Result<ChatWebhook, PropertyError> {
+        ChatWebhook::read(p)
     }
 
     async fn deliver(
         &self,
         job: &DeliveryJob,
         action: &Action,
-        config: &SlackConfig,
+        config: &ChatWebhook,
     ) -> Result<(), Failure> {
-        let payload = message(&self.tools, job, action, &config.templates)?;
-        self.tools
-            .http
-            .post_json(config.webhook.clone(), &payload)
-            .await
-            .map(drop)
+        let payload = message(&self.tools, job, action, config.templates())?;
+        config.post(&self.tools.http, &payload).await.map(drop)
     }
 }
 

@@ -65,60 +65,6 @@ impl SlackThreadedChannel {
         SlackThreadedChannel { tools }
     }
 
-    async fn attempt(
-        &self,
-        job: &DeliveryJob,
-        action: &Action,
-        to: &Conversation,
-    ) -> Result<(), Failure> {
-        let payload = message(&self.tools, job, action, &to.templates)?;
-        let event = &job.event;
-        let closes = Transition::of(event) == Transition::Close;
-        let Some(key) = event.correlation_id().or(event.source_event_id()) else {
-            return self.post(to, &payload, None, false).await.map(drop);
-        };
-        let scope = format!("{}|{}", action.name, to.channel);
-        let links = &self.tools.links;
-        let _working_on_key = links.lock(&scope, key).await;
-        let thread = links.get(&scope, key).await.map_err(local)?;
-        if thread.as_ref().is_some_and(|t| t.last_event == event.id) {
-            return Ok(()); // a redelivered job: its effect is on record
-        }
-        let parent = thread.filter(|t| t.state == LinkState::Open).and_then(|t| {
-            let (channel, ts) = t.target.split_once(' ')?;
-            Some(Posted {
-                channel: channel.to_owned(),
-                ts: ts.to_owned(),
-            })
-        });
-        let (state, thread) = match parent {
-            None => {
-                let posted = self.post(to, &payload, None, false).await?;
-                let state = if closes {
-                    LinkState::Closed
-                } else {
-                    LinkState::Open
-                };
-                (state, posted)
-            }
-            Some(parent) => {
-                self.post(to, &payload, Some(&parent.ts), closes).await?;
-                if closes {
-                    self.update_parent(to, &parent, &payload).await;
-                    (LinkState::Closed, parent)
-                } else {
-                    (LinkState::Open, parent)
-                }
-            }
-        };
-        let link = Link {
-            state,
-            target: format!("{} {}", thread.channel, thread.ts),
-            last_event: event.id.clone(),
-        };
-        links.put(&scope, key, &link).await.map_err(local)
-    }
-
     /// `chat.postMessage`: a new message, or a reply in `thread_ts` (broadcast if asked).
     async fn post(
         &self,
@@ -216,7 +162,52 @@ impl Channel for SlackThreadedChannel {
         action: &Action,
         to: &Conversation,
     ) -> Result<(), Failure> {
-        self.attempt(job, action, to).await
+        let payload = message(&self.tools, job, action, &to.templates)?;
+        let event = &job.event;
+        let closes = Transition::of(event) == Transition::Close;
+        let Some(key) = event.correlation_id().or(event.source_event_id()) else {
+            return self.post(to, &payload, None, false).await.map(drop);
+        };
+        let scope = format!("{}|{}", action.name, to.channel);
+        let links = &self.tools.links;
+        let _working_on_key = links.lock(&scope, key).await;
+        let thread = links.get(&scope, key).await.map_err(local)?;
+        if thread.as_ref().is_some_and(|t| t.last_event == event.id) {
+            return Ok(()); // a redelivered job: its effect is on record
+        }
+        let parent = thread.filter(|t| t.state == LinkState::Open).and_then(|t| {
+            let (channel, ts) = t.target.split_once(' ')?;
+            Some(Posted {
+                channel: channel.to_owned(),
+                ts: ts.to_owned(),
+            })
+        });
+        let (state, thread) = match parent {
+            None => {
+                let posted = self.post(to, &payload, None, false).await?;
+                let state = if closes {
+                    LinkState::Closed
+                } else {
+                    LinkState::Open
+                };
+                (state, posted)
+            }
+            Some(parent) => {
+                self.post(to, &payload, Some(&parent.ts), closes).await?;
+                if closes {
+                    self.update_parent(to, &parent, &payload).await;
+                    (LinkState::Closed, parent)
+                } else {
+                    (LinkState::Open, parent)
+                }
+            }
+        };
+        let link = Link {
+            state,
+            target: format!("{} {}", thread.channel, thread.ts),
+            last_event: event.id.clone(),
+        };
+        links.put(&scope, key, &link).await.map_err(local)
     }
 }
 

@@ -13,13 +13,12 @@
 //! HTTP error 429`), which is a retryable 429. 429 is retried after its `Retry-After`, 5xx
 //! retried, other statuses (400, 404, 413 too large) not.
 
-use super::{Channel, Tools};
+use super::{Channel, ChatWebhook, Tools};
 use crate::failure::{Code, Failure};
 use crate::lifecycle::Transition;
 use crate::properties::{Properties, PropertyError};
-use crate::templates::{datetime, event_links, MessageTemplates, Scope};
+use crate::templates::{datetime, event_links, Scope};
 use model::{Action, DeliveryJob, Severity};
-use reqwest::Url;
 use serde_json::{json, Value};
 
 const SUBJECT: &str = "{% if resolved %}Resolved: {% endif %}{{ event.subject }}";
@@ -31,12 +30,6 @@ pub struct TeamsChannel {
     tools: Tools,
 }
 
-/// A `MICROSOFT_TEAMS` action's properties, parsed.
-pub struct TeamsConfig {
-    webhook: Url,
-    templates: MessageTemplates,
-}
-
 impl TeamsChannel {
     pub fn new(tools: Tools) -> Self {
         TeamsChannel { tools }
@@ -46,15 +39,15 @@ impl TeamsChannel {
         &self,
         job: &DeliveryJob,
         action: &Action,
-        config: &TeamsConfig,
+        config: &ChatWebhook,
     ) -> Result<Value, Failure> {
         let scope = Scope::new(job, action);
         let templates = &self.tools.templates;
-        if let Some(template) = &config.templates.payload {
+        let own = config.templates();
+        if let Some(template) = &own.payload {
             return templates.render_json("payloadTemplate", template, &scope);
         }
-        let (subject, body) =
-            templates.subject_and_body(&config.templates.texts, &scope, SUBJECT, BODY)?;
+        let (subject, body) = templates.subject_and_body(&own.texts, &scope, SUBJECT, BODY)?;
         let event = &job.event;
         let resolved = Transition::of(event) == Transition::Close;
         let resource = format!(
@@ -97,34 +90,22 @@ impl TeamsChannel {
 
 impl Channel for TeamsChannel {
     const TYPE: &'static str = "MICROSOFT_TEAMS";
-    const PROPERTIES: &'static [&'static str] = &[
-        "webhookUrl",
-        "subjectTemplate",
-        "bodyTemplate",
-        "payloadTemplate",
-    ];
-    const CREDENTIAL_URLS: &'static [&'static str] = &["webhookUrl"];
-    type Config = TeamsConfig;
+    const PROPERTIES: &'static [&'static str] = ChatWebhook::PROPERTIES;
+    const CREDENTIAL_URLS: &'static [&'static str] = ChatWebhook::CREDENTIAL_URLS;
+    type Config = ChatWebhook;
 
-    fn configure(p: &Properties) -> Result<TeamsConfig, PropertyError> {
-        Ok(TeamsConfig {
-            webhook: p.required_url("webhookUrl")?,
-            templates: MessageTemplates::read(p)?,
-        })
+    fn configure(p: &Properties) -> Result<ChatWebhook, PropertyError> {
+        ChatWebhook::read(p)
     }
 
     async fn deliver(
         &self,
         job: &DeliveryJob,
         action: &Action,
-        config: &TeamsConfig,
+        config: &ChatWebhook,
     ) -> Result<(), Failure> {
         let payload = self.card(job, action, config)?;
-        let reply = self
-            .tools
-            .http
-            .post_json(config.webhook.clone(), &payload)
-            .await?;
+        let reply = config.post(&self.tools.http, &payload).await?;
         if reply.text().contains(THROTTLED_IN_BODY) {
             return Err(Failure::transient_after(
                 Code::Http(429),

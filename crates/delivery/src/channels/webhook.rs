@@ -80,73 +80,6 @@ impl WebhookChannel {
         }
     }
 
-    async fn attempt(
-        &self,
-        job: &DeliveryJob,
-        action: &Action,
-        config: &WebhookConfig,
-    ) -> Result<(), Failure> {
-        let body = match &config.payload_template {
-            Some(template) => {
-                let scope = Scope::new(job, action);
-                let payload =
-                    self.tools
-                        .templates
-                        .render_json("payloadTemplate", template, &scope)?;
-                serde_json::to_vec(&payload).expect("JSON values serialize")
-            }
-            None => serde_json::to_vec(&job.event).expect("events serialize"),
-        };
-
-        let mut request = self
-            .tools
-            .http
-            .request(
-                config.method.clone(),
-                config.destination.clone(),
-                config.trust_all,
-            )
-            .header(CONTENT_TYPE, "application/json")
-            .headers(config.headers.clone());
-        if let Some(timeout) = config.timeout {
-            request = request.timeout(timeout);
-        }
-        if let Some(key) = &config.signing_key {
-            let id = message_id(job, action);
-            let timestamp = model::now_epoch_seconds();
-            request = request
-                .header("webhook-id", &id)
-                .header("webhook-timestamp", timestamp.to_string())
-                .header("webhook-signature", sign(key, &id, timestamp, &body));
-        }
-        let (request, oauth) = match &config.auth {
-            Auth::Anonymous => (request, None),
-            Auth::Basic { username, password } => {
-                (request.basic_auth(username, Some(password)), None)
-            }
-            Auth::Bearer(token) => (request.bearer_auth(token), None),
-            Auth::ClientCredentials(client) => {
-                (request.bearer_auth(self.token(client).await?), Some(client))
-            }
-        };
-        let reply = self.tools.http.send(request.body(body)).await?;
-        if reply.is_success() {
-            return Ok(());
-        }
-        let mut failure = reply.failure(&reply.quote());
-        if let (Some(client), 401) = (oauth, reply.status.as_u16()) {
-            self.tokens
-                .lock()
-                .expect("not poisoned")
-                .remove(&client.cache_key());
-            failure.retry = Retry::OnSchedule;
-            failure
-                .reason
-                .push_str(" (the OAuth token was dropped; a retry fetches a new one)");
-        }
-        Err(failure)
-    }
-
     /// A valid token for `client`: the cached one, or a new one from its token endpoint.
     async fn token(&self, client: &OAuthClient) -> Result<String, Failure> {
         let key = client.cache_key();
@@ -258,7 +191,65 @@ impl Channel for WebhookChannel {
         action: &Action,
         config: &WebhookConfig,
     ) -> Result<(), Failure> {
-        self.attempt(job, action, config).await
+        let body = match &config.payload_template {
+            Some(template) => {
+                let scope = Scope::new(job, action);
+                let payload =
+                    self.tools
+                        .templates
+                        .render_json("payloadTemplate", template, &scope)?;
+                serde_json::to_vec(&payload).expect("JSON values serialize")
+            }
+            None => serde_json::to_vec(&job.event).expect("events serialize"),
+        };
+
+        let mut request = self
+            .tools
+            .http
+            .request(
+                config.method.clone(),
+                config.destination.clone(),
+                config.trust_all,
+            )
+            .header(CONTENT_TYPE, "application/json")
+            .headers(config.headers.clone());
+        if let Some(timeout) = config.timeout {
+            request = request.timeout(timeout);
+        }
+        if let Some(key) = &config.signing_key {
+            let id = message_id(job, action);
+            let timestamp = model::now_epoch_seconds();
+            request = request
+                .header("webhook-id", &id)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", sign(key, &id, timestamp, &body));
+        }
+        let (request, oauth) = match &config.auth {
+            Auth::Anonymous => (request, None),
+            Auth::Basic { username, password } => {
+                (request.basic_auth(username, Some(password)), None)
+            }
+            Auth::Bearer(token) => (request.bearer_auth(token), None),
+            Auth::ClientCredentials(client) => {
+                (request.bearer_auth(self.token(client).await?), Some(client))
+            }
+        };
+        let reply = self.tools.http.send(request.body(body)).await?;
+        if reply.is_success() {
+            return Ok(());
+        }
+        let mut failure = reply.failure(&reply.quote());
+        if let (Some(client), 401) = (oauth, reply.status.as_u16()) {
+            self.tokens
+                .lock()
+                .expect("not poisoned")
+                .remove(&client.cache_key());
+            failure.retry = Retry::OnSchedule;
+            failure
+                .reason
+                .push_str(" (the OAuth token was dropped; a retry fetches a new one)");
+        }
+        Err(failure)
     }
 }
 

@@ -89,104 +89,6 @@ impl B2cIncidentChannel {
         }
     }
 
-    async fn attempt(
-        &self,
-        job: &DeliveryJob,
-        action: &Action,
-        config: &B2cConfig,
-    ) -> Result<(), Failure> {
-        let site = &config.site;
-        let incident = self.incident(job, action, &config.rules)?;
-        let event = &job.event;
-        let key = event.source_event_id().unwrap_or(&event.id);
-        let scope = format!("{}|{}", action.name, site.base);
-        let links = &self.tools.links;
-        let _working_on_key = links.lock(&scope, key).await;
-
-        let mut link = links.get(&scope, key).await.map_err(local)?;
-        if let Some(known) = &link {
-            if known.state != LinkState::Pending && known.last_event == event.id {
-                return Ok(()); // a redelivered job: its effect is on record
-            }
-        }
-        if let Some(pending) = link.clone().filter(|l| l.state == LinkState::Pending) {
-            let previous = pending.target.parse::<i64>().ok();
-            let found = self
-                .find(site, &incident.key_field, key)
-                .await?
-                .filter(|id| previous.is_none_or(|previous| *id > previous));
-            match found {
-                Some(id) => {
-                    let open = Link {
-                        state: LinkState::Open,
-                        target: id.to_string(),
-                        last_event: pending.last_event.clone(),
-                    };
-                    self.record(&scope, key, &open).await?;
-                    if pending.last_event == event.id {
-                        return Ok(()); // the create that went unanswered carried this event
-                    }
-                    link = Some(open);
-                }
-                None => {
-                    link = previous.map(|id| Link {
-                        state: LinkState::Closed,
-                        target: id.to_string(),
-                        last_event: pending.last_event,
-                    })
-                }
-            }
-        }
-
-        let transition = Transition::of(event);
-        let Some(link) = link else {
-            if transition != Transition::Close {
-                return self.create(site, &incident, &scope, key, event, None).await;
-            }
-            // Nothing on record: the map may have been lost, so ask the site.
-            return match self.find(site, &incident.key_field, key).await? {
-                Some(id) => {
-                    self.update(site, id, &incident, Some(&incident.status_ok))
-                        .await?;
-                    self.record(&scope, key, &link_to(LinkState::Closed, id, event))
-                        .await
-                }
-                None => {
-                    tracing::info!(event = %event.id, action = %action.name, "no incident to close");
-                    Ok(())
-                }
-            };
-        };
-        let id: i64 = link.target.parse().map_err(|_| {
-            local(format!(
-                "the link map holds `{}` as an incident id",
-                link.target
-            ))
-        })?;
-        let open = link.state == LinkState::Open;
-        let (status, state) = match (transition, open) {
-            (Transition::Close, true) => (Some(&incident.status_ok), LinkState::Closed),
-            (Transition::Open, false) if !incident.reopen => {
-                return self
-                    .create(site, &incident, &scope, key, event, Some(id))
-                    .await
-            }
-            (Transition::Open, false) => (Some(&incident.status_firing), LinkState::Open),
-            (_, _) => (None, link.state),
-        };
-        match self
-            .update(site, id, &incident, status.map(String::as_str))
-            .await
-        {
-            // The incident was deleted on the site: a firing starts a new one.
-            Err(gone) if gone.code == Code::Http(404) && transition == Transition::Open => {
-                self.create(site, &incident, &scope, key, event, None).await
-            }
-            Err(failure) => Err(failure),
-            Ok(()) => self.record(&scope, key, &link_to(state, id, event)).await,
-        }
-    }
-
     /// Creates the incident, announcing it as `Pending` first. `previous` is the incident
     /// this one replaces (closed, not to be mistaken for the new one by a later look-up).
     async fn create(
@@ -416,7 +318,96 @@ impl Channel for B2cIncidentChannel {
         action: &Action,
         config: &B2cConfig,
     ) -> Result<(), Failure> {
-        self.attempt(job, action, config).await
+        let site = &config.site;
+        let incident = self.incident(job, action, &config.rules)?;
+        let event = &job.event;
+        let key = event.source_event_id().unwrap_or(&event.id);
+        let scope = format!("{}|{}", action.name, site.base);
+        let links = &self.tools.links;
+        let _working_on_key = links.lock(&scope, key).await;
+
+        let mut link = links.get(&scope, key).await.map_err(local)?;
+        if let Some(known) = &link {
+            if known.state != LinkState::Pending && known.last_event == event.id {
+                return Ok(()); // a redelivered job: its effect is on record
+            }
+        }
+        if let Some(pending) = link.clone().filter(|l| l.state == LinkState::Pending) {
+            let previous = pending.target.parse::<i64>().ok();
+            let found = self
+                .find(site, &incident.key_field, key)
+                .await?
+                .filter(|id| previous.is_none_or(|previous| *id > previous));
+            match found {
+                Some(id) => {
+                    let open = Link {
+                        state: LinkState::Open,
+                        target: id.to_string(),
+                        last_event: pending.last_event.clone(),
+                    };
+                    self.record(&scope, key, &open).await?;
+                    if pending.last_event == event.id {
+                        return Ok(()); // the create that went unanswered carried this event
+                    }
+                    link = Some(open);
+                }
+                None => {
+                    link = previous.map(|id| Link {
+                        state: LinkState::Closed,
+                        target: id.to_string(),
+                        last_event: pending.last_event,
+                    })
+                }
+            }
+        }
+
+        let transition = Transition::of(event);
+        let Some(link) = link else {
+            if transition != Transition::Close {
+                return self.create(site, &incident, &scope, key, event, None).await;
+            }
+            // Nothing on record: the map may have been lost, so ask the site.
+            return match self.find(site, &incident.key_field, key).await? {
+                Some(id) => {
+                    self.update(site, id, &incident, Some(&incident.status_ok))
+                        .await?;
+                    self.record(&scope, key, &link_to(LinkState::Closed, id, event))
+                        .await
+                }
+                None => {
+                    tracing::info!(event = %event.id, action = %action.name, "no incident to close");
+                    Ok(())
+                }
+            };
+        };
+        let id: i64 = link.target.parse().map_err(|_| {
+            local(format!(
+                "the link map holds `{}` as an incident id",
+                link.target
+            ))
+        })?;
+        let open = link.state == LinkState::Open;
+        let (status, state) = match (transition, open) {
+            (Transition::Close, true) => (Some(&incident.status_ok), LinkState::Closed),
+            (Transition::Open, false) if !incident.reopen => {
+                return self
+                    .create(site, &incident, &scope, key, event, Some(id))
+                    .await
+            }
+            (Transition::Open, false) => (Some(&incident.status_firing), LinkState::Open),
+            (_, _) => (None, link.state),
+        };
+        match self
+            .update(site, id, &incident, status.map(String::as_str))
+            .await
+        {
+            // The incident was deleted on the site: a firing starts a new one.
+            Err(gone) if gone.code == Code::Http(404) && transition == Transition::Open => {
+                self.create(site, &incident, &scope, key, event, None).await
+            }
+            Err(failure) => Err(failure),
+            Ok(()) => self.record(&scope, key, &link_to(state, id, event)).await,
+        }
     }
 }
 
