@@ -224,6 +224,7 @@ fn api_routes(
         .or(consumer)
         .or(operator)
         .or(configuration)
+        .or(crate::dead_letters::routes(Arc::clone(&bus), auth))
         .or(health)
         .recover(web::recover)
         .with(observability::instrument(metrics))

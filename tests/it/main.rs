@@ -6,6 +6,7 @@ mod channels_end_to_end;
 mod common;
 mod configuration_api;
 mod crash_recovery;
+mod dead_letters;
 mod observability;
 mod oci_notifications;
 mod openapi;
