@@ -58,8 +58,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         })),
     };
     // --- end of observability ---------------------------------------------------------------
-    let config_store =
-        Arc::new(ConfigStore::open(&data_dir.join("config.db"), Arc::clone(&bus)).await?);
+    let config_store = Arc::new(
+        ConfigStore::open(
+            &data_dir.join("config.db"),
+            Arc::clone(&bus),
+            credentials::store_keys(&settings.store, data_dir)?,
+        )
+        .await?,
+    );
     if let Some(imported) = load_configuration(&settings)? {
         config_store
             .change(|configuration| router::api::replace(configuration, imported))

@@ -4,6 +4,7 @@
 mod b2c_incident_lifecycle;
 mod channels_end_to_end;
 mod common;
+mod config_at_rest;
 mod configuration_api;
 mod crash_recovery;
 mod dead_letters;

@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod matcher;
+pub mod sealing;
 pub mod store;
 
 use bus::{Bus, Delivery, Queue};
@@ -239,7 +240,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue = Arc::new(EmbeddedBus::open(&dir.path().join("queue.db"), None).unwrap());
         let bus: Arc<dyn Bus> = queue.clone();
-        let store = ConfigStore::open(&dir.path().join("config.db"), Arc::clone(&bus))
+        let keys = crate::sealing::Keys::new(&crate::sealing::Keys::generate_key(), &[]);
+        let store = ConfigStore::open(&dir.path().join("config.db"), Arc::clone(&bus), keys)
             .await
             .unwrap();
         let configuration: Configuration = serde_json::from_value(json!({
