@@ -189,13 +189,7 @@ impl RabbitBus {
     /// Messages ready in the queues `names`, by passive declares on a channel of their own
     /// (a failed one closes its channel).
     async fn message_count(&self, names: &[String]) -> Result<u64, BusError> {
-        let channel = self
-            .publisher
-            .link()?
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
+        let channel = self.publisher.channel().await?;
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()
@@ -571,6 +565,15 @@ impl Publisher {
     fn link(&self) -> Result<Link, BusError> {
         let link = self.link.borrow().clone();
         link.ok_or_else(|| BusError::Unavailable("not connected to RabbitMQ".into()))
+    }
+
+    /// A channel of its own on the current link, for reads that may fail or hold messages.
+    async fn channel(&self) -> Result<Channel, BusError> {
+        self.link()?
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)
     }
 
     /// Publishes `message` to wait `delay` before it reaches `queue`, counting `deliveries`

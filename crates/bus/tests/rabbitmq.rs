@@ -1,5 +1,7 @@
 //! The RabbitMQ backend against the real broker on 127.0.0.1:5672 (TOCSIN_TEST_AMQP_URI).
 
+mod common;
+
 use bus::{Bus, Delivery, Queue, RabbitBus, RabbitSettings, Subscription};
 use bytes::Bytes;
 use std::time::Duration;
@@ -230,20 +232,12 @@ async fn delayed_messages_wait_in_the_broker_and_come_back() {
     settings.delete_topology().await.unwrap();
 }
 
-/// Waits until the bus counts `expected` dead letters (the broker counts asynchronously).
+/// Waits until the bus counts `expected` dead letters.
 async fn eventually_count(bus: &RabbitBus, expected: u64) {
-    let started = std::time::Instant::now();
-    loop {
-        let count = bus.dead_letter_count().await.unwrap();
-        if count == expected {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{count} dead letters, expected {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually(expected, || async {
+        bus.dead_letter_count().await.unwrap()
+    })
+    .await;
 }
 
 #[tokio::test]

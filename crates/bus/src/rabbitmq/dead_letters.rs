@@ -193,13 +193,7 @@ impl RabbitBus {
     /// Takes up to `limit` messages off the dead-letter queue, unacked.
     async fn take_dead_letters(&self, limit: usize) -> Result<Taken, BusError> {
         let settings = &self.publisher.settings;
-        let channel = self
-            .publisher
-            .link()?
-            .connection
-            .create_channel()
-            .await
-            .map_err(super::unavailable)?;
+        let channel = self.publisher.channel().await?;
         let queue = settings.dead_letter_queue_name();
         let mut messages = Vec::new();
         while messages.len() < limit {
