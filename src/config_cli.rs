@@ -5,7 +5,8 @@ use anyhow::{bail, Context};
 use std::io::Read;
 use std::path::PathBuf;
 
-/// Where the running Tocsin is and who we are to it.
+/// Where the running Tocsin is and who we are to it (the other commands that talk to a
+/// running Tocsin use it too).
 #[derive(clap::Args)]
 pub struct Remote {
     /// Base URL of the running Tocsin.
@@ -35,38 +36,42 @@ pub enum ConfigCommand {
     },
 }
 
-impl Remote {
-    fn endpoint(&self) -> String {
-        format!(
-            "{}/cf/configuration/v1/configuration",
-            self.url.trim_end_matches('/')
-        )
-    }
-}
+const CONFIGURATION: &str = "/cf/configuration/v1/configuration";
 
-async fn answer(response: reqwest::Response) -> anyhow::Result<serde_json::Value> {
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.context("the answer is not JSON")?;
-    if !status.is_success() {
-        let message = body["message"].as_str().unwrap_or("no message");
-        bail!("{status}: {message}");
+impl Remote {
+    /// A `method` request to `path` on the running Tocsin, with our credentials.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new()
+            .request(method, format!("{}{path}", self.url.trim_end_matches('/')))
+            .basic_auth(&self.user, Some(&self.password))
     }
-    Ok(body)
+
+    /// Sends `request` and returns the JSON answer; an error answer fails with its message.
+    pub async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<serde_json::Value> {
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.url))?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.context("the answer is not JSON")?;
+        if !status.is_success() {
+            let message = body["message"].as_str().unwrap_or("no message");
+            bail!("{status}: {message}");
+        }
+        Ok(body)
+    }
 }
 
 pub async fn run(command: ConfigCommand) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
     match command {
         ConfigCommand::Export { remote } => {
-            let response = http
-                .get(remote.endpoint())
-                .basic_auth(&remote.user, Some(&remote.password))
-                .send()
-                .await
-                .with_context(|| format!("cannot reach {}", remote.url))?;
+            let request = remote.request(reqwest::Method::GET, CONFIGURATION);
             println!(
                 "{}",
-                serde_json::to_string_pretty(&answer(response).await?)?
+                serde_json::to_string_pretty(&remote.send(request).await?)?
             );
         }
         ConfigCommand::Import { remote, file } => {
@@ -79,14 +84,10 @@ pub async fn run(command: ConfigCommand) -> anyhow::Result<()> {
             }
             let document: serde_json::Value =
                 serde_json::from_str(&text).context("the file is not JSON")?;
-            let response = http
-                .post(remote.endpoint())
-                .basic_auth(&remote.user, Some(&remote.password))
-                .json(&document)
-                .send()
-                .await
-                .with_context(|| format!("cannot reach {}", remote.url))?;
-            let imported = answer(response).await?;
+            let request = remote
+                .request(reqwest::Method::POST, CONFIGURATION)
+                .json(&document);
+            let imported = remote.send(request).await?;
             let count = |key: &str| imported[key].as_array().map_or(0, Vec::len);
             eprintln!(
                 "imported {} actions, {} conditions, {} subscriptions",

@@ -1,10 +1,14 @@
 //! First-start safety: with no API client configured, Tocsin does not run open. It generates a
 //! client `admin` with every scope, writes its password to a file only the owner can read in
 //! the data directory, and says where — never what — in the log. The bearer-token signing key
-//! is generated the same way when none is configured.
+//! and the key that seals the stored configuration are generated the same way when none is
+//! configured.
 
-use anyhow::Context;
+use crate::settings::StoreSettings;
+use anyhow::{bail, Context};
+use base64::Engine;
 use rand::distr::{Alphanumeric, SampleString};
+use router::sealing::{Keys, KEY_BYTES};
 use std::io::Write;
 use std::path::Path;
 use web::{Client, Scope};
@@ -62,6 +66,48 @@ pub fn token_key(configured: &str, data_dir: &Path) -> anyhow::Result<Vec<u8>> {
             write_private(&path, key.as_bytes())?;
             Ok(key.into_bytes())
         }
+    }
+}
+
+/// The keys that seal the stored configuration: `store.secret_key`, or one generated once into
+/// the data directory (`secret.key`); then `store.previous_secret_keys`, and the generated key
+/// too when a configured one has replaced it, so that moving to a configured key needs no step.
+pub fn store_keys(settings: &StoreSettings, data_dir: &Path) -> anyhow::Result<Keys> {
+    let path = data_dir.join("secret.key");
+    let generated = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(decode_key(text.trim(), &path.display().to_string())?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut previous = settings
+        .previous_secret_keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| decode_key(&key.0, &format!("store.previous_secret_keys[{i}]")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let current = if !settings.secret_key.0.is_empty() {
+        previous.extend(generated);
+        decode_key(&settings.secret_key.0, "store.secret_key")?
+    } else if let Some(key) = generated {
+        key
+    } else {
+        let key = Keys::generate_key();
+        let text = base64::engine::general_purpose::STANDARD.encode(key);
+        write_private(&path, text.as_bytes())?;
+        tracing::info!(key = %path.display(), "generated the key that seals the stored configuration");
+        key
+    };
+    Ok(Keys::new(&current, &previous))
+}
+
+/// A key in base64; errors name `origin`, never the value.
+fn decode_key(text: &str, origin: &str) -> anyhow::Result<[u8; KEY_BYTES]> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text.trim());
+    match bytes.map(<[u8; KEY_BYTES]>::try_from) {
+        Ok(Ok(key)) => Ok(key),
+        _ => bail!(
+            "{origin} must be {KEY_BYTES} bytes in base64 (e.g. the output of `openssl rand -base64 32`)"
+        ),
     }
 }
 

@@ -3,6 +3,8 @@
 
 mod config_cli;
 mod credentials;
+mod dead_letters;
+mod dead_letters_cli;
 mod observability;
 mod server;
 mod settings;
@@ -54,6 +56,9 @@ enum Command {
     /// Export or import the configuration of a running Tocsin.
     #[command(subcommand)]
     Config(config_cli::ConfigCommand),
+    /// List or replay the dead letters of a running Tocsin.
+    #[command(subcommand)]
+    DeadLetters(dead_letters_cli::DeadLettersCommand),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -105,5 +110,6 @@ async fn main() -> anyhow::Result<()> {
             server::serve(settings).await
         }
         Command::Config(command) => config_cli::run(command).await,
+        Command::DeadLetters(command) => dead_letters_cli::run(command).await,
     }
 }

@@ -2,12 +2,13 @@
 //! metrics every route reports, and the table of the server's routes that they are keyed by.
 //!
 //! Counters and histograms are updated by the components as they work; what is a state rather
-//! than an event — queue depths, delayed messages, undelivered records, the bus connection — is
-//! sampled when `/metrics` is scraped ([`Probe::sample`]). `/metrics` needs a client with the
-//! consumer scope unless `metrics.public` is set. `/healthz`, `/readyz` and `/openapi.json` need
+//! than an event — queue depths, delayed messages, dead letters, undelivered records, the bus
+//! connection — is sampled when `/metrics` is scraped ([`Probe::sample`]), through the `Bus`
+//! trait whichever backend runs. `/metrics` needs a client with the consumer scope unless
+//! `metrics.public` is set. `/healthz`, `/readyz` and `/openapi.json` need
 //! nothing and reveal nothing about the installation beyond what is up.
 
-use bus::{Bus, EmbeddedBus, Queue, RabbitBus};
+use bus::{Bus, Queue};
 use delivery::records::{RecordQuery, RecordStore};
 use metrics::{Metrics, RejectReason};
 use model::DeliveryStatus;
@@ -76,6 +77,9 @@ const OTHER_ROUTES: &[Route] = &[
         &["POST"],
     ),
     route("/tocsin/v1/undelivered-events/redeliver", &["POST"]),
+    route("/tocsin/v1/dead-letters", &["GET"]),
+    route("/tocsin/v1/dead-letters/{id}/replay", &["POST"]),
+    route("/tocsin/v1/dead-letters/replay", &["POST"]),
     route("/healthz", &["GET"]),
     route("/readyz", &["GET"]),
     route("/metrics", &["GET"]),
@@ -134,57 +138,13 @@ pub fn instrument(
     })
 }
 
-/// The bus, as its concrete backend: depths and delays are read differently on each.
-#[derive(Clone)]
-pub enum BusProbe {
-    Embedded(Arc<EmbeddedBus>),
-    Rabbitmq(Arc<RabbitBus>),
-}
-
-impl BusProbe {
-    async fn depth(&self, queue: Queue) -> Result<u64, bus::BusError> {
-        match self {
-            BusProbe::Embedded(bus) => bus.depth(queue).await,
-            BusProbe::Rabbitmq(bus) => bus.depth(queue).await,
-        }
-    }
-
-    async fn delayed_count(&self) -> Result<u64, bus::BusError> {
-        match self {
-            BusProbe::Embedded(bus) => bus.delayed_count().await,
-            BusProbe::Rabbitmq(bus) => bus.delayed_count().await,
-        }
-    }
-
-    fn is_ready(&self) -> bool {
-        match self {
-            BusProbe::Embedded(bus) => bus.is_ready(),
-            BusProbe::Rabbitmq(bus) => bus.is_ready(),
-        }
-    }
-
-    fn reconnects(&self) -> u64 {
-        match self {
-            BusProbe::Embedded(_) => 0,
-            BusProbe::Rabbitmq(bus) => bus.reconnects(),
-        }
-    }
-
-    fn backend(&self) -> &'static str {
-        match self {
-            BusProbe::Embedded(bus) => bus.backend(),
-            BusProbe::Rabbitmq(bus) => bus.backend(),
-        }
-    }
-}
-
 /// Longest a scrape or a readiness check waits for one of its reads.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Reads the state of the parts that hold state, for `/metrics` and `/readyz`.
 #[derive(Clone)]
 pub struct Probe {
-    pub bus: BusProbe,
+    pub bus: Arc<dyn Bus>,
     pub records: RecordStore,
     pub config: Arc<ConfigStore>,
     pub channels: delivery::channels::Channels,
@@ -204,6 +164,9 @@ impl Probe {
         }
         if let Some(delayed) = within(self.bus.delayed_count()).await {
             metrics.set_retry_backlog(delayed);
+        }
+        if let Some(dead) = within(self.bus.dead_letter_count()).await {
+            metrics.set_dead_letters(dead);
         }
         let (open, half_open) = self.channels.circuit_counts();
         metrics.set_circuits(open, half_open);

@@ -6,7 +6,7 @@
 //! messages and finish those in hand; whatever they had not started stays queued.
 
 use crate::credentials;
-use crate::observability::{self, BusProbe, Probe};
+use crate::observability::{self, Probe};
 use crate::settings::{Backend, Settings};
 use anyhow::Context;
 use bus::{Bus, EmbeddedBus, RabbitBus, RabbitSettings};
@@ -36,21 +36,20 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     // --- observability (issue 7): one registry for the process -----------------------------
     let metrics = Arc::new(Metrics::new());
-    let bus_probe = match settings.bus.backend {
-        Backend::Embedded => BusProbe::Embedded(Arc::new(EmbeddedBus::open(
-            &data_dir.join("queue.db"),
-            Some(metrics.commit_observer("queue")),
-        )?)),
-        Backend::Rabbitmq => BusProbe::Rabbitmq(Arc::new(RabbitBus::start(RabbitSettings {
+    let bus: Arc<dyn Bus> = match settings.bus.backend {
+        Backend::Embedded => Arc::new(
+            EmbeddedBus::open(
+                &data_dir.join("queue.db"),
+                Some(metrics.commit_observer("queue")),
+            )?
+            .with_delivery_limit(settings.bus.delivery_limit),
+        ),
+        Backend::Rabbitmq => Arc::new(RabbitBus::start(RabbitSettings {
             uri: settings.bus.url.clone(),
             prefix: settings.bus.prefix.clone(),
             delivery_limit: settings.bus.delivery_limit,
             publish_timeout: Duration::from_millis(settings.bus.publish_timeout_ms),
-        }))),
-    };
-    let bus: Arc<dyn Bus> = match &bus_probe {
-        BusProbe::Embedded(bus) => bus.clone(),
-        BusProbe::Rabbitmq(bus) => bus.clone(),
+        })),
     };
     // --- end of observability ---------------------------------------------------------------
     let records = RecordStore::open(
@@ -71,6 +70,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             &data_dir.join("config.db"),
             Arc::clone(&bus),
             Arc::new(channels.clone()),
+            credentials::store_keys(&settings.store, data_dir)?,
         )
         .await?,
     );
@@ -134,7 +134,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         data_dir,
     )?;
     let probe = Probe {
-        bus: bus_probe,
+        bus: Arc::clone(&bus),
         records: records.clone(),
         config: Arc::clone(&config_store),
         channels,
@@ -220,6 +220,7 @@ fn api_routes(
         .or(consumer)
         .or(operator)
         .or(configuration)
+        .or(crate::dead_letters::routes(Arc::clone(&bus), auth))
         .or(health)
         .recover(web::recover)
         .with(observability::instrument(metrics))

@@ -32,6 +32,20 @@ pub struct Settings {
     pub sources: SourcesSettings,
     /// `/metrics`.
     pub metrics: MetricsSettings,
+    /// The configuration store (`config.db`).
+    pub store: StoreSettings,
+}
+
+/// `[store]`: how the stored configuration is sealed at rest.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// 32 bytes in base64 that seal `config.db`; generated once into the data directory
+    /// (`secret.key`) when empty.
+    pub secret_key: Secret,
+    /// Keys that sealed it before: still opened, and re-sealed with `secret_key` at start
+    /// (TOML file only).
+    pub previous_secret_keys: Vec<Secret>,
 }
 
 /// `[metrics]`: who may scrape `/metrics`.
@@ -60,7 +74,7 @@ pub struct BusSettings {
     pub url: String,
     /// Prefix of Tocsin's exchanges and queues on the broker.
     pub prefix: String,
-    /// Deliveries of one message before RabbitMQ dead-letters it.
+    /// Deliveries of one message before it is dead-lettered, on either backend.
     pub delivery_limit: u32,
     /// How long an API call waits for the broker before answering 503.
     pub publish_timeout_ms: u64,
@@ -178,6 +192,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             sources: SourcesSettings::default(),
             metrics: MetricsSettings::default(),
+            store: StoreSettings::default(),
         }
     }
 }
@@ -188,7 +203,7 @@ impl Default for BusSettings {
             backend: Backend::Embedded,
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             prefix: "tocsin".into(),
-            delivery_limit: 20,
+            delivery_limit: bus::DEFAULT_DELIVERY_LIMIT,
             publish_timeout_ms: 5000,
         }
     }

@@ -26,11 +26,20 @@ async fn call(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-/// The configuration as stored, read from the SQLite file directly.
+/// The configuration as stored, read from the SQLite file directly and opened with the key
+/// generated into the data directory.
 fn stored_document(tocsin: &Tocsin) -> String {
+    use base64::Engine;
     let conn = rusqlite::Connection::open(tocsin.data_dir.join("config.db")).unwrap();
-    conn.query_row("SELECT document FROM configuration", [], |r| r.get(0))
-        .unwrap()
+    let sealed: Vec<u8> = conn
+        .query_row("SELECT document FROM configuration", [], |r| r.get(0))
+        .unwrap();
+    let key = std::fs::read_to_string(tocsin.data_dir.join("secret.key")).unwrap();
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(key.trim())
+        .unwrap();
+    let keys = router::sealing::Keys::new(&key.try_into().unwrap(), &[]);
+    String::from_utf8(keys.open(&sealed).unwrap().0).unwrap()
 }
 
 fn message(body: &Value) -> &str {

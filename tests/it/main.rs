@@ -4,8 +4,10 @@
 mod b2c_incident_lifecycle;
 mod channels_end_to_end;
 mod common;
+mod config_at_rest;
 mod configuration_api;
 mod crash_recovery;
+mod dead_letters;
 mod observability;
 mod oci_notifications;
 mod openapi;

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// One scrape of `/metrics`: every sample by its series as rendered (`name{labels}`).
-struct Scrape {
+pub(crate) struct Scrape {
     text: String,
     samples: BTreeMap<String, f64>,
 }
@@ -31,7 +31,7 @@ impl Scrape {
     }
 
     /// The value of `series`, which must be exported.
-    fn value(&self, series: &str) -> f64 {
+    pub(crate) fn value(&self, series: &str) -> f64 {
         *self
             .samples
             .get(series)
@@ -67,7 +67,11 @@ async fn scrape(tocsin: &Tocsin) -> Scrape {
 
 /// Scrapes until `done` holds for a scrape (the gauges sampled at scrape time catch up with
 /// acks a moment after the records appear).
-async fn scrape_until(tocsin: &Tocsin, what: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
+pub(crate) async fn scrape_until(
+    tocsin: &Tocsin,
+    what: &str,
+    done: impl Fn(&Scrape) -> bool,
+) -> Scrape {
     let started = Instant::now();
     loop {
         let scrape = scrape(tocsin).await;
@@ -456,6 +460,7 @@ async fn promtool_accepts_the_exposition_and_the_dashboard_and_alerts_read_expor
         "tocsin_delivery_retry_backlog",   // retry backlog
         "tocsin_undelivered_records",      // undelivered count
         "tocsin_delivery_attempts_total",  // per-channel failures
+        "tocsin_dead_letters",             // dead letters
     ] {
         assert!(
             queried.contains(needed),

@@ -14,11 +14,11 @@
 //! with `MAGIC`, so both kinds live side by side in a queue.
 //!
 //! Consuming: a message is split into one [`Delivery`] per payload. Items are settled one by
-//! one and the message once its last item is: acked when every item was; handed back whole
-//! when no item was acked or dead-lettered; otherwise *replaced* — the items to run again go
-//! back as a new message and the dead-lettered ones to the dead letters, atomically with the
-//! message's removal where the backend allows — so an acked item never runs twice because a
-//! neighbour failed.
+//! one and the message once its last item is ([`Ending`]): acked when every item was; handed
+//! back whole at once when every item was dropped unsettled (its consumer is stopping);
+//! otherwise *replaced* — the items to run again go back as a new message after the requeue
+//! delay and the dead-lettered ones to the dead letters, atomically with the message's removal
+//! where the backend allows — so an acked item never runs twice because a neighbour failed.
 
 use crate::{BusError, Delivery, Queue};
 use async_trait::async_trait;
@@ -202,17 +202,27 @@ pub(crate) enum Settlement {
     Requeue,
     /// Cannot ever be processed (e.g. undecodable): park it with the dead letters.
     DeadLetter,
+    /// Dropped unsettled: its consumer is going away.
+    Release,
+}
+
+/// How a message ends once all its items are settled.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// Every item is done: remove the message.
+    Ack,
+    /// Every item was dropped unsettled: hand the message back as it is, at once.
+    Release,
+    /// Remove the message; `again` goes back on its queue as one message after the requeue
+    /// delay (or to the dead letters, past the delivery limit), and `dead` to the dead letters.
+    Replace { again: Vec<Bytes>, dead: Vec<Bytes> },
 }
 
 /// A backend's handle on one consumed message.
 #[async_trait]
 pub(crate) trait Settle: Send + Sync {
-    /// Settles the whole message.
-    async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), BusError>;
-
-    /// Removes the message, putting `again` back on its queue (as one new message) and
-    /// `dead` with the dead letters. If that fails, the message is handed back whole.
-    async fn replace(self: Box<Self>, again: Vec<Bytes>, dead: Vec<Bytes>) -> Result<(), BusError>;
+    /// Ends the message. If a replacement fails, the message is handed back whole.
+    async fn end(self: Box<Self>, ending: Ending) -> Result<(), BusError>;
 }
 
 /// A consumed message whose items are out with the consumer.
@@ -224,16 +234,28 @@ struct Message {
 #[derive(Default)]
 struct Outcomes {
     pending: usize,
-    acked: usize,
     /// Items to run again, by position, so that a replacement keeps their order.
     again: Vec<(usize, Bytes)>,
     dead: Vec<Bytes>,
+    /// Whether an item was acked, dead-lettered or requeued (rather than dropped).
+    settled_one: bool,
 }
 
-/// How a message ends once all its items are settled.
-enum Ending {
-    Whole(Settlement),
-    Replaced { again: Vec<Bytes>, dead: Vec<Bytes> },
+impl Outcomes {
+    fn ending(self) -> Ending {
+        if self.again.is_empty() && self.dead.is_empty() {
+            return Ending::Ack;
+        }
+        if !self.settled_one {
+            return Ending::Release;
+        }
+        let mut again = self.again;
+        again.sort_by_key(|(index, _)| *index);
+        Ending::Replace {
+            again: again.into_iter().map(|(_, payload)| payload).collect(),
+            dead: self.dead,
+        }
+    }
 }
 
 impl Message {
@@ -241,40 +263,23 @@ impl Message {
     fn note(&self, index: usize, settlement: Settlement, payload: Bytes) -> Option<Ending> {
         let mut outcomes = self.outcomes.lock().expect("outcomes poisoned");
         match settlement {
-            Settlement::Ack => outcomes.acked += 1,
-            Settlement::Requeue => outcomes.again.push((index, payload)),
+            Settlement::Ack => {}
+            Settlement::Requeue | Settlement::Release => outcomes.again.push((index, payload)),
             Settlement::DeadLetter => outcomes.dead.push(payload),
         }
+        outcomes.settled_one |= settlement != Settlement::Release;
         outcomes.pending -= 1;
         if outcomes.pending > 0 {
             return None;
         }
-        let outcomes = std::mem::take(&mut *outcomes);
-        Some(
-            match (outcomes.acked, outcomes.again.len(), outcomes.dead.len()) {
-                (_, 0, 0) => Ending::Whole(Settlement::Ack),
-                (0, _, 0) => Ending::Whole(Settlement::Requeue),
-                (0, 0, _) => Ending::Whole(Settlement::DeadLetter),
-                _ => {
-                    let mut again = outcomes.again;
-                    again.sort_by_key(|(index, _)| *index);
-                    Ending::Replaced {
-                        again: again.into_iter().map(|(_, payload)| payload).collect(),
-                        dead: outcomes.dead,
-                    }
-                }
-            },
-        )
+        Some(std::mem::take(&mut *outcomes).ending())
     }
 
     async fn end(&self, ending: Ending) -> Result<(), BusError> {
         let Some(settler) = self.settler.lock().expect("settler poisoned").take() else {
             return Ok(());
         };
-        match ending {
-            Ending::Whole(settlement) => settler.settle(settlement).await,
-            Ending::Replaced { again, dead } => settler.replace(again, dead).await,
-        }
+        settler.end(ending).await
     }
 }
 
@@ -308,10 +313,10 @@ impl Drop for Item {
         if self.settled {
             return;
         }
-        // Dropped unsettled: run it again. The last item settles the message, which is async;
+        // Dropped unsettled: run it again. The last item ends the message, which is async;
         // without a runtime the backend's own drop hands the message back.
         let payload = std::mem::take(&mut self.payload);
-        let Some(ending) = self.message.note(self.index, Settlement::Requeue, payload) else {
+        let Some(ending) = self.message.note(self.index, Settlement::Release, payload) else {
             return;
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -412,5 +417,50 @@ mod tests {
         assert_eq!(unframe(broken.clone()), vec![broken]);
         let empty = Bytes::from_static(MAGIC);
         assert_eq!(unframe(empty.clone()), vec![empty]);
+    }
+
+    fn ending_of(settlements: &[Settlement]) -> Ending {
+        let message = Message {
+            settler: Mutex::new(None),
+            outcomes: Mutex::new(Outcomes {
+                pending: settlements.len(),
+                ..Default::default()
+            }),
+        };
+        let mut ending = None;
+        for (index, settlement) in settlements.iter().enumerate() {
+            ending = message.note(index, *settlement, Bytes::from(format!("m{index}")));
+        }
+        ending.expect("the last item ends the message")
+    }
+
+    #[test]
+    fn a_message_ends_by_what_its_items_became() {
+        use Settlement::*;
+        let payloads = |names: &[&str]| names.iter().map(|n| Bytes::from(n.to_string())).collect();
+        assert_eq!(ending_of(&[Ack, Ack]), Ending::Ack);
+        assert_eq!(ending_of(&[Release, Release]), Ending::Release);
+        assert_eq!(
+            ending_of(&[Requeue, Release]),
+            Ending::Replace {
+                again: payloads(&["m0", "m1"]),
+                dead: vec![]
+            },
+            "a requeue waits, even beside a dropped item"
+        );
+        assert_eq!(
+            ending_of(&[Ack, DeadLetter, Requeue]),
+            Ending::Replace {
+                again: payloads(&["m2"]),
+                dead: payloads(&["m1"])
+            }
+        );
+        assert_eq!(
+            ending_of(&[DeadLetter]),
+            Ending::Replace {
+                again: vec![],
+                dead: payloads(&["m0"])
+            }
+        );
     }
 }

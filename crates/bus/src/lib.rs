@@ -8,19 +8,48 @@
 //!   persistent messages on quorum queues; a committed SQLite transaction);
 //! - a delivery leaves its queue only when it is acked; a consumer that crashes or drops a
 //!   delivery gets it again (at least once), flagged `redelivered`;
-//! - at most `prefetch` deliveries of a subscription are unsettled at a time.
+//! - at most `prefetch` deliveries of a subscription are unsettled at a time;
+//! - a delivery its consumer hands back ([`Delivery::requeue`]) comes back after a growing
+//!   delay ([`requeue_delay`]), and one handed out more than the delivery limit times goes to
+//!   the dead letters instead ([`dead_letters`]), where it waits to be read and replayed.
+//!
+//! The [`Bus`] trait is the whole face of a backend: the stages publish and consume through
+//! it, and the operator's side (queue depths, delayed messages, reconnects, dead letters)
+//! reads it too, without knowing which backend runs.
 
 mod batch;
+pub mod dead_letters;
 pub mod embedded;
 pub mod rabbitmq;
 
 use async_trait::async_trait;
 use batch::{Item, Settlement};
 use bytes::Bytes;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
+pub use dead_letters::{DeadLetter, DeadLetterPage, Reason};
 pub use embedded::EmbeddedBus;
 pub use rabbitmq::{RabbitBus, RabbitSettings};
+
+/// Deliveries of one message after which it is dead-lettered, unless configured otherwise
+/// (`bus.delivery_limit`).
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
+
+/// The first wait of a requeued message; each requeue of the same message doubles it.
+const FIRST_REQUEUE_DELAY: Duration = Duration::from_secs(1);
+/// The longest wait of a requeued message.
+const MAX_REQUEUE_DELAY: Duration = Duration::from_secs(300);
+
+/// How long a message handed back by its consumer after its `deliveries`-th delivery waits
+/// before it is handed out again: 1 s after the first, doubling each time (2 s, 4 s, …), at
+/// most 5 minutes. With the default delivery limit of 20, a message that keeps coming back
+/// reaches the dead letters about an hour after its first delivery: time for a local failure
+/// (a full disk, a locked file) to clear, without a tight loop in the meantime.
+pub fn requeue_delay(deliveries: u32) -> Duration {
+    let doublings = deliveries.saturating_sub(1).min(16);
+    (FIRST_REQUEUE_DELAY * 2u32.pow(doublings)).min(MAX_REQUEUE_DELAY)
+}
 
 /// The queues of the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,6 +69,11 @@ impl Queue {
             Queue::Deliveries => "deliveries",
         }
     }
+
+    /// The queue called `name` (as [`Queue::as_str`] writes it).
+    pub fn named(name: &str) -> Option<Queue> {
+        Queue::ALL.into_iter().find(|queue| queue.as_str() == name)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +88,9 @@ pub enum BusError {
     AlreadySubscribed(&'static str),
     #[error(transparent)]
     Storage(#[from] storage::StorageError),
+    /// The dead letter cannot go back: its queue is not one of Tocsin's.
+    #[error("{0}")]
+    NotReplayable(String),
 }
 
 impl BusError {
@@ -63,6 +100,7 @@ impl BusError {
             BusError::Unavailable(reason) => BusError::Unavailable(reason.clone()),
             BusError::Refused(reason) => BusError::Refused(reason.clone()),
             BusError::AlreadySubscribed(queue) => BusError::AlreadySubscribed(queue),
+            BusError::NotReplayable(reason) => BusError::NotReplayable(reason.clone()),
             BusError::Storage(e) => BusError::Storage(storage::StorageError::Commit(e.to_string())),
         }
     }
@@ -91,6 +129,32 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Which backend this is, for logs and metrics.
     fn backend(&self) -> &'static str;
+
+    /// Messages waiting in `queue`. A message holds one payload or a batch of them; whether
+    /// those handed out and not yet settled count depends on the backend (the embedded queue
+    /// counts them, RabbitMQ does not).
+    async fn depth(&self, queue: Queue) -> Result<u64, BusError>;
+
+    /// Messages waiting for their delay to pass, on every queue.
+    async fn delayed_count(&self) -> Result<u64, BusError>;
+
+    /// Connections to the backend lost and re-established since start.
+    fn reconnects(&self) -> u64 {
+        0
+    }
+
+    /// Dead letters waiting (see [`dead_letters`] for what one is on each backend).
+    async fn dead_letter_count(&self) -> Result<u64, BusError>;
+
+    /// The dead letters, newest first: `limit` of them after skipping `skip`.
+    async fn dead_letters(&self, skip: usize, limit: usize) -> Result<DeadLetterPage, BusError>;
+
+    /// Puts the dead letter `id` back on its queue, as a fresh message, and removes it from the
+    /// dead letters once that is durable. `false` when there is no such dead letter.
+    async fn replay_dead_letter(&self, id: &str) -> Result<bool, BusError>;
+
+    /// Replays every dead letter there is when the call starts; returns how many.
+    async fn replay_dead_letters(&self) -> Result<u64, BusError>;
 
     /// Sends a configuration snapshot to every other process sharing this bus, returning once
     /// it sits in their update queues. A bus private to one process has no one to tell.
@@ -156,11 +220,26 @@ impl Delivery {
         self.item.settle(Settlement::Ack).await
     }
 
+    /// Hands the payload back to run again: it comes back after [`requeue_delay`], or goes to
+    /// the dead letters if it has been handed out `delivery_limit` times already.
     pub async fn requeue(self) -> Result<(), BusError> {
         self.item.settle(Settlement::Requeue).await
     }
 
     pub async fn dead_letter(self) -> Result<(), BusError> {
         self.item.settle(Settlement::DeadLetter).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requeues_wait_longer_each_time_up_to_five_minutes() {
+        let waits: Vec<u64> = (1..=11).map(|n| requeue_delay(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(requeue_delay(0), Duration::from_secs(1));
+        assert_eq!(requeue_delay(u32::MAX), Duration::from_secs(300));
     }
 }

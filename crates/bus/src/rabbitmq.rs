@@ -19,9 +19,22 @@
 //! Configuration snapshots go through the fanout exchange `<p>.config` to one exclusive queue
 //! per process and to `<p>.config.latest`, which keeps only the newest one for processes that
 //! (re)connect later.
+//!
+//! Settling: an ack is an ack, and a delivery dropped unsettled (its consumer is stopping) is
+//! nacked back to its queue at once. Anything else replaces the message: the payloads to run
+//! again are published to a delay tier for [`crate::requeue_delay`], the dead ones to `<p>.dlx`
+//! one by one, each with headers saying which queue, why, when and after how many deliveries
+//! ([`dead_letters`]); only once those publishes are confirmed is the message acked. A message
+//! carries the deliveries of its earlier copies in a header, to which the broker's own count
+//! of this copy's redeliveries (`x-delivery-count`) is added, so the delivery limit holds across
+//! requeues: past it, the payloads to run again go to the dead letters instead. The queues'
+//! own `x-delivery-limit` still dead-letters a message whose copy keeps coming back without
+//! being settled (a consumer that crashes on it).
 
-use crate::batch::{self, Coalescer, Enqueue, Settle, Settlement};
-use crate::{Bus, BusError, Delivery, Queue, Subscription};
+mod dead_letters;
+
+use crate::batch::{self, Coalescer, Ending, Enqueue, Settle};
+use crate::{Bus, BusError, DeadLetterPage, Delivery, Queue, Reason, Subscription};
 use async_trait::async_trait;
 use backoff::backoff::Backoff;
 use bytes::Bytes;
@@ -47,7 +60,8 @@ pub struct RabbitSettings {
     /// Prefix of every exchange and queue name, so that several installations (or tests) can
     /// share one broker.
     pub prefix: String,
-    /// Deliveries after which a message that keeps failing is dead-lettered.
+    /// Deliveries after which a message that keeps failing is dead-lettered
+    /// ([`crate::DEFAULT_DELIVERY_LIMIT`] unless configured).
     pub delivery_limit: u32,
     /// How long a publish waits for a connection before it fails as unavailable.
     pub publish_timeout: Duration,
@@ -65,10 +79,15 @@ impl RabbitSettings {
         format!("{}.{}", self.prefix, queue.as_str())
     }
 
+    /// The quorum queue where dead letters wait.
+    pub fn dead_letter_queue_name(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
     /// Every queue and exchange this topology declares (for tools and tests that remove it).
     pub fn topology(&self) -> (Vec<String>, Vec<String>) {
         let mut queues = vec![
-            format!("{}.dead", self.prefix),
+            self.dead_letter_queue_name(),
             format!("{}.config.latest", self.prefix),
         ];
         for queue in Queue::ALL {
@@ -132,6 +151,8 @@ pub struct RabbitBus {
     publisher: Arc<Publisher>,
     coalescer: Coalescer,
     reconnects: Arc<AtomicU64>,
+    /// One read of the dead letters at a time: a read holds what it took until it ends.
+    dead_letter_reads: tokio::sync::Mutex<()>,
     supervisor: tokio::task::JoinHandle<()>,
 }
 
@@ -160,42 +181,15 @@ impl RabbitBus {
             publisher,
             coalescer,
             reconnects,
+            dead_letter_reads: tokio::sync::Mutex::new(()),
             supervisor,
         }
-    }
-
-    /// Connections lost and re-established since start.
-    pub fn reconnects(&self) -> u64 {
-        self.reconnects.load(Ordering::Relaxed)
-    }
-
-    /// Messages ready in `queue`. RabbitMQ does not count those handed out and not yet acked.
-    pub async fn depth(&self, queue: Queue) -> Result<u64, BusError> {
-        self.message_count(&[self.publisher.settings.queue_name(queue)])
-            .await
-    }
-
-    /// Messages waiting for their delay to pass, on every queue.
-    pub async fn delayed_count(&self) -> Result<u64, BusError> {
-        let names: Vec<String> = Queue::ALL
-            .into_iter()
-            .flat_map(|queue| {
-                DELAY_TIERS_MS.map(|tier| self.publisher.settings.delay_queue_name(queue, tier))
-            })
-            .collect();
-        self.message_count(&names).await
     }
 
     /// Messages ready in the queues `names`, by passive declares on a channel of their own
     /// (a failed one closes its channel).
     async fn message_count(&self, names: &[String]) -> Result<u64, BusError> {
-        let link = self.publisher.link.borrow().clone();
-        let link = link.ok_or_else(|| BusError::Unavailable("not connected".into()))?;
-        let channel = link
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
+        let channel = self.publisher.channel().await?;
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()
@@ -381,7 +375,7 @@ async fn declare_topology(
         durable: true,
         ..Default::default()
     };
-    let dead = format!("{exchange}.dead");
+    let dead = settings.dead_letter_queue_name();
     channel
         .queue_declare(dead.as_str().into(), durable_queue, quorum(false))
         .await?;
@@ -476,13 +470,40 @@ fn content_type(message: &[u8]) -> &'static str {
 
 /// The header a delayed message carries: when it is due, in ms since the epoch.
 const DUE_HEADER: &str = "x-tocsin-due-ms";
+/// The header of a requeued message (and a dead letter): deliveries of its earlier copies.
+const DELIVERIES_HEADER: &str = "x-tocsin-deliveries";
+
+/// A header's value as a number, whichever integer type the broker or a client used.
+fn integer(value: &AMQPValue) -> Option<i64> {
+    match *value {
+        AMQPValue::ShortShortInt(n) => Some(n.into()),
+        AMQPValue::ShortShortUInt(n) => Some(n.into()),
+        AMQPValue::ShortInt(n) => Some(n.into()),
+        AMQPValue::ShortUInt(n) => Some(n.into()),
+        AMQPValue::LongInt(n) => Some(n.into()),
+        AMQPValue::LongUInt(n) => Some(n.into()),
+        AMQPValue::LongLongInt(n) => Some(n),
+        AMQPValue::Timestamp(n) => i64::try_from(n).ok(),
+        _ => None,
+    }
+}
+
+/// The header `name` of `properties`.
+fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
+    properties.headers().as_ref()?.inner().get(name)
+}
+
+/// Times a consumed message has been handed out, this time included: its earlier copies'
+/// deliveries and this copy's own (the broker counts redeliveries in `x-delivery-count`).
+fn deliveries(properties: &BasicProperties) -> u32 {
+    let count = |name| header(properties, name).and_then(integer).unwrap_or(0);
+    let total = count(DELIVERIES_HEADER) + count("x-delivery-count") + 1;
+    u32::try_from(total).unwrap_or(u32::MAX)
+}
 
 /// How long until a delayed message is due, if it came out of its delay tier early.
 fn still_early(properties: &BasicProperties) -> Option<Duration> {
-    let due = match properties.headers().as_ref()?.inner().get(DUE_HEADER)? {
-        AMQPValue::LongLongInt(due) => *due,
-        _ => return None,
-    };
+    let due = integer(header(properties, DUE_HEADER)?)?;
     let wait = due - model::now_epoch_millis();
     // A few milliseconds early is on time: clocks and timers are not that precise.
     (wait > 20).then(|| Duration::from_millis(wait as u64))
@@ -540,6 +561,45 @@ fn unavailable(e: lapin::Error) -> BusError {
 }
 
 impl Publisher {
+    /// The current link, if connected.
+    fn link(&self) -> Result<Link, BusError> {
+        let link = self.link.borrow().clone();
+        link.ok_or_else(|| BusError::Unavailable("not connected to RabbitMQ".into()))
+    }
+
+    /// A channel of its own on the current link, for reads that may fail or hold messages.
+    async fn channel(&self) -> Result<Channel, BusError> {
+        self.link()?
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Publishes `message` to wait `delay` before it reaches `queue`, counting `deliveries`
+    /// of its earlier copies.
+    async fn publish_later(
+        &self,
+        queue: Queue,
+        message: Bytes,
+        delay: Duration,
+        deliveries: u32,
+    ) -> Result<(), BusError> {
+        let tier = self.settings.delay_queue_name(queue, delay_tier(delay));
+        let mut headers = FieldTable::default();
+        let due = model::now_epoch_millis() + delay.as_millis() as i64;
+        headers.insert(DUE_HEADER.into(), AMQPValue::LongLongInt(due));
+        if deliveries > 0 {
+            headers.insert(
+                DELIVERIES_HEADER.into(),
+                AMQPValue::LongLongInt(deliveries.into()),
+            );
+        }
+        let properties = persistent().with_headers(headers);
+        self.publish_retrying("", &tier, &[message], &properties)
+            .await
+    }
+
     async fn publish_retrying(
         &self,
         exchange: &str,
@@ -593,17 +653,7 @@ impl Bus for RabbitBus {
         payload: Bytes,
         delay: Duration,
     ) -> Result<(), BusError> {
-        let tier = self
-            .publisher
-            .settings
-            .delay_queue_name(queue, delay_tier(delay));
-        let mut headers = FieldTable::default();
-        let due = model::now_epoch_millis() + delay.as_millis() as i64;
-        headers.insert(DUE_HEADER.into(), AMQPValue::LongLongInt(due));
-        let properties = persistent().with_headers(headers);
-        self.publisher
-            .publish_retrying("", &tier, &[payload], &properties)
-            .await
+        self.publisher.publish_later(queue, payload, delay, 0).await
     }
 
     async fn broadcast_config(&self, snapshot: Bytes) -> Result<(), BusError> {
@@ -672,6 +722,48 @@ impl Bus for RabbitBus {
 
     fn backend(&self) -> &'static str {
         "rabbitmq"
+    }
+
+    /// Messages ready in `queue`: RabbitMQ does not count those handed out and not yet acked.
+    async fn depth(&self, queue: Queue) -> Result<u64, BusError> {
+        self.message_count(&[self.publisher.settings.queue_name(queue)])
+            .await
+    }
+
+    async fn delayed_count(&self) -> Result<u64, BusError> {
+        let names: Vec<String> = Queue::ALL
+            .into_iter()
+            .flat_map(|queue| {
+                DELAY_TIERS_MS.map(|tier| self.publisher.settings.delay_queue_name(queue, tier))
+            })
+            .collect();
+        self.message_count(&names).await
+    }
+
+    fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Messages ready in the dead-letter queue: one per payload, except a batch the broker
+    /// dead-lettered whole, which counts once.
+    async fn dead_letter_count(&self) -> Result<u64, BusError> {
+        self.message_count(&[self.publisher.settings.dead_letter_queue_name()])
+            .await
+    }
+
+    async fn dead_letters(&self, skip: usize, limit: usize) -> Result<DeadLetterPage, BusError> {
+        let _one_read = self.dead_letter_reads.lock().await;
+        self.read_dead_letters(skip, limit).await
+    }
+
+    async fn replay_dead_letter(&self, id: &str) -> Result<bool, BusError> {
+        let _one_read = self.dead_letter_reads.lock().await;
+        self.replay(Some(id)).await.map(|replayed| replayed > 0)
+    }
+
+    async fn replay_dead_letters(&self) -> Result<u64, BusError> {
+        let _one_read = self.dead_letter_reads.lock().await;
+        self.replay(None).await
     }
 }
 
@@ -770,14 +862,17 @@ impl Consumer {
                 settled?;
                 continue;
             }
+            let deliveries = deliveries(&delivery.properties);
             let settler = Box::new(RabbitSettler {
                 acker: delivery.acker,
                 queue: self.queue,
+                deliveries,
                 publisher: Arc::clone(&self.publisher),
             });
             let handed_out = batch::hand_out(
                 Bytes::from(delivery.data),
-                delivery.redelivered,
+                // A requeued message comes back as a new copy, which the broker does not flag.
+                delivery.redelivered || deliveries > 1,
                 settler,
                 &self.permits,
                 &mut Vec::new(),
@@ -799,51 +894,68 @@ enum Stop {
 struct RabbitSettler {
     acker: lapin::Acker,
     queue: Queue,
+    /// Times the message has been handed out, this time included.
+    deliveries: u32,
     publisher: Arc<Publisher>,
+}
+
+impl RabbitSettler {
+    /// Hands the message back to its queue at once (the broker counts it as a delivery).
+    async fn nack(&self) -> Result<(), BusError> {
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        };
+        self.acker
+            .nack(requeue)
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    async fn ack(&self) -> Result<(), BusError> {
+        self.acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    /// Publishes `again` to wait for the requeue delay (or to the dead letters, past the
+    /// delivery limit) and `dead` to the dead letters.
+    async fn replace(&self, again: Vec<Bytes>, dead: Vec<Bytes>) -> Result<(), BusError> {
+        let deliveries = self.deliveries;
+        let died = |reason| dead_letters::Death::now(self.queue, reason, deliveries);
+        if deliveries >= self.publisher.settings.delivery_limit {
+            self.publisher
+                .publish_dead(&again, &died(Reason::DeliveryLimit))
+                .await?;
+        } else if !again.is_empty() {
+            let delay = crate::requeue_delay(deliveries);
+            self.publisher
+                .publish_later(self.queue, batch::frame(again), delay, deliveries)
+                .await?;
+        }
+        self.publisher
+            .publish_dead(&dead, &died(Reason::Rejected))
+            .await
+    }
 }
 
 #[async_trait]
 impl Settle for RabbitSettler {
-    async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), BusError> {
-        let settled = match settlement {
-            Settlement::Ack => self.acker.ack(BasicAckOptions::default()).await,
-            Settlement::Requeue => {
-                self.acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
-            }
-            Settlement::DeadLetter => self.acker.nack(BasicNackOptions::default()).await,
-        };
-        settled.map(drop).map_err(unavailable)
-    }
-
-    async fn replace(self: Box<Self>, again: Vec<Bytes>, dead: Vec<Bytes>) -> Result<(), BusError> {
-        let prefix = &self.publisher.settings.prefix;
-        let mut published = Ok(());
-        if !again.is_empty() {
-            let again = [batch::frame(again)];
-            published = self
-                .publisher
-                .publish_retrying(prefix, self.queue.as_str(), &again, &persistent())
-                .await;
-        }
-        if published.is_ok() && !dead.is_empty() {
-            let dead_letters = format!("{prefix}.dlx");
-            published = self
-                .publisher
-                .publish_retrying(&dead_letters, "", &dead, &persistent())
-                .await;
-        }
-        match published {
-            Ok(()) => self.settle(Settlement::Ack).await,
-            Err(e) => {
-                // Whole again: the acked items run twice, which at-least-once allows.
-                self.settle(Settlement::Requeue).await?;
-                Err(e)
-            }
+    async fn end(self: Box<Self>, ending: Ending) -> Result<(), BusError> {
+        match ending {
+            Ending::Ack => self.ack().await,
+            Ending::Release => self.nack().await,
+            Ending::Replace { again, dead } => match self.replace(again, dead).await {
+                Ok(()) => self.ack().await,
+                Err(e) => {
+                    // Whole again: what was published runs twice, which at-least-once allows.
+                    self.nack().await?;
+                    Err(e)
+                }
+            },
         }
     }
 }

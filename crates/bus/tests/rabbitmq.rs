@@ -1,5 +1,7 @@
 //! The RabbitMQ backend against the real broker on 127.0.0.1:5672 (TOCSIN_TEST_AMQP_URI).
 
+mod common;
+
 use bus::{Bus, Delivery, Queue, RabbitBus, RabbitSettings, Subscription};
 use bytes::Bytes;
 use std::time::Duration;
@@ -226,6 +228,150 @@ async fn delayed_messages_wait_in_the_broker_and_come_back() {
         "came back after {waited:?}"
     );
     later.ack().await.unwrap();
+    drop(sub);
+    settings.delete_topology().await.unwrap();
+}
+
+/// Waits until the bus counts `expected` dead letters.
+async fn eventually_count(bus: &RabbitBus, expected: u64) {
+    common::eventually(expected, || async {
+        bus.dead_letter_count().await.unwrap()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_requeued_message_backs_off_dies_at_the_limit_is_listed_and_replays() {
+    let settings = RabbitSettings {
+        delivery_limit: 3,
+        ..settings()
+    };
+    let bus = RabbitBus::start(settings.clone());
+    bus.publish(Queue::Deliveries, vec![Bytes::from_static(b"poison")])
+        .await
+        .unwrap();
+    let mut sub = bus.subscribe(Queue::Deliveries, 4).await.unwrap();
+    let mut handed_out_at = Vec::new();
+    for n in 0..3 {
+        let delivery = next(&mut sub).await;
+        assert_eq!(&delivery.payload[..], b"poison");
+        assert_eq!(delivery.redelivered, n > 0);
+        handed_out_at.push(std::time::Instant::now());
+        delivery.requeue().await.unwrap();
+    }
+    let gaps: Vec<Duration> = handed_out_at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps[0] >= Duration::from_millis(980), "{gaps:?}");
+    assert!(gaps[1] >= Duration::from_millis(1980), "{gaps:?}");
+    eventually_count(&bus, 1).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), sub.next())
+            .await
+            .is_err(),
+        "no fourth delivery"
+    );
+    let page = bus.dead_letters(0, 10).await.unwrap();
+    assert_eq!(page.total, 1);
+    let letter = page.letters[0].clone();
+    assert_eq!(
+        (
+            letter.queue,
+            &letter.payload[..],
+            &letter.reason,
+            letter.deliveries
+        ),
+        (
+            Some(Queue::Deliveries),
+            &b"poison"[..],
+            &bus::Reason::DeliveryLimit,
+            3
+        )
+    );
+    assert!((model::now_epoch_millis() - letter.dead_at_ms).abs() < 60_000);
+    // Reading took nothing away, and names it the same way again.
+    eventually_count(&bus, 1).await;
+    let id = letter.id.clone();
+    assert_eq!(bus.dead_letters(0, 10).await.unwrap().letters, [letter]);
+
+    assert!(!bus.replay_dead_letter("0123").await.unwrap());
+    assert!(bus.replay_dead_letter(&id).await.unwrap());
+    let replayed = next(&mut sub).await;
+    assert_eq!(
+        (&replayed.payload[..], replayed.redelivered),
+        (&b"poison"[..], false),
+        "a fresh message"
+    );
+    replayed.ack().await.unwrap();
+    eventually_count(&bus, 0).await;
+    drop(sub);
+    settings.delete_topology().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_batch_the_broker_dead_letters_is_read_payload_by_payload_and_replays_in_parts() {
+    // With a limit of 1, the broker dead-letters a message handed back unsettled twice.
+    let settings = RabbitSettings {
+        delivery_limit: 1,
+        ..settings()
+    };
+    let bus = RabbitBus::start(settings.clone());
+    let payloads = (0..3).map(|i| Bytes::from(format!("m{i}"))).collect();
+    bus.publish(Queue::Events, payloads).await.unwrap();
+    {
+        let mut sub = bus.subscribe(Queue::Events, 3).await.unwrap();
+        for _ in 0..2 {
+            let batch: Vec<Delivery> = vec![
+                next(&mut sub).await,
+                next(&mut sub).await,
+                next(&mut sub).await,
+            ];
+            // Dropped unsettled, as by a consumer that dies: back to the broker at once.
+            drop(batch);
+        }
+        eventually_count(&bus, 1).await;
+    }
+    let page = bus.dead_letters(0, 10).await.unwrap();
+    assert_eq!(page.total, 3, "one message, three payloads");
+    let mut listed: Vec<_> = page.letters.iter().map(|l| &l.payload[..]).collect();
+    listed.sort();
+    assert_eq!(listed, [&b"m0"[..], b"m1", b"m2"]);
+    for letter in &page.letters {
+        assert_eq!(letter.queue, Some(Queue::Events));
+        assert_eq!(letter.reason, bus::Reason::DeliveryLimit);
+        assert!((model::now_epoch_millis() - letter.dead_at_ms).abs() < 60_000);
+    }
+    let chosen = page
+        .letters
+        .iter()
+        .find(|l| &l.payload[..] == b"m1")
+        .unwrap();
+    assert!(bus.replay_dead_letter(&chosen.id).await.unwrap());
+    // The other two went back to the dead letters, one message each, as they were.
+    eventually_count(&bus, 2).await;
+    let rest = bus.dead_letters(0, 10).await.unwrap();
+    let mut rest_ids: Vec<_> = rest.letters.iter().map(|l| l.id.clone()).collect();
+    let mut expected: Vec<_> = page
+        .letters
+        .iter()
+        .filter(|l| l.id != chosen.id)
+        .map(|l| l.id.clone())
+        .collect();
+    rest_ids.sort();
+    expected.sort();
+    assert_eq!(rest_ids, expected);
+
+    let mut sub = bus.subscribe(Queue::Events, 4).await.unwrap();
+    let replayed = next(&mut sub).await;
+    assert_eq!(&replayed.payload[..], b"m1");
+    replayed.ack().await.unwrap();
+    assert_eq!(bus.replay_dead_letters().await.unwrap(), 2);
+    let mut again = vec![next(&mut sub).await, next(&mut sub).await];
+    again.sort_by(|a, b| a.payload.cmp(&b.payload));
+    assert_eq!(&again[0].payload[..], b"m0");
+    assert_eq!(&again[1].payload[..], b"m2");
+    for delivery in again {
+        delivery.ack().await.unwrap();
+    }
+    eventually_count(&bus, 0).await;
     drop(sub);
     settings.delete_topology().await.unwrap();
 }

@@ -1,9 +1,12 @@
 //! What the metrics read from RabbitMQ: queue depth and delayed messages, by passive declares
 //! against the real broker on 127.0.0.1:5672 (TOCSIN_TEST_AMQP_URI).
 
+mod common;
+
 use bus::{Bus, Queue, RabbitBus, RabbitSettings};
 use bytes::Bytes;
-use std::time::{Duration, Instant};
+use common::eventually;
+use std::time::Duration;
 
 fn settings() -> RabbitSettings {
     RabbitSettings {
@@ -16,26 +19,6 @@ fn settings() -> RabbitSettings {
         ),
         delivery_limit: 5,
         publish_timeout: Duration::from_secs(10),
-    }
-}
-
-/// Polls `read` until it returns `expected` (the broker updates its counts asynchronously).
-async fn eventually<F, Fut>(expected: u64, mut read: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = u64>,
-{
-    let started = Instant::now();
-    loop {
-        let value = read().await;
-        if value == expected {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{value}, expected {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -356,6 +356,18 @@ impl OrderingLanes {
         Ok(())
     }
 
+    /// `job` goes back to the queue unfinished (Tocsin could not make its next step durable):
+    /// its in-memory lane is given up, or its redelivery would wait behind itself, and the jobs
+    /// waiting behind it are returned, to go back after it. A durable lane stays: its head
+    /// comes back to it.
+    pub async fn abandon(&self, job: &DeliveryJob) -> Vec<(Ticket, DeliveryJob)> {
+        let Some(key) = lane_key(job) else {
+            return Vec::new();
+        };
+        let mut memory = self.memory.lock().await;
+        memory.active.remove(&key).unwrap_or_default().into()
+    }
+
     /// `job` is over: its lane goes to the next job with its key — returned when it waits here
     /// in memory, put back on the queue when it was parked durably. An error means the lane
     /// could not be handed on, and `job` must run again.

@@ -276,7 +276,7 @@ impl Shared {
         let payload = Bytes::from(job.encode());
         if let Err(e) = self.lanes.hold(job, &payload).await {
             tracing::error!(error = %e, event = %job.event.id, "cannot record an ordering lane; the job will run again");
-            settle(delivery.requeue().await, "requeue");
+            self.hand_back(delivery, job).await;
             return;
         }
         let delayed = self
@@ -287,7 +287,7 @@ impl Shared {
             Ok(()) => settle(delivery.ack().await, "ack"),
             Err(e) => {
                 tracing::error!(error = %e, "cannot queue a delayed job; it will run again");
-                settle(delivery.requeue().await, "requeue");
+                self.hand_back(delivery, job).await;
             }
         }
     }
@@ -306,7 +306,7 @@ impl Shared {
             .await;
         if let Err(e) = recorded {
             tracing::error!(error = %e, event = %job.event.id, "cannot record an undelivered event; it will run again");
-            settle(delivery.requeue().await, "requeue");
+            self.hand_back(delivery, job).await;
             return None;
         }
         self.metrics.delivery_finished(
@@ -325,7 +325,7 @@ impl Shared {
                 .await;
             if let Err(e) = queued {
                 tracing::error!(error = %e, event = %job.event.id, "cannot queue the fallback; the job will run again");
-                settle(delivery.requeue().await, "requeue");
+                self.hand_back(delivery, job).await;
                 return None;
             }
         }
@@ -389,9 +389,19 @@ impl Shared {
             }
             Err(e) => {
                 tracing::error!(error = %e, event = %job.event.id, "cannot release an ordering lane; the job will run again");
-                settle(delivery.requeue().await, "requeue");
+                self.hand_back(delivery, job).await;
                 None
             }
+        }
+    }
+}
+
+impl Shared {
+    /// Puts `job` back on the queue, and the jobs that waited behind it in its lane after it.
+    async fn hand_back(&self, delivery: Ticket, job: &DeliveryJob) {
+        settle(delivery.requeue().await, "requeue");
+        for (waiting, _) in self.lanes.abandon(job).await {
+            settle(waiting.requeue().await, "requeue");
         }
     }
 }

@@ -236,6 +236,7 @@ pub struct Metrics {
     circuits: IntGaugeVec,
     undelivered_records: IntGauge,
     queue_depth: IntGaugeVec,
+    dead_letters: IntGauge,
     bus_connected: IntGauge,
     bus_reconnects: IntCounter,
     commit_duration: HistogramVec,
@@ -378,6 +379,10 @@ impl Metrics {
                     &["queue"],
                 )
                 .expect("valid gauge"),
+            ),
+            dead_letters: gauge(
+                "tocsin_dead_letters",
+                "Messages in the bus's dead letters, waiting to be read and replayed (the dead-letters API).",
             ),
             bus_connected: gauge(
                 "tocsin_bus_connected",
@@ -564,6 +569,11 @@ impl Metrics {
         self.queue_depth
             .with_label_values(&[queue])
             .set(gauge_value(messages));
+    }
+
+    /// Dead letters now waiting.
+    pub fn set_dead_letters(&self, messages: u64) {
+        self.dead_letters.set(gauge_value(messages));
     }
 
     /// Whether the bus is connected now, and how many reconnects it has made since start.
@@ -803,6 +813,7 @@ mod tests {
         metrics.set_bus_state(true, 2);
         metrics.set_bus_state(false, 3);
         metrics.set_queue_depth("deliveries", 7);
+        metrics.set_dead_letters(2);
         let observe = metrics.commit_observer("records");
         observe(4, Duration::from_millis(3));
         let text = metrics.render().unwrap();
@@ -810,6 +821,7 @@ mod tests {
         assert_eq!(value("tocsin_bus_reconnects_total"), Some(3.0));
         assert_eq!(value("tocsin_bus_connected"), Some(0.0));
         assert_eq!(value("tocsin_queue_depth{queue=\"deliveries\"}"), Some(7.0));
+        assert_eq!(value("tocsin_dead_letters"), Some(2.0));
         assert_eq!(
             value("tocsin_sqlite_commit_writes_sum{database=\"records\"}"),
             Some(4.0)

@@ -144,8 +144,8 @@ fn error_reply(error: ChangeError) -> Response {
         ChangeError::Invalid(_) | ChangeError::Masked(_) | ChangeError::BadRequest(_) => {
             StatusCode::BAD_REQUEST
         }
-        ChangeError::Storage(e) => {
-            tracing::error!(error = %e, "cannot save the configuration");
+        ChangeError::Storage(_) | ChangeError::Sealed(_) => {
+            tracing::error!(error = %error, "cannot save the configuration");
             StatusCode::INTERNAL_SERVER_ERROR
         }
         ChangeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

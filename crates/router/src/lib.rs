@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod matcher;
+pub mod sealing;
 pub mod store;
 
 use bus::{Bus, Delivery, Queue};
@@ -229,10 +230,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue = Arc::new(EmbeddedBus::open(&dir.path().join("queue.db"), None).unwrap());
         let bus: Arc<dyn Bus> = queue.clone();
+        let keys = crate::sealing::Keys::new(&crate::sealing::Keys::generate_key(), &[]);
         let store = ConfigStore::open(
             &dir.path().join("config.db"),
             Arc::clone(&bus),
             Arc::new(model::AnyActionType),
+            keys,
         )
         .await
         .unwrap();

@@ -12,7 +12,13 @@
 //! makes the change apply to every event accepted after it, whichever process routes it.
 //! Snapshots carry a version that is later than anything their sender had seen (a Lamport
 //! clock on milliseconds); a process adopts a snapshot only if it is newer than its own.
+//!
+//! On disk the document is sealed ([`crate::sealing`]): at start the store opens it with the
+//! current or a previous key, and seals it again with the current key if it was not already,
+//! overwriting what it replaces (`secure_delete`, then a WAL checkpoint) so that neither an old
+//! key's ciphertext nor an older Tocsin's plain JSON lingers in the file.
 
+use crate::sealing::{Keys, Opened, SealError};
 use bus::Bus;
 use model::config::ConfigurationError;
 use model::secrets::MaskedSecret;
@@ -48,6 +54,8 @@ pub enum ChangeError {
     BadRequest(String),
     #[error("cannot save the configuration: {0}")]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Sealed(#[from] SealError),
     #[error("cannot share the change with the other processes, nothing changed: {0}")]
     Unavailable(String),
 }
@@ -70,37 +78,40 @@ pub struct ConfigStore {
     bus: Arc<dyn Bus>,
     /// The channels, which check every action and prepare it for delivery.
     types: Arc<dyn ActionTypes>,
+    keys: Keys,
 }
 
 impl ConfigStore {
-    /// Opens the store, publishes the stored configuration (empty the first time), and catches
-    /// up with any newer one the other processes on `bus` have. Every change is checked by
-    /// `types`, the channels.
+    /// Opens the store (sealing with `keys`), publishes the stored configuration (empty the
+    /// first time), and catches up with any newer one the other processes on `bus` have.
+    /// Every change is checked by `types`, the channels.
     pub async fn open(
         path: &Path,
         bus: Arc<dyn Bus>,
         types: Arc<dyn ActionTypes>,
+        keys: Keys,
     ) -> Result<Self, ChangeError> {
         let db = Database::open(path, MIGRATIONS, Durability::Full, None)?;
-        let stored: Option<(String, i64)> = db
+        let stored: Option<(Vec<u8>, i64)> = db
             .read(|c| {
                 use rusqlite::OptionalExtension;
                 c.query_row(
                     "SELECT document, changed_at FROM configuration WHERE id = 1",
                     [],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get_ref(0)?.as_bytes()?.to_vec(), r.get(1)?)),
                 )
                 .optional()
             })
             .await?;
-        let (configuration, version) = match stored {
-            Some((document, version)) => (
-                serde_json::from_str(&document).map_err(|e| {
+        let (configuration, version, opened) = match stored {
+            Some((stored, version)) => {
+                let (document, opened) = keys.open(&stored)?;
+                let configuration = serde_json::from_slice(&document).map_err(|e| {
                     ChangeError::BadRequest(format!("the stored configuration does not parse: {e}"))
-                })?,
-                version,
-            ),
-            None => (Configuration::default(), 0),
+                })?;
+                (configuration, version, opened)
+            }
+            None => (Configuration::default(), 0, Opened::Current),
         };
         let store = ConfigStore {
             db,
@@ -109,7 +120,14 @@ impl ConfigStore {
             version: AtomicI64::new(version),
             bus,
             types,
+            keys,
         };
+        if opened == Opened::Outdated {
+            let current = Catalog::load(store.current().configuration().clone(), &*store.types)?;
+            store.persist(current, version).await?;
+            checkpoint(path)?;
+            tracing::info!("the stored configuration is sealed with the current key now");
+        }
         store.refresh().await;
         Ok(store)
     }
@@ -214,13 +232,16 @@ impl ConfigStore {
 
     async fn persist(&self, catalog: Catalog, version: i64) -> Result<(), ChangeError> {
         let document =
-            serde_json::to_string(catalog.configuration()).expect("configurations serialize");
+            serde_json::to_vec(catalog.configuration()).expect("configurations serialize");
+        let sealed = self.keys.seal(&document);
         self.db
             .write(move |c| {
+                // What the new document replaces is overwritten, not just freed.
+                c.pragma_update(None, "secure_delete", true)?;
                 c.execute(
                     "INSERT INTO configuration (id, document, changed_at) VALUES (1, ?1, ?2) \
                      ON CONFLICT (id) DO UPDATE SET document = ?1, changed_at = ?2",
-                    (document, version),
+                    (sealed, version),
                 )
             })
             .await?;
@@ -228,4 +249,12 @@ impl ConfigStore {
         self.version.store(version, Ordering::SeqCst);
         Ok(())
     }
+}
+
+/// Moves the WAL into the file and empties it, so that no frame of what was overwritten is left.
+fn checkpoint(path: &Path) -> Result<(), StorageError> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    Ok(())
 }

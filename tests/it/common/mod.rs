@@ -170,6 +170,12 @@ impl Tocsin {
         }
     }
 
+    /// Sets `TOCSIN_*` variable `name` for the next [`Tocsin::launch`].
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.env.retain(|(key, _)| key != name);
+        self.env.push((name.into(), value.into()));
+    }
+
     fn log_path(&self) -> PathBuf {
         self.data_dir.parent().unwrap().join("tocsin.log")
     }
