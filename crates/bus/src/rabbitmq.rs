@@ -36,7 +36,7 @@ mod dead_letters;
 use crate::batch::{self, Coalescer, Ending, Enqueue, Settle};
 use crate::{Bus, BusError, DeadLetterPage, Delivery, Queue, Reason, Subscription};
 use async_trait::async_trait;
-use backoff::backoff::Backoff;
+use backon::BackoffBuilder;
 use bytes::Bytes;
 use futures::StreamExt;
 use lapin::options::{
@@ -233,17 +233,18 @@ async fn supervise(
     publish_link: watch::Sender<Option<Link>>,
     reconnects: Arc<AtomicU64>,
 ) {
-    let mut backoff = backoff::ExponentialBackoff {
-        initial_interval: Duration::from_millis(100),
-        max_interval: Duration::from_secs(5),
-        max_elapsed_time: None,
-        ..Default::default()
-    };
+    // 100 ms doubling to 5 s, with jitter, for as long as it takes.
+    let schedule = backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times();
+    let mut backoff = schedule.build();
     let mut connected_before = false;
     loop {
         match connect(&settings).await {
             Ok(link) => {
-                backoff.reset();
+                backoff = schedule.build();
                 if connected_before {
                     reconnects.fetch_add(1, Ordering::Relaxed);
                 }
@@ -256,7 +257,7 @@ async fn supervise(
                 tracing::warn!("lost the RabbitMQ connection; reconnecting");
             }
             Err(e) => {
-                let delay = backoff.next_backoff().unwrap_or(backoff.max_interval);
+                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot connect to RabbitMQ");
                 tokio::time::sleep(delay).await;
             }
