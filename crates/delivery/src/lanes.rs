@@ -26,7 +26,8 @@ use std::path::Path;
 use std::sync::Arc;
 use storage::{Database, Durability, StorageError};
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE lanes (
         action TEXT NOT NULL,
         key TEXT NOT NULL,
@@ -41,7 +42,13 @@ const MIGRATIONS: &[&str] = &["
         job BLOB NOT NULL
     );
     CREATE INDEX parked_by_lane ON parked (action, key, seq);
-"];
+",
+    "
+    -- The attempt count of the head's copy that waits on the queue for its retry, once that
+    -- copy is there: an older copy of the head (a redelivery after a crash) is then stale.
+    ALTER TABLE lanes ADD COLUMN waiting_attempt INTEGER;
+",
+];
 
 /// Where a job stands in its lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +57,9 @@ pub enum Claim {
     Run,
     /// It waits behind the head.
     Parked,
+    /// An older copy of the head, whose newer copy waits on the queue for its retry (this one
+    /// came back after a crash): drop it, the newer one carries on.
+    Stale,
 }
 
 /// A job that is in a lane, as the lanes know it.
@@ -59,6 +69,8 @@ pub struct LaneJob {
     pub key: String,
     /// Identifies the job across redeliveries: event id and action.
     pub id: String,
+    /// Attempts the job had made when this copy of it was queued.
+    pub attempt: u32,
     pub payload: Bytes,
 }
 
@@ -85,8 +97,9 @@ impl Lanes {
     pub async fn claim(&self, jobs: Vec<LaneJob>) -> Result<Vec<Claim>, StorageError> {
         self.db
             .write(move |c| {
-                let mut head_of =
-                    c.prepare_cached("SELECT head FROM lanes WHERE action = ?1 AND key = ?2")?;
+                let mut head_of = c.prepare_cached(
+                    "SELECT head, waiting_attempt FROM lanes WHERE action = ?1 AND key = ?2",
+                )?;
                 let mut open =
                     c.prepare_cached("INSERT INTO lanes (action, key, head) VALUES (?1, ?2, ?3)")?;
                 let mut parked_already = c.prepare_cached(
@@ -98,16 +111,19 @@ impl Lanes {
                 let mut claims = Vec::with_capacity(jobs.len());
                 for job in &jobs {
                     use rusqlite::OptionalExtension;
-                    let head: Option<String> = head_of
-                        .query_row((&job.action, &job.key), |r| r.get(0))
+                    let head: Option<(String, Option<u32>)> = head_of
+                        .query_row((&job.action, &job.key), |r| Ok((r.get(0)?, r.get(1)?)))
                         .optional()?;
                     let claim = match head {
                         None => {
                             open.execute((&job.action, &job.key, &job.id))?;
                             Claim::Run
                         }
+                        Some((head, Some(waiting))) if head == job.id && job.attempt < waiting => {
+                            Claim::Stale
+                        }
                         // The head itself, back from a retry delay or redelivered.
-                        Some(head) if head == job.id => Claim::Run,
+                        Some((head, _)) if head == job.id => Claim::Run,
                         Some(_) => {
                             // A redelivered parked job is parked once.
                             if !parked_already.exists((&job.action, &job.key, &job.id))? {
@@ -126,6 +142,28 @@ impl Lanes {
                 Ok(claims)
             })
             .await
+    }
+
+    /// The head `job_id` of (`action`, `key`) waits on the queue for its retry, as a copy that
+    /// had made `attempt` attempts: older copies of it are stale from now on.
+    pub async fn waiting(
+        &self,
+        action: &str,
+        key: &str,
+        job_id: &str,
+        attempt: u32,
+    ) -> Result<(), StorageError> {
+        let (action, key, job_id) = (action.to_owned(), key.to_owned(), job_id.to_owned());
+        self.db
+            .write(move |c| {
+                c.execute(
+                    "UPDATE lanes SET waiting_attempt = ?4 \
+                     WHERE action = ?1 AND key = ?2 AND head = ?3",
+                    (&action, &key, &job_id, attempt),
+                )
+            })
+            .await
+            .map(drop)
     }
 
     /// The head `job_id` of (`action`, `key`) is done. Returns the job that takes its place,
@@ -248,6 +286,7 @@ fn lane_of(job: &DeliveryJob, payload: Bytes) -> Option<LaneJob> {
         action,
         key,
         id: job_id(job),
+        attempt: job.attempt,
         payload,
     })
 }
@@ -327,11 +366,16 @@ impl OrderingLanes {
         };
         let mut run = Vec::new();
         for ((delivery, job), claim) in jobs.into_iter().zip(claims) {
-            if claim == Claim::Parked {
-                tracing::debug!(event = %job.event.id, action = %job.action, "parked behind an earlier event that waits for a retry");
-                crate::worker::settle(delivery.ack().await, "ack");
-            } else {
-                run.push((delivery, job));
+            match claim {
+                Claim::Run => run.push((delivery, job)),
+                Claim::Parked => {
+                    tracing::debug!(event = %job.event.id, action = %job.action, "parked behind an earlier event that waits for a retry");
+                    crate::worker::settle(delivery.ack().await, "ack");
+                }
+                Claim::Stale => {
+                    tracing::info!(event = %job.event.id, action = %job.action, attempts = job.attempt, "an older copy of a job that waits for its retry; dropped");
+                    crate::worker::settle(delivery.ack().await, "ack");
+                }
             }
         }
         run
@@ -354,6 +398,20 @@ impl OrderingLanes {
         let waiting: Vec<_> = memory.active.remove(&key).unwrap_or_default().into();
         drop(self.claim_durably(waiting).await);
         Ok(())
+    }
+
+    /// The head `job`'s copy for its retry is on the queue now: an older copy of it that comes
+    /// back (after a crash, from a message that was not yet settled) is dropped. Keyless jobs
+    /// have no lane, and no such guard.
+    pub async fn waiting(&self, job: &DeliveryJob) -> Result<(), StorageError> {
+        match lane_key(job) {
+            Some((action, key)) => {
+                self.durable
+                    .waiting(&action, &key, &job_id(job), job.attempt)
+                    .await
+            }
+            None => Ok(()),
+        }
     }
 
     /// `job` goes back to the queue unfinished (Tocsin could not make its next step durable):
@@ -434,8 +492,34 @@ mod tests {
             action: "hook".into(),
             key: key.into(),
             id: id.into(),
+            attempt: 0,
             payload: Bytes::from(id.to_owned()),
         }
+    }
+
+    #[tokio::test]
+    async fn an_older_copy_of_a_head_that_waits_for_its_retry_is_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let lanes = Lanes::open(&dir.path().join("lanes.db")).unwrap();
+        assert_eq!(
+            lanes.claim(vec![job("open", "k")]).await.unwrap(),
+            [Claim::Run]
+        );
+        // Before its retry copy is on the queue, a redelivered first copy still runs.
+        assert_eq!(
+            lanes.claim(vec![job("open", "k")]).await.unwrap(),
+            [Claim::Run]
+        );
+        lanes.waiting("hook", "k", "open", 1).await.unwrap();
+        let retried = LaneJob {
+            attempt: 1,
+            ..job("open", "k")
+        };
+        assert_eq!(
+            lanes.claim(vec![job("open", "k"), retried]).await.unwrap(),
+            [Claim::Stale, Claim::Run]
+        );
+        assert!(lanes.release("hook", "k", "open").await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -284,7 +284,13 @@ impl Shared {
             .publish_delayed(Queue::Deliveries, payload, after)
             .await;
         match delayed {
-            Ok(()) => settle(delivery.ack().await, "ack"),
+            Ok(()) => {
+                if let Err(e) = self.lanes.waiting(job).await {
+                    // Only a guard against a duplicate after a crash: the retry is queued.
+                    tracing::warn!(error = %e, event = %job.event.id, "cannot note that a retry waits");
+                }
+                settle(delivery.ack().await, "ack")
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot queue a delayed job; it will run again");
                 self.hand_back(delivery, job).await;
