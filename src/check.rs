@@ -1,0 +1,63 @@
+//! `tocsin check`: validates a settings file and, optionally, a routing file (ANS import
+//! format) offline, for CI: exit 0 when both are fine; 1 with one line per problem when not
+//! (usage errors exit 2, as for every subcommand). It calls the checks `serve` applies at start
+//! and on import, so it accepts exactly what the server would.
+
+use crate::listener::Certificate;
+use crate::server::read_configuration;
+use crate::settings::Settings;
+use anyhow::Context;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+pub fn run(settings_file: Option<&Path>, routing_file: Option<&Path>) -> ExitCode {
+    let mut problems: Vec<anyhow::Error> = Vec::new();
+    match Settings::load(settings_file, std::env::vars()) {
+        Ok(settings) => problems.extend(settings_problems(&settings)),
+        Err(e) => problems.push(e.into()),
+    }
+    if let Some(path) = routing_file {
+        let checked = read_configuration(path).and_then(|configuration| {
+            model::Catalog::new(configuration)
+                .with_context(|| format!("{} would be refused", path.display()))
+        });
+        problems.extend(checked.err());
+    }
+    for problem in &problems {
+        eprintln!("{problem:#}");
+    }
+    if !problems.is_empty() {
+        return ExitCode::FAILURE;
+    }
+    let described = |what: &str, path: Option<&Path>| {
+        path.map_or(format!("{what}: defaults and environment"), |p| {
+            format!("{what} {}", p.display())
+        })
+    };
+    println!("ok: {}", described("settings", settings_file));
+    if let Some(path) = routing_file {
+        println!("ok: routing {}", path.display());
+    }
+    ExitCode::SUCCESS
+}
+
+/// What `serve` would refuse at start in settings that parsed.
+fn settings_problems(settings: &Settings) -> Vec<anyhow::Error> {
+    [
+        settings
+            .sources
+            .oci
+            .config(settings.body_limit_bytes)
+            .err()
+            .map(Into::into),
+        settings.rate_limit.limit().err().map(Into::into),
+        Certificate::open(&settings.tls).err(),
+        web::Authenticator::new(&settings.auth.clients, Vec::new(), Duration::ZERO)
+            .err()
+            .map(Into::into),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
