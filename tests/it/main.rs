@@ -10,6 +10,7 @@ mod configuration_api;
 mod crash_recovery;
 mod dead_letters;
 mod https;
+mod image;
 mod observability;
 mod oci_notifications;
 mod openapi;
