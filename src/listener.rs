@@ -3,8 +3,9 @@
 //!
 //! The certificate is reloaded when its files change, so a renewed certificate (certbot, a
 //! Kubernetes secret) takes effect without a restart: each handshake uses the loaded pair, and
-//! at most once a second a handshake first compares the files' modification times with those
-//! loaded and, when they differ, loads the pair again. A pair that does not load (say, the
+//! at most once a second a handshake first compares the files' modification times (and inode
+//! numbers and sizes, as modification times can be coarse) with those loaded and, when they
+//! differ, loads the pair again. A pair that does not load (say, the
 //! certificate replaced and the key not yet) leaves the old one in use and is tried again.
 //! Both paths stop the same way: no new connections, then the requests in flight finish.
 
@@ -109,8 +110,16 @@ pub struct Certificate {
 #[derive(Debug)]
 struct Loaded {
     key: Arc<CertifiedKey>,
-    modified: [Option<SystemTime>; 2],
+    stamps: [Option<FileStamp>; 2],
     checked: Instant,
+}
+
+/// What tells that a file changed: a new file renamed over it, or one rewritten in place.
+#[derive(Debug, PartialEq, Eq)]
+struct FileStamp {
+    modified: SystemTime,
+    inode: u64,
+    len: u64,
 }
 
 impl Certificate {
@@ -119,14 +128,14 @@ impl Certificate {
         let Some((cert_file, key_file)) = tls.files()? else {
             return Ok(None);
         };
-        let modified = modified_times(cert_file, key_file);
+        let stamps = stamps(cert_file, key_file);
         let key = load(cert_file, key_file)?;
         Ok(Some(Arc::new(Certificate {
             cert_file: cert_file.to_owned(),
             key_file: key_file.to_owned(),
             loaded: Mutex::new(Loaded {
                 key,
-                modified,
+                stamps,
                 checked: Instant::now(),
             }),
         })))
@@ -136,12 +145,16 @@ impl Certificate {
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         if loaded.checked.elapsed() >= RELOAD_CHECK_INTERVAL {
             loaded.checked = Instant::now();
-            let modified = modified_times(&self.cert_file, &self.key_file);
-            if modified != loaded.modified {
+            let stamps = stamps(&self.cert_file, &self.key_file);
+            if stamps != loaded.stamps {
                 match load(&self.cert_file, &self.key_file) {
                     Ok(key) => {
                         tracing::info!(cert_file = %self.cert_file.display(), "TLS certificate reloaded");
-                        *loaded = Loaded { key, modified, ..*loaded };
+                        *loaded = Loaded {
+                            key,
+                            stamps,
+                            ..*loaded
+                        };
                     }
                     Err(e) => tracing::warn!(
                         error = format!("{e:#}"),
@@ -160,8 +173,16 @@ impl rustls::server::ResolvesServerCert for Certificate {
     }
 }
 
-fn modified_times(cert_file: &Path, key_file: &Path) -> [Option<SystemTime>; 2] {
-    [cert_file, key_file].map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+fn stamps(cert_file: &Path, key_file: &Path) -> [Option<FileStamp>; 2] {
+    use std::os::unix::fs::MetadataExt;
+    [cert_file, key_file].map(|path| {
+        let metadata = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            modified: metadata.modified().ok()?,
+            inode: metadata.ino(),
+            len: metadata.len(),
+        })
+    })
 }
 
 /// Reads a PEM certificate chain and its private key, and checks that they belong together.
@@ -185,4 +206,58 @@ fn load(cert_file: &Path, key_file: &Path) -> anyhow::Result<Arc<CertifiedKey>> 
             )
         })?;
     Ok(Arc::new(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+        std::fs::write(&cert, pair.cert.pem()).unwrap();
+        std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+        (cert, key)
+    }
+
+    #[test]
+    fn a_pair_loads_and_a_mismatched_or_missing_one_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_pair(dir.path(), "a");
+        let (_, other_key) = write_pair(dir.path(), "b");
+        load(&cert, &key).unwrap();
+        let mismatch = format!("{:#}", load(&cert, &other_key).unwrap_err());
+        assert!(mismatch.contains("does not go with"), "{mismatch}");
+        let missing = format!("{:#}", load(&dir.path().join("none.crt"), &key).unwrap_err());
+        assert!(missing.starts_with("tls.cert_file"), "{missing}");
+        std::fs::write(&other_key, "not a key").unwrap();
+        let garbage = format!("{:#}", load(&cert, &other_key).unwrap_err());
+        assert!(garbage.starts_with("tls.key_file"), "{garbage}");
+    }
+
+    #[test]
+    fn a_changed_pair_is_served_once_it_loads_and_the_old_one_until_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_pair(dir.path(), "a");
+        let tls = TlsSettings {
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+        };
+        let certificate = Certificate::open(&tls).unwrap().unwrap();
+        let first = certificate.current();
+        let (new_cert, new_key) = write_pair(dir.path(), "b");
+        // Half replaced: the new certificate with the old key does not load.
+        std::fs::rename(&new_cert, &cert).unwrap();
+        certificate.loaded.lock().unwrap().checked -= RELOAD_CHECK_INTERVAL;
+        assert!(Arc::ptr_eq(&certificate.current(), &first));
+        std::fs::rename(&new_key, &key).unwrap();
+        assert!(
+            Arc::ptr_eq(&certificate.current(), &first),
+            "not looked at again within the interval"
+        );
+        certificate.loaded.lock().unwrap().checked -= RELOAD_CHECK_INTERVAL;
+        let second = certificate.current();
+        assert!(!Arc::ptr_eq(&second, &first));
+        assert_ne!(second.cert, first.cert);
+    }
 }

@@ -64,7 +64,7 @@ impl Setting<'_> {
                 .parse()
                 .map(toml::Value::Boolean)
                 .map_err(|_| format!("`{raw}` is not true or false")),
-            toml::Value::Array(_) | toml::Value::Table(_) => Err(format!(
+            toml::Value::Array(_) => Err(format!(
                 "`{}` is a list: set it in the settings file",
                 self.dotted()
             )),

@@ -211,27 +211,34 @@ impl Authenticator {
         };
         let equal: bool = match &client.password {
             Password::Plain(expected) => expected.ct_eq(&digest).into(),
-            Password::Hashed { verified, .. } if verified.get().is_some() => {
-                verified.get().expect("checked").ct_eq(&digest).into()
-            }
-            Password::Hashed { phc, verified } => {
-                let _slot = self.argon2_checks.acquire().await.ok()?;
-                let (phc, password) = (Arc::clone(phc), password.to_owned());
-                let matches = tokio::task::spawn_blocking(move || {
-                    let hash = PasswordHash::new(&phc).expect("parsed at start");
-                    Argon2::default()
-                        .verify_password(password.as_bytes(), &hash)
-                        .is_ok()
-                })
-                .await
-                .ok()?;
-                if matches {
-                    let _ = verified.set(digest);
+            Password::Hashed { phc, verified } => match verified.get() {
+                Some(known) => known.ct_eq(&digest).into(),
+                None => {
+                    let matches = self.argon2_verify(phc, password).await;
+                    if matches {
+                        let _ = verified.set(digest);
+                    }
+                    matches
                 }
-                matches
-            }
+            },
         };
         equal.then_some(client.scopes)
+    }
+
+    /// Whether `password` matches the hash `phc`, checked on the blocking pool, a few at once.
+    async fn argon2_verify(&self, phc: &Arc<str>, password: &str) -> bool {
+        let Ok(_slot) = self.argon2_checks.acquire().await else {
+            return false;
+        };
+        let (phc, password) = (Arc::clone(phc), password.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let hash = PasswordHash::new(&phc).expect("parsed at start");
+            Argon2::default()
+                .verify_password(password.as_bytes(), &hash)
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false)
     }
 
     fn signature(&self, claims: &str) -> Vec<u8> {
