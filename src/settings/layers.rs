@@ -5,8 +5,10 @@
 //!
 //! The defaults, serialized, are the schema: their keys are the settings, each setting's
 //! variable is `TOCSIN_` + its path in upper case joined by `_`, and the default's TOML type
-//! says how to read the variable's text. Any variable may instead be given as `…_FILE`, naming
-//! a file whose contents are the value (secrets from Docker or Kubernetes secret files).
+//! says how to read the variable's text. (So a setting needs a default that serializes: an
+//! `Option` left `None` would be no setting at all.) Any variable may instead be given as
+//! `…_FILE`, naming a file whose contents are the value (secrets from Docker or Kubernetes
+//! secret files).
 
 use super::SettingsError;
 use std::collections::BTreeMap;

@@ -2,7 +2,7 @@
 //! passwords warned about without being shown, and per-client rate limits on the producer
 //! APIs that keep one runaway producer from starving the others.
 
-use crate::common::{event, run_to_end, store_configuration, tocsin_command, Backend, Tocsin};
+use crate::common::{event, serve_to_end, store_configuration, tocsin_command, Backend, Tocsin};
 use std::io::Write;
 use std::process::Stdio;
 
@@ -20,15 +20,9 @@ fn hash_password(password: &str) -> String {
 }
 
 /// Tocsin with `clients` (TOML `[[auth.clients]]` blocks) and extra settings.
-async fn with_clients(clients: &str, env: &[(&str, &str)]) -> (Tocsin, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let settings = dir.path().join("tocsin.toml");
-    std::fs::write(&settings, clients).unwrap();
-    let settings = settings.display().to_string();
-    let mut env = env.to_vec();
-    env.push(("TOCSIN_SETTINGS", &settings));
-    let tocsin = Tocsin::start(Backend::Embedded, &store_configuration("Flood"), &env).await;
-    (tocsin, dir)
+async fn with_clients(clients: &str, env: &[(&str, &str)]) -> Tocsin {
+    Tocsin::start_with_settings(Backend::Embedded, &store_configuration("Flood"), clients, env)
+        .await
 }
 
 #[tokio::test]
@@ -39,7 +33,7 @@ async fn a_hashed_password_authenticates_and_a_wrong_one_does_not() {
     let clients = format!(
         "[[auth.clients]]\nname = \"ops\"\npassword = \"{hash}\"\nscopes = [\"consumer\"]\n"
     );
-    let (tocsin, _dir) = with_clients(&clients, &[]).await;
+    let tocsin = with_clients(&clients, &[]).await;
     let matched = tocsin.url("/cf/consumer/v1/matched-events");
     for (password, status) in [
         ("wrong", 401),
@@ -73,7 +67,7 @@ async fn a_hashed_password_authenticates_and_a_wrong_one_does_not() {
 #[tokio::test]
 async fn a_plaintext_password_is_warned_about_without_showing_it() {
     let clients = "[[auth.clients]]\nname = \"legacy\"\npassword = \"pl41n-s3cret\"\nscopes = [\"producer\"]\n";
-    let (mut tocsin, _dir) = with_clients(clients, &[("TOCSIN_LOG_FORMAT", "json")]).await;
+    let mut tocsin = with_clients(clients, &[("TOCSIN_LOG_FORMAT", "json")]).await;
     tocsin.user = "legacy".into();
     tocsin.password = "pl41n-s3cret".into();
     tocsin.send(&event("Flood", "plain-1")).await;
@@ -96,11 +90,9 @@ fn a_malformed_hash_stops_the_start_naming_the_client() {
         "[[auth.clients]]\nname = \"ops\"\npassword = \"$argon2id$v=19$m=19456,t=2,p=1$hunter2\"\nscopes = []\n",
     )
     .unwrap();
-    let output = run_to_end(
-        tocsin_command()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .env("TOCSIN_SETTINGS", &settings),
+    let output = serve_to_end(
+        &dir.path().join("data"),
+        &[("TOCSIN_SETTINGS", settings.to_str().unwrap())],
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -113,7 +105,7 @@ async fn a_flooding_producer_gets_429_while_another_still_gets_202() {
     let clients = "[[auth.clients]]\nname = \"runaway\"\npassword = \"r\"\nscopes = [\"producer\"]\n\
                    [[auth.clients]]\nname = \"steady\"\npassword = \"s\"\nscopes = [\"producer\"]\n\
                    [[auth.clients]]\nname = \"reader\"\npassword = \"c\"\nscopes = [\"consumer\"]\n";
-    let (tocsin, _dir) = with_clients(
+    let tocsin = with_clients(
         clients,
         &[
             ("TOCSIN_RATE_LIMIT_PER_SECOND", "2"),

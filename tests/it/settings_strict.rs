@@ -4,7 +4,7 @@
 //! settings at all.
 
 use crate::common::{
-    run_to_end, store_configuration, tocsin_command, Backend, Tocsin,
+    run_to_end, serve_to_end, store_configuration, tocsin_command, Backend, Tocsin,
 };
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -17,11 +17,9 @@ fn stderr(output: &Output) -> String {
 #[test]
 fn a_misspelt_variable_stops_the_start_naming_it_and_the_likely_one() {
     let data = tempfile::tempdir().unwrap();
-    let output = run_to_end(
-        tocsin_command()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data.path())
-            .env("TOCSIN_BUS_URI", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+    let output = serve_to_end(
+        data.path(),
+        &[("TOCSIN_BUS_URI", "amqp://guest:guest@127.0.0.1:5672/%2f")],
     );
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(
@@ -40,11 +38,9 @@ fn an_unknown_settings_key_stops_the_start_naming_it_and_the_likely_one() {
     let dir = tempfile::tempdir().unwrap();
     let settings = dir.path().join("tocsin.toml");
     std::fs::write(&settings, "[delivery]\nprefech = 8\n").unwrap();
-    let output = run_to_end(
-        tocsin_command()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .env("TOCSIN_SETTINGS", &settings),
+    let output = serve_to_end(
+        &dir.path().join("data"),
+        &[("TOCSIN_SETTINGS", settings.to_str().unwrap())],
     );
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(
@@ -169,12 +165,12 @@ async fn file_variables_give_secrets_from_files() {
         assert_eq!(response.status(), status, "key {key:?}");
     }
 
-    let both = run_to_end(
-        tocsin_command()
-            .args(["serve", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .env("TOCSIN_AUTH_TOKEN_SECRET_FILE", &secret_file)
-            .env("TOCSIN_AUTH_TOKEN_SECRET", "inline"),
+    let both = serve_to_end(
+        &dir.path().join("data"),
+        &[
+            ("TOCSIN_AUTH_TOKEN_SECRET_FILE", &secret_file),
+            ("TOCSIN_AUTH_TOKEN_SECRET", "inline"),
+        ],
     );
     assert_eq!(both.status.code(), Some(1));
     assert!(

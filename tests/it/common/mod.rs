@@ -89,7 +89,18 @@ impl Tocsin {
     /// Starts Tocsin with `configuration` imported at every start (`null`: none) and extra
     /// `TOCSIN_*` settings.
     pub async fn start(backend: Backend, configuration: &Value, env: &[(&str, &str)]) -> Tocsin {
-        Self::start_with_client(backend, configuration, env, "http", reqwest::Client::new()).await
+        Self::start_with(backend, configuration, env, None, "http", reqwest::Client::new()).await
+    }
+
+    /// Like [`start`](Self::start), with `toml` as its settings file.
+    pub async fn start_with_settings(
+        backend: Backend,
+        configuration: &Value,
+        toml: &str,
+        env: &[(&str, &str)],
+    ) -> Tocsin {
+        let http = reqwest::Client::new();
+        Self::start_with(backend, configuration, env, Some(toml), "http", http).await
     }
 
     /// Like [`start`](Self::start), talking `scheme` through `http` (HTTPS: a client that
@@ -101,12 +112,28 @@ impl Tocsin {
         scheme: &'static str,
         http: reqwest::Client,
     ) -> Tocsin {
+        Self::start_with(backend, configuration, env, None, scheme, http).await
+    }
+
+    async fn start_with(
+        backend: Backend,
+        configuration: &Value,
+        env: &[(&str, &str)],
+        settings: Option<&str>,
+        scheme: &'static str,
+        http: reqwest::Client,
+    ) -> Tocsin {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         let mut env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        if let Some(toml) = settings {
+            let file = dir.path().join("tocsin.toml");
+            std::fs::write(&file, toml).unwrap();
+            env.push(("TOCSIN_SETTINGS".into(), file.display().to_string()));
+        }
         if !configuration.is_null() {
             let routing = dir.path().join("routing.json");
             std::fs::write(&routing, configuration.to_string()).unwrap();
@@ -358,6 +385,17 @@ pub fn run_to_end(command: &mut Command) -> std::process::Output {
             panic!("{command:?} did not end within 20 s");
         }
     }
+}
+
+/// Runs `tocsin serve` on `data_dir` with `env`, expecting it to stop by itself (a refused
+/// start).
+pub fn serve_to_end(data_dir: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    run_to_end(
+        tocsin_command()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .envs(env.iter().copied()),
+    )
 }
 
 /// Counts rows of `status` in a records file, read directly (the process may be dead).
