@@ -94,6 +94,15 @@ fn check_exits_0_on_good_files_1_naming_the_problem_2_on_usage_errors() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(stderr(&bad).contains("no-such-action"), "{}", stderr(&bad));
 
+    // The channels judge the actions, as on import.
+    let no_destination = serde_json::json!({"actions": [
+        {"name": "hook", "type": "WEB_HOOK", "state": "ENABLED", "properties": {}}
+    ]});
+    std::fs::write(&routing_file, no_destination.to_string()).unwrap();
+    let bad = check(None, Some(&routing_file));
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("destination"), "{}", stderr(&bad));
+
     std::fs::write(&routing_file, "{\"actions\": 3}").unwrap();
     let not_json = check(None, Some(&routing_file));
     assert_eq!(not_json.status.code(), Some(1));
