@@ -150,15 +150,16 @@ fn the_builder_stage_builds_a_working_binary_from_the_dockerignored_context() {
             "COPY" => assert_eq!(arguments, ". .", "the builder copies the whole context"),
             "RUN" => {
                 let (mounts, command) = run_parts(arguments);
+                // Cache mounts in the work directory are directories under target/, linked in
+                // for this step only: like Docker's, they are not in the stage's files after it.
+                let mut mounted = Vec::new();
                 for target in mounts {
-                    // Cache mounts in the work directory become directories under target/.
                     if let Ok(inside) = Path::new(&target).strip_prefix(&workdir) {
                         let cache = repository().join("target/image-build").join(inside);
                         std::fs::create_dir_all(&cache).unwrap();
                         let link = context.path().join(inside);
-                        if !link.exists() {
-                            std::os::unix::fs::symlink(&cache, &link).unwrap();
-                        }
+                        std::os::unix::fs::symlink(&cache, &link).unwrap();
+                        mounted.push(link);
                     }
                 }
                 let mut shell = Command::new("sh");
@@ -171,6 +172,9 @@ fn the_builder_stage_builds_a_working_binary_from_the_dockerignored_context() {
                 }
                 let status = shell.status().unwrap();
                 assert!(status.success(), "RUN {command}: {status}");
+                for link in mounted {
+                    std::fs::remove_file(link).unwrap();
+                }
             }
             other => panic!("the test does not know how to run {other} {arguments}"),
         }
@@ -187,6 +191,7 @@ fn the_builder_stage_builds_a_working_binary_from_the_dockerignored_context() {
     let binary = context
         .path()
         .join(Path::new(&binary).strip_prefix(&workdir).unwrap());
+    assert!(binary.is_file(), "the builder stage leaves no {}", binary.display());
     let version = Command::new(&binary).arg("--version").output().unwrap();
     assert!(version.status.success());
     assert_eq!(
