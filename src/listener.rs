@@ -77,15 +77,14 @@ pub async fn serve<F, R>(
             connections.watcher(),
         );
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-            {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
-                Err(_) => return tracing::debug!("TLS handshake timed out"),
-            };
-            let http = hyper_util::server::conn::auto::Builder::new(
-                hyper_util::rt::TokioExecutor::new(),
-            );
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!("TLS handshake timed out"),
+                };
+            let http =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
             let connection = http.serve_connection_with_upgrades(
                 hyper_util::rt::TokioIo::new(stream),
                 hyper_util::service::TowerToHyperService::new(service),
@@ -214,7 +213,10 @@ mod tests {
 
     fn write_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         let pair = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+        let (cert, key) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
         std::fs::write(&cert, pair.cert.pem()).unwrap();
         std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
         (cert, key)
@@ -228,7 +230,10 @@ mod tests {
         load(&cert, &key).unwrap();
         let mismatch = format!("{:#}", load(&cert, &other_key).unwrap_err());
         assert!(mismatch.contains("does not go with"), "{mismatch}");
-        let missing = format!("{:#}", load(&dir.path().join("none.crt"), &key).unwrap_err());
+        let missing = format!(
+            "{:#}",
+            load(&dir.path().join("none.crt"), &key).unwrap_err()
+        );
         assert!(missing.starts_with("tls.cert_file"), "{missing}");
         std::fs::write(&other_key, "not a key").unwrap();
         let garbage = format!("{:#}", load(&cert, &other_key).unwrap_err());

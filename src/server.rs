@@ -151,7 +151,6 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         &auth,
         &limiter,
         Arc::clone(&bus),
-        records,
         oci,
         config_store,
         probe,
@@ -183,7 +182,6 @@ fn api_routes(
     auth: &Arc<Authenticator>,
     limiter: &Arc<RateLimiter>,
     bus: Arc<dyn Bus>,
-    records: RecordStore,
     oci: OciSource,
     config_store: Arc<ConfigStore>,
     probe: Probe,
@@ -202,6 +200,7 @@ fn api_routes(
         .unify()
         .or(ingest::sources::alertmanager::mount(&mount))
         .unify();
+    let records = probe.records.clone();
     let consumer = delivery::consumer_api::routes(records.clone(), auth.require(Scope::Consumer));
     let operator = delivery::operator_api::routes(
         records,

@@ -373,12 +373,11 @@ impl Settings {
                     path: path.to_owned(),
                     source,
                 })?;
-                let tree = toml::from_str::<toml::Table>(&text).map_err(|e| {
-                    SettingsError::Invalid {
+                let tree =
+                    toml::from_str::<toml::Table>(&text).map_err(|e| SettingsError::Invalid {
                         origin: origin.clone(),
                         message: e.to_string(),
-                    }
-                })?;
+                    })?;
                 layers::check_file_keys(&defaults, &tree, &origin)?;
                 tree
             }
@@ -518,7 +517,10 @@ mod tests {
             "TOCSIN_BUS_URI: no such setting or variable; did you mean TOCSIN_BUS_URL?"
         );
         let err = Settings::load(None, env(&[("TOCSIN_NOTHING_LIKE_IT", "1")])).unwrap_err();
-        assert!(err.to_string().contains("see examples/tocsin.toml"), "{err}");
+        assert!(
+            err.to_string().contains("see examples/tocsin.toml"),
+            "{err}"
+        );
         let err = Settings::load(None, env(&[("TOCSIN_LOG_FROMAT", "json")])).unwrap_err();
         assert!(err.to_string().contains("TOCSIN_LOG_FORMAT?"), "{err}");
         let err = Settings::load(
@@ -547,14 +549,26 @@ mod tests {
     fn an_unknown_key_in_the_file_is_refused_with_the_likely_one() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tocsin.toml");
-        std::fs::write(&file, "listen = \"127.0.0.1:1\"\n[bus]\nuri = \"amqp://h\"\n").unwrap();
-        let err = Settings::load(Some(&file), env(&[])).unwrap_err().to_string();
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\n[bus]\nuri = \"amqp://h\"\n",
+        )
+        .unwrap();
+        let err = Settings::load(Some(&file), env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.ends_with("unknown setting `bus.uri`; did you mean `bus.url`?"),
             "{err}"
         );
-        std::fs::write(&file, "[[auth.clients]]\nname = \"a\"\npasword = \"b\"\nscopes = []\n").unwrap();
-        let err = Settings::load(Some(&file), env(&[])).unwrap_err().to_string();
+        std::fs::write(
+            &file,
+            "[[auth.clients]]\nname = \"a\"\npasword = \"b\"\nscopes = []\n",
+        )
+        .unwrap();
+        let err = Settings::load(Some(&file), env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `pasword`"), "{err}");
     }
 
@@ -587,9 +601,15 @@ mod tests {
             err.contains("TOCSIN_AUTH_TOKEN_SECRET and TOCSIN_AUTH_TOKEN_SECRET_FILE"),
             "{err}"
         );
-        let err = Settings::load(None, env(&[("TOCSIN_AUTH_TOKEN_SECRET_FILE", "/nonexistent")]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("TOCSIN_AUTH_TOKEN_SECRET_FILE: cannot read"), "{err}");
+        let err = Settings::load(
+            None,
+            env(&[("TOCSIN_AUTH_TOKEN_SECRET_FILE", "/nonexistent")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("TOCSIN_AUTH_TOKEN_SECRET_FILE: cannot read"),
+            "{err}"
+        );
     }
 }

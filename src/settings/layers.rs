@@ -155,8 +155,7 @@ pub fn apply_environment(
 ) -> Result<(), SettingsError> {
     let mut known = Vec::new();
     settings(defaults, &[], &mut known);
-    let by_variable: BTreeMap<String, &Setting> =
-        known.iter().map(|s| (s.variable(), s)).collect();
+    let by_variable: BTreeMap<String, &Setting> = known.iter().map(|s| (s.variable(), s)).collect();
     let env: BTreeMap<String, String> = env
         .into_iter()
         .filter(|(name, _)| name.starts_with("TOCSIN_"))

@@ -21,8 +21,13 @@ fn hash_password(password: &str) -> String {
 
 /// Tocsin with `clients` (TOML `[[auth.clients]]` blocks) and extra settings.
 async fn with_clients(clients: &str, env: &[(&str, &str)]) -> Tocsin {
-    Tocsin::start_with_settings(Backend::Embedded, &store_configuration("Flood"), clients, env)
-        .await
+    Tocsin::start_with_settings(
+        Backend::Embedded,
+        &store_configuration("Flood"),
+        clients,
+        env,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -60,7 +65,9 @@ async fn a_hashed_password_authenticates_and_a_wrong_one_does_not() {
         .await
         .unwrap();
     assert_eq!(token.status(), 200);
-    assert!(!tocsin.log().contains("the client's password is in plaintext"));
+    assert!(!tocsin
+        .log()
+        .contains("the client's password is in plaintext"));
     tocsin.shutdown().await;
 }
 
@@ -123,18 +130,31 @@ async fn a_flooding_producer_gets_429_while_another_still_gets_202() {
     };
     // 30 requests at once: the burst of 5 (and perhaps a refill) pass, the rest are refused.
     let flood = futures::future::join_all((0..30).map(|n| post("runaway", "r", n))).await;
-    let statuses: Vec<u16> = flood.iter().map(|r| r.as_ref().unwrap().status().as_u16()).collect();
+    let statuses: Vec<u16> = flood
+        .iter()
+        .map(|r| r.as_ref().unwrap().status().as_u16())
+        .collect();
     let accepted = statuses.iter().filter(|&&s| s == 202).count();
     assert!((5..=7).contains(&accepted), "{statuses:?}");
-    assert!(statuses.iter().all(|&s| s == 202 || s == 429), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|&s| s == 202 || s == 429),
+        "{statuses:?}"
+    );
 
     let refused = post("runaway", "r", 100).await.unwrap();
     assert_eq!(refused.status(), 429);
-    let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(retry_after, 1, "at 2/s a token is due within a second");
     let body: serde_json::Value = refused.json().await.unwrap();
     let message = body["message"].as_str().unwrap();
-    assert!(message.contains("`runaway`") && message.contains("2 requests per second"), "{message}");
+    assert!(
+        message.contains("`runaway`") && message.contains("2 requests per second"),
+        "{message}"
+    );
 
     for n in 0..5 {
         let steady = post("steady", "s", n).await.unwrap();

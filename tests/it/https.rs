@@ -12,7 +12,10 @@ fn write_certificate(dir: &Path) -> Vec<u8> {
     let rcgen::CertifiedKey { cert, signing_key } =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
     // Replace the pair the way a renewal would: new files renamed over the old ones.
-    for (name, pem) in [("cert.pem", cert.pem()), ("key.pem", signing_key.serialize_pem())] {
+    for (name, pem) in [
+        ("cert.pem", cert.pem()),
+        ("key.pem", signing_key.serialize_pem()),
+    ] {
         std::fs::write(dir.join(format!("{name}.new")), pem).unwrap();
         std::fs::rename(dir.join(format!("{name}.new")), dir.join(name)).unwrap();
     }
@@ -56,8 +59,16 @@ async fn https_serves_the_certificate_and_picks_up_a_replaced_one() {
     )
     .await;
     assert!(tocsin.base.starts_with("https://"));
-    let page = tocsin.get("/cf/consumer/v1/matched-events").send().await.unwrap();
-    assert_eq!(page.status(), 200, "API over HTTPS with the test certificate");
+    let page = tocsin
+        .get("/cf/consumer/v1/matched-events")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        page.status(),
+        200,
+        "API over HTTPS with the test certificate"
+    );
     let plain = reqwest::get(tocsin.base.replacen("https", "http", 1) + "/healthz").await;
     assert!(plain.is_err(), "no plain HTTP on the HTTPS port");
 
@@ -84,7 +95,10 @@ async fn https_serves_the_certificate_and_picks_up_a_replaced_one() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(tocsin.log().contains("TLS certificate reloaded"));
-    let old = client_trusting(&first).get(tocsin.url("/healthz")).send().await;
+    let old = client_trusting(&first)
+        .get(tocsin.url("/healthz"))
+        .send()
+        .await;
     assert!(old.is_err(), "the first certificate is no longer served");
     tocsin.shutdown().await;
 }
@@ -95,7 +109,12 @@ async fn healthcheck_exits_0_against_a_ready_server_and_1_against_nothing() {
     let ready = healthcheck(tocsin.listen_address(), &[]);
     assert_eq!(ready.status.code(), Some(0), "{ready:?}");
     assert!(String::from_utf8_lossy(&ready.stdout).contains("ready: http://127.0.0.1:"));
-    let port = tocsin.listen_address().rsplit_once(':').unwrap().1.to_owned();
+    let port = tocsin
+        .listen_address()
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .to_owned();
     tocsin.shutdown().await;
 
     // Nothing listens there now; and the wildcard address is probed on loopback.
@@ -103,7 +122,9 @@ async fn healthcheck_exits_0_against_a_ready_server_and_1_against_nothing() {
     assert_eq!(down.status.code(), Some(1), "{down:?}");
     let stderr = String::from_utf8_lossy(&down.stderr);
     assert!(
-        stderr.contains(&format!("not ready: cannot reach http://127.0.0.1:{port}/readyz")),
+        stderr.contains(&format!(
+            "not ready: cannot reach http://127.0.0.1:{port}/readyz"
+        )),
         "{stderr}"
     );
 }

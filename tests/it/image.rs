@@ -49,7 +49,10 @@ fn dockerignore() -> Vec<Pattern> {
 /// Whether Docker leaves `relative` out of the context: the last pattern that matches it or
 /// one of its parent directories decides.
 fn ignored(patterns: &[Pattern], relative: &Path) -> bool {
-    let prefixes: Vec<&Path> = relative.ancestors().filter(|p| !p.as_os_str().is_empty()).collect();
+    let prefixes: Vec<&Path> = relative
+        .ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
     patterns.iter().fold(false, |ignored, pattern| {
         if prefixes.iter().any(|p| pattern.glob.is_match(p)) {
             !pattern.include
@@ -130,11 +133,22 @@ fn the_builder_stage_builds_a_working_binary_from_the_dockerignored_context() {
     let started = std::time::Instant::now();
     let context = tempfile::tempdir().unwrap();
     copy_context(&dockerignore(), Path::new(""), context.path());
-    for needed in ["Cargo.toml", "Cargo.lock", "src/main.rs", "schemas/openapi.json"] {
-        assert!(context.path().join(needed).exists(), "{needed} is left out of the context");
+    for needed in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "src/main.rs",
+        "schemas/openapi.json",
+    ] {
+        assert!(
+            context.path().join(needed).exists(),
+            "{needed} is left out of the context"
+        );
     }
     for local in ["target", ".git", "tests", "data"] {
-        assert!(!context.path().join(local).exists(), "{local} is in the context");
+        assert!(
+            !context.path().join(local).exists(),
+            "{local} is in the context"
+        );
     }
 
     let stages = stages();
@@ -191,7 +205,11 @@ fn the_builder_stage_builds_a_working_binary_from_the_dockerignored_context() {
     let binary = context
         .path()
         .join(Path::new(&binary).strip_prefix(&workdir).unwrap());
-    assert!(binary.is_file(), "the builder stage leaves no {}", binary.display());
+    assert!(
+        binary.is_file(),
+        "the builder stage leaves no {}",
+        binary.display()
+    );
     let version = Command::new(&binary).arg("--version").output().unwrap();
     assert!(version.status.success());
     assert_eq!(
@@ -210,8 +228,16 @@ fn the_builder_stage_builds_a_working_binary_from_the_dockerignored_context() {
     )
     .unwrap();
     assert_eq!(exec[0], "tocsin");
-    let help = Command::new(&binary).args(&exec[1..]).arg("--help").output().unwrap();
-    assert!(help.status.success(), "the image's binary has `{}`", exec[1..].join(" "));
+    let help = Command::new(&binary)
+        .args(&exec[1..])
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        help.status.success(),
+        "the image's binary has `{}`",
+        exec[1..].join(" ")
+    );
     eprintln!("image build steps took {:?}", started.elapsed());
 }
 
@@ -220,7 +246,11 @@ fn docker_compose_parses_and_builds_tocsin_from_this_dockerfile() {
     let text = std::fs::read_to_string(repository().join("docker-compose.yml")).unwrap();
     let documents = yaml_rust2::YamlLoader::load_from_str(&text).unwrap();
     let tocsin = &documents[0]["services"]["tocsin"];
-    assert_eq!(tocsin["build"].as_str(), Some("."), "builds the repository's Dockerfile");
+    assert_eq!(
+        tocsin["build"].as_str(),
+        Some("."),
+        "builds the repository's Dockerfile"
+    );
     let healthcheck: Vec<&str> = tocsin["healthcheck"]["test"]
         .as_vec()
         .expect("a healthcheck")
@@ -229,6 +259,9 @@ fn docker_compose_parses_and_builds_tocsin_from_this_dockerfile() {
         .collect();
     assert_eq!(healthcheck, ["CMD", "tocsin", "healthcheck"]);
     for service in ["rabbitmq", "prometheus", "grafana"] {
-        assert!(!documents[0]["services"][service].is_badvalue(), "{service}");
+        assert!(
+            !documents[0]["services"][service].is_badvalue(),
+            "{service}"
+        );
     }
 }

@@ -23,7 +23,8 @@ fn a_misspelt_variable_stops_the_start_naming_it_and_the_likely_one() {
     );
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(
-        stderr(&output).contains("TOCSIN_BUS_URI: no such setting or variable; did you mean TOCSIN_BUS_URL?"),
+        stderr(&output)
+            .contains("TOCSIN_BUS_URI: no such setting or variable; did you mean TOCSIN_BUS_URL?"),
         "{}",
         stderr(&output)
     );
@@ -75,10 +76,18 @@ fn check_exits_0_on_good_files_1_naming_the_problem_2_on_usage_errors() {
     assert!(String::from_utf8_lossy(&good.stdout).contains("ok: routing"));
 
     let settings = dir.path().join("bad.toml");
-    std::fs::write(&settings, "[bus]\nbackend = \"rabbitmq\"\nuri = \"amqp://h\"\n").unwrap();
+    std::fs::write(
+        &settings,
+        "[bus]\nbackend = \"rabbitmq\"\nuri = \"amqp://h\"\n",
+    )
+    .unwrap();
     let bad = check(Some(&settings), None);
     assert_eq!(bad.status.code(), Some(1));
-    assert!(stderr(&bad).contains("did you mean `bus.url`?"), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("did you mean `bus.url`?"),
+        "{}",
+        stderr(&bad)
+    );
 
     // Parses, but serve would refuse it: half a TLS pair.
     std::fs::write(&settings, "[tls]\ncert_file = \"/etc/cert.pem\"\n").unwrap();
@@ -120,7 +129,14 @@ fn config_needs_no_server_settings() {
     // Nothing listens on port 9: the command gets as far as trying to reach the server.
     let output = run_to_end(
         tocsin_command()
-            .args(["config", "export", "--url", "http://127.0.0.1:9", "--password", "x"])
+            .args([
+                "config",
+                "export",
+                "--url",
+                "http://127.0.0.1:9",
+                "--password",
+                "x",
+            ])
             .env("TOCSIN_SETTINGS", &broken)
             .env("TOCSIN_BUS_URI", "not a setting either"),
     );
@@ -183,7 +199,8 @@ async fn file_variables_give_secrets_from_files() {
     );
     assert_eq!(both.status.code(), Some(1));
     assert!(
-        stderr(&both).contains("both TOCSIN_AUTH_TOKEN_SECRET and TOCSIN_AUTH_TOKEN_SECRET_FILE are set"),
+        stderr(&both)
+            .contains("both TOCSIN_AUTH_TOKEN_SECRET and TOCSIN_AUTH_TOKEN_SECRET_FILE are set"),
         "{}",
         stderr(&both)
     );

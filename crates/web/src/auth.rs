@@ -16,12 +16,12 @@
 //! restarts and work across Tocsin processes that share the signing key; a token dies with its
 //! client (it is checked against the current client list on every request).
 
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -177,7 +177,8 @@ impl Authenticator {
                         client: c.name.clone(),
                         problem,
                     };
-                    let hash = PasswordHash::new(&c.password).map_err(|e| malformed(e.to_string()))?;
+                    let hash =
+                        PasswordHash::new(&c.password).map_err(|e| malformed(e.to_string()))?;
                     if hash.hash.is_none() {
                         return Err(malformed("it has no hash output".into()));
                     }
@@ -328,25 +329,20 @@ impl Authenticator {
         scope: Scope,
     ) -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
         let auth = Arc::clone(self);
-        warp::header::optional::<String>("authorization").and_then(
-            move |header: Option<String>| {
-                let auth = Arc::clone(&auth);
-                async move {
-                    let (name, scopes) = auth
-                        .authenticate(header.as_deref(), model::now_epoch_seconds())
-                        .await?;
-                    if scopes & scope.bit() == 0 {
-                        return Err(warp::reject::custom(Forbidden {
-                            message: format!(
-                                "client `{name}` lacks the `{}` scope",
-                                scope.as_str()
-                            ),
-                        }));
-                    }
-                    Ok(name)
+        warp::header::optional::<String>("authorization").and_then(move |header: Option<String>| {
+            let auth = Arc::clone(&auth);
+            async move {
+                let (name, scopes) = auth
+                    .authenticate(header.as_deref(), model::now_epoch_seconds())
+                    .await?;
+                if scopes & scope.bit() == 0 {
+                    return Err(warp::reject::custom(Forbidden {
+                        message: format!("client `{name}` lacks the `{}` scope", scope.as_str()),
+                    }));
                 }
-            },
-        )
+                Ok(name)
+            }
+        })
     }
 
     /// The OAuth 2.0 client-credentials token endpoint, `GET` or `POST /oauth/token`: the SAP
@@ -467,11 +463,19 @@ mod tests {
     #[tokio::test]
     async fn basic_credentials_resolve_to_scopes() {
         let auth = authenticator();
-        let (name, scopes) = auth.authenticate(Some(&basic("ops", "s3cret")), 0).await.unwrap();
+        let (name, scopes) = auth
+            .authenticate(Some(&basic("ops", "s3cret")), 0)
+            .await
+            .unwrap();
         assert_eq!(name, "ops");
         assert_eq!(scopes, Scope::Producer.bit() | Scope::Consumer.bit());
-        assert!(auth.authenticate(Some(&basic("ops", "wrong")), 0).await.is_err());
-        assert!(auth.authenticate(Some(&basic("nobody", "s3cret")), 0).await
+        assert!(auth
+            .authenticate(Some(&basic("ops", "wrong")), 0)
+            .await
+            .is_err());
+        assert!(auth
+            .authenticate(Some(&basic("nobody", "s3cret")), 0)
+            .await
             .is_err());
         assert!(auth.authenticate(None, 0).await.is_err());
         assert!(auth.authenticate(Some("Digest abc"), 0).await.is_err());
@@ -484,7 +488,10 @@ mod tests {
         assert_eq!(issued.scope, "producer consumer");
         let header = format!("Bearer {}", issued.access_token);
         assert!(auth.authenticate(Some(&header), 1059).await.is_ok());
-        assert!(auth.authenticate(Some(&header), 1060).await.is_err(), "expired");
+        assert!(
+            auth.authenticate(Some(&header), 1060).await.is_err(),
+            "expired"
+        );
         let (claims, _) = issued.access_token.split_once('.').unwrap();
         let forged_claims = URL_SAFE_NO_PAD.encode("ops|7|99999");
         let forged = format!(
@@ -536,7 +543,10 @@ mod tests {
         let Password::Hashed { verified, .. } = &auth.clients["ops"].password else {
             panic!("hashed");
         };
-        assert!(verified.get().is_some(), "the verified password is remembered");
+        assert!(
+            verified.get().is_some(),
+            "the verified password is remembered"
+        );
         assert_eq!(auth.check_password("ops", "s3cret").await, Some(1));
         assert!(auth.check_password("ops", "s3cret ").await.is_none());
     }

@@ -61,7 +61,9 @@ impl RateLimiter {
         let (Some(limit), Some(bucket)) = (self.limit, self.buckets.get(client)) else {
             return Ok(());
         };
-        let mut bucket = bucket.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut bucket = bucket
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * limit.per_second).min(f64::from(limit.burst));
         bucket.refilled = now;
@@ -136,7 +138,9 @@ mod tests {
         limiter
             .take("a", start + Duration::from_millis(500))
             .expect("one token after 1/rate");
-        assert!(limiter.take("a", start + Duration::from_millis(500)).is_err());
+        assert!(limiter
+            .take("a", start + Duration::from_millis(500))
+            .is_err());
         for _ in 0..3 {
             limiter.take("a", start + Duration::from_secs(60)).unwrap();
         }

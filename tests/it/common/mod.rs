@@ -89,7 +89,15 @@ impl Tocsin {
     /// Starts Tocsin with `configuration` imported at every start (`null`: none) and extra
     /// `TOCSIN_*` settings.
     pub async fn start(backend: Backend, configuration: &Value, env: &[(&str, &str)]) -> Tocsin {
-        Self::start_with(backend, configuration, env, None, "http", reqwest::Client::new()).await
+        Self::start_with(
+            backend,
+            configuration,
+            env,
+            None,
+            "http",
+            reqwest::Client::new(),
+        )
+        .await
     }
 
     /// Like [`start`](Self::start), with `toml` as its settings file.
