@@ -563,6 +563,19 @@ mod tests {
         );
         std::fs::write(
             &file,
+            "listn = \"127.0.0.1:1\"\n[bus]\nuri = \"amqp://h\"\n",
+        )
+        .unwrap();
+        let err = Settings::load(Some(&file), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown setting `listn`; did you mean `listen`?")
+                && err.contains("unknown setting `bus.uri`; did you mean `bus.url`?"),
+            "every unknown key is named: {err}"
+        );
+        std::fs::write(
+            &file,
             "[[auth.clients]]\nname = \"a\"\npasword = \"b\"\nscopes = []\n",
         )
         .unwrap();

@@ -103,7 +103,8 @@ fn did_you_mean(suggestion: Option<String>) -> String {
     )
 }
 
-/// Refuses a key of the settings file (`file`, read into `given`) that is no setting.
+/// Refuses a settings file (read into `given`) with keys that name no setting, naming each
+/// and the setting it likely means.
 pub fn check_file_keys(
     defaults: &toml::Table,
     given: &toml::Table,
@@ -118,18 +119,23 @@ pub fn check_file_keys(
         .collect();
     let mut unknown = Vec::new();
     unknown_keys(defaults, given, "", &mut unknown);
-    match unknown.first() {
-        None => Ok(()),
-        Some(key) => Err(SettingsError::Invalid {
-            origin: origin.to_owned(),
-            message: format!(
-                "unknown setting `{key}`; {}",
-                did_you_mean(
-                    likely(key, known.iter().map(String::as_str)).map(|s| format!("`{s}`"))
-                )
-            ),
-        }),
+    if unknown.is_empty() {
+        return Ok(());
     }
+    let described: Vec<String> = unknown
+        .iter()
+        .map(|key| {
+            let likely = likely(key, known.iter().map(String::as_str));
+            format!(
+                "unknown setting `{key}`; {}",
+                did_you_mean(likely.map(|s| format!("`{s}`")))
+            )
+        })
+        .collect();
+    Err(SettingsError::Invalid {
+        origin: origin.to_owned(),
+        message: described.join("; "),
+    })
 }
 
 fn unknown_keys(defaults: &toml::Table, given: &toml::Table, prefix: &str, into: &mut Vec<String>) {
