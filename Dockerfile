@@ -1,4 +1,5 @@
-# Tocsin container image.
+# syntax=docker/dockerfile:1
+# Tocsin container image (BuildKit: the build stage uses cache mounts).
 #
 #   docker build -t tocsin .
 #   docker run -p 8080:8080 -v tocsin-data:/var/lib/tocsin tocsin
@@ -7,59 +8,36 @@
 # it. Both are Debian bookworm, so the binary finds the same glibc at run time. It needs no
 # other shared libraries: SQLite is compiled in (rusqlite "bundled") and TLS is rustls.
 
-ARG RUST_VERSION=1.95
-
 # ---------------------------------------------------------------------------------------
 # Build stage
 # ---------------------------------------------------------------------------------------
-FROM rust:${RUST_VERSION}-bookworm AS builder
+# Base images are pinned to exact versions, so that a rebuild of the same commit uses the same
+# compiler and the same runtime libraries: the Rust point release the workspace is tested with,
+# and a dated Debian snapshot (Debian retags bookworm-slim with every point release and
+# security update; the dated tag never moves). Move both on purpose, in a commit of their own.
+FROM rust:1.95.0-bookworm AS builder
 WORKDIR /build
 
-# 1. Dependencies only. Copy the manifests and the lock file, give every workspace member a
-#    stub source, and build: this layer (all of crates.io compiled) is reused until a
-#    manifest or Cargo.lock changes, however often the sources change.
-#
-#    The workspace is `members = ["crates/*"]` plus the root package `tocsin`. Docker's COPY
-#    cannot keep directories when it expands a glob, so each crate is listed: adding a crate
-#    under crates/ means adding its line here. (Forgotten, it fails this step if another
-#    crate depends on it: cargo cannot read its manifest.)
-COPY Cargo.toml Cargo.lock ./
-COPY crates/bus/Cargo.toml      crates/bus/Cargo.toml
-COPY crates/delivery/Cargo.toml crates/delivery/Cargo.toml
-COPY crates/ingest/Cargo.toml   crates/ingest/Cargo.toml
-COPY crates/metrics/Cargo.toml  crates/metrics/Cargo.toml
-COPY crates/model/Cargo.toml    crates/model/Cargo.toml
-COPY crates/router/Cargo.toml   crates/router/Cargo.toml
-COPY crates/storage/Cargo.toml  crates/storage/Cargo.toml
-COPY crates/web/Cargo.toml      crates/web/Cargo.toml
-RUN set -eux; \
-    mkdir -p src; \
-    echo 'fn main() {}' > src/main.rs; \
-    for crate in crates/*/; do \
-        mkdir -p "${crate}src"; \
-        : > "${crate}src/lib.rs"; \
-    done; \
-    cargo build --release --locked --bin tocsin; \
-    rm -rf src crates/*/src
+# The whole build context (what .dockerignore lets through: the workspace without target/,
+# .git, tests and local state), so no list of crates here can fall behind the workspace.
+COPY . .
 
-# 2. The real sources. Only what the binary is built from: the root package's src/, the
-#    workspace crates, and the OpenAPI document the binary serves (the rest of schemas/,
-#    tests/ and scripts/ are not needed for a release build).
-#    COPY keeps the files' modification times from the build context, which can be older
-#    than the stub build above; cargo would then consider the stub-built workspace crates
-#    fresh and link the empty stubs. Touching the sources makes cargo rebuild all of them.
-COPY src src
-COPY crates crates
-COPY schemas/openapi.json schemas/openapi.json
-RUN set -eux; \
-    find src crates schemas -type f -exec touch {} +; \
+# BuildKit cache mounts keep crates.io downloads and the compiled dependencies between builds:
+# after a source change only the workspace crates recompile. The target directory is a cache,
+# not part of the image, so the binary is copied out of it within the same step.
+# (tests/it/image.rs runs these commands outside Docker; keep them plain shell.)
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/build/target \
+    set -eux; \
     cargo build --release --locked --bin tocsin; \
-    ./target/release/tocsin --version
+    mkdir -p out; \
+    cp target/release/tocsin out/tocsin; \
+    out/tocsin --version
 
 # ---------------------------------------------------------------------------------------
 # Runtime stage
 # ---------------------------------------------------------------------------------------
-FROM debian:bookworm-slim
+FROM debian:bookworm-20251229-slim
 
 # ca-certificates: root certificates for TLS connections (amqps:// brokers, HTTPS
 # destinations of future channels).
@@ -79,7 +57,7 @@ RUN set -eux; \
     chown tocsin:tocsin /var/lib/tocsin; \
     chmod 0750 /var/lib/tocsin
 
-COPY --from=builder /build/target/release/tocsin /usr/local/bin/tocsin
+COPY --from=builder /build/out/tocsin /usr/local/bin/tocsin
 
 # Settings defaults for a container: listen on every interface (the built-in default is
 # 127.0.0.1, unreachable from outside the container) and keep the data in the volume.
@@ -98,17 +76,13 @@ EXPOSE 8080
 # Numeric uid:gid of `tocsin`, so that runtimes that check "runAsNonRoot" can verify it.
 USER 10001:10001
 
-# Health check without an HTTP client binary: slim has no curl or wget, and installing curl
-# would add libcurl and its TLS/LDAP/SSH dependencies (~10 MB and their CVEs) only to make
-# one local request. "Skip it and rely on a compose healthcheck" does not avoid that: a
-# compose healthcheck also runs inside this container, with the same missing tools. bash,
-# which slim has, can open TCP connections through /dev/tcp, and that is enough for a plain
-# HTTP/1.1 GET of /readyz (200 when ready, 503 while the bus is not). The port comes from
-# TOCSIN_LISTEN at run time (8080 if unset); 127.0.0.1 also reaches a listener bound to
-# 0.0.0.0 or [::]. To move the port, change TOCSIN_LISTEN: `serve --listen` would move the
-# listener but not this check.
+# Health check: `tocsin healthcheck` GETs /readyz (200 when Tocsin can take events, 503 while
+# the bus cannot) on the address in TOCSIN_LISTEN, over HTTPS when [tls] is set, and exits 0
+# only on 200. No shell, curl or wget needed. It reads the same settings as `serve` (variables
+# and TOCSIN_SETTINGS), so a listener moved with `serve --listen` instead of TOCSIN_LISTEN
+# would not be found.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["bash", "-c", "listen=${TOCSIN_LISTEN:-:8080}; exec 3<>/dev/tcp/127.0.0.1/${listen##*:} && printf 'GET /readyz HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3 && head -n 1 <&3 | grep -q ' 200 '"]
+    CMD ["tocsin", "healthcheck"]
 
 # Tocsin is PID 1 and handles SIGTERM itself (graceful shutdown: finishes the requests and
 # messages in hand), and it starts no child processes, so no init process is needed.

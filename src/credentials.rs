@@ -3,6 +3,9 @@
 //! the data directory, and says where — never what — in the log. The bearer-token signing key
 //! and the key that seals the stored configuration are generated the same way when none is
 //! configured.
+//!
+//! Configured clients should give Argon2id hashes (`tocsin hash-password` makes one); a
+//! plaintext password still works, and the start warns about it, naming the client.
 
 use crate::settings::StoreSettings;
 use anyhow::{bail, Context};
@@ -18,6 +21,12 @@ const INITIAL_CLIENT: &str = "admin";
 /// The configured clients, or the generated first-start client.
 pub fn clients(configured: &[Client], data_dir: &Path) -> anyhow::Result<Vec<Client>> {
     if !configured.is_empty() {
+        for client in configured.iter().filter(|c| c.password_is_plaintext()) {
+            tracing::warn!(
+                client = %client.name,
+                "the client's password is in plaintext in the settings: give its Argon2id hash instead (tocsin hash-password)"
+            );
+        }
         return Ok(configured.to_vec());
     }
     let path = data_dir.join("initial-credentials.toml");
@@ -51,6 +60,20 @@ pub fn clients(configured: &[Client], data_dir: &Path) -> anyhow::Result<Vec<Cli
         password,
         scopes: Scope::ALL.to_vec(),
     }])
+}
+
+/// `tocsin hash-password`: prints the Argon2id hash (PHC string) of the password on the first
+/// line of stdin, for `[[auth.clients]] password`.
+pub fn print_password_hash() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    anyhow::ensure!(!password.is_empty(), "no password on stdin");
+    println!("{}", web::auth::hash_password(password));
+    Ok(())
 }
 
 /// The configured token-signing key, or one generated once into the data directory.

@@ -6,6 +6,7 @@
 //! messages and finish those in hand; whatever they had not started stays queued.
 
 use crate::credentials;
+use crate::listener;
 use crate::observability::{self, Probe};
 use crate::settings::{Backend, Settings};
 use anyhow::Context;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use warp::Filter;
-use web::{Authenticator, Scope};
+use web::{Authenticator, RateLimiter, Scope};
 
 /// Largest configuration import accepted: a whole routing setup can be far larger than an event.
 const CONFIGURATION_BODY_LIMIT: u64 = 16 * 1024 * 1024;
@@ -93,10 +94,15 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             }
         })
     };
+    let clients = credentials::clients(&settings.auth.clients, data_dir)?;
     let auth = Arc::new(Authenticator::new(
-        &credentials::clients(&settings.auth.clients, data_dir)?,
+        &clients,
         credentials::token_key(&settings.auth.token_secret.0, data_dir)?,
         Duration::from_secs(settings.auth.token_lifetime_seconds),
+    )?);
+    let limiter = Arc::new(RateLimiter::new(
+        settings.rate_limit.limit()?,
+        clients.iter().map(|c| c.name.as_str()),
     ));
 
     let (stop_pipeline, pipeline_stopping) = watch::channel(false);
@@ -143,26 +149,24 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let routes = api_routes(
         &settings,
         &auth,
+        &limiter,
         Arc::clone(&bus),
-        records,
         oci,
         config_store,
         probe,
     );
+    let certificate = listener::Certificate::open(&settings.tls)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     tracing::info!(
         address = %listener.local_addr()?,
+        https = certificate.is_some(),
         backend = bus.backend(),
         data_dir = %data_dir.display(),
         "Tocsin is listening"
     );
-    warp::serve(routes)
-        .incoming(listener)
-        .graceful(termination())
-        .run()
-        .await;
+    listener::serve(routes, listener, certificate, termination()).await;
     tracing::info!("HTTP stopped; finishing the work in hand");
     stop_pipeline.send_replace(true);
     refresher.abort();
@@ -176,8 +180,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 fn api_routes(
     settings: &Settings,
     auth: &Arc<Authenticator>,
+    limiter: &Arc<RateLimiter>,
     bus: Arc<dyn Bus>,
-    records: RecordStore,
     oci: OciSource,
     config_store: Arc<ConfigStore>,
     probe: Probe,
@@ -188,7 +192,7 @@ fn api_routes(
         bus: Arc::clone(&bus),
         metrics: Arc::clone(&metrics),
         body_limit: settings.body_limit_bytes,
-        producer: auth.require(Scope::Producer).boxed(),
+        producer: limiter.guard(auth.identify(Scope::Producer)).boxed(),
         reader: auth.require(Scope::Configuration).boxed(),
     };
     let sources = ingest::sources::ans::mount(&mount)
@@ -196,6 +200,7 @@ fn api_routes(
         .unify()
         .or(ingest::sources::alertmanager::mount(&mount))
         .unify();
+    let records = probe.records.clone();
     let consumer = delivery::consumer_api::routes(records.clone(), auth.require(Scope::Consumer));
     let operator = delivery::operator_api::routes(
         records,
@@ -231,9 +236,7 @@ fn load_configuration(settings: &Settings) -> anyhow::Result<Option<Configuratio
     let Some(path) = settings.config_import() else {
         return Ok(None);
     };
-    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let configuration: Configuration = serde_json::from_slice(&text)
-        .with_context(|| format!("{} is not an ANS configuration", path.display()))?;
+    let configuration = read_configuration(path)?;
     tracing::info!(
         file = %path.display(),
         actions = configuration.actions.len(),
@@ -242,6 +245,13 @@ fn load_configuration(settings: &Settings) -> anyhow::Result<Option<Configuratio
         "configuration imported"
     );
     Ok(Some(configuration))
+}
+
+/// A configuration file in the ANS import format, parsed (not yet checked).
+pub fn read_configuration(path: &std::path::Path) -> anyhow::Result<Configuration> {
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not an ANS configuration", path.display()))
 }
 
 /// One process per data directory: the embedded queue's in-flight state lives in memory.

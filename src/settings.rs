@@ -1,6 +1,10 @@
 //! Tocsin's settings: one TOML file, every key overridable by an environment variable named
 //! `TOCSIN_` + the key's path in upper case joined by `_` (`[bus] url` → `TOCSIN_BUS_URL`,
-//! `data_dir` → `TOCSIN_DATA_DIR`). Everything has a default, so no file is needed.
+//! `data_dir` → `TOCSIN_DATA_DIR`), or by `TOCSIN_…_FILE` naming a file that holds the value.
+//! Everything has a default, so no file is needed; a key or variable that names no setting is
+//! an error ([`layers`]).
+
+mod layers;
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -34,6 +38,10 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// The configuration store (`config.db`).
     pub store: StoreSettings,
+    /// Requests per client on the producer APIs.
+    pub rate_limit: RateLimitSettings,
+    /// HTTPS instead of plain HTTP.
+    pub tls: TlsSettings,
 }
 
 /// `[store]`: how the stored configuration is sealed at rest.
@@ -46,6 +54,72 @@ pub struct StoreSettings {
     /// Keys that sealed it before: still opened, and re-sealed with `secret_key` at start
     /// (TOML file only).
     pub previous_secret_keys: Vec<Secret>,
+}
+
+/// `[rate_limit]`: a token bucket per client on the producer APIs (ANS producer, OCI,
+/// Alertmanager, CloudEvents), so that one runaway producer cannot starve the others.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Requests per second each client may make on average; 0 for no limit.
+    pub per_second: f64,
+    /// Requests a client may make at once after being idle (the bucket's size).
+    pub burst: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        // Off by default: what a producer may send depends on the site (the bench alone sends
+        // thousands of events per second as one client).
+        RateLimitSettings {
+            per_second: 0.0,
+            burst: 100,
+        }
+    }
+}
+
+impl RateLimitSettings {
+    /// The limit, if one is set.
+    pub fn limit(&self) -> Result<Option<web::RateLimit>, SettingsError> {
+        if self.per_second == 0.0 {
+            return Ok(None);
+        }
+        if !(self.per_second.is_finite() && self.per_second > 0.0) || self.burst == 0 {
+            return Err(SettingsError::Invalid {
+                origin: "rate_limit".into(),
+                message: "`per_second` must be a positive number (or 0 for no limit) and `burst` at least 1".into(),
+            });
+        }
+        Ok(Some(web::RateLimit {
+            per_second: self.per_second,
+            burst: self.burst,
+        }))
+    }
+}
+
+/// `[tls]`: serve HTTPS with this certificate chain and key (PEM); plain HTTP when unset.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl TlsSettings {
+    /// The certificate and key files, if HTTPS is set.
+    pub fn files(&self) -> Result<Option<(&Path, &Path)>, SettingsError> {
+        match (
+            self.cert_file.as_os_str().is_empty(),
+            self.key_file.as_os_str().is_empty(),
+        ) {
+            (true, true) => Ok(None),
+            (false, false) => Ok(Some((&self.cert_file, &self.key_file))),
+            _ => Err(SettingsError::Invalid {
+                origin: "tls".into(),
+                message: "`cert_file` and `key_file` are set together or not at all".into(),
+            }),
+        }
+    }
 }
 
 /// `[metrics]`: who may scrape `/metrics`.
@@ -193,6 +267,8 @@ impl Default for Settings {
             sources: SourcesSettings::default(),
             metrics: MetricsSettings::default(),
             store: StoreSettings::default(),
+            rate_limit: RateLimitSettings::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -289,35 +365,25 @@ impl Settings {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, SettingsError> {
+        let origin = file.map_or("settings".to_owned(), |p| p.display().to_string());
+        let defaults = toml::Table::try_from(Settings::default()).expect("defaults serialize");
         let mut tree = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
                     path: path.to_owned(),
                     source,
                 })?;
-                toml::from_str::<toml::Table>(&text).map_err(|e| SettingsError::Invalid {
-                    origin: path.display().to_string(),
-                    message: e.to_string(),
-                })?
+                let tree =
+                    toml::from_str::<toml::Table>(&text).map_err(|e| SettingsError::Invalid {
+                        origin: origin.clone(),
+                        message: e.to_string(),
+                    })?;
+                layers::check_file_keys(&defaults, &tree, &origin)?;
+                tree
             }
             None => toml::Table::new(),
         };
-        let defaults = toml::Table::try_from(Settings::default()).expect("defaults serialize");
-        for (name, value) in env {
-            let Some(key) = name.strip_prefix("TOCSIN_") else {
-                continue;
-            };
-            // Variables that are not settings (e.g. TOCSIN_LOG) are left to their readers.
-            if let Some(typed) =
-                override_value(&defaults, &mut tree, &key.to_ascii_lowercase(), &value)
-            {
-                typed.map_err(|message| SettingsError::Invalid {
-                    origin: name.clone(),
-                    message,
-                })?;
-            }
-        }
-        let origin = file.map_or("settings".to_owned(), |p| p.display().to_string());
+        layers::apply_environment(&defaults, &mut tree, env)?;
         toml::Value::Table(tree)
             .try_into()
             .map_err(|e: toml::de::Error| SettingsError::Invalid {
@@ -325,54 +391,6 @@ impl Settings {
                 message: e.to_string(),
             })
     }
-}
-
-/// Sets the key that `name` (lower case, `_`-joined path) denotes in `tree`, typed like its
-/// default. `None` when `name` is no setting.
-fn override_value(
-    defaults: &toml::Table,
-    tree: &mut toml::Table,
-    name: &str,
-    raw: &str,
-) -> Option<Result<(), String>> {
-    for (key, default) in defaults {
-        if name == key {
-            let value = match default {
-                toml::Value::Table(_) | toml::Value::Array(_) => return None,
-                toml::Value::Integer(_) => raw
-                    .parse::<i64>()
-                    .map(toml::Value::Integer)
-                    .map_err(|_| format!("`{raw}` is not an integer")),
-                toml::Value::Float(_) => raw
-                    .parse::<f64>()
-                    .map(toml::Value::Float)
-                    .map_err(|_| format!("`{raw}` is not a number")),
-                toml::Value::Boolean(_) => raw
-                    .parse::<bool>()
-                    .map(toml::Value::Boolean)
-                    .map_err(|_| format!("`{raw}` is not true or false")),
-                _ => Ok(toml::Value::String(raw.to_owned())),
-            };
-            return Some(value.map(|v| {
-                tree.insert(key.clone(), v);
-            }));
-        }
-        if let (Some(rest), toml::Value::Table(section)) = (
-            name.strip_prefix(key.as_str())
-                .and_then(|r| r.strip_prefix('_')),
-            default,
-        ) {
-            let entry = tree
-                .entry(key.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            if let toml::Value::Table(target) = entry {
-                if let Some(done) = override_value(section, target, rest, raw) {
-                    return Some(done);
-                }
-            }
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -387,14 +405,12 @@ mod tests {
     }
 
     #[test]
-    fn the_example_settings_file_parses_and_states_the_defaults() {
+    fn the_example_settings_file_states_every_setting_at_its_default() {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tocsin.toml");
-        let example = Settings::load(Some(&example), env(&[])).unwrap();
-        let defaults = Settings::load(None, env(&[])).unwrap();
-        assert_eq!(
-            toml::to_string(&example).unwrap(),
-            toml::to_string(&defaults).unwrap()
-        );
+        Settings::load(Some(&example), env(&[])).unwrap();
+        let stated: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&example).unwrap()).unwrap();
+        assert_eq!(stated, toml::Table::try_from(Settings::default()).unwrap());
     }
 
     #[test]
@@ -491,5 +507,122 @@ mod tests {
         assert!(!Settings::load(None, env(&[])).unwrap().metrics.public);
         let public = Settings::load(None, env(&[("TOCSIN_METRICS_PUBLIC", "true")])).unwrap();
         assert!(public.metrics.public);
+    }
+
+    #[test]
+    fn a_misspelt_variable_is_refused_with_the_likely_one() {
+        let err = Settings::load(None, env(&[("TOCSIN_BUS_URI", "amqp://h")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "TOCSIN_BUS_URI: no such setting or variable; did you mean TOCSIN_BUS_URL?"
+        );
+        let err = Settings::load(None, env(&[("TOCSIN_NOTHING_LIKE_IT", "1")])).unwrap_err();
+        assert!(
+            err.to_string().contains("see examples/tocsin.toml"),
+            "{err}"
+        );
+        let err = Settings::load(None, env(&[("TOCSIN_LOG_FROMAT", "json")])).unwrap_err();
+        assert!(err.to_string().contains("TOCSIN_LOG_FORMAT?"), "{err}");
+        let err = Settings::load(
+            None,
+            env(&[("TOCSIN_SOURCES_OCI_CONFIRM_ALLOW_HOSTS", "a")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("settings file"), "{err}");
+    }
+
+    #[test]
+    fn tocsins_own_variables_are_not_settings_and_pass() {
+        let own = [
+            ("TOCSIN_SETTINGS", "x"),
+            ("TOCSIN_LOG_FORMAT", "json"),
+            ("TOCSIN_URL", "http://h"),
+            ("TOCSIN_USER", "u"),
+            ("TOCSIN_PASSWORD", "p"),
+            ("TOCSIN_TEST_AMQP_URI", "amqp://h"),
+            ("OTHER_VARIABLE", "x"),
+        ];
+        Settings::load(None, env(&own)).unwrap();
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_refused_with_the_likely_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tocsin.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\n[bus]\nuri = \"amqp://h\"\n",
+        )
+        .unwrap();
+        let err = Settings::load(Some(&file), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("unknown setting `bus.uri`; did you mean `bus.url`?"),
+            "{err}"
+        );
+        std::fs::write(
+            &file,
+            "listn = \"127.0.0.1:1\"\n[bus]\nuri = \"amqp://h\"\n",
+        )
+        .unwrap();
+        let err = Settings::load(Some(&file), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown setting `listn`; did you mean `listen`?")
+                && err.contains("unknown setting `bus.uri`; did you mean `bus.url`?"),
+            "every unknown key is named: {err}"
+        );
+        std::fs::write(
+            &file,
+            "[[auth.clients]]\nname = \"a\"\npasword = \"b\"\nscopes = []\n",
+        )
+        .unwrap();
+        let err = Settings::load(Some(&file), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `pasword`"), "{err}");
+    }
+
+    #[test]
+    fn file_variables_give_a_value_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let secret = secret.display().to_string();
+        let s = Settings::load(
+            None,
+            env(&[
+                ("TOCSIN_AUTH_TOKEN_SECRET_FILE", &secret),
+                ("TOCSIN_SOURCES_OCI_PASSWORD_FILE", &secret),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.auth.token_secret.0, "s3cret");
+        assert_eq!(s.sources.oci.password.0, "s3cret");
+        let err = Settings::load(
+            None,
+            env(&[
+                ("TOCSIN_AUTH_TOKEN_SECRET_FILE", &secret),
+                ("TOCSIN_AUTH_TOKEN_SECRET", "k"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("TOCSIN_AUTH_TOKEN_SECRET and TOCSIN_AUTH_TOKEN_SECRET_FILE"),
+            "{err}"
+        );
+        let err = Settings::load(
+            None,
+            env(&[("TOCSIN_AUTH_TOKEN_SECRET_FILE", "/nonexistent")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("TOCSIN_AUTH_TOKEN_SECRET_FILE: cannot read"),
+            "{err}"
+        );
     }
 }

@@ -3,15 +3,19 @@
 
 mod b2c_incident_lifecycle;
 mod channels_end_to_end;
+mod clients;
 mod common;
 mod config_at_rest;
 mod configuration_api;
 mod crash_recovery;
 mod dead_letters;
+mod https;
+mod image;
 mod observability;
 mod oci_notifications;
 mod openapi;
 mod sap_client;
+mod settings_strict;
 mod sources_cloudevents_alertmanager;
 mod store_and_forward;
 mod store_end_to_end;

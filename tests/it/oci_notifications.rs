@@ -32,15 +32,8 @@ fn fixture(name: &str) -> Value {
 }
 
 /// Starts Tocsin with `toml` as its settings file.
-async fn start(toml: &str, env: &[(&str, &str)]) -> (Tocsin, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let settings = dir.path().join("tocsin.toml");
-    std::fs::write(&settings, toml).unwrap();
-    let settings = settings.display().to_string();
-    let mut env = env.to_vec();
-    env.push(("TOCSIN_SETTINGS", &settings));
-    let tocsin = Tocsin::start(Backend::Embedded, &store_everything(), &env).await;
-    (tocsin, dir)
+async fn start(toml: &str, env: &[(&str, &str)]) -> Tocsin {
+    Tocsin::start_with_settings(Backend::Embedded, &store_everything(), toml, env).await
 }
 
 /// POSTs `body` as OCI Notifications would, with message id `message_id`.
@@ -117,7 +110,7 @@ async fn subscriptions(tocsin: &Tocsin) -> Vec<Value> {
 #[tokio::test]
 async fn the_confirmation_handshake_is_completed_only_with_allowed_hosts() {
     let (oci, requests) = fake_oci().await;
-    let (tocsin, _settings) = start(
+    let tocsin = start(
         "[sources.oci]\nconfirm_allow_hosts = [\"127.0.0.1\"]\n",
         &[],
     )
@@ -197,7 +190,7 @@ async fn the_confirmation_handshake_is_completed_only_with_allowed_hosts() {
 #[tokio::test]
 async fn with_auto_confirm_off_the_url_waits_for_a_human() {
     let (oci, requests) = fake_oci().await;
-    let (tocsin, _settings) = start(
+    let tocsin = start(
         "[sources.oci]\nconfirm_allow_hosts = [\"127.0.0.1\"]\n",
         &[("TOCSIN_SOURCES_OCI_AUTO_CONFIRM", "false")],
     )
@@ -258,7 +251,7 @@ async fn stored_by_source_event_id(tocsin: &Tocsin, id: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn alarms_are_normalized_stored_and_redeliveries_published_once() {
-    let (mut tocsin, _settings) = start("", &[]).await;
+    let mut tocsin = start("", &[]).await;
 
     // Every fixture and every variant: 202, published once, stored as normalized.
     let mut messages: Vec<(String, Value)> = [
@@ -366,7 +359,7 @@ async fn alarms_are_normalized_stored_and_redeliveries_published_once() {
 
 #[tokio::test]
 async fn bad_input_gets_a_clear_4xx_and_publishes_nothing() {
-    let (tocsin, _settings) = start("", &[("TOCSIN_BODY_LIMIT_BYTES", "4096")]).await;
+    let tocsin = start("", &[("TOCSIN_BODY_LIMIT_BYTES", "4096")]).await;
     let raw = |body: String, content_type: &str| {
         tocsin
             .http
@@ -459,7 +452,7 @@ async fn bad_input_gets_a_clear_4xx_and_publishes_nothing() {
 
 #[tokio::test]
 async fn the_endpoint_takes_its_own_basic_credentials_and_only_there() {
-    let (tocsin, _settings) = start(
+    let tocsin = start(
         "[sources.oci]\nusername = \"oci-topic\"\n",
         &[("TOCSIN_SOURCES_OCI_PASSWORD", "p@ss:word")],
     )

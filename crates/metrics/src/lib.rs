@@ -47,6 +47,8 @@ pub enum RejectReason {
     TooLarge,
     /// 415: not JSON.
     UnsupportedMediaType,
+    /// 429: the client is over its rate limit.
+    RateLimited,
     /// 503: the bus could not take the events.
     Unavailable,
     /// Any other error status.
@@ -54,12 +56,13 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::Invalid,
         RejectReason::Unauthenticated,
         RejectReason::Forbidden,
         RejectReason::TooLarge,
         RejectReason::UnsupportedMediaType,
+        RejectReason::RateLimited,
         RejectReason::Unavailable,
         RejectReason::Other,
     ];
@@ -73,6 +76,7 @@ impl RejectReason {
             403 => RejectReason::Forbidden,
             413 => RejectReason::TooLarge,
             415 => RejectReason::UnsupportedMediaType,
+            429 => RejectReason::RateLimited,
             503 => RejectReason::Unavailable,
             _ => RejectReason::Other,
         })
@@ -85,6 +89,7 @@ impl RejectReason {
             RejectReason::Forbidden => "forbidden",
             RejectReason::TooLarge => "too_large",
             RejectReason::UnsupportedMediaType => "unsupported_media_type",
+            RejectReason::RateLimited => "rate_limited",
             RejectReason::Unavailable => "unavailable",
             RejectReason::Other => "other",
         }

@@ -2,17 +2,28 @@
 //! a bearer token that the OAuth client-credentials endpoint issued to such a client.
 //!
 //! A client has scopes (producer, consumer, configuration); each API route requires one.
-//! Passwords are kept only as SHA-256 digests and compared in constant time. Tokens are
+//! A client's password is given in the settings as an Argon2id hash (PHC string, see
+//! [`hash_password`]) or, warned about at start, in plaintext; in memory Tocsin keeps a
+//! plaintext password only as its SHA-256 digest, compared in constant time.
+//!
+//! Argon2 is slow on purpose (tens of milliseconds and 19 MiB per check), and producers send
+//! their Basic credentials with every request. So a hashed password is verified with Argon2
+//! once: the digest of the password that verified is remembered, and later requests compare
+//! digests like a plaintext client's. Until then, checks run on the blocking pool (never on the
+//! async workers, which would stall every other request) and a few at a time (so a flood of
+//! wrong passwords cannot take all the memory). Tokens are
 //! stateless — `base64url(client|scopes|expiry).base64url(HMAC-SHA256)` — so that they survive
 //! restarts and work across Tocsin processes that share the signing key; a token dies with its
 //! client (it is checked against the current client list on every request).
 
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 use warp::{Filter, Rejection};
@@ -51,10 +62,51 @@ impl Scope {
 
 /// A configured API client.
 #[derive(Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Client {
     pub name: String,
+    /// An Argon2 PHC string (`$argon2id$v=19$…`), or the password itself.
     pub password: String,
     pub scopes: Vec<Scope>,
+}
+
+impl Client {
+    /// Whether the password is given in plaintext rather than as a hash.
+    pub fn password_is_plaintext(&self) -> bool {
+        !self.password.starts_with("$argon2")
+    }
+}
+
+/// The Argon2id hash of `password` with a random salt, as a PHC string for the settings.
+pub fn hash_password(password: &str) -> String {
+    let salt: [u8; 16] = rand::random();
+    let salt = SaltString::encode_b64(&salt).expect("16 bytes make a valid salt");
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("the default parameters accept any password")
+        .to_string()
+}
+
+/// A client's password as the settings give it.
+enum Password {
+    /// Plaintext: only its digest is kept.
+    Plain([u8; 32]),
+    /// An Argon2 PHC string, and the digest of the password once one verified against it.
+    Hashed {
+        phc: Arc<str>,
+        verified: OnceLock<[u8; 32]>,
+    },
+}
+
+/// Argon2 checks running at once, at most (each takes 19 MiB).
+const ARGON2_CHECKS_AT_ONCE: usize = 4;
+
+/// A configured client whose password hash does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("client `{client}`: the password starts like an Argon2 hash but is not one ({problem})")]
+pub struct MalformedHash {
+    pub client: String,
+    problem: String,
 }
 
 impl std::fmt::Debug for Client {
@@ -68,7 +120,7 @@ impl std::fmt::Debug for Client {
 }
 
 struct KnownClient {
-    password_digest: [u8; 32],
+    password: Password,
     scopes: u8,
 }
 
@@ -97,6 +149,7 @@ pub struct Authenticator {
     clients: HashMap<String, KnownClient>,
     token_key: Vec<u8>,
     token_lifetime: Duration,
+    argon2_checks: tokio::sync::Semaphore,
 }
 
 /// A successful client-credentials grant.
@@ -109,34 +162,84 @@ pub struct IssuedToken {
 }
 
 impl Authenticator {
-    pub fn new(clients: &[Client], token_key: Vec<u8>, token_lifetime: Duration) -> Self {
+    pub fn new(
+        clients: &[Client],
+        token_key: Vec<u8>,
+        token_lifetime: Duration,
+    ) -> Result<Self, MalformedHash> {
         let clients = clients
             .iter()
             .map(|c| {
+                let password = if c.password_is_plaintext() {
+                    Password::Plain(Sha256::digest(c.password.as_bytes()).into())
+                } else {
+                    let malformed = |problem: String| MalformedHash {
+                        client: c.name.clone(),
+                        problem,
+                    };
+                    let hash =
+                        PasswordHash::new(&c.password).map_err(|e| malformed(e.to_string()))?;
+                    if hash.hash.is_none() {
+                        return Err(malformed("it has no hash output".into()));
+                    }
+                    Password::Hashed {
+                        phc: c.password.as_str().into(),
+                        verified: OnceLock::new(),
+                    }
+                };
                 let known = KnownClient {
-                    password_digest: Sha256::digest(c.password.as_bytes()).into(),
+                    password,
                     scopes: c.scopes.iter().fold(0, |bits, s| bits | s.bit()),
                 };
-                (c.name.clone(), known)
+                Ok((c.name.clone(), known))
             })
-            .collect();
-        Authenticator {
+            .collect::<Result<_, _>>()?;
+        Ok(Authenticator {
             clients,
             token_key,
             token_lifetime,
-        }
+            argon2_checks: tokio::sync::Semaphore::new(ARGON2_CHECKS_AT_ONCE),
+        })
     }
 
     /// The scopes of `name` if `password` is its password.
-    fn check_password(&self, name: &str, password: &str) -> Option<u8> {
+    async fn check_password(&self, name: &str, password: &str) -> Option<u8> {
         let digest: [u8; 32] = Sha256::digest(password.as_bytes()).into();
         // Compare against a dummy when the client is unknown, so timing does not tell names.
-        let (expected, scopes) = match self.clients.get(name) {
-            Some(client) => (client.password_digest, Some(client.scopes)),
-            None => ([0u8; 32], None),
+        let Some(client) = self.clients.get(name) else {
+            let _ = [0u8; 32].ct_eq(&digest);
+            return None;
         };
-        let equal: bool = expected.ct_eq(&digest).into();
-        scopes.filter(|_| equal)
+        let equal: bool = match &client.password {
+            Password::Plain(expected) => expected.ct_eq(&digest).into(),
+            Password::Hashed { phc, verified } => match verified.get() {
+                Some(known) => known.ct_eq(&digest).into(),
+                None => {
+                    let matches = self.argon2_verify(phc, password).await;
+                    if matches {
+                        let _ = verified.set(digest);
+                    }
+                    matches
+                }
+            },
+        };
+        equal.then_some(client.scopes)
+    }
+
+    /// Whether `password` matches the hash `phc`, checked on the blocking pool, a few at once.
+    async fn argon2_verify(&self, phc: &Arc<str>, password: &str) -> bool {
+        let Ok(_slot) = self.argon2_checks.acquire().await else {
+            return false;
+        };
+        let (phc, password) = (Arc::clone(phc), password.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let hash = PasswordHash::new(&phc).expect("parsed at start");
+            Argon2::default()
+                .verify_password(password.as_bytes(), &hash)
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false)
     }
 
     fn signature(&self, claims: &str) -> Vec<u8> {
@@ -146,8 +249,8 @@ impl Authenticator {
     }
 
     /// Issues a bearer token to a client that proved its password.
-    pub fn issue_token(&self, name: &str, password: &str, now: i64) -> Option<IssuedToken> {
-        let scopes = self.check_password(name, password)?;
+    pub async fn issue_token(&self, name: &str, password: &str, now: i64) -> Option<IssuedToken> {
+        let scopes = self.check_password(name, password).await?;
         let expiry = now + self.token_lifetime.as_secs() as i64;
         let claims = format!("{name}|{scopes}|{expiry}");
         let token = format!(
@@ -185,7 +288,11 @@ impl Authenticator {
     }
 
     /// Resolves an `Authorization` header to the caller's scopes.
-    pub fn authenticate(&self, header: Option<&str>, now: i64) -> Result<(String, u8), Rejection> {
+    pub async fn authenticate(
+        &self,
+        header: Option<&str>,
+        now: i64,
+    ) -> Result<(String, u8), Rejection> {
         let header = header.ok_or_else(|| {
             unauthorized("credentials are required: use HTTP Basic or a bearer token")
         })?;
@@ -195,6 +302,7 @@ impl Authenticator {
                 .ok_or_else(|| unauthorized("malformed Basic credentials"))?;
             let scopes = self
                 .check_password(&name, &password)
+                .await
                 .ok_or_else(|| unauthorized("unknown client or wrong password"))?;
             Ok((name, scopes))
         } else if kind.eq_ignore_ascii_case("bearer") {
@@ -212,25 +320,29 @@ impl Authenticator {
         self: &Arc<Self>,
         scope: Scope,
     ) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+        self.identify(scope).map(|_client: String| ()).untuple_one()
+    }
+
+    /// Like [`require`](Self::require), and yields the client's name.
+    pub fn identify(
+        self: &Arc<Self>,
+        scope: Scope,
+    ) -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
         let auth = Arc::clone(self);
-        warp::header::optional::<String>("authorization")
-            .and_then(move |header: Option<String>| {
-                let auth = Arc::clone(&auth);
-                async move {
-                    let (name, scopes) =
-                        auth.authenticate(header.as_deref(), model::now_epoch_seconds())?;
-                    if scopes & scope.bit() == 0 {
-                        return Err(warp::reject::custom(Forbidden {
-                            message: format!(
-                                "client `{name}` lacks the `{}` scope",
-                                scope.as_str()
-                            ),
-                        }));
-                    }
-                    Ok(())
+        warp::header::optional::<String>("authorization").and_then(move |header: Option<String>| {
+            let auth = Arc::clone(&auth);
+            async move {
+                let (name, scopes) = auth
+                    .authenticate(header.as_deref(), model::now_epoch_seconds())
+                    .await?;
+                if scopes & scope.bit() == 0 {
+                    return Err(warp::reject::custom(Forbidden {
+                        message: format!("client `{name}` lacks the `{}` scope", scope.as_str()),
+                    }));
                 }
-            })
-            .untuple_one()
+                Ok(name)
+            }
+        })
     }
 
     /// The OAuth 2.0 client-credentials token endpoint, `GET` or `POST /oauth/token`: the SAP
@@ -249,16 +361,19 @@ impl Authenticator {
             .and(warp::query::<HashMap<String, String>>())
             .and(form)
             .and(warp::header::optional::<String>("authorization"))
-            .map(
+            .and_then(
                 move |query: HashMap<String, String>,
                       form: HashMap<String, String>,
                       header: Option<String>| {
-                    auth.grant(&query, &form, header.as_deref())
+                    let auth = Arc::clone(&auth);
+                    async move {
+                        Ok::<_, Rejection>(auth.grant(&query, &form, header.as_deref()).await)
+                    }
                 },
             )
     }
 
-    fn grant(
+    async fn grant(
         &self,
         query: &HashMap<String, String>,
         form: &HashMap<String, String>,
@@ -297,7 +412,10 @@ impl Authenticator {
                 "client credentials are required (HTTP Basic or client_id/client_secret)",
             );
         };
-        match self.issue_token(&name, &password, model::now_epoch_seconds()) {
+        match self
+            .issue_token(&name, &password, model::now_epoch_seconds())
+            .await
+        {
             Some(token) => warp::reply::json(&token).into_response(),
             None => oauth_error(
                 StatusCode::UNAUTHORIZED,
@@ -335,35 +453,45 @@ mod tests {
             password: "s3cret".into(),
             scopes: vec![Scope::Producer, Scope::Consumer],
         }];
-        Authenticator::new(&clients, b"key".to_vec(), Duration::from_secs(60))
+        Authenticator::new(&clients, b"key".to_vec(), Duration::from_secs(60)).unwrap()
     }
 
     fn basic(user: &str, password: &str) -> String {
         format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
     }
 
-    #[test]
-    fn basic_credentials_resolve_to_scopes() {
+    #[tokio::test]
+    async fn basic_credentials_resolve_to_scopes() {
         let auth = authenticator();
-        let (name, scopes) = auth.authenticate(Some(&basic("ops", "s3cret")), 0).unwrap();
+        let (name, scopes) = auth
+            .authenticate(Some(&basic("ops", "s3cret")), 0)
+            .await
+            .unwrap();
         assert_eq!(name, "ops");
         assert_eq!(scopes, Scope::Producer.bit() | Scope::Consumer.bit());
-        assert!(auth.authenticate(Some(&basic("ops", "wrong")), 0).is_err());
+        assert!(auth
+            .authenticate(Some(&basic("ops", "wrong")), 0)
+            .await
+            .is_err());
         assert!(auth
             .authenticate(Some(&basic("nobody", "s3cret")), 0)
+            .await
             .is_err());
-        assert!(auth.authenticate(None, 0).is_err());
-        assert!(auth.authenticate(Some("Digest abc"), 0).is_err());
+        assert!(auth.authenticate(None, 0).await.is_err());
+        assert!(auth.authenticate(Some("Digest abc"), 0).await.is_err());
     }
 
-    #[test]
-    fn tokens_expire_and_cannot_be_forged() {
+    #[tokio::test]
+    async fn tokens_expire_and_cannot_be_forged() {
         let auth = authenticator();
-        let issued = auth.issue_token("ops", "s3cret", 1000).unwrap();
+        let issued = auth.issue_token("ops", "s3cret", 1000).await.unwrap();
         assert_eq!(issued.scope, "producer consumer");
         let header = format!("Bearer {}", issued.access_token);
-        assert!(auth.authenticate(Some(&header), 1059).is_ok());
-        assert!(auth.authenticate(Some(&header), 1060).is_err(), "expired");
+        assert!(auth.authenticate(Some(&header), 1059).await.is_ok());
+        assert!(
+            auth.authenticate(Some(&header), 1060).await.is_err(),
+            "expired"
+        );
         let (claims, _) = issued.access_token.split_once('.').unwrap();
         let forged_claims = URL_SAFE_NO_PAD.encode("ops|7|99999");
         let forged = format!(
@@ -371,7 +499,7 @@ mod tests {
             issued.access_token.split_once('.').unwrap().1
         );
         assert!(
-            auth.authenticate(Some(&forged), 1001).is_err(),
+            auth.authenticate(Some(&forged), 1001).await.is_err(),
             "claims changed: {claims}"
         );
         let other_key = Authenticator::new(
@@ -382,9 +510,10 @@ mod tests {
             }],
             b"other".to_vec(),
             Duration::from_secs(60),
-        );
-        assert!(other_key.authenticate(Some(&header), 1001).is_err());
-        assert!(auth.issue_token("ops", "nope", 0).is_none());
+        )
+        .unwrap();
+        assert!(other_key.authenticate(Some(&header), 1001).await.is_err());
+        assert!(auth.issue_token("ops", "nope", 0).await.is_none());
     }
 
     #[test]
@@ -395,5 +524,45 @@ mod tests {
             scopes: vec![],
         };
         assert!(!format!("{client:?}").contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn a_hashed_password_verifies_once_and_a_wrong_one_never() {
+        let hash = hash_password("s3cret");
+        assert!(hash.starts_with("$argon2id$v=19$"), "{hash}");
+        assert_ne!(hash, hash_password("s3cret"), "salted");
+        let client = Client {
+            name: "ops".into(),
+            password: hash,
+            scopes: vec![Scope::Producer],
+        };
+        assert!(!client.password_is_plaintext());
+        let auth = Authenticator::new(&[client], b"key".to_vec(), Duration::from_secs(60)).unwrap();
+        assert!(auth.check_password("ops", "wrong").await.is_none());
+        assert_eq!(auth.check_password("ops", "s3cret").await, Some(1));
+        let Password::Hashed { verified, .. } = &auth.clients["ops"].password else {
+            panic!("hashed");
+        };
+        assert!(
+            verified.get().is_some(),
+            "the verified password is remembered"
+        );
+        assert_eq!(auth.check_password("ops", "s3cret").await, Some(1));
+        assert!(auth.check_password("ops", "s3cret ").await.is_none());
+    }
+
+    #[test]
+    fn a_malformed_hash_names_its_client_only() {
+        let client = Client {
+            name: "ops".into(),
+            password: "$argon2id$v=19$m=19456,t=2,p=1$hunter2".into(),
+            scopes: vec![],
+        };
+        let error = Authenticator::new(&[client], vec![], Duration::ZERO)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.starts_with("client `ops`"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
     }
 }

@@ -72,6 +72,14 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     if let Some(forbidden) = rejection.find::<crate::auth::Forbidden>() {
         return Ok(json_error(StatusCode::FORBIDDEN, &forbidden.message));
     }
+    if let Some(limited) = rejection.find::<crate::rate_limit::RateLimited>() {
+        let mut response = json_error(StatusCode::TOO_MANY_REQUESTS, &limited.message);
+        let seconds = crate::rate_limit::retry_after_seconds(limited.retry_after);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        return Ok(response);
+    }
     let (status, message) = if rejection.is_not_found() {
         (StatusCode::NOT_FOUND, "no such endpoint".to_owned())
     } else if let Some(query) = rejection.find::<warp::reject::InvalidQuery>() {

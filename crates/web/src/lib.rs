@@ -1,14 +1,16 @@
-//! HTTP plumbing shared by every Tocsin API: credentials and scopes ([`auth`]), JSON error
-//! answers that never lose their `{"message": …}` shape ([`errors`]), and bounded JSON bodies
-//! ([`body`]). Component crates build their `warp` filters on these; the binary composes them
+//! HTTP plumbing shared by every Tocsin API: credentials and scopes ([`auth`]), per-client
+//! rate limits ([`rate_limit`]), JSON error answers that never lose their `{"message": …}`
+//! shape ([`errors`]), and bounded JSON bodies ([`body`]). Component crates build their `warp` filters on these; the binary composes them
 //! and installs [`errors::recover`] once at the top.
 
 pub mod auth;
 pub mod body;
 pub mod errors;
+pub mod rate_limit;
 
 pub use auth::{Authenticator, Client, Scope};
 pub use errors::{json_error, recover, ApiError};
+pub use rate_limit::{RateLimit, RateLimiter};
 
 use warp::{Filter, Rejection};
 

@@ -55,6 +55,8 @@ pub fn event(event_type: &str, source_event_id: &str) -> Value {
 pub struct Tocsin {
     child: Option<Child>,
     pub backend: Backend,
+    /// `http` or `https`.
+    scheme: &'static str,
     pub base: String,
     pub data_dir: PathBuf,
     _dir: Option<tempfile::TempDir>,
@@ -87,12 +89,59 @@ impl Tocsin {
     /// Starts Tocsin with `configuration` imported at every start (`null`: none) and extra
     /// `TOCSIN_*` settings.
     pub async fn start(backend: Backend, configuration: &Value, env: &[(&str, &str)]) -> Tocsin {
+        Self::start_with(
+            backend,
+            configuration,
+            env,
+            None,
+            "http",
+            reqwest::Client::new(),
+        )
+        .await
+    }
+
+    /// Like [`start`](Self::start), with `toml` as its settings file.
+    pub async fn start_with_settings(
+        backend: Backend,
+        configuration: &Value,
+        toml: &str,
+        env: &[(&str, &str)],
+    ) -> Tocsin {
+        let http = reqwest::Client::new();
+        Self::start_with(backend, configuration, env, Some(toml), "http", http).await
+    }
+
+    /// Like [`start`](Self::start), talking `scheme` through `http` (HTTPS: a client that
+    /// trusts the test's certificate).
+    pub async fn start_with_client(
+        backend: Backend,
+        configuration: &Value,
+        env: &[(&str, &str)],
+        scheme: &'static str,
+        http: reqwest::Client,
+    ) -> Tocsin {
+        Self::start_with(backend, configuration, env, None, scheme, http).await
+    }
+
+    async fn start_with(
+        backend: Backend,
+        configuration: &Value,
+        env: &[(&str, &str)],
+        settings: Option<&str>,
+        scheme: &'static str,
+        http: reqwest::Client,
+    ) -> Tocsin {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         let mut env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        if let Some(toml) = settings {
+            let file = dir.path().join("tocsin.toml");
+            std::fs::write(&file, toml).unwrap();
+            env.push(("TOCSIN_SETTINGS".into(), file.display().to_string()));
+        }
         if !configuration.is_null() {
             let routing = dir.path().join("routing.json");
             std::fs::write(&routing, configuration.to_string()).unwrap();
@@ -107,6 +156,7 @@ impl Tocsin {
         let mut tocsin = Tocsin {
             child: None,
             backend,
+            scheme,
             base: String::new(),
             data_dir,
             _dir: Some(dir),
@@ -114,7 +164,7 @@ impl Tocsin {
             env,
             user: "admin".into(),
             password: String::new(),
-            http: reqwest::Client::new(),
+            http,
         };
         tocsin.launch().await;
         tocsin
@@ -123,13 +173,13 @@ impl Tocsin {
     /// (Re)starts the process on a fresh port with the same data directory and settings.
     pub async fn launch(&mut self) {
         let port = free_port();
-        self.base = format!("http://127.0.0.1:{port}");
+        self.base = format!("{}://127.0.0.1:{port}", self.scheme);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tocsin"))
+        let child = tocsin_command()
             .args([
                 "serve",
                 "--listen",
@@ -138,7 +188,6 @@ impl Tocsin {
             ])
             .arg(&self.data_dir)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("TOCSIN_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -174,6 +223,11 @@ impl Tocsin {
     pub fn set_env(&mut self, name: &str, value: &str) {
         self.env.retain(|(key, _)| key != name);
         self.env.push((name.into(), value.into()));
+    }
+
+    /// The address it listens on.
+    pub fn listen_address(&self) -> &str {
+        self.base.rsplit_once('/').unwrap().1
     }
 
     fn log_path(&self) -> PathBuf {
@@ -285,6 +339,7 @@ impl Tocsin {
         let mut sibling = Tocsin {
             child: None,
             backend: self.backend,
+            scheme: self.scheme,
             base: String::new(),
             data_dir: dir.path().join("data"),
             _dir: Some(dir),
@@ -311,6 +366,44 @@ impl Drop for Tocsin {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The `tocsin` binary, logging at `info`.
+pub fn tocsin_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tocsin"));
+    command.env("TOCSIN_LOG", "info");
+    command
+}
+
+/// Runs `command` to its end, killing it and failing the test if that takes over 20 s.
+pub fn run_to_end(command: &mut Command) -> std::process::Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tocsin starts");
+    let pid = child.id().to_string();
+    let (done, output) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    match output.recv_timeout(Duration::from_secs(20)) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!("{command:?} did not end within 20 s");
+        }
+    }
+}
+
+/// Runs `tocsin serve` on `data_dir` with `env`, expecting it to stop by itself (a refused
+/// start).
+pub fn serve_to_end(data_dir: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    run_to_end(
+        tocsin_command()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .envs(env.iter().copied()),
+    )
 }
 
 /// Counts rows of `status` in a records file, read directly (the process may be dead).
