@@ -195,7 +195,7 @@ impl Lanes {
                 match next {
                     Some((seq, next_id, payload)) => {
                         c.execute(
-                            "UPDATE lanes SET head = ?3 WHERE action = ?1 AND key = ?2",
+                            "UPDATE lanes SET head = ?3, waiting_attempt = NULL WHERE action = ?1 AND key = ?2",
                             (&action, &key, &next_id),
                         )?;
                         Ok(Some(Promoted {
@@ -519,7 +519,17 @@ mod tests {
             lanes.claim(vec![job("open", "k"), retried]).await.unwrap(),
             [Claim::Stale, Claim::Run]
         );
-        assert!(lanes.release("hook", "k", "open").await.unwrap().is_none());
+        // The next head of the lane is no older copy of anything.
+        assert_eq!(
+            lanes.claim(vec![job("close", "k")]).await.unwrap(),
+            [Claim::Parked]
+        );
+        let next = lanes.release("hook", "k", "open").await.unwrap().unwrap();
+        assert_eq!(&next.payload[..], b"close");
+        assert_eq!(
+            lanes.claim(vec![job("close", "k")]).await.unwrap(),
+            [Claim::Run]
+        );
     }
 
     #[tokio::test]
