@@ -151,7 +151,7 @@ fn config_needs_no_server_settings() {
 /// A bearer token as Tocsin signs them (`base64url(client|scopes|expiry).base64url(HMAC)`),
 /// made with `key`: the server accepts it only if it signs with the same key.
 fn token_signed_with(key: &[u8], client: &str) -> String {
-    let claims = format!("{client}|7|{}", model::now_epoch_seconds() + 600);
+    let claims = format!("{client}|7|{}", clock::now_epoch_seconds() + 600);
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
     mac.update(claims.as_bytes());
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -222,7 +222,7 @@ fn insert_messages(
     queue: &str,
     messages: &[Bytes],
 ) -> rusqlite::Result<()> {
-    let now = model::now_epoch_millis();
+    let now = clock::now_epoch_millis();
     let mut insert = c.prepare_cached(
         "INSERT INTO messages (queue, payload, enqueued_at_ms) VALUES (?1, ?2, ?3)",
     )?;
@@ -240,7 +240,7 @@ fn insert_dead_letters(
     reason: &Reason,
     deliveries: u32,
 ) -> rusqlite::Result<()> {
-    let now = model::now_epoch_millis();
+    let now = clock::now_epoch_millis();
     let mut insert = c.prepare_cached(
         "INSERT INTO dead_letters (queue, payload, enqueued_at_ms, dead_at_ms, reason, deliveries) \
          VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
@@ -258,7 +258,7 @@ fn insert_delayed(
     delay: Duration,
     deliveries: u32,
 ) -> rusqlite::Result<()> {
-    let due = model::now_epoch_millis() + delay.as_millis() as i64;
+    let due = clock::now_epoch_millis() + delay.as_millis() as i64;
     c.prepare_cached(
         "INSERT INTO delayed (queue, payload, due_at_ms, deliveries) VALUES (?1, ?2, ?3, ?4)",
     )?
@@ -363,7 +363,7 @@ async fn promote_due(
     delayed: Arc<Notify>,
 ) {
     loop {
-        let now = model::now_epoch_millis();
+        let now = clock::now_epoch_millis();
         let promoted = db
             .write(move |c| {
                 let due: Vec<String> = c

@@ -193,6 +193,21 @@ impl Subscription {
         self.deliveries.recv_many(&mut batch, limit.max(1)).await;
         batch
     }
+
+    /// [`Subscription::next_batch`] for a stage's consume loop: `None` once `shutdown` turns
+    /// true or the bus has shut down, so that the stage stops taking work and finishes what it
+    /// has in hand.
+    pub async fn next_batch_until(
+        &mut self,
+        limit: usize,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Option<Vec<Delivery>> {
+        let batch = tokio::select! {
+            batch = self.next_batch(limit) => batch,
+            _ = shutdown.wait_for(|stop| *stop) => return None,
+        };
+        (!batch.is_empty()).then_some(batch)
+    }
 }
 
 /// One payload handed to a consumer; settle it with `ack`, `requeue` or `dead_letter`.

@@ -505,7 +505,7 @@ fn deliveries(properties: &BasicProperties) -> u32 {
 /// How long until a delayed message is due, if it came out of its delay tier early.
 fn still_early(properties: &BasicProperties) -> Option<Duration> {
     let due = integer(header(properties, DUE_HEADER)?)?;
-    let wait = due - model::now_epoch_millis();
+    let wait = due - clock::now_epoch_millis();
     // A few milliseconds early is on time: clocks and timers are not that precise.
     (wait > 20).then(|| Duration::from_millis(wait as u64))
 }
@@ -588,7 +588,7 @@ impl Publisher {
     ) -> Result<(), BusError> {
         let tier = self.settings.delay_queue_name(queue, delay_tier(delay));
         let mut headers = FieldTable::default();
-        let due = model::now_epoch_millis() + delay.as_millis() as i64;
+        let due = clock::now_epoch_millis() + delay.as_millis() as i64;
         headers.insert(DUE_HEADER.into(), AMQPValue::LongLongInt(due));
         if deliveries > 0 {
             headers.insert(

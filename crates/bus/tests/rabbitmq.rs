@@ -24,7 +24,7 @@ fn settings() -> RabbitSettings {
 fn uuid_like() -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{}-{}-{n}", std::process::id(), model::now_epoch_millis())
+    format!("{}-{}-{n}", std::process::id(), clock::now_epoch_millis())
 }
 
 async fn next(sub: &mut Subscription) -> Delivery {
@@ -286,7 +286,7 @@ async fn a_requeued_message_backs_off_dies_at_the_limit_is_listed_and_replays() 
             3
         )
     );
-    assert!((model::now_epoch_millis() - letter.dead_at_ms).abs() < 60_000);
+    assert!((clock::now_epoch_millis() - letter.dead_at_ms).abs() < 60_000);
     // Reading took nothing away, and names it the same way again.
     eventually_count(&bus, 1).await;
     let id = letter.id.clone();
@@ -337,7 +337,7 @@ async fn a_batch_the_broker_dead_letters_is_read_payload_by_payload_and_replays_
     for letter in &page.letters {
         assert_eq!(letter.queue, Some(Queue::Events));
         assert_eq!(letter.reason, bus::Reason::DeliveryLimit);
-        assert!((model::now_epoch_millis() - letter.dead_at_ms).abs() < 60_000);
+        assert!((clock::now_epoch_millis() - letter.dead_at_ms).abs() < 60_000);
     }
     let chosen = page
         .letters

@@ -15,7 +15,7 @@ fn settings() -> RabbitSettings {
         prefix: format!(
             "tocsin-test-depth-{}-{}",
             std::process::id(),
-            model::now_epoch_millis()
+            clock::now_epoch_millis()
         ),
         delivery_limit: 5,
         publish_timeout: Duration::from_secs(10),

@@ -134,7 +134,7 @@ impl Links {
             link.state.as_str(),
             link.target.clone(),
             link.last_event.clone(),
-            model::now_epoch_seconds(),
+            clock::now_epoch_seconds(),
         );
         self.db
             .write(move |c| {

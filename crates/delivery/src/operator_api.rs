@@ -134,7 +134,7 @@ async fn redeliver(
     if found.is_empty() {
         return Ok(0);
     }
-    let now = model::now_epoch_millis();
+    let now = clock::now_epoch_millis();
     let jobs = found
         .iter()
         .map(|u| {

@@ -208,7 +208,7 @@ impl RecordStore {
             event.id.clone(),
             job.action.clone(),
             status.as_str(),
-            model::now_epoch_seconds(),
+            clock::now_epoch_seconds(),
             event.event_timestamp,
             event.severity.as_str(),
             event.category.as_str(),

@@ -21,7 +21,7 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        let cutoff = model::now_epoch_seconds() - keep.as_secs() as i64;
+        let cutoff = clock::now_epoch_seconds() - keep.as_secs() as i64;
         let mut purged = 0;
         loop {
             match records.purge_before(cutoff, BATCH).await {

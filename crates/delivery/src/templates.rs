@@ -12,7 +12,8 @@
 //! `YYYY-MM-DD HH:MM:SS UTC`, `mrkdwn` escapes `&`, `<`, `>` for Slack. A template that does
 //! not parse is refused when the action is saved ([`check`]); one that fails to render (a
 //! filter given the wrong value, say) is the action's fault: a permanent 906 failure naming
-//! the property.
+//! the property. So is one that runs away: a render may execute [`FUEL`] instructions and
+//! write [`MAX_OUTPUT`] bytes at most, so that a template loop cannot tie up a worker.
 
 use crate::failure::Failure;
 use crate::lifecycle::Transition;
@@ -41,6 +42,13 @@ Time:       {{ event.eventTimestamp | datetime }}
 Event type: {{ event.eventType }}
 {% for link in links %}{{ link.title }}: {{ link.url }}
 {% endfor %}";
+
+/// Instructions one render may execute (MiniJinja's fuel): thousands of times what Tocsin's
+/// templates need, and milliseconds of work.
+pub const FUEL: u64 = 100_000;
+
+/// Bytes one render may produce: no destination takes a message anywhere near this.
+pub const MAX_OUTPUT: usize = 256 * 1024;
 
 pub struct Templates {
     env: Environment<'static>,
@@ -125,6 +133,7 @@ impl Templates {
     pub fn new() -> Self {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        env.set_fuel(Some(FUEL));
         env.add_filter("limit", |text: String, chars: usize| limit(&text, chars));
         env.add_filter("datetime", datetime);
         env.add_filter("mrkdwn", |text: String| mrkdwn(&text));
@@ -145,9 +154,16 @@ impl Templates {
             Format::Html => format!("{property}.html"),
             Format::Json => format!("{property}.json"),
         };
-        self.env
+        let text = self
+            .env
             .render_named_str(&name, source, Value::from(Serde(&scope.vars)))
-            .map_err(|e| Failure::bad_action(format!("`{property}` does not render: {e}")))
+            .map_err(|e| Failure::bad_action(format!("`{property}` does not render: {e}")))?;
+        if text.len() > MAX_OUTPUT {
+            return Err(Failure::bad_action(format!(
+                "`{property}` renders more than {MAX_OUTPUT} bytes"
+            )));
+        }
+        Ok(text)
     }
 
     /// Renders the action's subject and body templates as text, or the channel's defaults for
@@ -289,6 +305,40 @@ mod tests {
         assert_eq!(
             json.unwrap(),
             serde_json::json!({"text": r#"CPU "high" <90%> & more"#, "n": 1_700_000_000})
+        );
+    }
+
+    #[test]
+    fn a_runaway_template_fails_fast_naming_its_property() {
+        let t = Templates::new();
+        let s = scope("x", serde_json::json!({}));
+        let started = std::time::Instant::now();
+        let endless =
+            "{% for a in range(10000) %}{% for b in range(10000) %}x{% endfor %}{% endfor %}";
+        let failure = t
+            .render("payloadTemplate", Format::Text, endless, &s)
+            .unwrap_err();
+        assert_eq!(
+            (failure.code, failure.retry),
+            (Code::BadAction, Retry::Never)
+        );
+        assert!(
+            failure
+                .reason
+                .starts_with("`payloadTemplate` does not render")
+                && failure.reason.contains("fuel"),
+            "{}",
+            failure.reason
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        let huge = "{% for a in range(10000) %}0123456789012345678901234567890{% endfor %}";
+        let failure = t
+            .render("bodyTemplate", Format::Text, huge, &s)
+            .unwrap_err();
+        assert!(
+            failure.reason.contains("renders more than"),
+            "{}",
+            failure.reason
         );
     }
 

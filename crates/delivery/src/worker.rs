@@ -99,14 +99,8 @@ impl DeliveryWorker {
             .subscribe(Queue::Deliveries, self.prefetch)
             .await?;
         let mut in_hand = JoinSet::new();
-        loop {
-            let batch = tokio::select! {
-                batch = jobs.next_batch(usize::from(self.prefetch)) => batch,
-                _ = shutdown.wait_for(|stop| *stop) => break,
-            };
-            if batch.is_empty() {
-                break;
-            }
+        let limit = usize::from(self.prefetch);
+        while let Some(batch) = jobs.next_batch_until(limit, &mut shutdown).await {
             let runnable = self.shared.lanes.admit(split(batch).await).await;
             for (delivery, job) in runnable {
                 let shared = Arc::clone(&self.shared);
@@ -196,7 +190,7 @@ impl Shared {
         job: &mut DeliveryJob,
         prepared: Option<(&Action, &Result<Prepared, ActionTypeError>)>,
     ) -> (Result<(), Failure>, Attempted) {
-        let started_at_ms = model::now_epoch_millis();
+        let started_at_ms = clock::now_epoch_millis();
         job.first_attempt_at_ms.get_or_insert(started_at_ms);
         let channel = prepared
             .and_then(|(action, _)| self.channels.type_name(&action.action_type))
@@ -236,7 +230,7 @@ impl Shared {
                 why: "the action no longer exists",
             };
         };
-        let now = model::now_epoch_millis();
+        let now = clock::now_epoch_millis();
         match retry::decide(&self.retry, action, job, failure, now, rand::random()) {
             Next::Retry { after } => Step::Retry { after },
             Next::GiveUp { fallback, why } => Step::GiveUp { fallback, why },
@@ -256,7 +250,7 @@ impl Shared {
             channel,
             DeliveryOutcome::Delivered,
             job.accepted_at_ms,
-            model::now_epoch_millis(),
+            clock::now_epoch_millis(),
         );
         tracing::info!(event = %job.event.id, action = %job.action, attempt = job.attempt + 1, "delivered");
         self.note_attempt(
@@ -319,7 +313,7 @@ impl Shared {
             channel,
             DeliveryOutcome::Undelivered,
             job.accepted_at_ms,
-            model::now_epoch_millis(),
+            clock::now_epoch_millis(),
         );
         if let Some(fallback) = fallback {
             let mut stand_in = DeliveryJob::new(job.event.clone(), job.accepted_at_ms, fallback);

@@ -28,7 +28,7 @@ impl EventPublisher {
 
     /// Durably queues `events`, in order.
     pub async fn publish(&self, events: &[ResourceEvent]) -> Result<(), BusError> {
-        let accepted_at_ms = model::now_epoch_millis();
+        let accepted_at_ms = clock::now_epoch_millis();
         let payloads = events
             .iter()
             .map(|event| Bytes::from(IngestedEvent::encode(event, accepted_at_ms)))

@@ -28,16 +28,3 @@ pub use consumer::{
 };
 pub use event::{AffectedResource, Category, ResourceEvent, Severity, Tags};
 pub use validate::{parse_event, parse_events, ValidationError};
-
-/// Seconds since the Unix epoch, the unit of every ANS timestamp.
-pub fn now_epoch_seconds() -> i64 {
-    now_epoch_millis() / 1000
-}
-
-/// Milliseconds since the Unix epoch, used internally where seconds are too coarse (latency).
-pub fn now_epoch_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}

@@ -264,7 +264,7 @@ fn entity_routes<E: Entity>(
                         }
                         entity.prepare(None, types)?;
                         *entity.meta_mut() =
-                            EntityMeta::stamped(None, model::now_epoch_seconds(), new_id);
+                            EntityMeta::stamped(None, clock::now_epoch_seconds(), new_id);
                         E::all_mut(configuration).push(entity.clone());
                         Ok(entity)
                     })
@@ -304,7 +304,7 @@ fn entity_routes<E: Entity>(
                             let previous = stored.meta_mut().clone();
                             *entity.meta_mut() = EntityMeta::stamped(
                                 Some(&previous),
-                                model::now_epoch_seconds(),
+                                clock::now_epoch_seconds(),
                                 new_id,
                             );
                             *stored = entity.clone();
@@ -453,7 +453,7 @@ pub fn replace(
         }
         Ok(())
     }
-    let now = model::now_epoch_seconds();
+    let now = clock::now_epoch_seconds();
     stamp(&mut incoming.actions, &configuration.actions, now, types)?;
     stamp(
         &mut incoming.conditions,

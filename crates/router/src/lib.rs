@@ -85,14 +85,8 @@ impl Router {
             .bus
             .subscribe(Queue::Events, self.config.prefetch)
             .await?;
-        loop {
-            let batch = tokio::select! {
-                batch = events.next_batch(usize::from(self.config.prefetch)) => batch,
-                _ = shutdown.wait_for(|stop| *stop) => break,
-            };
-            if batch.is_empty() {
-                break;
-            }
+        let limit = usize::from(self.config.prefetch);
+        while let Some(batch) = events.next_batch_until(limit, &mut shutdown).await {
             // Changes made through other processes are waiting in our update queue by now if
             // they returned before these events were accepted: take them first.
             self.store.refresh().await;
@@ -112,7 +106,7 @@ impl Router {
     }
 
     async fn route(&mut self, batch: Vec<Delivery>, shutdown: &mut watch::Receiver<bool>) {
-        let now = model::now_epoch_seconds();
+        let now = clock::now_epoch_seconds();
         let mut jobs = Vec::new();
         let mut routed = Vec::with_capacity(batch.len());
         let mut unmatched = 0;

@@ -176,7 +176,7 @@ impl ConfigStore {
             ConfigurationError::Duplicate { .. } => ChangeError::Conflict(e.to_string()),
             other => ChangeError::Invalid(other),
         })?;
-        let version = model::now_epoch_millis().max(self.version.load(Ordering::SeqCst) + 1);
+        let version = clock::now_epoch_millis().max(self.version.load(Ordering::SeqCst) + 1);
         let snapshot = Snapshot {
             version,
             configuration: catalog.configuration().clone(),

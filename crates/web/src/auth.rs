@@ -333,7 +333,7 @@ impl Authenticator {
             let auth = Arc::clone(&auth);
             async move {
                 let (name, scopes) = auth
-                    .authenticate(header.as_deref(), model::now_epoch_seconds())
+                    .authenticate(header.as_deref(), clock::now_epoch_seconds())
                     .await?;
                 if scopes & scope.bit() == 0 {
                     return Err(warp::reject::custom(Forbidden {
@@ -413,7 +413,7 @@ impl Authenticator {
             );
         };
         match self
-            .issue_token(&name, &password, model::now_epoch_seconds())
+            .issue_token(&name, &password, clock::now_epoch_seconds())
             .await
         {
             Some(token) => warp::reply::json(&token).into_response(),

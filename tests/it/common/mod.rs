@@ -81,7 +81,7 @@ fn unique(label: &str) -> String {
     format!(
         "tocsin-e2e-{label}-{}-{}-{n}",
         std::process::id(),
-        model::now_epoch_millis()
+        clock::now_epoch_millis()
     )
 }
 

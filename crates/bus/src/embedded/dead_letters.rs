@@ -48,7 +48,7 @@ impl EmbeddedBus {
     /// Moves the dead letter `id` (every one, for `None`) back onto its queue as a fresh
     /// message; returns how many moved.
     pub(super) async fn replay(&self, id: Option<i64>) -> Result<u64, BusError> {
-        let now = model::now_epoch_millis();
+        let now = clock::now_epoch_millis();
         let moved = self
             .db
             .write(move |c| {

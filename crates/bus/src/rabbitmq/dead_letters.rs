@@ -46,7 +46,7 @@ impl Death {
         Death {
             queue: Some(queue),
             reason,
-            dead_at_ms: model::now_epoch_millis(),
+            dead_at_ms: clock::now_epoch_millis(),
             deliveries,
         }
     }

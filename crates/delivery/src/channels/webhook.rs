@@ -218,7 +218,7 @@ impl Channel for WebhookChannel {
         }
         if let Some(key) = &config.signing_key {
             let id = message_id(job, action);
-            let timestamp = model::now_epoch_seconds();
+            let timestamp = clock::now_epoch_seconds();
             request = request
                 .header("webhook-id", &id)
                 .header("webhook-timestamp", timestamp.to_string())
@@ -354,7 +354,7 @@ mod tests {
         let (id, timestamp) = (h("webhook-id"), h("webhook-timestamp"));
         assert_eq!(id, message_id(&job, &action));
         assert!(id.starts_with(&format!("msg_{}_", job.event.id)));
-        let now = model::now_epoch_seconds();
+        let now = clock::now_epoch_seconds();
         assert!((now - timestamp.parse::<i64>().unwrap()).abs() < 5);
         let mut mac = Hmac::<Sha256>::new_from_slice(b"0123456789abcdef0123456789abcdef").unwrap();
         mac.update(format!("{id}.{timestamp}.").as_bytes());

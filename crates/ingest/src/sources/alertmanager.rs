@@ -60,7 +60,7 @@ pub fn mount(mount: &super::Mount) -> BoxedFilter<(Response,)> {
 
 async fn accept(body: Bytes, publisher: EventPublisher) -> Response {
     let events = match parse_json(&body)
-        .and_then(|value| normalize(&value, model::now_epoch_seconds(), new_event_id))
+        .and_then(|value| normalize(&value, clock::now_epoch_seconds(), new_event_id))
     {
         Ok(events) => events,
         Err(e) => return ApiError::bad_request(e.message).into_response(),

@@ -132,7 +132,7 @@ async fn accept_one(query: SchemaQuery, body: Bytes, publisher: EventPublisher) 
         Ok(schema) => schema,
         Err(e) => return e.into_response(),
     };
-    let event = match schema.parse_one(&body, new_event_id(), model::now_epoch_seconds()) {
+    let event = match schema.parse_one(&body, new_event_id(), clock::now_epoch_seconds()) {
         Ok(event) => event,
         Err(e) => return ApiError::bad_request(e.message).into_response(),
     };
@@ -159,7 +159,7 @@ async fn accept_batch(query: SchemaQuery, body: Bytes, publisher: EventPublisher
         Ok(items) => items,
         Err(e) => return ApiError::bad_request(e.message).into_response(),
     };
-    let now = model::now_epoch_seconds();
+    let now = clock::now_epoch_seconds();
     let mut accepted = Vec::with_capacity(items.len());
     let mut first_error: Option<(usize, ValidationError)> = None;
     for (index, item) in items.iter().enumerate() {

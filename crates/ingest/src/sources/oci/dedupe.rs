@@ -54,7 +54,7 @@ impl Dedupe {
     /// The window over `db`, the database at `path`, with the keys it remembers.
     pub fn open(db: Database, path: &Path, window: Duration) -> Result<Dedupe, StorageError> {
         let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-        let since = model::now_epoch_millis().saturating_sub(window_ms);
+        let since = clock::now_epoch_millis().saturating_sub(window_ms);
         let conn = rusqlite::Connection::open_with_flags(
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -78,7 +78,7 @@ impl Dedupe {
         keys.sort();
         keys.dedup();
         let locked = self.locks.lock(&keys).await;
-        let since = model::now_epoch_millis().saturating_sub(self.window_ms);
+        let since = clock::now_epoch_millis().saturating_sub(self.window_ms);
         let seen = {
             let seen = self.seen.lock().expect("dedupe window poisoned");
             keys.iter()
@@ -101,7 +101,7 @@ impl Ticket<'_> {
     /// returned future writes them to disk and, now and then, forgets the expired ones there.
     pub fn commit(self) -> impl Future<Output = Result<(), StorageError>> + Send + 'static {
         let dedupe = self.dedupe;
-        let now = model::now_epoch_millis();
+        let now = clock::now_epoch_millis();
         let expired_before = now.saturating_sub(dedupe.window_ms);
         let last = dedupe.last_prune_ms.load(Ordering::Relaxed);
         let prune = now - last >= PRUNE_EVERY_MS

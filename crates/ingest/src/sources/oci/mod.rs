@@ -268,7 +268,7 @@ impl OciSource {
             detail,
             confirmation_url: matches!(state, State::Pending | State::Failed).then_some(url),
             attempts: 1,
-            updated_at: model::now_epoch_seconds(),
+            updated_at: clock::now_epoch_seconds(),
         };
         let record = match self.subscriptions.record(record.clone()).await {
             Ok(stored) => stored,
@@ -348,7 +348,7 @@ async fn receive(
         Ok(message) => message,
         Err(e) => return bad_request(e),
     };
-    let now = model::now_epoch_seconds();
+    let now = clock::now_epoch_seconds();
     let (event, mut keys) = match &message {
         Message::Alarm(alarm) => (
             alarm.normalize(&delivery, new_event_id(), now),
