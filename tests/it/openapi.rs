@@ -243,8 +243,11 @@ async fn schemathesis_finds_every_answer_documented() {
             "examples,coverage,fuzzing",
             "--max-examples",
             "25",
+            // One worker: with two threads, Hypothesis on CPython 3.11 now and then crashes
+            // inside `ast` ("AST constructor recursion depth mismatch", a CPython bug with
+            // concurrent AST construction) and the run reports that as an error.
             "--workers",
-            "2",
+            "1",
             "--seed",
             "7",
         ])
