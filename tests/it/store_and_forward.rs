@@ -273,17 +273,22 @@ async fn sigkill_while_waiting_for_a_retry(backend: Backend) {
     let config = route_everything_to(vec![webhook(
         "hook",
         &destination.url,
-        json!({"retryInitialDelayMs": "1500", "retryMaxDelayMs": "1500"}),
+        // Long enough that every retry is still waiting when the process dies, on a slow machine.
+        json!({"retryInitialDelayMs": "4000", "retryMaxDelayMs": "4000"}),
     )]);
     let mut tocsin = Tocsin::start(backend, &config, &[]).await;
     let keys: Vec<String> = (0..5).map(|i| format!("wait-{backend:?}-{i}")).collect();
     for key in &keys {
         tocsin.send(&event("Waiting", key)).await;
     }
-    destination
+    let before_the_kill = destination
         .wait_for("a first failed attempt of each", |r| r.len() >= keys.len())
         .await;
     tocsin.kill();
+    assert!(
+        before_the_kill.iter().all(|r| r.status != 200),
+        "{backend:?}: a retry ran before the kill, so nothing waited: {before_the_kill:#?}"
+    );
     tocsin.launch().await;
     let received = destination
         .wait_for("every event delivered after the restart", |r| {

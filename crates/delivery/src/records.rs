@@ -257,6 +257,20 @@ impl RecordStore {
             .map(drop)
     }
 
+    /// Whether an attempt delivered `event_id` to `action`.
+    pub async fn delivered(&self, event_id: &str, action: &str) -> Result<bool, StorageError> {
+        let (event_id, action) = (event_id.to_owned(), action.to_owned());
+        self.db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT 1 FROM attempts WHERE event_id = ?1 AND action = ?2 \
+                     AND outcome = 'delivered'",
+                )?
+                .exists((&event_id, &action))
+            })
+            .await
+    }
+
     /// Every recorded attempt of `event_id`, in order.
     pub async fn attempts(&self, event_id: &str) -> Result<Vec<Attempt>, StorageError> {
         let event_id = event_id.to_owned();

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 pub struct Ticket {
     held: Arc<Held>,
     settled: bool,
+    redelivered: bool,
 }
 
 struct Held {
@@ -39,6 +40,7 @@ impl Held {
 impl Ticket {
     /// One ticket for each of the `jobs` jobs `delivery` carries (at least one).
     pub fn split(delivery: Delivery, jobs: usize) -> Vec<Ticket> {
+        let redelivered = delivery.redelivered;
         let held = Arc::new(Held {
             delivery: Mutex::new(Some(delivery)),
             unsettled: AtomicUsize::new(jobs),
@@ -48,8 +50,15 @@ impl Ticket {
             .map(|_| Ticket {
                 held: Arc::clone(&held),
                 settled: false,
+                redelivered,
             })
             .collect()
+    }
+
+    /// The delivery came before and was not settled then (a crash, or handed back): this job
+    /// may have run already.
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
     }
 
     /// This job is done.

@@ -151,6 +151,10 @@ impl Shared {
         delivery: Ticket,
         mut job: DeliveryJob,
     ) -> Option<(Ticket, DeliveryJob)> {
+        if self.delivered_before(&delivery, &job).await {
+            tracing::info!(event = %job.event.id, action = %job.action, "delivered before, by a copy of this job; not again");
+            return self.finish(delivery, &job).await;
+        }
         let catalog = self.catalog.load_full();
         let prepared = catalog.prepared(&job.action);
         let action = prepared.map(|(action, _)| action);
@@ -182,6 +186,23 @@ impl Shared {
                     .await
             }
         }
+    }
+
+    /// Whether a copy of `job` delivered it already. Only a job that may have run before asks:
+    /// a redelivered one (Tocsin stopped before settling it, or handed it back with a sibling)
+    /// or a retry, whose older copy can come back after a crash and run first. A fresh first
+    /// attempt — the hot path — reads nothing.
+    async fn delivered_before(&self, delivery: &Ticket, job: &DeliveryJob) -> bool {
+        if !delivery.redelivered() && job.attempt == 0 {
+            return false;
+        }
+        self.records
+            .delivered(&job.event.id, &job.action)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, event = %job.event.id, "cannot tell whether a copy delivered this job; attempting it");
+                false
+            })
     }
 
     /// Makes one attempt through the channel, with the action as prepared when it was saved.
