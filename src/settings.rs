@@ -51,8 +51,7 @@ pub struct StoreSettings {
     /// 32 bytes in base64 that seal `config.db`; generated once into the data directory
     /// (`secret.key`) when empty.
     pub secret_key: Secret,
-    /// Keys that sealed it before: still opened, and re-sealed with `secret_key` at start
-    /// (TOML file only).
+    /// Keys that sealed it before: still opened, and re-sealed with `secret_key` at start.
     pub previous_secret_keys: Vec<Secret>,
 }
 
@@ -189,7 +188,7 @@ pub struct OciSourceSettings {
     /// Confirm subscriptions by fetching their confirmation URL (else a human does).
     pub auto_confirm: bool,
     /// Hosts whose confirmation URLs are fetched besides Oracle Notifications hosts: exact
-    /// names or IPs, or `*.domain` (TOML file only).
+    /// names or IPs, or `*.domain`.
     pub confirm_allow_hosts: Vec<String>,
     /// How long a delivered message is remembered to recognise OCI's redeliveries.
     pub dedupe_window_seconds: u64,
@@ -523,12 +522,28 @@ mod tests {
         );
         let err = Settings::load(None, env(&[("TOCSIN_LOG_FROMAT", "json")])).unwrap_err();
         assert!(err.to_string().contains("TOCSIN_LOG_FORMAT?"), "{err}");
+        let lists = Settings::load(
+            None,
+            env(&[
+                (
+                    "TOCSIN_SOURCES_OCI_CONFIRM_ALLOW_HOSTS",
+                    "a.example, b.example",
+                ),
+                ("TOCSIN_CHANNELS_OUTBOUND_ALLOW", "10.0.0.0/8,hooks.corp"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            lists.sources.oci.confirm_allow_hosts,
+            ["a.example", "b.example"]
+        );
+        assert_eq!(lists.channels.outbound_allow.len(), 2);
         let err = Settings::load(
             None,
-            env(&[("TOCSIN_SOURCES_OCI_CONFIRM_ALLOW_HOSTS", "a")]),
+            env(&[("TOCSIN_CHANNELS_OUTBOUND_ALLOW", "10.0.0.0/33")]),
         )
         .unwrap_err();
-        assert!(err.to_string().contains("settings file"), "{err}");
+        assert!(err.to_string().contains("`10.0.0.0/33`"), "{err}");
     }
 
     #[test]

@@ -66,9 +66,13 @@ impl Setting<'_> {
                 .parse()
                 .map(toml::Value::Boolean)
                 .map_err(|_| format!("`{raw}` is not true or false")),
-            toml::Value::Array(_) => Err(format!(
-                "`{}` is a list: set it in the settings file",
-                self.dotted()
+            // A list of strings, comma-separated: `TOCSIN_CHANNELS_OUTBOUND_ALLOW=10.0.0.0/8,a.b`.
+            toml::Value::Array(_) => Ok(toml::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(|item| toml::Value::String(item.to_owned()))
+                    .collect(),
             )),
             _ => Ok(toml::Value::String(raw.to_owned())),
         }

@@ -14,6 +14,7 @@ mod image;
 mod observability;
 mod oci_notifications;
 mod openapi;
+mod outbound_policy;
 mod sap_client;
 mod settings_strict;
 mod sources_cloudevents_alertmanager;

@@ -408,6 +408,8 @@ async fn spawn(
         .arg("--config-import")
         .arg(&routing)
         .env("TOCSIN_LOG", "warn")
+        // The sink listens on loopback, which the outbound policy forbids by default.
+        .env("TOCSIN_CHANNELS_OUTBOUND_ALLOW", "127.0.0.0/8")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     if let Backend::Rabbitmq = args.backend {

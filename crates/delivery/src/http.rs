@@ -20,9 +20,11 @@
 
 use crate::channels::ChannelSettings;
 use crate::failure::{Code, Failure};
+use crate::outbound::{OutboundPolicy, PolicyResolver, Refused};
 use reqwest::header::HeaderMap;
 use reqwest::{Client, Method, RequestBuilder, StatusCode, Url};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -33,6 +35,8 @@ const MAX_BODY: usize = 64 * 1024;
 const MAX_QUOTED: usize = 300;
 
 pub struct Http {
+    /// Where requests may go; the clients resolve names through it.
+    outbound: Arc<OutboundPolicy>,
     client: Client,
     /// For actions with `sslTrustAll`: accepts any certificate.
     trusting: Client,
@@ -74,9 +78,13 @@ pub struct Reply {
 
 impl Http {
     pub fn new(settings: &ChannelSettings) -> Self {
+        let outbound = Arc::new(OutboundPolicy::new(settings.outbound_allow.clone()));
         let build = |trust_all: bool| {
             Client::builder()
                 .user_agent(concat!("tocsin/", env!("CARGO_PKG_VERSION")))
+                .dns_resolver(Arc::new(PolicyResolver {
+                    policy: Arc::clone(&outbound),
+                }))
                 .redirect(reqwest::redirect::Policy::none())
                 .pool_max_idle_per_host(settings.max_in_flight_per_destination)
                 .pool_idle_timeout(Duration::from_secs(90))
@@ -93,7 +101,40 @@ impl Http {
             circuits: Mutex::new(HashMap::new()),
             failure_threshold: settings.circuit_failure_threshold.max(1),
             cooldown: Duration::from_millis(settings.circuit_cooldown_ms),
+            outbound,
         }
+    }
+
+    /// Where actions may send requests.
+    pub fn outbound(&self) -> &OutboundPolicy {
+        &self.outbound
+    }
+
+    /// The address to connect to for `host` (a name or an address) that the outbound policy
+    /// permits, for channels that connect by other means than this client (SMTP).
+    pub async fn permitted_address(&self, host: &str, port: u16) -> Result<IpAddr, Failure> {
+        let refused = |why: String| {
+            Failure::bad_action(format!(
+                "{host}:{port}: refused by the outbound policy: {why}"
+            ))
+        };
+        if let Ok(address) = host.parse::<IpAddr>() {
+            self.outbound.check_host(host).map_err(refused)?;
+            return Ok(address);
+        }
+        let resolved = tokio::net::lookup_host((host, port)).await.map_err(|e| {
+            Failure::transient(
+                Code::Connection,
+                format!("{host}:{port}: cannot resolve: {e}"),
+            )
+        })?;
+        let permitted = self.outbound.permitted(host, resolved).map_err(refused)?;
+        permitted.first().map(|a| a.ip()).ok_or_else(|| {
+            Failure::transient(
+                Code::Connection,
+                format!("{host}:{port}: resolves to no address"),
+            )
+        })
     }
 
     /// Every destination's circuit state, keyed by `scheme://host:port`.
@@ -204,6 +245,13 @@ impl Http {
         })?;
         let url = request.url();
         let destination = redact(url);
+        if let Some(host) = url.host_str() {
+            self.outbound.check_host(host).map_err(|why| {
+                Failure::bad_action(format!(
+                    "{destination}: refused by the outbound policy: {why}"
+                ))
+            })?;
+        }
         let key = format!(
             "{}://{}:{}",
             url.scheme(),
@@ -216,7 +264,9 @@ impl Http {
         let _slot = self.reserve(&key, &destination, timeout).await?;
         *request.timeout_mut() = Some(timeout.saturating_sub(started.elapsed()));
         let no_answer = |e: reqwest::Error| {
-            if e.is_timeout() {
+            if let Some(refused) = refusal(&e) {
+                Failure::bad_action(format!("{destination}: {refused}"))
+            } else if e.is_timeout() {
                 Failure::transient(
                     Code::Timeout,
                     format!("{destination}: no answer within {} ms", timeout.as_millis()),
@@ -231,7 +281,10 @@ impl Http {
         let mut response = match client.execute(request).await {
             Ok(response) => response,
             Err(e) => {
-                self.observe(&key, false);
+                // A refusal is Tocsin's, not the destination's failure.
+                if refusal(&e).is_none() {
+                    self.observe(&key, false);
+                }
                 return Err(no_answer(e));
             }
         };
@@ -349,6 +402,18 @@ pub fn redact(url: &Url) -> String {
 }
 
 /// An error and its causes, `: `-joined (reqwest's own message is only the outermost).
+/// The outbound policy's refusal at connect time, if that is what `error` comes from.
+fn refusal<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Refused> {
+    let mut source = Some(error);
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<Refused>() {
+            return Some(refused);
+        }
+        source = cause.source();
+    }
+    None
+}
+
 pub fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -376,6 +441,7 @@ mod tests {
             request_timeout_ms: timeout_ms,
             // These tests fail on purpose, often: keep the circuit out of their way.
             circuit_failure_threshold: 1000,
+            outbound_allow: crate::channels::tests::loopback(),
             ..ChannelSettings::default()
         })
     }
@@ -395,6 +461,7 @@ mod tests {
         let http = Http::new(&ChannelSettings {
             circuit_failure_threshold: 3,
             circuit_cooldown_ms: 300,
+            outbound_allow: crate::channels::tests::loopback(),
             ..ChannelSettings::default()
         });
         let url = Url::parse(&format!("{}/hook", server.uri())).unwrap();
@@ -429,6 +496,59 @@ mod tests {
         assert_eq!(send().await.unwrap().status, 200, "the probe succeeds");
         assert_eq!(http.circuit_states()[0].1, CircuitState::Closed);
         assert_eq!(send().await.unwrap().status, 200);
+    }
+
+    #[tokio::test]
+    async fn the_outbound_policy_refuses_at_connect_time_and_no_request_leaves() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200))
+            .mount(&server)
+            .await;
+        let strict = Http::new(&ChannelSettings::default());
+        let port = server.address().port();
+        for (url, refused_because) in [
+            (
+                format!("http://127.0.0.1:{port}/hook"),
+                "127.0.0.1 is a loopback",
+            ),
+            // A name is checked on what it resolves to when the request is made.
+            (
+                format!("http://localhost:{port}/hook"),
+                "localhost is a loopback",
+            ),
+        ] {
+            let url = Url::parse(&url).unwrap();
+            let refused = strict
+                .send(strict.request(Method::POST, url, false))
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code, Code::BadAction, "{}", refused.reason);
+            assert_eq!(refused.retry, Retry::Never);
+            assert!(
+                refused.reason.contains("refused by the outbound policy")
+                    && refused.reason.contains(refused_because),
+                "{}",
+                refused.reason
+            );
+        }
+        assert!(server.received_requests().await.unwrap().is_empty());
+        assert!(
+            strict
+                .circuit_states()
+                .iter()
+                .all(|(_, s)| *s == CircuitState::Closed),
+            "a refusal is not the destination's failure"
+        );
+        let refused = strict.permitted_address("localhost", 25).await.unwrap_err();
+        assert!(refused.reason.contains("loopback"), "{}", refused.reason);
+        assert_eq!(
+            http(1, 1000)
+                .permitted_address("localhost", 25)
+                .await
+                .unwrap(),
+            IpAddr::from([127, 0, 0, 1])
+        );
     }
 
     #[test]
@@ -564,6 +684,7 @@ mod tests {
         let saturated = Http::new(&ChannelSettings {
             max_in_flight_per_destination: 1,
             request_timeout_ms: 200,
+            outbound_allow: crate::channels::tests::loopback(),
             ..ChannelSettings::default()
         });
         let saturated = Arc::new(saturated);

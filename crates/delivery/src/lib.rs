@@ -6,7 +6,8 @@
 //!   [`lanes`], and runs it through its steps: attempt, then delivered, retry or give up;
 //! - [`channels`] make the attempt, one per action `type` (the registry lists them), each with
 //!   the typed configuration its check built when the action was saved ([`properties`],
-//!   [`templates`], [`http`], [`links`], [`lifecycle`] are their tools);
+//!   [`templates`], [`http`], [`links`], [`lifecycle`] are their tools; [`outbound`] says
+//!   where they may send);
 //! - a failure is a [`failure::Failure`]; [`retry`] decides what follows it (the schedule is
 //!   data, overridable per action);
 //! - [`records`] keeps every attempt and every outcome, [`retention`] purges them, and the
@@ -24,6 +25,7 @@ pub mod lanes;
 pub mod lifecycle;
 pub mod links;
 pub mod operator_api;
+pub mod outbound;
 pub mod properties;
 pub mod records;
 pub mod retention;

@@ -3,6 +3,7 @@
 //! value counts as absent. A channel reads every property it uses here, once per configuration
 //! change, into its typed configuration; attempts read only that.
 
+use crate::outbound::OutboundPolicy;
 use model::config::PropertyValue;
 use model::{Action, ActionTypeError};
 use reqwest::Url;
@@ -17,11 +18,13 @@ pub const COMMON: &[&str] = &["retryMaxAttempts", "retryInitialDelayMs", "retryM
 #[derive(Clone, Copy)]
 pub struct Properties<'a> {
     action: &'a Action,
+    /// Where URL properties may point.
+    outbound: &'a OutboundPolicy,
 }
 
 impl<'a> Properties<'a> {
-    pub fn of(action: &'a Action) -> Self {
-        Properties { action }
+    pub fn of(action: &'a Action, outbound: &'a OutboundPolicy) -> Self {
+        Properties { action, outbound }
     }
 
     /// The value as text, if set and not empty.
@@ -90,15 +93,33 @@ impl<'a> Properties<'a> {
             })
     }
 
-    /// An `http` or `https` URL with a host, if set.
+    /// An `http` or `https` URL with a host the outbound policy lets actions reach, if set.
     pub fn url(&self, name: &str) -> Result<Option<Url>, PropertyError> {
         self.text(name)
-            .map(|text| parse_url(name, &text))
+            .map(|text| self.url_in(name, &text))
             .transpose()
     }
 
     pub fn required_url(&self, name: &str) -> Result<Url, PropertyError> {
-        parse_url(name, &self.required(name)?)
+        self.url_in(name, &self.required(name)?)
+    }
+
+    /// `text`, read from property `name`, as a URL the outbound policy lets actions reach.
+    pub fn url_in(&self, name: &str, text: &str) -> Result<Url, PropertyError> {
+        let url = parse_url(name, text)?;
+        self.outbound
+            .check_url(&url)
+            .map_err(|why| PropertyError::property(name, why))?;
+        Ok(url)
+    }
+
+    /// A host (name or address) the outbound policy lets actions reach.
+    pub fn required_host(&self, name: &str) -> Result<String, PropertyError> {
+        let host = self.required(name)?.trim().to_owned();
+        self.outbound
+            .check_host(&host)
+            .map_err(|why| PropertyError::property(name, why))?;
+        Ok(host)
     }
 
     /// The template in property `name`, if set, once it compiles.
@@ -178,7 +199,8 @@ mod tests {
                            "template": "{{ event.subject"}
         }))
         .unwrap();
-        let p = Properties::of(&action);
+        let outbound = OutboundPolicy::default();
+        let p = Properties::of(&action, &outbound);
         assert_eq!(p.required("destination").unwrap(), "https://x");
         assert_eq!(
             p.required("empty").unwrap_err().to_string(),

@@ -137,6 +137,10 @@ impl Tocsin {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        // The stand-ins listen on loopback, which the outbound policy forbids by default.
+        if !env.iter().any(|(k, _)| k == OUTBOUND_ALLOW) {
+            env.push((OUTBOUND_ALLOW.into(), "127.0.0.0/8".into()));
+        }
         if let Some(toml) = settings {
             let file = dir.path().join("tocsin.toml");
             std::fs::write(&file, toml).unwrap();
@@ -499,6 +503,10 @@ impl Drop for Destination {
         self.server.abort();
     }
 }
+
+/// The variable of the outbound policy's allow-list, which [`Tocsin::start`] sets to loopback
+/// unless a test sets it.
+pub const OUTBOUND_ALLOW: &str = "TOCSIN_CHANNELS_OUTBOUND_ALLOW";
 
 /// A WEB_HOOK action to `url` with extra `properties`.
 pub fn webhook(name: &str, url: &str, properties: Value) -> Value {

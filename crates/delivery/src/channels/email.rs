@@ -159,7 +159,7 @@ impl Channel for EmailChannel {
             texts.body = p.template("payloadTemplate")?;
         }
         Ok(EmailConfig {
-            host: p.required("smtpHost")?.trim().to_owned(),
+            host: p.required_host("smtpHost")?,
             port,
             security,
             trust_all: p.flag("sslTrustAll", false)?,
@@ -191,10 +191,13 @@ impl Channel for EmailChannel {
             Security::Plain => Tls::None,
         };
         let timeout = self.tools.http.timeout();
-        let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
-            .port(config.port)
-            .tls(tls)
-            .timeout(Some(timeout));
+        // Connect to the address the outbound policy checked; TLS still verifies the name.
+        let address = self.tools.http.permitted_address(host, config.port).await?;
+        let mut transport =
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(address.to_string())
+                .port(config.port)
+                .tls(tls)
+                .timeout(Some(timeout));
         if let Some(credentials) = &config.credentials {
             transport = transport.credentials(credentials.clone());
         }

@@ -21,6 +21,7 @@ mod webhook;
 use crate::failure::Failure;
 use crate::http::Http;
 use crate::links::Links;
+use crate::outbound::OutboundPolicy;
 use crate::properties::{Properties, PropertyError};
 use crate::templates::Templates;
 use async_trait::async_trait;
@@ -60,7 +61,11 @@ pub trait Channel: Send + Sync + 'static {
 trait Registered: Send + Sync {
     fn action_type(&self) -> &'static str;
     fn credential_urls(&self) -> &'static [&'static str];
-    fn prepare(&self, action: &Action) -> Result<Prepared, PropertyError>;
+    fn prepare(
+        &self,
+        action: &Action,
+        outbound: &OutboundPolicy,
+    ) -> Result<Prepared, PropertyError>;
     async fn deliver(
         &self,
         job: &DeliveryJob,
@@ -79,8 +84,12 @@ impl<C: Channel> Registered for C {
         C::CREDENTIAL_URLS
     }
 
-    fn prepare(&self, action: &Action) -> Result<Prepared, PropertyError> {
-        let properties = Properties::of(action);
+    fn prepare(
+        &self,
+        action: &Action,
+        outbound: &OutboundPolicy,
+    ) -> Result<Prepared, PropertyError> {
+        let properties = Properties::of(action, outbound);
         properties.only(C::PROPERTIES)?;
         crate::retry::RetrySchedule::check_overrides(&properties)?;
         Ok(Arc::new(C::configure(&properties)?))
@@ -155,6 +164,9 @@ pub struct ChannelSettings {
     pub circuit_failure_threshold: u32,
     /// How long an open circuit stays open before one probe request may test the destination.
     pub circuit_cooldown_ms: u64,
+    /// What actions may reach although it is loopback, private, link-local or metadata
+    /// ([`crate::outbound`]): networks (`10.20.0.0/16`), addresses, host names, `*.domain`.
+    pub outbound_allow: Vec<crate::outbound::Allowed>,
 }
 
 impl Default for ChannelSettings {
@@ -164,6 +176,7 @@ impl Default for ChannelSettings {
             request_timeout_ms: 15_000,
             circuit_failure_threshold: 5,
             circuit_cooldown_ms: 30_000,
+            outbound_allow: Vec::new(),
         }
     }
 }
@@ -266,7 +279,7 @@ impl Channels {
 impl ActionTypes for Channels {
     fn prepare(&self, action: &Action) -> Result<Prepared, ActionTypeError> {
         match self.by_type.get(action.action_type.as_str()) {
-            Some(channel) => channel.prepare(action),
+            Some(channel) => channel.prepare(action, self.http.outbound()),
             None => Err(ActionTypeError::Unknown {
                 action_type: action.action_type.clone(),
                 supported: self.types().join(", "),
@@ -292,9 +305,14 @@ pub(crate) mod tests {
         job: &DeliveryJob,
         action: &Action,
     ) -> Result<(), Failure> {
-        let prepared =
-            Registered::prepare(channel, action).map_err(|e| Failure::bad_action(e.to_string()))?;
+        let prepared = Registered::prepare(channel, action, &OutboundPolicy::new(loopback()))
+            .map_err(|e| Failure::bad_action(e.to_string()))?;
         Registered::deliver(channel, job, action, &prepared).await
+    }
+
+    /// What tests allow besides the default policy: their stand-ins listen on loopback.
+    pub fn loopback() -> Vec<crate::outbound::Allowed> {
+        vec!["127.0.0.0/8".to_owned().try_into().unwrap()]
     }
 
     /// Tools on a fresh data directory (kept alive by the returned guard), 5 s timeout.
@@ -303,6 +321,7 @@ pub(crate) mod tests {
         let settings = ChannelSettings {
             max_in_flight_per_destination: 4,
             request_timeout_ms: 5000,
+            outbound_allow: loopback(),
             ..ChannelSettings::default()
         };
         (Tools::open(dir.path(), &settings).unwrap(), dir)

@@ -79,9 +79,7 @@ pub(super) fn rules(p: &Properties) -> Result<IncidentRules, PropertyError> {
 pub(super) fn site(p: &Properties) -> Result<Site, PropertyError> {
     let mut root = match (p.url("baseUrl")?, p.text("hostname")) {
         (Some(url), _) => url,
-        (None, Some(host)) => {
-            crate::properties::parse_url("hostname", &format!("https://{}", host.trim()))?
-        }
+        (None, Some(host)) => p.url_in("hostname", &format!("https://{}", host.trim()))?,
         (None, None) => {
             return Err(PropertyError::property(
                 "hostname",

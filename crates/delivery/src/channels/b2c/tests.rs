@@ -244,6 +244,7 @@ async fn a_create_that_timed_out_is_looked_up_not_repeated() {
     let settings = ChannelSettings {
         max_in_flight_per_destination: 4,
         request_timeout_ms: 500,
+        outbound_allow: crate::channels::tests::loopback(),
         ..ChannelSettings::default()
     };
     let channel = B2cIncidentChannel::new(Tools::open(dir.path(), &settings).unwrap());
