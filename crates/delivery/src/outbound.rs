@@ -95,8 +95,9 @@ impl OutboundPolicy {
         }
     }
 
-    /// Checks the host of a request about to be made (`host_str` of its URL: a bracketed IPv6
-    /// address or a name).
+    /// Checks the host of a request about to be made: `host_str` of its URL (a bracketed IPv6
+    /// address or a name, which URLs keep in lower case) or an address. Allocates nothing
+    /// unless it refuses: it runs on every request.
     pub fn check_host(&self, host: &str) -> Result<(), String> {
         match host.trim_start_matches('[').trim_end_matches(']').parse() {
             Ok(address) => self.check_address(address),
@@ -104,9 +105,10 @@ impl OutboundPolicy {
         }
     }
 
+    /// `name` in lower case, as URLs keep host names.
     fn check_name(&self, name: &str) -> Result<(), String> {
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if self.name_allowed(&name) {
+        let name = name.trim_end_matches('.');
+        if self.name_allowed(name) {
             return Ok(());
         }
         let forbidden = if name == "localhost" || name.ends_with(".localhost") {
@@ -117,7 +119,7 @@ impl OutboundPolicy {
             None
         };
         match forbidden {
-            Some(why) => Err(refusal(&name, why)),
+            Some(why) => Err(refusal(name, why)),
             None => Ok(()),
         }
     }
@@ -145,14 +147,15 @@ impl OutboundPolicy {
         }
     }
 
-    /// The addresses `name` resolves to that requests may go to, or why none may.
+    /// The addresses `name` (in lower case) resolves to that requests may go to, or why none
+    /// may.
     pub(crate) fn permitted(
         &self,
         name: &str,
         resolved: impl Iterator<Item = SocketAddr>,
     ) -> Result<Vec<SocketAddr>, String> {
         let resolved: Vec<SocketAddr> = resolved.collect();
-        if self.name_allowed(&name.trim_end_matches('.').to_ascii_lowercase()) {
+        if self.name_allowed(name.trim_end_matches('.')) {
             return Ok(resolved);
         }
         let mut refused = None;

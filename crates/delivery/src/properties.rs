@@ -115,7 +115,7 @@ impl<'a> Properties<'a> {
 
     /// A host (name or address) the outbound policy lets actions reach.
     pub fn required_host(&self, name: &str) -> Result<String, PropertyError> {
-        let host = self.required(name)?.trim().to_owned();
+        let host = self.required(name)?.trim().to_ascii_lowercase();
         self.outbound
             .check_host(&host)
             .map_err(|why| PropertyError::property(name, why))?;
