@@ -42,6 +42,10 @@ pub trait ActionTypes: Send + Sync {
     /// Whether the URL in `property` of an action of `action_type` is itself a credential
     /// (a Slack or Teams webhook), so that its whole path is masked.
     fn url_is_credential(&self, action_type: &str, property: &str) -> bool;
+
+    /// Whether `property` of an action of `action_type` is a secret although its name does not
+    /// say so (a PagerDuty `routingKey`), so that it is masked whole.
+    fn property_is_secret(&self, action_type: &str, property: &str) -> bool;
 }
 
 /// Accepts every action type and prepares nothing: for tools and tests that route events
@@ -54,6 +58,10 @@ impl ActionTypes for AnyActionType {
     }
 
     fn url_is_credential(&self, _: &str, _: &str) -> bool {
+        false
+    }
+
+    fn property_is_secret(&self, _: &str, _: &str) -> bool {
         false
     }
 }

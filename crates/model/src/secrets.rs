@@ -62,7 +62,7 @@ fn masked_value(
     key: &str,
     value: &PropertyValue,
 ) -> Option<PropertyValue> {
-    if is_secret_key(key) {
+    if is_secret_key(key) || types.property_is_secret(action_type, key) {
         return Some(PropertyValue::Text(MASK.into()));
     }
     let PropertyValue::Text(text) = value else {
@@ -128,6 +128,9 @@ mod tests {
         fn url_is_credential(&self, action_type: &str, property: &str) -> bool {
             action_type == "SLACK" && property == "webhookUrl"
         }
+        fn property_is_secret(&self, action_type: &str, property: &str) -> bool {
+            action_type == "PAGERDUTY" && property == "routingKey"
+        }
     }
 
     fn action(action_type: &str, properties: &[(&str, &str)]) -> Action {
@@ -181,6 +184,18 @@ mod tests {
             text(&slack, "webhookUrl"),
             "https://hooks.slack.com/********"
         );
+        let pagerduty = masked(
+            &action(
+                "PAGERDUTY",
+                &[
+                    ("routingKey", "R0123456789abcdef0123456789abcdef"),
+                    ("source", "web-1"),
+                ],
+            ),
+            &SlackUrls,
+        );
+        assert_eq!(text(&pagerduty, "routingKey"), MASK, "the channel says so");
+        assert_eq!(text(&pagerduty, "source"), "web-1");
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub trait Channel: Send + Sync + 'static {
     const PROPERTIES: &'static [&'static str];
     /// Properties whose URL is itself a credential, so that its whole path is masked.
     const CREDENTIAL_URLS: &'static [&'static str] = &[];
+    /// Properties that are secrets although their names do not say so (names with `password`,
+    /// `secret`, `token`, `apiKey`… are masked anyway): masked whole.
+    const SECRETS: &'static [&'static str] = &[];
     /// An action's properties, checked and parsed.
     type Config: Send + Sync + 'static;
 
@@ -61,6 +64,7 @@ pub trait Channel: Send + Sync + 'static {
 trait Registered: Send + Sync {
     fn action_type(&self) -> &'static str;
     fn credential_urls(&self) -> &'static [&'static str];
+    fn secrets(&self) -> &'static [&'static str];
     fn prepare(
         &self,
         action: &Action,
@@ -82,6 +86,10 @@ impl<C: Channel> Registered for C {
 
     fn credential_urls(&self) -> &'static [&'static str] {
         C::CREDENTIAL_URLS
+    }
+
+    fn secrets(&self) -> &'static [&'static str] {
+        C::SECRETS
     }
 
     fn prepare(
@@ -291,6 +299,12 @@ impl ActionTypes for Channels {
         self.by_type
             .get(action_type)
             .is_some_and(|c| c.credential_urls().contains(&property))
+    }
+
+    fn property_is_secret(&self, action_type: &str, property: &str) -> bool {
+        self.by_type
+            .get(action_type)
+            .is_some_and(|c| c.secrets().contains(&property))
     }
 }
 
