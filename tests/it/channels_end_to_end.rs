@@ -137,3 +137,73 @@ async fn one_event_reaches_every_channel_and_a_refusal_is_recorded() {
     }
     tocsin.shutdown().await;
 }
+
+/// A PagerDuty stand-in that checks the Events API v2 shape: an alert's firing and closing
+/// events reach one PagerDuty alert (trigger, then resolve, one `dedup_key`), and the routing
+/// key is never shown.
+#[tokio::test]
+async fn pagerduty_follows_an_alert_under_one_dedup_key() {
+    const KEY: &str = "R0123456789abcdef0123456789abcde";
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v2/enqueue"))
+        .respond_with(ResponseTemplate::new(202).set_body_json(
+            json!({"status": "success", "message": "Event processed", "dedup_key": "db-1-disk"}),
+        ))
+        .mount(&server)
+        .await;
+    let routing = json!({
+        "actions": [{"name": "pd", "type": "PAGERDUTY", "state": "ENABLED", "properties": {
+            "routingKey": KEY, "url": format!("{}/v2/enqueue", server.uri())}}],
+        "subscriptions": [{"name": "all", "state": "ENABLED", "conditions": [], "actions": ["pd"]}]
+    });
+    let tocsin = Tocsin::start(Backend::Embedded, &routing, &[]).await;
+    let shown: Value = tocsin
+        .get("/cf/configuration/v1/action/pd")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["properties"]["routingKey"], "********", "{shown}");
+    for status in ["CREATE_OR_UPDATE", "CLOSE"] {
+        tocsin
+            .send(&json!({
+                "eventType": "DiskFull", "severity": "FATAL", "category": "ALERT",
+                "subject": "Disk full on db-1", "body": "/var at 100%",
+                "resource": {"resourceName": "db-1", "resourceType": "host"},
+                "tags": {"ans:sourceEventId": "db-1-disk", "ans:status": status}
+            }))
+            .await;
+    }
+    let started = Instant::now();
+    let sent: Vec<Value> = loop {
+        let received = server.received_requests().await.unwrap();
+        if received.len() >= 2 {
+            break received.iter().map(|r| r.body_json().unwrap()).collect();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} of 2 requests\n{}",
+            received.len(),
+            tocsin.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let actions: Vec<&str> = sent
+        .iter()
+        .map(|b| b["event_action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["trigger", "resolve"], "in order: {sent:#?}");
+    assert!(sent
+        .iter()
+        .all(|b| b["dedup_key"] == "db-1-disk" && b["routing_key"] == KEY));
+    assert_eq!(sent[0]["payload"]["summary"], "Disk full on db-1");
+    assert_eq!(sent[0]["payload"]["severity"], "critical");
+    assert!(
+        !tocsin.log().contains(KEY),
+        "the routing key is never logged"
+    );
+    tocsin.shutdown().await;
+}

@@ -617,6 +617,7 @@ async fn every_action_type_refuses_what_cannot_work() {
         "MICROSOFT_TEAMS",
         "EMAIL",
         "ORACLE_B2C_INCIDENT",
+        "PAGERDUTY",
     ] {
         assert!(
             types.contains(&expected),
@@ -648,6 +649,18 @@ async fn every_action_type_refuses_what_cannot_work() {
     let defects: &[(&str, &str, Value, &str)] = &[
         ("STORE", "destinaton", json!("https://x"), "destinaton"),
         ("WEB_HOOK", "destination", Value::Null, "destination"),
+        (
+            "PAGERDUTY",
+            "routingKey",
+            json!("not-32-characters"),
+            "routingKey",
+        ),
+        (
+            "PAGERDUTY",
+            "url",
+            json!("http://169.254.169.254/v2/enqueue"),
+            "url",
+        ),
         ("WEB_HOOK", "destination", json!("not a url"), "destination"),
         (
             "WEB_HOOK",

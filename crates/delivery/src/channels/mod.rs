@@ -12,6 +12,7 @@
 
 mod b2c;
 mod email;
+mod pagerduty;
 mod slack;
 mod slack_threaded;
 mod store;
@@ -234,6 +235,7 @@ impl Channels {
             Arc::new(slack_threaded::SlackThreadedChannel::new(tools.clone())),
             Arc::new(teams::TeamsChannel::new(tools.clone())),
             Arc::new(email::EmailChannel::new(tools.clone())),
+            Arc::new(pagerduty::PagerDutyChannel::new(tools.clone())),
             Arc::new(b2c::B2cIncidentChannel::new(tools)),
         ];
         Ok(Channels {
