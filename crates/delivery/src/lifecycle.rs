@@ -8,6 +8,8 @@
 
 use model::event::TAG_STATUS;
 use model::ResourceEvent;
+use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
@@ -30,6 +32,23 @@ impl Transition {
             Transition::Open
         }
     }
+}
+
+/// The alert `event` belongs to, as a destination that keeps one thing per alert names it (a
+/// PagerDuty `dedup_key`, a Splunk On-Call `entity_id`): its `ans:sourceEventId`, else its own
+/// id — and, where the destination takes at most `max` bytes, a longer key's SHA-256 in hex
+/// (the same key always gives the same name).
+pub fn alert_key(event: &ResourceEvent, max: usize) -> Cow<'_, str> {
+    let key = event.source_event_id().unwrap_or(&event.id);
+    if key.len() <= max {
+        return Cow::Borrowed(key);
+    }
+    Cow::Owned(
+        Sha256::digest(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
 }
 
 #[cfg(test)]

@@ -22,10 +22,10 @@
 
 use super::{Channel, Tools};
 use crate::failure::{Code, Failure};
-use crate::lifecycle::Transition;
+use crate::lifecycle::{alert_key, Transition};
 use crate::properties::{Properties, PropertyError};
 use crate::templates::{datetime, event_links, limit, Scope, Texts};
-use model::{Action, DeliveryJob, ResourceEvent, Severity};
+use model::{Action, DeliveryJob, Severity};
 use reqwest::Url;
 use serde_json::{json, Map, Value};
 
@@ -65,7 +65,7 @@ impl PagerDutyChannel {
         let event = &job.event;
         let mut body = json!({
             "routing_key": config.routing_key,
-            "dedup_key": dedup_key(event),
+            "dedup_key": alert_key(event, MAX_DEDUP_KEY),
         });
         if Transition::of(event) == Transition::Close {
             body["event_action"] = json!("resolve");
@@ -195,20 +195,6 @@ impl Channel for PagerDutyChannel {
         }
         Ok(())
     }
-}
-
-/// The alert key as PagerDuty takes it: at most 255 characters, so a longer key is replaced by
-/// its SHA-256 (the same key always gives the same `dedup_key`).
-fn dedup_key(event: &ResourceEvent) -> String {
-    let key = event.source_event_id().unwrap_or(&event.id);
-    if key.len() <= MAX_DEDUP_KEY {
-        return key.to_owned();
-    }
-    use sha2::{Digest, Sha256};
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn severity(severity: Severity) -> &'static str {

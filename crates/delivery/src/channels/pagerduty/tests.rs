@@ -144,7 +144,11 @@ fn a_routing_key_that_cannot_be_one_is_refused_and_long_alert_keys_are_hashed() 
     }
     let long = "k".repeat(300);
     let event = job(json!({"ans:sourceEventId": long})).event;
-    let key = dedup_key(&event);
+    let key = alert_key(&event, MAX_DEDUP_KEY);
     assert_eq!(key.len(), 64);
-    assert_eq!(key, dedup_key(&event), "the same alert, the same key");
+    assert_eq!(
+        key,
+        alert_key(&event, MAX_DEDUP_KEY),
+        "the same alert, the same key"
+    );
 }
