@@ -207,3 +207,61 @@ async fn pagerduty_follows_an_alert_under_one_dedup_key() {
     );
     tocsin.shutdown().await;
 }
+
+/// A Splunk On-Call stand-in: an alert's firing and closing events reach one incident
+/// (`CRITICAL`, then `RECOVERY`, one `entity_id`) at `{apiUrl}{apiKey}/{routingKey}`.
+#[tokio::test]
+async fn victorops_follows_an_alert_under_one_entity_id() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/alert/api-key-123/database-team"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"result": "success", "entity_id": "x"})),
+        )
+        .mount(&server)
+        .await;
+    let routing = json!({
+        "actions": [{"name": "vo", "type": "VICTOROPS", "state": "ENABLED", "properties": {
+            "apiKey": "api-key-123", "routingKey": "database-team",
+            "apiUrl": format!("{}/alert/", server.uri())}}],
+        "subscriptions": [{"name": "all", "state": "ENABLED", "conditions": [], "actions": ["vo"]}]
+    });
+    let tocsin = Tocsin::start(Backend::Embedded, &routing, &[]).await;
+    for status in ["CREATE_OR_UPDATE", "CLOSE"] {
+        tocsin
+            .send(&json!({
+                "eventType": "DiskFull", "severity": "ERROR", "category": "ALERT",
+                "subject": "Disk full on db-1", "body": "/var at 100%",
+                "resource": {"resourceName": "db-1", "resourceType": "host"},
+                "tags": {"ans:sourceEventId": "db-1-disk", "ans:status": status}
+            }))
+            .await;
+    }
+    let started = Instant::now();
+    let sent: Vec<Value> = loop {
+        let received = server.received_requests().await.unwrap();
+        if received.len() >= 2 {
+            break received.iter().map(|r| r.body_json().unwrap()).collect();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} of 2 requests\n{}",
+            received.len(),
+            tocsin.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let types: Vec<&str> = sent
+        .iter()
+        .map(|b| b["message_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["CRITICAL", "RECOVERY"], "in order: {sent:#?}");
+    assert!(sent.iter().all(|b| b["entity_id"] == "db-1-disk"));
+    assert_eq!(sent[0]["entity_display_name"], "Disk full on db-1");
+    assert!(
+        !tocsin.log().contains("api-key-123"),
+        "the API key is never logged"
+    );
+    tocsin.shutdown().await;
+}

@@ -618,6 +618,7 @@ async fn every_action_type_refuses_what_cannot_work() {
         "EMAIL",
         "ORACLE_B2C_INCIDENT",
         "PAGERDUTY",
+        "VICTOROPS",
     ] {
         assert!(
             types.contains(&expected),
@@ -661,6 +662,8 @@ async fn every_action_type_refuses_what_cannot_work() {
             json!("http://169.254.169.254/v2/enqueue"),
             "url",
         ),
+        ("VICTOROPS", "routingKey", json!("a/b"), "routingKey"),
+        ("VICTOROPS", "messageType", json!("PAGE"), "messageType"),
         ("WEB_HOOK", "destination", json!("not a url"), "destination"),
         (
             "WEB_HOOK",

@@ -17,6 +17,7 @@ mod slack;
 mod slack_threaded;
 mod store;
 mod teams;
+mod victorops;
 mod webhook;
 
 use crate::failure::Failure;
@@ -236,6 +237,7 @@ impl Channels {
             Arc::new(teams::TeamsChannel::new(tools.clone())),
             Arc::new(email::EmailChannel::new(tools.clone())),
             Arc::new(pagerduty::PagerDutyChannel::new(tools.clone())),
+            Arc::new(victorops::VictorOpsChannel::new(tools.clone())),
             Arc::new(b2c::B2cIncidentChannel::new(tools)),
         ];
         Ok(Channels {
