@@ -1,5 +1,6 @@
-//! `tocsin config export|import`: configuration as code against a running Tocsin, through its
-//! own configuration API, so that teams can keep their routing in git and apply it in CI.
+//! `tocsin config export|import|test-action`: configuration as code against a running Tocsin,
+//! through its own configuration API, so that teams can keep their routing in git, apply it in
+//! CI, and try an action once it is saved.
 
 use anyhow::{bail, Context};
 use std::io::Read;
@@ -33,6 +34,16 @@ pub enum ConfigCommand {
         #[command(flatten)]
         remote: Remote,
         file: PathBuf,
+    },
+    /// Send a test event through action NAME now and print how the attempt ended (nothing is
+    /// recorded); exit 1 when it was not delivered.
+    TestAction {
+        #[command(flatten)]
+        remote: Remote,
+        name: String,
+        /// An ANS resource event to send (`-` for stdin) instead of the sample event.
+        #[arg(long)]
+        event: Option<PathBuf>,
     },
 }
 
@@ -75,15 +86,7 @@ pub async fn run(command: ConfigCommand) -> anyhow::Result<()> {
             );
         }
         ConfigCommand::Import { remote, file } => {
-            let mut text = String::new();
-            if file.as_os_str() == "-" {
-                std::io::stdin().read_to_string(&mut text)?;
-            } else {
-                text = std::fs::read_to_string(&file)
-                    .with_context(|| format!("cannot read {}", file.display()))?;
-            }
-            let document: serde_json::Value =
-                serde_json::from_str(&text).context("the file is not JSON")?;
+            let document = read_json(&file)?;
             let request = remote
                 .request(reqwest::Method::POST, CONFIGURATION)
                 .json(&document);
@@ -96,6 +99,49 @@ pub async fn run(command: ConfigCommand) -> anyhow::Result<()> {
                 count("subscriptions")
             );
         }
+        ConfigCommand::TestAction {
+            remote,
+            name,
+            event,
+        } => {
+            let path = format!("/tocsin/v1/actions/{}/test", path_segment(&name));
+            let mut request = remote.request(reqwest::Method::POST, &path);
+            if let Some(file) = event {
+                request = request.json(&read_json(&file)?);
+            }
+            let outcome = remote.send(request).await?;
+            println!("{}", serde_json::to_string_pretty(&outcome)?);
+            if outcome["delivered"] != true {
+                bail!(
+                    "not delivered: {}",
+                    outcome["reason"].as_str().unwrap_or("no reason given")
+                );
+            }
+        }
     }
     Ok(())
+}
+
+/// The JSON document in `file` (`-`: stdin).
+fn read_json(file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let mut text = String::new();
+    if file.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text)?;
+    } else {
+        text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+    }
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))
+}
+
+/// `text` percent-encoded as one URL path segment.
+fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -77,6 +77,7 @@ const OTHER_ROUTES: &[Route] = &[
         &["POST"],
     ),
     route("/tocsin/v1/undelivered-events/redeliver", &["POST"]),
+    route("/tocsin/v1/actions/{name}/test", &["POST"]),
     route("/tocsin/v1/dead-letters", &["GET"]),
     route("/tocsin/v1/dead-letters/{id}/replay", &["POST"]),
     route("/tocsin/v1/dead-letters/replay", &["POST"]),

@@ -208,6 +208,12 @@ fn api_routes(
         auth.require(Scope::Consumer),
         auth.require(Scope::Configuration),
     );
+    let action_test = delivery::action_test::routes(
+        config_store.catalog(),
+        probe.channels.clone(),
+        settings.body_limit_bytes,
+        auth.require(Scope::Configuration),
+    );
     let configuration = router::api::routes(
         config_store,
         CONFIGURATION_BODY_LIMIT,
@@ -224,6 +230,7 @@ fn api_routes(
         .or(sources)
         .or(consumer)
         .or(operator)
+        .or(action_test)
         .or(configuration)
         .or(crate::dead_letters::routes(Arc::clone(&bus), auth))
         .or(health)

@@ -265,3 +265,108 @@ async fn victorops_follows_an_alert_under_one_entity_id() {
     );
     tocsin.shutdown().await;
 }
+
+/// Test events: one attempt through an action now, its outcome in the answer (and from the
+/// CLI), nothing queued or recorded.
+#[tokio::test]
+async fn an_action_is_tested_now_and_nothing_is_recorded() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/ok"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/down"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("maintenance until 04:00"))
+        .mount(&server)
+        .await;
+    let hook = |name: &str, route: &str| {
+        json!({"name": name, "type": "WEB_HOOK", "state": "ENABLED",
+               "properties": {"destination": format!("{}{route}", server.uri())}})
+    };
+    let routing = json!({"actions": [hook("ok-hook", "/ok"), hook("down-hook", "/down")]});
+    let tocsin = Tocsin::start(Backend::Embedded, &routing, &[]).await;
+    let test = |name: &str, body: Option<Value>| {
+        let request = tocsin.post(&format!("/tocsin/v1/actions/{name}/test"), &Value::Null);
+        let request = match body {
+            Some(body) => request.json(&body),
+            None => request.body(""),
+        };
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+
+    let (status, outcome) = test("ok-hook", None).await;
+    assert_eq!(
+        (status, &outcome["delivered"]),
+        (200, &json!(true)),
+        "{outcome}"
+    );
+    let sample: Value = server.received_requests().await.unwrap()[0]
+        .body_json()
+        .unwrap();
+    assert_eq!(sample["eventType"], "TocsinTestEvent");
+    assert_eq!(sample["id"], outcome["eventId"]);
+
+    let event = json!({
+        "eventType": "DiskFull", "severity": "FATAL", "category": "ALERT",
+        "subject": "Disk full", "body": "/var at 100%",
+        "resource": {"resourceName": "db-1", "resourceType": "host"}
+    });
+    let (status, outcome) = test("down-hook", Some(event.clone())).await;
+    assert_eq!(status, 200);
+    assert_eq!(outcome["delivered"], false);
+    assert_eq!(outcome["code"], 503);
+    assert_eq!(outcome["retryable"], true);
+    let reason = outcome["reason"].as_str().unwrap();
+    assert!(reason.contains("maintenance until 04:00"), "{reason}");
+
+    let (status, missing) = test("nope", None).await;
+    assert_eq!(
+        (status, missing["message"].as_str()),
+        (404, Some("no action `nope`"))
+    );
+    let mut bad = event;
+    bad["severity"] = json!("LOUD");
+    let (status, refused) = test("ok-hook", Some(bad)).await;
+    assert_eq!(status, 400);
+    assert!(
+        refused["message"].as_str().unwrap().contains("severity"),
+        "{refused}"
+    );
+
+    // From the CLI: the outcome on stdout, exit 1 when not delivered.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tocsin"))
+        .args(["config", "test-action", "down-hook"])
+        .args(["--url", &tocsin.base, "--user", &tocsin.user])
+        .env("TOCSIN_PASSWORD", &tocsin.password)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed["code"], 503);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not delivered"));
+
+    // Nothing was recorded: no outcome, no attempt.
+    for records in ["matched-events", "undelivered-events"] {
+        let page = tocsin.page(&format!("/cf/consumer/v1/{records}")).await;
+        assert_eq!(
+            page["responseMetadata"]["totalResultsCount"], 0,
+            "{records}"
+        );
+    }
+    let attempts = tocsin
+        .page(&format!(
+            "/tocsin/v1/events/{}/attempts",
+            outcome["eventId"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(attempts["attempts"], json!([]));
+    tocsin.shutdown().await;
+}

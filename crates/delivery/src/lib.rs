@@ -11,12 +11,14 @@
 //! - a failure is a [`failure::Failure`]; [`retry`] decides what follows it (the schedule is
 //!   data, overridable per action);
 //! - [`records`] keeps every attempt and every outcome, [`retention`] purges them, and the
-//!   [`consumer_api`] (ANS) and the [`operator_api`] (attempts, redelivery) serve them.
+//!   [`consumer_api`] (ANS) and the [`operator_api`] (attempts, redelivery) serve them;
+//! - [`action_test`] sends a test event through one action, outside all of this.
 //!
 //! A job's queue message ([`ticket`]) is acked only after its next step is durable. Attempts
 //! and outcomes are counted in the metrics (by channel, result and failure kind), with each
 //! attempt's duration and, for deliveries, the time since the event was accepted.
 
+pub mod action_test;
 pub mod channels;
 pub mod consumer_api;
 pub mod failure;

@@ -12,7 +12,7 @@
 //! finishes those in hand.
 
 use crate::channels::Channels;
-use crate::failure::{Code, Failure};
+use crate::failure::Failure;
 use crate::lanes::{Lanes, OrderingLanes};
 use crate::records::{Attempt, AttemptOutcome, RecordStore};
 use crate::retry::{self, Next, RetrySchedule};
@@ -217,24 +217,7 @@ impl Shared {
             .and_then(|(action, _)| self.channels.type_name(&action.action_type))
             .unwrap_or("none");
         let clock = Instant::now();
-        let outcome = match prepared {
-            None => Err(Failure::permanent(
-                Code::ActionMissing,
-                format!("action `{}` no longer exists", job.action),
-            )),
-            Some((action, Ok(prepared))) => self.channels.deliver(job, action, prepared).await,
-            Some((action, Err(ActionTypeError::Unknown { .. }))) => Err(Failure::permanent(
-                Code::UnsupportedType,
-                format!(
-                    "action type `{}` is not supported by this Tocsin version",
-                    action.action_type
-                ),
-            )),
-            Some((action, Err(refused))) => Err(Failure::bad_action(format!(
-                "action `{}`: {refused}",
-                action.name
-            ))),
-        };
+        let outcome = self.channels.attempt(job, prepared).await;
         let attempted = Attempted {
             channel,
             started_at_ms,

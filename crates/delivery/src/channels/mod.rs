@@ -267,9 +267,37 @@ impl Channels {
         (count(CircuitState::Open), count(CircuitState::HalfOpen))
     }
 
+    /// Makes one attempt of `job` through its action as the catalog holds it (`None`: the
+    /// action is gone), with the configuration prepared when it was saved; an action that
+    /// could not be prepared fails as it was refused.
+    pub async fn attempt(
+        &self,
+        job: &DeliveryJob,
+        prepared: Option<(&Action, &Result<Prepared, ActionTypeError>)>,
+    ) -> Result<(), Failure> {
+        match prepared {
+            None => Err(Failure::permanent(
+                crate::failure::Code::ActionMissing,
+                format!("action `{}` no longer exists", job.action),
+            )),
+            Some((action, Ok(prepared))) => self.deliver(job, action, prepared).await,
+            Some((action, Err(ActionTypeError::Unknown { .. }))) => Err(Failure::permanent(
+                crate::failure::Code::UnsupportedType,
+                format!(
+                    "action type `{}` is not supported by this Tocsin version",
+                    action.action_type
+                ),
+            )),
+            Some((action, Err(refused))) => Err(Failure::bad_action(format!(
+                "action `{}`: {refused}",
+                action.name
+            ))),
+        }
+    }
+
     /// Makes one attempt of `job` through the channel of `action`'s type, with the
     /// configuration prepared when the action was saved.
-    pub async fn deliver(
+    async fn deliver(
         &self,
         job: &DeliveryJob,
         action: &Action,
