@@ -9,6 +9,11 @@
 //! values HTML-escaped). The defaults show the subject (marked `Resolved:` when the event
 //! closes its alert), the body, severity, resource, time, event type and the event's links.
 //!
+//! An action that names no `smtpHost` goes through the site's SMTP relay, `[channels.email]`
+//! ([`RelaySettings`]: host, port, security, credentials, sender), so that an action needs only
+//! its `destination`, as in ANS; an action's own `from` still overrides the relay's. The relay is
+//! the operator's, so the outbound policy applies to the servers actions name, not to it.
+//!
 //! The mail goes through `lettre`'s async SMTP client, one connection per mail, within the
 //! destination's in-flight limit and the request timeout (per SMTP command). An SMTP refusal
 //! keeps its reply code: 4xx (e.g. 451) is retryable, 5xx (e.g. 550 no such mailbox) is not.
@@ -25,6 +30,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use model::{Action, DeliveryJob};
+use serde::{Deserialize, Serialize};
 
 const SUBJECT: &str =
     "[{{ event.severity }}] {% if resolved %}Resolved: {% endif %}{{ event.subject }}";
@@ -44,18 +50,103 @@ const HTML: &str = "<html><body>
 
 pub struct EmailChannel {
     tools: Tools,
+    /// `[channels.email]`, when it names a host.
+    relay: Option<Relay>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Security {
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Security {
+    /// STARTTLS, required.
+    #[default]
+    #[serde(rename = "STARTTLS")]
     StartTls,
+    /// TLS from the first byte.
+    #[serde(rename = "TLS")]
     Tls,
+    /// Plaintext, for a trusted local relay.
+    #[serde(rename = "NONE")]
     Plain,
 }
 
+impl Security {
+    fn default_port(self) -> u16 {
+        match self {
+            Security::StartTls => 587,
+            Security::Tls => 465,
+            Security::Plain => 25,
+        }
+    }
+}
+
+/// `[channels.email]`: the SMTP relay for `EMAIL` actions that name no `smtpHost`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelaySettings {
+    /// The relay's host name or address; empty: no relay, every action names its server.
+    pub host: String,
+    /// 0: the port for `security` (587, 465 or 25).
+    pub port: u16,
+    pub security: Security,
+    /// SMTP AUTH, when set.
+    pub username: String,
+    pub password: Password,
+    /// The sender of actions that name none, e.g. `Tocsin <alerts@example.com>`.
+    pub from: String,
+}
+
+/// A password that `Debug` never shows.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "<unset>"
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+/// The relay, ready to use.
+struct Relay {
+    server: Server,
+    /// Its sender, as written (checked when an action relies on it).
+    from: String,
+}
+
+/// Where a mail goes and how.
+#[derive(Clone)]
+struct Server {
+    host: String,
+    port: u16,
+    security: Security,
+    trust_all: bool,
+    credentials: Option<Credentials>,
+    /// Named in the settings, not by an action: the outbound policy is not asked.
+    from_settings: bool,
+}
+
 impl EmailChannel {
-    pub fn new(tools: Tools) -> Self {
-        EmailChannel { tools }
+    pub fn new(tools: Tools, relay: &RelaySettings) -> Self {
+        let relay = (!relay.host.trim().is_empty()).then(|| Relay {
+            server: Server {
+                host: relay.host.trim().to_ascii_lowercase(),
+                port: match relay.port {
+                    0 => relay.security.default_port(),
+                    port => port,
+                },
+                security: relay.security,
+                trust_all: false,
+                credentials: (!relay.username.is_empty())
+                    .then(|| Credentials::new(relay.username.clone(), relay.password.0.clone())),
+                from_settings: true,
+            },
+            from: relay.from.clone(),
+        });
+        EmailChannel { tools, relay }
     }
 
     fn message(
@@ -99,11 +190,7 @@ impl EmailChannel {
 
 /// An `EMAIL` action's properties, parsed.
 pub struct EmailConfig {
-    host: String,
-    port: u16,
-    security: Security,
-    trust_all: bool,
-    credentials: Option<Credentials>,
+    server: Server,
     from: Mailbox,
     to: Vec<Mailbox>,
     texts: Texts,
@@ -128,17 +215,7 @@ impl Channel for EmailChannel {
     ];
     type Config = EmailConfig;
 
-    fn configure(p: &Properties) -> Result<EmailConfig, PropertyError> {
-        let security = match p.one_of("smtpSecurity", &["STARTTLS", "TLS", "NONE"])? {
-            None | Some("STARTTLS") => Security::StartTls,
-            Some("TLS") => Security::Tls,
-            Some(_) => Security::Plain,
-        };
-        let port = p.parsed::<u16>("smtpPort")?.unwrap_or(match security {
-            Security::StartTls => 587,
-            Security::Tls => 465,
-            Security::Plain => 25,
-        });
+    fn configure(&self, p: &Properties) -> Result<EmailConfig, PropertyError> {
         let mailbox = |property: &str, text: &str| {
             text.trim().parse::<Mailbox>().map_err(|e| {
                 PropertyError::property(property, format!("has an invalid address `{text}`: {e}"))
@@ -150,21 +227,27 @@ impl Channel for EmailChannel {
             .filter(|r| !r.trim().is_empty())
             .map(|r| mailbox("destination", r))
             .collect::<Result<Vec<_>, _>>()?;
-        let credentials = match p.text("username") {
-            Some(username) => Some(Credentials::new(username, p.required("password")?)),
-            None => None,
+        let (server, relay_from) = match (p.text("smtpHost"), &self.relay) {
+            (None, Some(relay)) => (relay.server.clone(), Some(relay.from.as_str())),
+            _ => (own_server(p)?, None),
+        };
+        let from = match (p.text("from"), relay_from) {
+            (Some(from), _) => mailbox("from", &from)?,
+            (None, Some(from)) if !from.trim().is_empty() => from.trim().parse().map_err(|e| {
+                PropertyError::property(
+                    "from",
+                    format!("is not set, and the relay's ([channels.email] from `{from}`) is invalid: {e}"),
+                )
+            })?,
+            (None, _) => p.required("from").and_then(|from| mailbox("from", &from))?,
         };
         let mut texts = Texts::read(p)?;
         if texts.body.is_none() {
             texts.body = p.template("payloadTemplate")?;
         }
         Ok(EmailConfig {
-            host: p.required_host("smtpHost")?,
-            port,
-            security,
-            trust_all: p.flag("sslTrustAll", false)?,
-            credentials,
-            from: mailbox("from", &p.required("from")?)?,
+            server,
+            from,
             to,
             texts,
             html: p.template("htmlTemplate")?,
@@ -178,32 +261,37 @@ impl Channel for EmailChannel {
         config: &EmailConfig,
     ) -> Result<(), Failure> {
         let message = self.message(job, action, config)?;
-        let host = &config.host;
+        let server = &config.server;
+        let host = &server.host;
         let tls_parameters = || {
             TlsParameters::builder(host.clone())
-                .dangerous_accept_invalid_certs(config.trust_all)
+                .dangerous_accept_invalid_certs(server.trust_all)
                 .build_rustls()
                 .map_err(|e| Failure::bad_action(format!("TLS for `smtpHost`: {}", chain(&e))))
         };
-        let tls = match config.security {
+        let tls = match server.security {
             Security::StartTls => Tls::Required(tls_parameters()?),
             Security::Tls => Tls::Wrapper(tls_parameters()?),
             Security::Plain => Tls::None,
         };
         let timeout = self.tools.http.timeout();
         // Connect to the address the outbound policy checked; TLS still verifies the name.
-        let address = self.tools.http.permitted_address(host, config.port).await?;
-        let mut transport =
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(address.to_string())
-                .port(config.port)
-                .tls(tls)
-                .timeout(Some(timeout));
-        if let Some(credentials) = &config.credentials {
+        let address = if server.from_settings {
+            host.clone()
+        } else {
+            let checked = self.tools.http.permitted_address(host, server.port).await?;
+            checked.to_string()
+        };
+        let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(address)
+            .port(server.port)
+            .tls(tls)
+            .timeout(Some(timeout));
+        if let Some(credentials) = &server.credentials {
             transport = transport.credentials(credentials.clone());
         }
         let transport = transport.build();
 
-        let shown = format!("smtp://{host}:{}", config.port);
+        let shown = format!("smtp://{host}:{}", server.port);
         let _slot = self.tools.http.reserve(&shown, &shown, timeout).await?;
         transport.send(message).await.map(drop).map_err(|e| {
             let detail = chain(&e);
@@ -226,6 +314,29 @@ impl Channel for EmailChannel {
             }
         })
     }
+}
+
+/// The SMTP server an action names, with its own port, security and credentials.
+fn own_server(p: &Properties) -> Result<Server, PropertyError> {
+    let security = match p.one_of("smtpSecurity", &["STARTTLS", "TLS", "NONE"])? {
+        None | Some("STARTTLS") => Security::StartTls,
+        Some("TLS") => Security::Tls,
+        Some(_) => Security::Plain,
+    };
+    let credentials = match p.text("username") {
+        Some(username) => Some(Credentials::new(username, p.required("password")?)),
+        None => None,
+    };
+    Ok(Server {
+        host: p.required_host("smtpHost")?,
+        port: p
+            .parsed::<u16>("smtpPort")?
+            .unwrap_or(security.default_port()),
+        security,
+        trust_all: p.flag("sslTrustAll", false)?,
+        credentials,
+        from_settings: false,
+    })
 }
 
 #[cfg(test)]
@@ -403,7 +514,7 @@ mod tests {
     async fn sends_both_parts_to_every_recipient_with_auth() {
         let (port, sessions) = smtp_server(Listen::Plain).await;
         let (tools, _dir) = tools();
-        let channel = EmailChannel::new(tools);
+        let channel = EmailChannel::new(tools, &RelaySettings::default());
         let action = email_action(
             port,
             "ops@example.com; oncall@example.com",
@@ -457,10 +568,65 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_action_with_only_a_destination_goes_through_the_relay() {
+        let (port, sessions) = smtp_server(Listen::Plain).await;
+        let (tools, _dir) = tools();
+        let relay = RelaySettings {
+            host: "127.0.0.1".into(),
+            port,
+            security: Security::Plain,
+            username: "relay".into(),
+            password: Password("relay-pw".into()),
+            from: "Tocsin <alerts@example.com>".into(),
+        };
+        assert_eq!(format!("{:?}", relay.password), "<redacted>");
+        let channel = EmailChannel::new(tools.clone(), &relay);
+        let only_destination = action("mail", "EMAIL", json!({"destination": "ops@example.com"}));
+        assert_eq!(
+            attempt(&channel, &job(json!({})), &only_destination).await,
+            Ok(())
+        );
+        let own_sender = action(
+            "mail",
+            "EMAIL",
+            json!({"destination": "ops@example.com", "from": "db-team@example.com"}),
+        );
+        assert_eq!(
+            attempt(&channel, &job(json!({})), &own_sender).await,
+            Ok(())
+        );
+        let sessions = wait_for_sessions(&sessions, 2).await;
+        let auth = format!("AUTH PLAIN {}", BASE64.encode("\0relay\0relay-pw"));
+        assert!(
+            sessions[0].commands.contains(&auth),
+            "{:?}",
+            sessions[0].commands
+        );
+        assert!(sessions[0]
+            .commands
+            .contains(&"MAIL FROM:<alerts@example.com>".to_owned()));
+        assert!(sessions[1]
+            .commands
+            .contains(&"MAIL FROM:<db-team@example.com>".to_owned()));
+
+        // Without a relay, an action must name its server and its sender.
+        let alone = EmailChannel::new(tools, &RelaySettings::default());
+        let outbound = crate::outbound::OutboundPolicy::default();
+        let refused = alone
+            .configure(&Properties::of(&only_destination, &outbound))
+            .err()
+            .expect("refused");
+        assert!(
+            refused.to_string().contains("`properties.smtpHost`"),
+            "{refused}"
+        );
+    }
+
+    #[tokio::test]
     async fn smtp_refusals_keep_their_codes() {
         let (port, _sessions) = smtp_server(Listen::Plain).await;
         let (tools, _dir) = tools();
-        let channel = EmailChannel::new(tools);
+        let channel = EmailChannel::new(tools, &RelaySettings::default());
         let fail = |destination: &'static str| {
             let action = email_action(port, destination, json!({}));
             let channel = &channel;
@@ -499,7 +665,7 @@ mod tests {
     async fn required_starttls_never_falls_back_to_plaintext() {
         let (port, sessions) = smtp_server(Listen::Plain).await;
         let (tools, _dir) = tools();
-        let channel = EmailChannel::new(tools);
+        let channel = EmailChannel::new(tools, &RelaySettings::default());
         let action = email_action(
             port,
             "ops@example.com",
@@ -542,7 +708,7 @@ mod tests {
     #[tokio::test]
     async fn starttls_and_tls_carry_the_mail_encrypted() {
         let (tools, _dir) = tools();
-        let channel = EmailChannel::new(tools);
+        let channel = EmailChannel::new(tools, &RelaySettings::default());
         for (listen, security) in [(Listen::StartTls, "STARTTLS"), (Listen::Tls, "TLS")] {
             let (port, sessions) = smtp_server(listen).await;
             let action = email_action(

@@ -11,7 +11,7 @@
 //! keys to what a destination created for them ([`crate::links`]).
 
 mod b2c;
-mod email;
+pub mod email;
 mod pagerduty;
 mod slack;
 mod slack_threaded;
@@ -49,8 +49,9 @@ pub trait Channel: Send + Sync + 'static {
     /// An action's properties, checked and parsed.
     type Config: Send + Sync + 'static;
 
-    /// Checks an action's properties and parses them; pure, run when the action is saved.
-    fn configure(properties: &Properties) -> Result<Self::Config, PropertyError>;
+    /// Checks an action's properties and parses them, with the channel's own settings (an
+    /// SMTP relay) in view; pure otherwise, run when the action is saved.
+    fn configure(&self, properties: &Properties) -> Result<Self::Config, PropertyError>;
 
     /// Makes one attempt.
     fn deliver(
@@ -102,7 +103,7 @@ impl<C: Channel> Registered for C {
         let properties = Properties::of(action, outbound);
         properties.only(C::PROPERTIES)?;
         crate::retry::RetrySchedule::check_overrides(&properties)?;
-        Ok(Arc::new(C::configure(&properties)?))
+        Ok(Arc::new(self.configure(&properties)?))
     }
 
     async fn deliver(
@@ -177,6 +178,8 @@ pub struct ChannelSettings {
     /// What actions may reach although it is loopback, private, link-local or metadata
     /// ([`crate::outbound`]): networks (`10.20.0.0/16`), addresses, host names, `*.domain`.
     pub outbound_allow: Vec<crate::outbound::Allowed>,
+    /// The SMTP relay of `EMAIL` actions that name no server of their own.
+    pub email: email::RelaySettings,
 }
 
 impl Default for ChannelSettings {
@@ -187,6 +190,7 @@ impl Default for ChannelSettings {
             circuit_failure_threshold: 5,
             circuit_cooldown_ms: 30_000,
             outbound_allow: Vec::new(),
+            email: email::RelaySettings::default(),
         }
     }
 }
@@ -235,7 +239,7 @@ impl Channels {
             Arc::new(slack::SlackChannel::new(tools.clone())),
             Arc::new(slack_threaded::SlackThreadedChannel::new(tools.clone())),
             Arc::new(teams::TeamsChannel::new(tools.clone())),
-            Arc::new(email::EmailChannel::new(tools.clone())),
+            Arc::new(email::EmailChannel::new(tools.clone(), &settings.email)),
             Arc::new(pagerduty::PagerDutyChannel::new(tools.clone())),
             Arc::new(victorops::VictorOpsChannel::new(tools.clone())),
             Arc::new(b2c::B2cIncidentChannel::new(tools)),

@@ -141,7 +141,7 @@ impl Channel for SlackThreadedChannel {
     ];
     type Config = Conversation;
 
-    fn configure(p: &Properties) -> Result<Conversation, PropertyError> {
+    fn configure(&self, p: &Properties) -> Result<Conversation, PropertyError> {
         let mut api = p
             .url("apiUrl")?
             .unwrap_or_else(|| Url::parse("https://slack.com/api/").expect("a URL"));

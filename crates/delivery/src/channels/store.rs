@@ -21,7 +21,7 @@ impl Channel for StoreChannel {
     const PROPERTIES: &'static [&'static str] = &[];
     type Config = ();
 
-    fn configure(_: &Properties) -> Result<(), PropertyError> {
+    fn configure(&self, _: &Properties) -> Result<(), PropertyError> {
         Ok(())
     }
 

@@ -94,7 +94,7 @@ impl Channel for TeamsChannel {
     const CREDENTIAL_URLS: &'static [&'static str] = ChatWebhook::CREDENTIAL_URLS;
     type Config = ChatWebhook;
 
-    fn configure(p: &Properties) -> Result<ChatWebhook, PropertyError> {
+    fn configure(&self, p: &Properties) -> Result<ChatWebhook, PropertyError> {
         ChatWebhook::read(p)
     }
 

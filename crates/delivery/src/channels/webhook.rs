@@ -155,7 +155,7 @@ impl Channel for WebhookChannel {
     ];
     type Config = WebhookConfig;
 
-    fn configure(p: &Properties) -> Result<WebhookConfig, PropertyError> {
+    fn configure(&self, p: &Properties) -> Result<WebhookConfig, PropertyError> {
         let method = match p.one_of("method", &["POST", "PUT", "PATCH"])? {
             None | Some("POST") => Method::POST,
             Some("PUT") => Method::PUT,

@@ -305,7 +305,7 @@ impl Channel for B2cIncidentChannel {
     ];
     type Config = B2cConfig;
 
-    fn configure(p: &Properties) -> Result<B2cConfig, PropertyError> {
+    fn configure(&self, p: &Properties) -> Result<B2cConfig, PropertyError> {
         Ok(B2cConfig {
             site: site(p)?,
             rules: rules(p)?,

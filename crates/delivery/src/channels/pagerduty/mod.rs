@@ -132,7 +132,7 @@ impl Channel for PagerDutyChannel {
     const SECRETS: &'static [&'static str] = &["routingKey"];
     type Config = PagerDutyConfig;
 
-    fn configure(p: &Properties) -> Result<PagerDutyConfig, PropertyError> {
+    fn configure(&self, p: &Properties) -> Result<PagerDutyConfig, PropertyError> {
         let routing_key = p.required("routingKey")?.trim().to_owned();
         if routing_key.len() != 32 || !routing_key.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Err(PropertyError::property(

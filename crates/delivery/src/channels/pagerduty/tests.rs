@@ -127,13 +127,16 @@ async fn failures_are_classified_with_what_pagerduty_said() {
 #[test]
 fn a_routing_key_that_cannot_be_one_is_refused_and_long_alert_keys_are_hashed() {
     let outbound = crate::outbound::OutboundPolicy::default();
+    let (tools, _dir) = tools();
+    let channel = PagerDutyChannel::new(tools);
     for (key, refused) in [
         ("", "is required"),
         ("short", "32-character"),
         ("R0123456789abcdef0123456789abcd!", "32-character"),
     ] {
         let action = action("pd", "PAGERDUTY", json!({"routingKey": key}));
-        let error = PagerDutyChannel::configure(&Properties::of(&action, &outbound))
+        let error = channel
+            .configure(&Properties::of(&action, &outbound))
             .err()
             .unwrap_or_else(|| panic!("`{key}` accepted"));
         assert!(

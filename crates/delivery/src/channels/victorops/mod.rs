@@ -103,7 +103,7 @@ impl Channel for VictorOpsChannel {
     ];
     type Config = VictorOpsConfig;
 
-    fn configure(p: &Properties) -> Result<VictorOpsConfig, PropertyError> {
+    fn configure(&self, p: &Properties) -> Result<VictorOpsConfig, PropertyError> {
         let segment = |name: &str| -> Result<String, PropertyError> {
             let value = p.required(name)?.trim().to_owned();
             if value.contains(['/', '?', '#', ' ']) {

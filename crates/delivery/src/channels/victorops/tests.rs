@@ -126,6 +126,8 @@ async fn message_type_can_be_fixed_and_failures_are_classified() {
 #[test]
 fn keys_must_be_path_segments() {
     let outbound = crate::outbound::OutboundPolicy::default();
+    let (tools, _dir) = tools();
+    let channel = VictorOpsChannel::new(tools);
     for (properties, named) in [
         (json!({"routingKey": "ops"}), "apiKey"),
         (
@@ -142,7 +144,8 @@ fn keys_must_be_path_segments() {
         ),
     ] {
         let action = action("vo", "VICTOROPS", properties);
-        let error = VictorOpsChannel::configure(&Properties::of(&action, &outbound))
+        let error = channel
+            .configure(&Properties::of(&action, &outbound))
             .err()
             .unwrap_or_else(|| panic!("{named}: accepted"));
         assert!(
@@ -155,7 +158,9 @@ fn keys_must_be_path_segments() {
         "VICTOROPS",
         json!({"apiKey": "k", "routingKey": "ops"}),
     );
-    let config = VictorOpsChannel::configure(&Properties::of(&action, &outbound)).unwrap();
+    let config = channel
+        .configure(&Properties::of(&action, &outbound))
+        .unwrap();
     assert_eq!(
         config.endpoint.as_str(),
         "https://alert.victorops.com/integrations/generic/20131114/alert/k/ops"
