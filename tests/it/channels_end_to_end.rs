@@ -370,3 +370,100 @@ async fn an_action_is_tested_now_and_nothing_is_recorded() {
     assert_eq!(attempts["attempts"], json!([]));
     tocsin.shutdown().await;
 }
+
+/// Delivery-status events: the outcomes of actions with `enableDeliveryStatus` become events
+/// that a subscription routes to a STORE action — visible in `matched-events` for both
+/// outcomes — and a status event never produces another.
+#[tokio::test]
+async fn delivery_status_events_are_routed_like_any_event() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/ok"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/refusing"))
+        .respond_with(ResponseTemplate::new(400).set_body_string("no such channel"))
+        .mount(&server)
+        .await;
+    let hook = |name: &str, route: &str| {
+        json!({"name": name, "type": "WEB_HOOK", "state": "ENABLED", "enableDeliveryStatus": true,
+               "properties": {"destination": format!("{}{route}", server.uri())}})
+    };
+    let of_type = |name: &str, event_type: &str| json!({"name": name, "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": event_type});
+    let routing = json!({
+        "actions": [
+            hook("ok-hook", "/ok"), hook("refusing-hook", "/refusing"),
+            // It asks for status events too: reporting on status events would loop.
+            {"name": "keep", "type": "STORE", "state": "ENABLED", "enableDeliveryStatus": true}
+        ],
+        "conditions": [of_type("disk", "DiskFull"), of_type("statuses", "TocsinDeliveryStatus"),
+                       of_type("markers", "Marker")],
+        "subscriptions": [
+            {"name": "alerts", "state": "ENABLED", "conditions": ["disk"], "actions": ["ok-hook", "refusing-hook"]},
+            {"name": "watch-delivery", "state": "ENABLED", "conditions": ["statuses"], "actions": ["keep"]},
+            {"name": "markers", "state": "ENABLED", "conditions": ["markers"], "actions": ["keep"]}
+        ]
+    });
+    let tocsin = Tocsin::start(Backend::Embedded, &routing, &[]).await;
+    let original = tocsin
+        .send(&crate::common::event("DiskFull", "db-1-disk"))
+        .await;
+    let page = tocsin
+        .wait_for_count("/cf/consumer/v1/matched-events", 2)
+        .await;
+    let mut statuses: Vec<(String, String, Value)> = page["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["eventType"], "TocsinDeliveryStatus");
+            let tags = &r["tags"];
+            assert_eq!(tags["tocsin:originalEventId"], original["id"]);
+            assert_eq!(r["resource"]["resourceName"], "web-1");
+            (
+                tags["tocsin:action"].as_str().unwrap().to_owned(),
+                tags["tocsin:deliveryStatus"].as_str().unwrap().to_owned(),
+                tags["tocsin:failureReasons"].clone(),
+            )
+        })
+        .collect();
+    statuses.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        (statuses[0].0.as_str(), statuses[0].1.as_str()),
+        ("ok-hook", "DELIVERED")
+    );
+    assert_eq!(
+        (statuses[1].0.as_str(), statuses[1].1.as_str()),
+        ("refusing-hook", "UNDELIVERED")
+    );
+    let reasons: Value = serde_json::from_str(statuses[1].2.as_str().unwrap()).unwrap();
+    assert_eq!(reasons[0]["code"], 400);
+
+    // `keep` asks for status events too: storing the marker (an ordinary event) reports one,
+    // which `keep` stores — and storing that reports nothing. Four records, then no more.
+    tocsin
+        .send(&crate::common::event("Marker", "marker-1"))
+        .await;
+    tocsin
+        .wait_for_count("/cf/consumer/v1/matched-events", 4)
+        .await;
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        let page = tocsin.page("/cf/consumer/v1/matched-events").await;
+        let stored = page["results"].as_array().unwrap();
+        assert_eq!(
+            stored.len(),
+            4,
+            "a status event about a status event: {stored:#?}"
+        );
+        let about_the_marker = stored
+            .iter()
+            .filter(|r| r["tags"]["tocsin:originalEventType"] == "Marker")
+            .count();
+        assert_eq!(about_the_marker, 1, "{stored:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tocsin.shutdown().await;
+}

@@ -12,6 +12,7 @@
 //!   data, overridable per action);
 //! - [`records`] keeps every attempt and every outcome, [`retention`] purges them, and the
 //!   [`consumer_api`] (ANS) and the [`operator_api`] (attempts, redelivery) serve them;
+//! - [`delivery_status`] turns the outcomes of actions that ask for it into events of their own;
 //! - [`action_test`] sends a test event through one action, outside all of this.
 //!
 //! A job's queue message ([`ticket`]) is acked only after its next step is durable. Attempts
@@ -21,6 +22,7 @@
 pub mod action_test;
 pub mod channels;
 pub mod consumer_api;
+pub mod delivery_status;
 pub mod failure;
 pub mod http;
 pub mod lanes;

@@ -12,6 +12,7 @@
 //! finishes those in hand.
 
 use crate::channels::Channels;
+use crate::delivery_status::{self, Status};
 use crate::failure::Failure;
 use crate::lanes::{Lanes, OrderingLanes};
 use crate::records::{Attempt, AttemptOutcome, RecordStore};
@@ -21,7 +22,8 @@ use bus::{Bus, Delivery, Queue};
 use bytes::Bytes;
 use metrics::{DeliveryOutcome, Metrics};
 use model::{
-    Action, ActionTypeError, DeliveryJob, DeliveryStatus, FailureReason, Prepared, SharedCatalog,
+    Action, ActionTypeError, DeliveryJob, DeliveryStatus, FailureReason, IngestedEvent, Prepared,
+    SharedCatalog,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -151,16 +153,20 @@ impl Shared {
         delivery: Ticket,
         mut job: DeliveryJob,
     ) -> Option<(Ticket, DeliveryJob)> {
-        if self.delivered_before(&delivery, &job).await {
-            tracing::info!(event = %job.event.id, action = %job.action, "delivered before, by a copy of this job; not again");
-            return self.finish(delivery, &job).await;
-        }
         let catalog = self.catalog.load_full();
         let prepared = catalog.prepared(&job.action);
         let action = prepared.map(|(action, _)| action);
+        if self.delivered_before(&delivery, &job).await {
+            tracing::info!(event = %job.event.id, action = %job.action, "delivered before, by a copy of this job; not again");
+            // The copy may have stopped before reporting it (a status event is at least once).
+            let delivery = self
+                .report(delivery, action, &job, Status::Delivered)
+                .await?;
+            return self.finish(delivery, &job).await;
+        }
         let (outcome, attempted) = self.attempt(&mut job, prepared).await;
         let failure = match outcome {
-            Ok(()) => return self.on_delivered(delivery, &job, &attempted).await,
+            Ok(()) => return self.on_delivered(delivery, &job, action, &attempted).await,
             Err(failure) => failure,
         };
         job.attempt += 1;
@@ -182,7 +188,7 @@ impl Shared {
                 let fallback = action
                     .filter(|_| fallback)
                     .and_then(|a| a.fallback_action.as_deref());
-                self.on_give_up(delivery, &job, fallback, attempted.channel)
+                self.on_give_up(delivery, &job, action, fallback, attempted.channel)
                     .await
             }
         }
@@ -245,6 +251,7 @@ impl Shared {
         &self,
         delivery: Ticket,
         job: &DeliveryJob,
+        action: Option<&Action>,
         attempted: &Attempted,
     ) -> Option<(Ticket, DeliveryJob)> {
         let channel = attempted.channel;
@@ -265,7 +272,46 @@ impl Shared {
             None,
         )
         .await;
+        let delivery = self
+            .report(delivery, action, job, Status::Delivered)
+            .await?;
         self.finish(delivery, job).await
+    }
+
+    /// Publishes the status event of `job`'s outcome when its action asks for one
+    /// ([`delivery_status`]), as a new event on the events queue, and gives the ticket back;
+    /// when it cannot, hands the job back to run again.
+    async fn report(
+        &self,
+        delivery: Ticket,
+        action: Option<&Action>,
+        job: &DeliveryJob,
+        status: Status,
+    ) -> Option<Ticket> {
+        if !delivery_status::wanted(action, job) {
+            return Some(delivery);
+        }
+        let attempts = match status {
+            Status::Delivered => job.attempt + 1,
+            Status::Undelivered => job.attempt,
+        };
+        let now_ms = clock::now_epoch_millis();
+        let event = delivery_status::event(job, status, attempts, now_ms / 1000);
+        let queued = self
+            .bus
+            .publish(
+                Queue::Events,
+                vec![IngestedEvent::encode(&event, now_ms).into()],
+            )
+            .await;
+        match queued {
+            Ok(()) => Some(delivery),
+            Err(e) => {
+                tracing::error!(error = %e, event = %job.event.id, "cannot queue a delivery-status event; the job will run again");
+                self.hand_back(delivery, job).await;
+                None
+            }
+        }
     }
 
     /// The job waits for its retry on the bus, its lane held durably so that later events with
@@ -301,6 +347,7 @@ impl Shared {
         &self,
         delivery: Ticket,
         job: &DeliveryJob,
+        action: Option<&Action>,
         fallback: Option<&str>,
         channel: &'static str,
     ) -> Option<(Ticket, DeliveryJob)> {
@@ -313,6 +360,9 @@ impl Shared {
             self.hand_back(delivery, job).await;
             return None;
         }
+        let delivery = self
+            .report(delivery, action, job, Status::Undelivered)
+            .await?;
         self.metrics.delivery_finished(
             channel,
             DeliveryOutcome::Undelivered,
