@@ -53,14 +53,23 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         })),
     };
     // --- end of observability ---------------------------------------------------------------
-    let records = RecordStore::open(
-        &data_dir.join("records.db"),
-        Region {
-            name: settings.region.clone(),
-            kind: settings.region_type.clone(),
-        },
-        Some(metrics.commit_observer("records")),
-    )?;
+    let region = Region {
+        name: settings.region.clone(),
+        kind: settings.region_type.clone(),
+    };
+    let records = match settings.store.backend {
+        store::Backend::Sqlite => RecordStore::open(
+            &data_dir.join("records.db"),
+            region,
+            Some(metrics.commit_observer("records")),
+        )?,
+        store::Backend::Postgres => {
+            let database = store::postgres::Postgres::connect(&settings.store.url.0)
+                .await
+                .context("cannot use the PostgreSQL store ([store] url)")?;
+            RecordStore::on_postgres(&database, region).await?
+        }
+    };
     // The channels check every action when it is saved, so they come before the configuration.
     let channels = Channels::open(records.clone(), data_dir, &settings.channels)?;
     for channel in channels.types() {

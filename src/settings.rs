@@ -44,10 +44,15 @@ pub struct Settings {
     pub tls: TlsSettings,
 }
 
-/// `[store]`: how the stored configuration is sealed at rest.
+/// `[store]`: where Tocsin keeps its state, and how the stored configuration is sealed at rest.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSettings {
+    /// `sqlite` (files in the data directory) or `postgres` (one database for every process;
+    /// today the records and attempts live there).
+    pub backend: store::Backend,
+    /// The PostgreSQL URL, `postgres://user:password@host:5432/database`, with `postgres`.
+    pub url: Secret,
     /// 32 bytes in base64 that seal `config.db`; generated once into the data directory
     /// (`secret.key`) when empty.
     pub secret_key: Secret,

@@ -504,6 +504,25 @@ impl Drop for Destination {
     }
 }
 
+/// A fresh schema in the tests' PostgreSQL database (the role and database `.ci/run` creates,
+/// or `TOCSIN_TEST_POSTGRES_URL`): the `store.url` of processes that share it, and only them.
+pub async fn postgres_schema() -> String {
+    let base = std::env::var("TOCSIN_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        "postgres://tocsin_test:tocsin_test@127.0.0.1:5432/tocsin_test".to_owned()
+    });
+    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {base}: {e} (`.ci/run` starts it)"));
+    tokio::spawn(connection);
+    let schema = unique("it").replace('-', "_");
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    let separator = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{separator}options=-c%20search_path%3D{schema}")
+}
+
 /// The variable of the outbound policy's allow-list, which [`Tocsin::start`] sets to loopback
 /// unless a test sets it.
 pub const OUTBOUND_ALLOW: &str = "TOCSIN_CHANNELS_OUTBOUND_ALLOW";

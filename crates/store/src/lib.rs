@@ -1,0 +1,29 @@
+//! What Tocsin keeps, in one place, on one of two backends chosen in `[store] backend`:
+//! SQLite files in the data directory (the default: nothing to install, one process) or one
+//! PostgreSQL database that every process of a broker shares.
+//!
+//! Each concern is a module with one narrow interface and its two implementations side by side
+//! (`sqlite.rs`, `postgres.rs`); the pipeline uses the interface and never knows the backend:
+//! - [`records`]: the matched and undelivered records and the delivery attempts, behind the
+//!   consumer API, the attempts API and redelivery.
+//!
+//! [`postgres`] holds what every PostgreSQL module shares: the connection pool and the
+//! versioned migrations, applied at start under an advisory lock so that processes starting
+//! together apply each once.
+
+mod error;
+pub mod postgres;
+pub mod records;
+
+pub use error::StoreError;
+
+/// Which backend keeps the state (`[store] backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// SQLite files in the data directory.
+    #[default]
+    Sqlite,
+    /// One PostgreSQL database, `[store] url`.
+    Postgres,
+}

@@ -1,0 +1,254 @@
+use super::*;
+
+fn job(id: &str, event_type: &str, timestamp: i64, action: &str) -> DeliveryJob {
+    serde_json::from_value(serde_json::json!({
+        "event": {
+            "id": id, "eventType": event_type, "severity": "ERROR", "category": "ALERT",
+            "subject": "s", "body": "b", "eventTimestamp": timestamp,
+            "resource": {"resourceName": "db-1", "resourceType": "database"},
+            "tags": {"ans:correlationId": "c1", "ans:sourceEventId": format!("src-{id}")}
+        },
+        "acceptedAtMs": 0,
+        "action": action
+    }))
+    .unwrap()
+}
+
+fn all() -> RecordQuery {
+    RecordQuery {
+        page_size: 100,
+        ..Default::default()
+    }
+}
+
+fn region() -> Region {
+    Region {
+        name: "local".into(),
+        kind: "tocsin".into(),
+    }
+}
+
+/// The same records on each backend: a SQLite file, and a fresh schema in the tests'
+/// PostgreSQL database.
+async fn stores() -> (Vec<RecordStore>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = RecordStore::open(&dir.path().join("records.db"), region(), None).unwrap();
+    let database = crate::postgres::testing::scratch().await;
+    let postgres = RecordStore::on_postgres(&database, region()).await.unwrap();
+    (vec![sqlite, postgres], dir)
+}
+
+#[tokio::test]
+async fn records_are_idempotent_and_filtered_on_both_backends() {
+    let (stores, _dir) = stores().await;
+    for store in stores {
+        records_are_idempotent_and_filtered(store).await;
+    }
+}
+
+async fn records_are_idempotent_and_filtered(store: RecordStore) {
+    let reason = FailureReason {
+        code: 500,
+        reason: "boom".into(),
+        timestamp: 7,
+    };
+    let matched = (DeliveryStatus::Matched, &[][..]);
+    let undelivered = (DeliveryStatus::Undelivered, std::slice::from_ref(&reason));
+    // e1 on `store` twice: the repeat must change nothing.
+    for (id, event_type, time, action, (status, reasons)) in [
+        ("e1", "CPU", 100, "store", matched),
+        ("e1", "CPU", 100, "store", matched),
+        ("e1", "CPU", 100, "other", matched),
+        ("e2", "Disk", 200, "store", matched),
+        ("e3", "CPU", 300, "hook", undelivered),
+    ] {
+        let job = job(id, event_type, time, action);
+        store.record(&job, status, reasons).await.unwrap();
+    }
+
+    let matched = store.query(DeliveryStatus::Matched, all()).await.unwrap();
+    assert_eq!(matched.total, 3, "the repeated record was stored once");
+    let by_id = store
+        .query(
+            DeliveryStatus::Matched,
+            RecordQuery {
+                event_id: Some("e1".into()),
+                ..all()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_id.total, 2, "one record per action");
+    let by_type = store
+        .query(
+            DeliveryStatus::Matched,
+            RecordQuery {
+                event_type: Some("Disk".into()),
+                ..all()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_type.events[0].id, "e2");
+    // Exclusive bounds: (100;200) holds neither 100 nor 200.
+    let between = store
+        .query(
+            DeliveryStatus::Matched,
+            RecordQuery {
+                creation_time: Some((100, 200)),
+                ..all()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(between.total, 0);
+    let between = store
+        .query(
+            DeliveryStatus::Matched,
+            RecordQuery {
+                creation_time: Some((99, 201)),
+                ..all()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(between.total, 3);
+    let by_source = store
+        .query(
+            DeliveryStatus::Matched,
+            RecordQuery {
+                source_event_id: Some("src-e2".into()),
+                ..all()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_source.total, 1);
+    let paged = store
+        .query(
+            DeliveryStatus::Matched,
+            RecordQuery {
+                page: 1,
+                page_size: 2,
+                ..all()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((paged.total, paged.events.len()), (3, 1));
+
+    let undelivered = store
+        .query(DeliveryStatus::Undelivered, all())
+        .await
+        .unwrap();
+    assert_eq!(
+        undelivered.events[0].metadata.failure_reasons, None,
+        "only on request"
+    );
+    let with_reasons = store
+        .query(
+            DeliveryStatus::Undelivered,
+            RecordQuery {
+                include_failure_reasons: true,
+                ..all()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        with_reasons.events[0].metadata.failure_reasons,
+        Some(vec![reason])
+    );
+    assert_eq!(with_reasons.events[0].metadata.affected_action_id, "hook");
+    assert_eq!(with_reasons.events[0].region, "local");
+}
+
+#[tokio::test]
+async fn attempts_redelivery_and_purging_on_both_backends() {
+    let (stores, _dir) = stores().await;
+    for store in stores {
+        let outcome = |attempt, outcome, code: Option<i32>| Attempt {
+            action: "hook".into(),
+            attempt,
+            started_at_ms: 1_000 * i64::from(attempt),
+            duration_ms: 5,
+            outcome,
+            code,
+            reason: code.map(|c| format!("answered {c}")),
+        };
+        store
+            .record_attempt("e9", outcome(1, AttemptOutcome::Retrying, Some(503)))
+            .await
+            .unwrap();
+        assert!(!store.delivered("e9", "hook").await.unwrap());
+        store
+            .record_attempt("e9", outcome(2, AttemptOutcome::Delivered, None))
+            .await
+            .unwrap();
+        assert!(store.delivered("e9", "hook").await.unwrap());
+        assert!(!store.delivered("e9", "other").await.unwrap());
+        let attempts = store.attempts("e9").await.unwrap();
+        assert_eq!(
+            attempts,
+            [
+                outcome(1, AttemptOutcome::Retrying, Some(503)),
+                outcome(2, AttemptOutcome::Delivered, None)
+            ]
+        );
+
+        let reason = FailureReason {
+            code: 400,
+            reason: "no".into(),
+            timestamp: 1,
+        };
+        for id in ["u1", "u2"] {
+            store
+                .record(
+                    &job(id, "Disk", 10, "hook"),
+                    DeliveryStatus::Undelivered,
+                    std::slice::from_ref(&reason),
+                )
+                .await
+                .unwrap();
+        }
+        let picked = store
+            .undelivered(Selection {
+                event_id: Some("u2".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(picked.len(), 1);
+        assert_eq!(
+            (picked[0].event.id.as_str(), picked[0].action.as_str()),
+            ("u2", "hook")
+        );
+        store.forget(vec![picked[0].record_id]).await.unwrap();
+        let left = store
+            .undelivered(Selection {
+                action: Some("hook".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 1, "u1 is still there");
+        // Everything is older than a cutoff in the future.
+        let far = clock::now_epoch_seconds() + 3_600;
+        let mut purged = 0;
+        loop {
+            let went = store.purge_before(far, 1).await.unwrap();
+            if went == 0 {
+                break;
+            }
+            purged += went;
+        }
+        assert_eq!(
+            purged,
+            1 + 2,
+            "one record and two attempts, a row per batch"
+        );
+        assert!(store.attempts("e9").await.unwrap().is_empty());
+    }
+}
