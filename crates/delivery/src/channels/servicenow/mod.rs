@@ -27,7 +27,9 @@
 //!   create again;
 //! - an open record: a repeat or a comment adds a **work note** (`PATCH work_notes`); a close
 //!   (`ans:status` `CLOSE`) **resolves** it (`state` `resolveState`, the close code, close notes);
-//! - a resolved record: a new firing **reopens** it (`state` `reopenState` + a work note);
+//! - a resolved record: a new firing **reopens** it (`state` `reopenState` + a work note) or,
+//!   when the instance refuses (403: a closed incident is read-only) or the record is gone
+//!   (404), **creates** a new one — which a later look-up does not mistake for the old one;
 //! - a close for an unknown key looks the record up (the map may have been lost) and resolves
 //!   it if found; if there is none, there is nothing to resolve.
 //!
@@ -94,7 +96,9 @@ impl ServiceNowChannel {
         }
     }
 
-    /// Creates the record, announcing it as `Pending` first.
+    /// Creates the record, announcing it as `Pending` first. `previous` is the record this one
+    /// replaces (closed for good, not to be mistaken for the new one by a later look-up).
+    #[allow(clippy::too_many_arguments)]
     async fn create(
         &self,
         instance: &Instance,
@@ -103,10 +107,11 @@ impl ServiceNowChannel {
         scope: &str,
         key: &str,
         event: &ResourceEvent,
+        previous: Option<&str>,
     ) -> Result<(), Failure> {
         let pending = Link {
             state: LinkState::Pending,
-            target: String::new(),
+            target: previous.unwrap_or_default().to_owned(),
             last_event: event.id.clone(),
         };
         self.record(scope, key, &pending).await?;
@@ -169,8 +174,13 @@ impl ServiceNowChannel {
             .map(drop)
     }
 
-    /// The active record whose `correlation_id` is the key's, newest first.
-    async fn find(&self, instance: &Instance, key: &str) -> Result<Option<String>, Failure> {
+    /// The newest active record whose `correlation_id` is the key's, other than `previous`.
+    async fn find(
+        &self,
+        instance: &Instance,
+        key: &str,
+        previous: Option<&str>,
+    ) -> Result<Option<String>, Failure> {
         let wanted = correlation_id(key);
         let mut url = instance.table_url.clone();
         url.query_pairs_mut()
@@ -179,7 +189,7 @@ impl ServiceNowChannel {
                 &format!("correlation_id={wanted}^active=true^ORDERBYDESCsys_created_on"),
             )
             .append_pair("sysparm_fields", "sys_id,number,state,correlation_id")
-            .append_pair("sysparm_limit", "1");
+            .append_pair("sysparm_limit", "2");
         let reply = self.call(instance, Method::GET, url, None).await?;
         let answer: Value = serde_json::from_slice(&reply.body).map_err(|_| {
             Failure::transient(
@@ -194,7 +204,8 @@ impl ServiceNowChannel {
             .into_iter()
             .flatten()
             .filter(|record| record["correlation_id"] == wanted.as_str())
-            .find_map(|record| record["sys_id"].as_str().filter(|id| valid_sys_id(id)))
+            .filter_map(|record| record["sys_id"].as_str())
+            .find(|id| valid_sys_id(id) && Some(*id) != previous)
             .map(str::to_owned))
     }
 
@@ -406,7 +417,8 @@ impl Channel for ServiceNowChannel {
         let mut looked_up = false;
         if let Some(pending) = link.clone().filter(|l| l.state == LinkState::Pending) {
             looked_up = true;
-            link = match self.find(instance, key).await? {
+            let previous = Some(pending.target.as_str()).filter(|p| !p.is_empty());
+            link = match self.find(instance, key, previous).await? {
                 Some(sys_id) => {
                     let open = Link {
                         state: LinkState::Open,
@@ -427,14 +439,14 @@ impl Channel for ServiceNowChannel {
         let Some(link) = link else {
             if transition != Transition::Close {
                 return self
-                    .create(instance, rules, &entry, &scope, key, event)
+                    .create(instance, rules, &entry, &scope, key, event, None)
                     .await;
             }
             // Nothing on record: the map may have been lost, so ask the instance (unless
             // that was just done).
             let found = match looked_up {
                 true => None,
-                false => self.find(instance, key).await?,
+                false => self.find(instance, key, None).await?,
             };
             return match found {
                 Some(sys_id) => {
@@ -460,9 +472,15 @@ impl Channel for ServiceNowChannel {
             (_, _) => (json!({"work_notes": entry.text}), link.state),
         };
         match self.update(instance, sys_id, &fields).await {
-            // The record was deleted on the instance: a firing starts a new one.
-            Err(gone) if gone.code == Code::Http(404) && transition == Transition::Open => {
-                self.create(instance, rules, &entry, &scope, key, event)
+            // The record was deleted on the instance, or it is closed for good (a closed
+            // incident is read-only: 403): a firing starts a new one.
+            Err(gone)
+                if transition == Transition::Open
+                    && (gone.code == Code::Http(404)
+                        || (gone.code == Code::Http(403) && !open)) =>
+            {
+                tracing::info!(event = %event.id, sys_id, reason = %gone.reason, "ServiceNow record cannot be updated; creating a new one");
+                self.create(instance, rules, &entry, &scope, key, event, Some(sys_id))
                     .await
             }
             Err(failure) => Err(failure),

@@ -254,7 +254,7 @@ async fn a_create_whose_answer_was_lost_is_found_not_repeated() {
                 "sysparm_query",
                 "correlation_id=tocsin:db-1-disk^active=true^ORDERBYDESCsys_created_on",
             ))
-            .and(query_param("sysparm_limit", "1"))
+            .and(query_param("sysparm_limit", "2"))
             .respond_with(found(json!([{"sys_id": SYS_ID, "number": "INC0010001",
                                          "state": "1", "correlation_id": "tocsin:db-1-disk"}])))
             .expect(1)
@@ -623,4 +623,83 @@ fn properties_that_cannot_work_are_refused_and_odd_keys_are_hashed() {
         assert_eq!(id.len(), "tocsin:".len() + 64, "{odd}");
         assert_eq!(id, correlation_id(&odd), "the same key, the same id");
     }
+}
+
+/// A firing after the incident was closed for good (read-only: 403) opens a new incident; a
+/// lost answer to that create is not mistaken for the old one.
+#[tokio::test]
+async fn a_firing_after_a_final_close_opens_a_new_incident() {
+    const NEW: &str = "00000000000000000000000000000002";
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(TABLE))
+        .respond_with(created(SYS_ID))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(TABLE))
+        .respond_with(ResponseTemplate::new(502))
+        .up_to_n_times(1)
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(TABLE))
+        .respond_with(created(NEW))
+        .mount(&server)
+        .await;
+    Mock::given(method("PATCH"))
+        .and(path(format!("{TABLE}/{SYS_ID}")))
+        .and(wiremock::matchers::body_partial_json(json!({"state": "2"})))
+        .respond_with(ResponseTemplate::new(403).set_body_json(json!({
+            "error": {"message": "Operation Failed",
+                      "detail": "ACL Exception Update Failed due to security constraints"},
+            "status": "failure"})))
+        .mount(&server)
+        .await;
+    Mock::given(method("PATCH"))
+        .respond_with(updated())
+        .mount(&server)
+        .await;
+    // The look-up after the lost create sees only the old incident (still active).
+    Mock::given(method("GET"))
+        .and(path(TABLE))
+        .respond_with(found(
+            json!([{"sys_id": SYS_ID, "correlation_id": "tocsin:k"}]),
+        ))
+        .mount(&server)
+        .await;
+    let (tools, _dir) = tools();
+    let channel = ServiceNowChannel::new(tools);
+    let action = servicenow(&server, json!({}));
+    for job in [
+        alarm("e1", "k", "CREATE_OR_UPDATE", "a"),
+        alarm("e2", "k", "CLOSE", "b"),
+    ] {
+        assert_eq!(attempt(&channel, &job, &action).await, Ok(()));
+    }
+    let again = alarm("e3", "k", "CREATE_OR_UPDATE", "c");
+    let lost = attempt(&channel, &again, &action).await.unwrap_err();
+    assert_eq!(lost.code, Code::Http(502));
+    assert_eq!(attempt(&channel, &again, &action).await, Ok(()));
+    let repeat = alarm("e4", "k", "CREATE_OR_UPDATE", "d");
+    assert_eq!(attempt(&channel, &repeat, &action).await, Ok(()));
+    let sent = requests(&server).await;
+    let new = format!("{TABLE}/{NEW}");
+    let old = format!("{TABLE}/{SYS_ID}");
+    assert_eq!(
+        summary(&sent),
+        [
+            ("POST", TABLE),
+            ("PATCH", old.as_str()),
+            ("PATCH", old.as_str()),
+            ("POST", TABLE),
+            ("GET", TABLE),
+            ("POST", TABLE),
+            ("PATCH", new.as_str())
+        ],
+        "create, resolve, reopen refused, lost create, look-up (only the old one), create, note"
+    );
 }
