@@ -703,3 +703,101 @@ async fn a_firing_after_a_final_close_opens_a_new_incident() {
         "create, resolve, reopen refused, lost create, look-up (only the old one), create, note"
     );
 }
+
+/// A stand-in on a raw socket that reads the create and drops the connection without an
+/// answer (the instance made the record all the same), then answers the look-up and the work
+/// note. Returns its address and the request lines it read.
+async fn dropping_stand_in() -> (String, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                loop {
+                    // One request: headers, then `content-length` bytes of body.
+                    let mut request = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    let head_end = loop {
+                        if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        match socket.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buffer[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&request[..head_end]).to_string();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (name, value) = l.split_once(':')?;
+                            name.eq_ignore_ascii_case("content-length")
+                                .then(|| value.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    while request.len() < head_end + length {
+                        match socket.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    let line = head.lines().next().unwrap_or_default().to_owned();
+                    log.lock().unwrap().push(line.clone());
+                    let body = if line.starts_with("POST") {
+                        return; // the connection drops: no answer
+                    } else if line.starts_with("GET") {
+                        json!({"result": [{"sys_id": SYS_ID, "correlation_id": "tocsin:k"}]})
+                    } else {
+                        json!({"result": {"sys_id": SYS_ID}})
+                    }
+                    .to_string();
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if socket.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (address, seen)
+}
+
+#[tokio::test]
+async fn a_create_whose_connection_dropped_is_found_not_repeated() {
+    let (address, seen) = dropping_stand_in().await;
+    let (tools, _dir) = tools();
+    let channel = ServiceNowChannel::new(tools);
+    let action = action(
+        "sn",
+        "SERVICE_NOW",
+        json!({"instanceUrl": address, "username": "u", "password": "p"}),
+    );
+    let firing = alarm("e1", "k", "CREATE_OR_UPDATE", "a");
+    let dropped = attempt(&channel, &firing, &action).await.unwrap_err();
+    assert_eq!(
+        (dropped.code, dropped.retry),
+        (Code::Connection, Retry::OnSchedule),
+        "{}",
+        dropped.reason
+    );
+    assert_eq!(attempt(&channel, &firing, &action).await, Ok(()));
+    let repeat = alarm("e2", "k", "CREATE_OR_UPDATE", "b");
+    assert_eq!(attempt(&channel, &repeat, &action).await, Ok(()));
+    let methods: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|line| line.split(' ').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(methods, ["POST", "GET", "PATCH"], "one create only");
+}
