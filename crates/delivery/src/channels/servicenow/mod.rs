@@ -10,9 +10,9 @@
 //! `bodyTemplate` (`description`, and the work notes; default the event as text),
 //! `urgency_<SEVERITY>` and `impact_<SEVERITY>` (`1`–`3`; defaults FATAL 1/1, ERROR 2/2,
 //! WARNING 2/3, NOTICE and INFO 3/3), `assignmentGroup`, `callerId` (sys_ids),
-//! `resolveState` (default `6`), `closeCodeField` (default `close_code`; a case has
-//! `resolution_code`), `closeCode` (default `Solved (Permanently)`), `closeNotesTemplate`
-//! (default: the body), `reopenState` (default `2`), `sslTrustAll`. `password` and
+//! `resolveState` (default `6`), `closeCodeField` (default `close_code`; on a case table
+//! likely `resolution_code`, unverified), `closeCode` (default `Solved (Permanently)`),
+//! `closeNotesTemplate` (default: the body), `reopenState` (default `2`), `sslTrustAll`. `password` and
 //! `oauthClientSecret` are secrets by their names (masked).
 //!
 //! The alert key is the event's `ans:sourceEventId` (its own id when it has none); the record
