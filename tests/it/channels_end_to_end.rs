@@ -467,3 +467,175 @@ async fn delivery_status_events_are_routed_like_any_event() {
     }
     tocsin.shutdown().await;
 }
+
+/// A ServiceNow stand-in that checks the Table API shape: an alert's firing, repeat and closing
+/// events make one incident (`correlation_id` `tocsin:<key>`), a work note on it, and its
+/// resolution; the password is never shown.
+#[tokio::test]
+async fn servicenow_incident_is_created_noted_and_resolved() {
+    const SYS_ID: &str = "9d385017c611228701d22104cc95c371";
+    let server = MockServer::start().await;
+    let table = "/api/now/table/incident";
+    Mock::given(method("POST"))
+        .and(path(table))
+        .and(wiremock::matchers::basic_auth(
+            "tocsin.integration",
+            "sn-Pa55",
+        ))
+        .respond_with(ResponseTemplate::new(201).set_body_json(
+            json!({"result": {"sys_id": SYS_ID, "number": "INC0010001", "state": "1"}}),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("PATCH"))
+        .and(path(format!("{table}/{SYS_ID}")))
+        .and(wiremock::matchers::basic_auth(
+            "tocsin.integration",
+            "sn-Pa55",
+        ))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"result": {"sys_id": SYS_ID}})),
+        )
+        .expect(2)
+        .mount(&server)
+        .await;
+    let routing = json!({
+        "actions": [{"name": "sn", "type": "SERVICE_NOW", "state": "ENABLED", "properties": {
+            "instanceUrl": server.uri(), "username": "tocsin.integration",
+            "password": "sn-Pa55"}}],
+        "subscriptions": [{"name": "all", "state": "ENABLED", "conditions": [], "actions": ["sn"]}]
+    });
+    let tocsin = Tocsin::start(Backend::Embedded, &routing, &[]).await;
+    let shown: Value = tocsin
+        .get("/cf/configuration/v1/action/sn")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["properties"]["password"], "********", "{shown}");
+    for (status, subject) in [
+        ("CREATE_OR_UPDATE", "Disk full on db-1"),
+        ("CREATE_OR_UPDATE", "Disk still full on db-1"),
+        ("CLOSE", "Disk fine on db-1"),
+    ] {
+        tocsin
+            .send(&json!({
+                "eventType": "DiskFull", "severity": "FATAL", "category": "ALERT",
+                "subject": subject, "body": "/var at 100%",
+                "resource": {"resourceName": "db-1", "resourceType": "host"},
+                "tags": {"ans:sourceEventId": "db-1-disk", "ans:status": status}
+            }))
+            .await;
+    }
+    let started = Instant::now();
+    let sent: Vec<(String, Value)> = loop {
+        let received = server.received_requests().await.unwrap();
+        if received.len() >= 3 {
+            break received
+                .iter()
+                .map(|r| (r.method.to_string(), r.body_json().unwrap()))
+                .collect();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} of 3 requests\n{}",
+            received.len(),
+            tocsin.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let methods: Vec<&str> = sent.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(methods, ["POST", "PATCH", "PATCH"], "{sent:#?}");
+    let incident = &sent[0].1;
+    assert_eq!(incident["short_description"], "Disk full on db-1");
+    assert_eq!(incident["correlation_id"], "tocsin:db-1-disk");
+    assert_eq!(
+        (&incident["urgency"], &incident["impact"]),
+        (&json!("1"), &json!("1"))
+    );
+    assert!(sent[1].1["work_notes"]
+        .as_str()
+        .unwrap()
+        .starts_with("Disk still full on db-1"));
+    assert_eq!(sent[2].1["state"], "6");
+    assert_eq!(sent[2].1["close_code"], "Solved (Permanently)");
+    assert!(
+        !tocsin.log().contains("sn-Pa55"),
+        "the password is never logged"
+    );
+    tocsin.shutdown().await;
+}
+
+/// The instance creates the incident but a proxy loses its answer (502): the retry finds it by
+/// `correlation_id` instead of creating a second, and the repeat and close that waited behind
+/// it reach that incident.
+#[tokio::test]
+async fn servicenow_finds_a_create_whose_answer_was_lost() {
+    const SYS_ID: &str = "9d385017c611228701d22104cc95c371";
+    let server = MockServer::start().await;
+    let table = "/api/now/table/incident";
+    Mock::given(method("POST"))
+        .and(path(table))
+        .respond_with(ResponseTemplate::new(502).set_body_string("Bad Gateway"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(table))
+        .and(wiremock::matchers::query_param(
+            "sysparm_query",
+            "correlation_id=tocsin:db-2-disk^active=true^ORDERBYDESCsys_created_on",
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"result": [
+            {"sys_id": SYS_ID, "number": "INC0010002", "state": "1",
+             "correlation_id": "tocsin:db-2-disk"}]})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("PATCH"))
+        .and(path(format!("{table}/{SYS_ID}")))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"result": {"sys_id": SYS_ID}})),
+        )
+        .expect(2)
+        .mount(&server)
+        .await;
+    let routing = json!({
+        "actions": [{"name": "sn", "type": "SERVICE_NOW", "state": "ENABLED", "properties": {
+            "instanceUrl": server.uri(), "username": "tocsin.integration",
+            "password": "sn-Pa55", "retryInitialDelayMs": "200"}}],
+        "subscriptions": [{"name": "all", "state": "ENABLED", "conditions": [], "actions": ["sn"]}]
+    });
+    let tocsin = Tocsin::start(Backend::Embedded, &routing, &[]).await;
+    for status in ["CREATE_OR_UPDATE", "CREATE_OR_UPDATE", "CLOSE"] {
+        tocsin
+            .send(&json!({
+                "eventType": "DiskFull", "severity": "ERROR", "category": "ALERT",
+                "subject": "Disk full on db-2", "body": "/var at 100%",
+                "resource": {"resourceName": "db-2", "resourceType": "host"},
+                "tags": {"ans:sourceEventId": "db-2-disk", "ans:status": status}
+            }))
+            .await;
+    }
+    let started = Instant::now();
+    let sent: Vec<String> = loop {
+        let received = server.received_requests().await.unwrap();
+        if received.len() >= 4 {
+            break received.iter().map(|r| r.method.to_string()).collect();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} of 4 requests\n{}",
+            received.len(),
+            tocsin.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(sent, ["POST", "GET", "PATCH", "PATCH"], "one create only");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.received_requests().await.unwrap().len(), 4);
+    tocsin.shutdown().await;
+}

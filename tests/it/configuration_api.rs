@@ -619,6 +619,7 @@ async fn every_action_type_refuses_what_cannot_work() {
         "ORACLE_B2C_INCIDENT",
         "PAGERDUTY",
         "VICTOROPS",
+        "SERVICE_NOW",
     ] {
         assert!(
             types.contains(&expected),
@@ -664,6 +665,15 @@ async fn every_action_type_refuses_what_cannot_work() {
         ),
         ("VICTOROPS", "routingKey", json!("a/b"), "routingKey"),
         ("VICTOROPS", "messageType", json!("PAGE"), "messageType"),
+        ("SERVICE_NOW", "instanceUrl", Value::Null, "instanceUrl"),
+        (
+            "SERVICE_NOW",
+            "oauthClientId",
+            json!("tocsin"),
+            "oauthClientSecret",
+        ),
+        ("SERVICE_NOW", "urgency_FATAL", json!("0"), "urgency_FATAL"),
+        ("SERVICE_NOW", "table", json!("incident?x=1"), "table"),
         ("WEB_HOOK", "destination", json!("not a url"), "destination"),
         (
             "WEB_HOOK",

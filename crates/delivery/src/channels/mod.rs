@@ -13,6 +13,7 @@
 mod b2c;
 pub mod email;
 mod pagerduty;
+mod servicenow;
 mod slack;
 mod slack_threaded;
 mod store;
@@ -242,6 +243,7 @@ impl Channels {
             Arc::new(email::EmailChannel::new(tools.clone(), &settings.email)),
             Arc::new(pagerduty::PagerDutyChannel::new(tools.clone())),
             Arc::new(victorops::VictorOpsChannel::new(tools.clone())),
+            Arc::new(servicenow::ServiceNowChannel::new(tools.clone())),
             Arc::new(b2c::B2cIncidentChannel::new(tools)),
         ];
         Ok(Channels {
