@@ -25,7 +25,7 @@ pub fn store_configuration(event_type: &str) -> Value {
     json!({
         "actions": [
             {"name": "to-store", "type": "STORE", "state": "ENABLED"},
-            {"name": "to-nowhere", "type": "WEB_HOOK", "state": "ENABLED", "properties": {"destination": "http://127.0.0.1:9/refused", "retryMaxAttempts": "1"}}
+            {"name": "to-nowhere", "type": "WEB_HOOK", "state": "ENABLED", "properties": {"destination": format!("http://{}/refused", refusing_address()), "retryMaxAttempts": "1"}}
         ],
         "conditions": [
             {"name": "stored-type", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": event_type},
@@ -67,12 +67,57 @@ pub struct Tocsin {
     pub http: reqwest::Client,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback address where a connection is refused: the port is bound by this test process
+/// for its whole life but never listened on, so nothing else can take it (a fixed "nobody
+/// listens there" port, or one bound and let go, can be taken by anything).
+pub fn refusing_address() -> std::net::SocketAddr {
+    static HELD: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+    let address = HELD.get_or_init(|| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = socket.local_addr().unwrap();
+        // Held until the process ends; bound without listening, connecting to it is refused.
+        std::mem::forget(socket);
+        address
+    });
+    *address
+}
+
+/// The address in the "Tocsin is listening" line that a process logged to `log` past `from`
+/// (its own start: the file collects every start of the data directory), in either log
+/// format.
+pub fn listening_address(log: &Path, from: u64) -> Option<String> {
+    let text = std::fs::read(log).ok()?;
+    let text = String::from_utf8_lossy(text.get(from as usize..)?);
+    let line = text.lines().find(|l| l.contains("Tocsin is listening"))?;
+    let (_, rest) = line
+        .split_once("address=")
+        .or_else(|| line.split_once("\"address\":\""))?;
+    let end = rest.find(['"', ' ']).unwrap_or(rest.len());
+    Some(rest[..end].to_owned())
+}
+
+/// Waits for `child`, writing its log to `log` from offset `from`, to say where it listens:
+/// the port is the one the OS gave it (`--listen 127.0.0.1:0`), read back.
+pub async fn wait_for_listening(child: &mut Child, log: &Path, from: u64) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some(address) = listening_address(log, from) {
+            return address;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "tocsin exited with {status}:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "tocsin does not say where it listens:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn unique(label: &str) -> String {
@@ -150,7 +195,10 @@ impl Tocsin {
         let prefix = unique("bus");
         if backend == Backend::Rabbitmq {
             env.push(("TOCSIN_BUS_BACKEND".into(), "rabbitmq".into()));
-            env.push(("TOCSIN_BUS_URL".into(), amqp_uri()));
+            // A test may name its own way to the broker (a BrokerProxy).
+            if !env.iter().any(|(key, _)| key == "TOCSIN_BUS_URL") {
+                env.push(("TOCSIN_BUS_URL".into(), amqp_uri()));
+            }
             env.push(("TOCSIN_BUS_PREFIX".into(), prefix.clone()));
         }
         let mut tocsin = Tocsin {
@@ -170,22 +218,17 @@ impl Tocsin {
         tocsin
     }
 
-    /// (Re)starts the process on a fresh port with the same data directory and settings.
+    /// (Re)starts the process on a port the OS chooses, with the same data directory and
+    /// settings.
     pub async fn launch(&mut self) {
-        let port = free_port();
-        self.base = format!("{}://127.0.0.1:{port}", self.scheme);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .unwrap();
+        let from = log.metadata().unwrap().len();
         let child = tocsin_command()
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data_dir)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -193,7 +236,11 @@ impl Tocsin {
             .stderr(log)
             .spawn()
             .expect("tocsin starts");
-        self.child = Some(child);
+        // Held by self at once, so that a failed start below still kills it on drop.
+        let log_path = self.log_path();
+        let child = self.child.insert(child);
+        let address = wait_for_listening(child, &log_path, from).await;
+        self.base = format!("{}://{address}", self.scheme);
         let started = Instant::now();
         loop {
             if let Ok(r) = self.http.get(format!("{}/readyz", self.base)).send().await {
@@ -406,15 +453,24 @@ pub fn serve_to_end(data_dir: &Path, env: &[(&str, &str)]) -> std::process::Outp
     )
 }
 
-/// Counts rows of `status` in a records file, read directly (the process may be dead).
+/// Counts rows of `status` in a records file, read directly (the process may be dead). A file
+/// that is missing or cannot be read fails the test: it is not "no records".
 pub fn count_records(db: &Path, status: &str) -> i64 {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    conn.query_row(
-        "SELECT COUNT(*) FROM records WHERE status = ?1",
-        [status],
-        |r| r.get(0),
-    )
-    .unwrap_or(0)
+    use rusqlite::OpenFlags;
+    let read = || -> rusqlite::Result<i64> {
+        // Without SQLITE_OPEN_CREATE: a wrong path must not become an empty database.
+        let conn = rusqlite::Connection::open_with_flags(
+            db,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.query_row(
+            "SELECT COUNT(*) FROM records WHERE status = ?1",
+            [status],
+            |r| r.get(0),
+        )
+    };
+    read().unwrap_or_else(|e| panic!("cannot count {status} records in {}: {e}", db.display()))
 }
 
 /// One request a [`Destination`] received, and how it answered.
