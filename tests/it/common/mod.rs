@@ -556,6 +556,82 @@ impl Drop for Destination {
     }
 }
 
+/// A TCP relay between Tocsin and the test broker that the test can cut: the broker goes away
+/// for this Tocsin alone (other tests share the broker) and comes back. While cut, it drops
+/// the relayed connections and closes new ones at once; its port stays held all along.
+pub struct BrokerProxy {
+    /// The AMQP URI to give Tocsin (`TOCSIN_BUS_URL`).
+    pub uri: String,
+    cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl BrokerProxy {
+    pub async fn start() -> BrokerProxy {
+        let broker = amqp_uri();
+        let (scheme, rest) = broker.split_once("://").expect("an AMQP URI");
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (credentials, upstream) = match authority.rsplit_once('@') {
+            Some((credentials, host)) => (format!("{credentials}@"), host.to_owned()),
+            None => (String::new(), authority.to_owned()),
+        };
+        let upstream = if upstream.contains(':') {
+            upstream
+        } else {
+            format!("{upstream}:5672")
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri = format!(
+            "{scheme}://{credentials}{}/{path}",
+            listener.local_addr().unwrap()
+        );
+        let cut = std::sync::Arc::new(tokio::sync::watch::channel(false).0);
+        let server = {
+            let cut = cut.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    if *cut.borrow() {
+                        continue; // dropped: the broker is gone
+                    }
+                    let mut cutting = cut.subscribe();
+                    let upstream = upstream.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await
+                        else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cutting.wait_for(|cut| *cut) => {}
+                        }
+                    });
+                }
+            })
+        };
+        BrokerProxy { uri, cut, server }
+    }
+
+    /// The broker goes away: relayed connections break, new ones are closed at once.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// The broker is back.
+    pub fn restore(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+impl Drop for BrokerProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.server.abort();
+    }
+}
+
 /// A WEB_HOOK action to `url` with extra `properties`.
 pub fn webhook(name: &str, url: &str, properties: Value) -> Value {
     let mut all = json!({"destination": url});
