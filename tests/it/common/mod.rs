@@ -494,24 +494,42 @@ pub struct Destination {
 
 impl Destination {
     pub async fn start(rule: impl FnMut(&Value) -> u16 + Send + 'static) -> Destination {
+        Self::start_holding(Duration::ZERO, rule).await
+    }
+
+    /// A slow destination: like [`start`](Self::start), but each request is held `hold` before
+    /// it is answered. A request counts as received when it arrives, so the test sees it while
+    /// it is still in flight.
+    pub async fn start_holding(
+        hold: Duration,
+        rule: impl FnMut(&Value) -> u16 + Send + 'static,
+    ) -> Destination {
         use warp::Filter;
         let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let rule: std::sync::Arc<std::sync::Mutex<Rule>> =
             std::sync::Arc::new(std::sync::Mutex::new(Box::new(rule)));
         let route = {
             let (received, rule) = (received.clone(), rule.clone());
-            warp::any().and(warp::body::json()).map(move |body: Value| {
-                let status = (rule.lock().unwrap())(&body);
-                received.lock().unwrap().push(Received {
-                    at: Instant::now(),
-                    body,
-                    status,
-                });
-                warp::reply::with_status(
-                    warp::reply::json(&json!({"status": status})),
-                    warp::http::StatusCode::from_u16(status).unwrap(),
-                )
-            })
+            warp::any()
+                .and(warp::body::json())
+                .then(move |body: Value| {
+                    let (received, rule) = (received.clone(), rule.clone());
+                    async move {
+                        let status = (rule.lock().unwrap())(&body);
+                        received.lock().unwrap().push(Received {
+                            at: Instant::now(),
+                            body,
+                            status,
+                        });
+                        if !hold.is_zero() {
+                            tokio::time::sleep(hold).await;
+                        }
+                        warp::reply::with_status(
+                            warp::reply::json(&json!({"status": status})),
+                            warp::http::StatusCode::from_u16(status).unwrap(),
+                        )
+                    }
+                })
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
