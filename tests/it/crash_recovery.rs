@@ -123,7 +123,9 @@ async fn an_event_the_broker_cannot_take_gets_503_and_is_not_queued() {
         &configuration,
         &[
             ("TOCSIN_BUS_URL", &broker.uri),
-            ("TOCSIN_BUS_PUBLISH_TIMEOUT_MS", "1000"),
+            // The default, stated: shorter, the start itself (whose configuration import is
+            // shared over the bus) fails now and then on a busy machine.
+            ("TOCSIN_BUS_PUBLISH_TIMEOUT_MS", "5000"),
         ],
     )
     .await;
@@ -161,7 +163,7 @@ async fn an_event_the_broker_cannot_take_gets_503_and_is_not_queued() {
     );
     // It waited for the broker to come back before refusing (bus.publish_timeout_ms).
     assert!(
-        waited >= Duration::from_millis(900),
+        waited >= Duration::from_millis(4500),
         "refused after {waited:?}"
     );
 
