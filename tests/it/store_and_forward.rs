@@ -340,21 +340,27 @@ async fn sigterm_while_delivering(backend: Backend) {
         .await;
     let signalled = Instant::now();
     let status = tokio::task::block_in_place(|| tocsin.terminate());
-    let stopping = signalled.elapsed();
+    let exited = Instant::now();
     assert!(status.success(), "{backend:?}: {status}\n{}", tocsin.log());
     assert!(tocsin.log().contains("stopped cleanly"), "{}", tocsin.log());
-    // The requests that had arrived by the SIGTERM were still unanswered (held for HOLD).
-    let in_flight: Vec<String> = destination
+    // The requests that had arrived by the SIGTERM were still unanswered (held for HOLD), and
+    // the process exited only after their answers.
+    let in_flight: Vec<Received> = destination
         .received()
-        .iter()
-        .filter(|r| r.at <= signalled)
-        .map(id_of)
+        .into_iter()
+        .filter(|r| r.at <= signalled && signalled < r.at + HOLD)
         .collect();
     assert!(!in_flight.is_empty());
-    assert!(
-        stopping >= HOLD / 2,
-        "{backend:?}: stopped in {stopping:?}, without waiting for the answers in flight"
-    );
+    for r in &in_flight {
+        assert!(
+            exited >= r.at + HOLD,
+            "{backend:?}: exited {:?} after the SIGTERM, before the answer to {}",
+            exited - signalled,
+            id_of(r)
+        );
+    }
+    let in_flight: Vec<String> = in_flight.iter().map(id_of).collect();
+    let stopping = exited - signalled;
 
     tocsin.launch().await;
     destination
