@@ -4,7 +4,10 @@
 //! `/readyz` says which part is down and nothing more; `/metrics` needs the consumer scope
 //! unless made public; JSON logs carry one line per delivery outcome and no secret.
 
-use crate::common::{event, route_everything_to, webhook, Backend, Destination, Tocsin};
+use crate::common::{
+    event, refusing_address, route_everything_to, wait_for_listening, webhook, Backend,
+    Destination, Tocsin,
+};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -93,7 +96,7 @@ fn configuration() -> Value {
         "actions": [
             {"name": "to-store", "type": "STORE", "state": "ENABLED"},
             {"name": "to-nowhere", "type": "WEB_HOOK", "state": "ENABLED",
-             "properties": {"destination": "http://127.0.0.1:9/refused", "retryMaxAttempts": "1",
+             "properties": {"destination": format!("http://{}/refused", refusing_address()), "retryMaxAttempts": "1",
                             "password": "webhook-secret-w8", "username": "u"}}
         ],
         "conditions": [
@@ -480,14 +483,6 @@ async fn promtool_accepts_the_exposition_and_the_dashboard_and_alerts_read_expor
     tocsin.shutdown().await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn readyz_says_which_part_is_down_and_nothing_else() {
     // All up.
@@ -505,20 +500,13 @@ async fn readyz_says_which_part_is_down_and_nothing_else() {
     // A broker that is not there: alive, not ready, and the URL (with its password) is not
     // told to whoever asks.
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_tocsin"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
         .env("TOCSIN_BUS_BACKEND", "rabbitmq")
         .env(
             "TOCSIN_BUS_URL",
-            format!("amqp://tocsin:broker-pw-x7@127.0.0.1:{}/%2f", free_port()),
+            format!("amqp://tocsin:broker-pw-x7@{}/%2f", refusing_address()),
         )
         .env("TOCSIN_METRICS_PUBLIC", "true")
         .env("TOCSIN_LOG", "debug")
@@ -526,6 +514,10 @@ async fn readyz_says_which_part_is_down_and_nothing_else() {
         .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
         .spawn()
         .unwrap();
+    let base = format!(
+        "http://{}",
+        wait_for_listening(&mut child, &dir.path().join("log"), 0).await
+    );
     let http = reqwest::Client::new();
     let started = Instant::now();
     while !http

@@ -4,7 +4,8 @@
 //! settings at all.
 
 use crate::common::{
-    run_to_end, serve_to_end, store_configuration, tocsin_command, Backend, Tocsin,
+    refusing_address, run_to_end, serve_to_end, store_configuration, tocsin_command, Backend,
+    Tocsin,
 };
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -126,23 +127,17 @@ fn config_needs_no_server_settings() {
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("broken.toml");
     std::fs::write(&broken, "this is not toml =").unwrap();
-    // Nothing listens on port 9: the command gets as far as trying to reach the server.
+    // Nothing listens there: the command gets as far as trying to reach the server.
+    let url = format!("http://{}", refusing_address());
     let output = run_to_end(
         tocsin_command()
-            .args([
-                "config",
-                "export",
-                "--url",
-                "http://127.0.0.1:9",
-                "--password",
-                "x",
-            ])
+            .args(["config", "export", "--url", &url, "--password", "x"])
             .env("TOCSIN_SETTINGS", &broken)
             .env("TOCSIN_BUS_URI", "not a setting either"),
     );
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        stderr(&output).contains("cannot reach http://127.0.0.1:9"),
+        stderr(&output).contains(&format!("cannot reach {url}")),
         "{}",
         stderr(&output)
     );

@@ -1,8 +1,9 @@
 //! The spine, end to end on both backends: post → 202 → route → STORE → matched-events with
 //! exactly the ANS fields; unsupported actions end as undelivered records with reasons; bad
-//! input and missing credentials get clear JSON errors and store nothing.
+//! input and missing credentials get clear JSON errors and store nothing; one process per data
+//! directory.
 
-use crate::common::{event, store_configuration, Backend, Tocsin, BACKENDS};
+use crate::common::{event, serve_to_end, store_configuration, Backend, Tocsin, BACKENDS};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
@@ -485,4 +486,35 @@ async fn sigterm_stops_cleanly_on_both_backends() {
         tocsin.launch().await;
         tocsin.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn a_second_process_on_the_same_data_directory_refuses_to_start() {
+    const MATCHED: &str = "/cf/consumer/v1/matched-events";
+    let mut tocsin = Tocsin::start(Backend::Embedded, &store_configuration("Locked"), &[]).await;
+    tocsin.send(&event("Locked", "before")).await;
+    tocsin.wait_for_count(MATCHED, 1).await;
+    assert!(tocsin.data_dir.join("tocsin.lock").exists());
+
+    let second = serve_to_end(&tocsin.data_dir, &[]);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "another Tocsin process is using {}; give each process its own data_dir",
+            tocsin.data_dir.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Tocsin is listening"), "{stderr}");
+
+    // The first one goes on undisturbed.
+    tocsin.send(&event("Locked", "after")).await;
+    tocsin.wait_for_count(MATCHED, 2).await;
+    // The lock is the process's, not the file's: after a crash that leaves the file behind,
+    // the directory is free again.
+    tocsin.kill();
+    tocsin.launch().await;
+    tocsin.wait_for_count(MATCHED, 2).await;
+    tocsin.shutdown().await;
 }

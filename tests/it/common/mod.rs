@@ -25,7 +25,7 @@ pub fn store_configuration(event_type: &str) -> Value {
     json!({
         "actions": [
             {"name": "to-store", "type": "STORE", "state": "ENABLED"},
-            {"name": "to-nowhere", "type": "WEB_HOOK", "state": "ENABLED", "properties": {"destination": "http://127.0.0.1:9/refused", "retryMaxAttempts": "1"}}
+            {"name": "to-nowhere", "type": "WEB_HOOK", "state": "ENABLED", "properties": {"destination": format!("http://{}/refused", refusing_address()), "retryMaxAttempts": "1"}}
         ],
         "conditions": [
             {"name": "stored-type", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": event_type},
@@ -67,12 +67,57 @@ pub struct Tocsin {
     pub http: reqwest::Client,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback address where a connection is refused: the port is bound by this test process
+/// for its whole life but never listened on, so nothing else can take it (a fixed "nobody
+/// listens there" port, or one bound and let go, can be taken by anything).
+pub fn refusing_address() -> std::net::SocketAddr {
+    static HELD: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+    let address = HELD.get_or_init(|| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = socket.local_addr().unwrap();
+        // Held until the process ends; bound without listening, connecting to it is refused.
+        std::mem::forget(socket);
+        address
+    });
+    *address
+}
+
+/// The address in the "Tocsin is listening" line that a process logged to `log` past `from`
+/// (its own start: the file collects every start of the data directory), in either log
+/// format.
+pub fn listening_address(log: &Path, from: u64) -> Option<String> {
+    let text = std::fs::read(log).ok()?;
+    let text = String::from_utf8_lossy(text.get(from as usize..)?);
+    let line = text.lines().find(|l| l.contains("Tocsin is listening"))?;
+    let (_, rest) = line
+        .split_once("address=")
+        .or_else(|| line.split_once("\"address\":\""))?;
+    let end = rest.find(['"', ' ']).unwrap_or(rest.len());
+    Some(rest[..end].to_owned())
+}
+
+/// Waits for `child`, writing its log to `log` from offset `from`, to say where it listens:
+/// the port is the one the OS gave it (`--listen 127.0.0.1:0`), read back.
+pub async fn wait_for_listening(child: &mut Child, log: &Path, from: u64) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some(address) = listening_address(log, from) {
+            return address;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "tocsin exited with {status}:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "tocsin does not say where it listens:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn unique(label: &str) -> String {
@@ -154,7 +199,10 @@ impl Tocsin {
         let prefix = unique("bus");
         if backend == Backend::Rabbitmq {
             env.push(("TOCSIN_BUS_BACKEND".into(), "rabbitmq".into()));
-            env.push(("TOCSIN_BUS_URL".into(), amqp_uri()));
+            // A test may name its own way to the broker (a BrokerProxy).
+            if !env.iter().any(|(key, _)| key == "TOCSIN_BUS_URL") {
+                env.push(("TOCSIN_BUS_URL".into(), amqp_uri()));
+            }
             env.push(("TOCSIN_BUS_PREFIX".into(), prefix.clone()));
         }
         let mut tocsin = Tocsin {
@@ -174,22 +222,17 @@ impl Tocsin {
         tocsin
     }
 
-    /// (Re)starts the process on a fresh port with the same data directory and settings.
+    /// (Re)starts the process on a port the OS chooses, with the same data directory and
+    /// settings.
     pub async fn launch(&mut self) {
-        let port = free_port();
-        self.base = format!("{}://127.0.0.1:{port}", self.scheme);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .unwrap();
+        let from = log.metadata().unwrap().len();
         let child = tocsin_command()
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data_dir)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -197,7 +240,11 @@ impl Tocsin {
             .stderr(log)
             .spawn()
             .expect("tocsin starts");
-        self.child = Some(child);
+        // Held by self at once, so that a failed start below still kills it on drop.
+        let log_path = self.log_path();
+        let child = self.child.insert(child);
+        let address = wait_for_listening(child, &log_path, from).await;
+        self.base = format!("{}://{address}", self.scheme);
         let started = Instant::now();
         loop {
             if let Ok(r) = self.http.get(format!("{}/readyz", self.base)).send().await {
@@ -410,15 +457,24 @@ pub fn serve_to_end(data_dir: &Path, env: &[(&str, &str)]) -> std::process::Outp
     )
 }
 
-/// Counts rows of `status` in a records file, read directly (the process may be dead).
+/// Counts rows of `status` in a records file, read directly (the process may be dead). A file
+/// that is missing or cannot be read fails the test: it is not "no records".
 pub fn count_records(db: &Path, status: &str) -> i64 {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    conn.query_row(
-        "SELECT COUNT(*) FROM records WHERE status = ?1",
-        [status],
-        |r| r.get(0),
-    )
-    .unwrap_or(0)
+    use rusqlite::OpenFlags;
+    let read = || -> rusqlite::Result<i64> {
+        // Without SQLITE_OPEN_CREATE: a wrong path must not become an empty database.
+        let conn = rusqlite::Connection::open_with_flags(
+            db,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.query_row(
+            "SELECT COUNT(*) FROM records WHERE status = ?1",
+            [status],
+            |r| r.get(0),
+        )
+    };
+    read().unwrap_or_else(|e| panic!("cannot count {status} records in {}: {e}", db.display()))
 }
 
 /// One request a [`Destination`] received, and how it answered.
@@ -442,24 +498,42 @@ pub struct Destination {
 
 impl Destination {
     pub async fn start(rule: impl FnMut(&Value) -> u16 + Send + 'static) -> Destination {
+        Self::start_holding(Duration::ZERO, rule).await
+    }
+
+    /// A slow destination: like [`start`](Self::start), but each request is held `hold` before
+    /// it is answered. A request counts as received when it arrives, so the test sees it while
+    /// it is still in flight.
+    pub async fn start_holding(
+        hold: Duration,
+        rule: impl FnMut(&Value) -> u16 + Send + 'static,
+    ) -> Destination {
         use warp::Filter;
         let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let rule: std::sync::Arc<std::sync::Mutex<Rule>> =
             std::sync::Arc::new(std::sync::Mutex::new(Box::new(rule)));
         let route = {
             let (received, rule) = (received.clone(), rule.clone());
-            warp::any().and(warp::body::json()).map(move |body: Value| {
-                let status = (rule.lock().unwrap())(&body);
-                received.lock().unwrap().push(Received {
-                    at: Instant::now(),
-                    body,
-                    status,
-                });
-                warp::reply::with_status(
-                    warp::reply::json(&json!({"status": status})),
-                    warp::http::StatusCode::from_u16(status).unwrap(),
-                )
-            })
+            warp::any()
+                .and(warp::body::json())
+                .then(move |body: Value| {
+                    let (received, rule) = (received.clone(), rule.clone());
+                    async move {
+                        let status = (rule.lock().unwrap())(&body);
+                        received.lock().unwrap().push(Received {
+                            at: Instant::now(),
+                            body,
+                            status,
+                        });
+                        if !hold.is_zero() {
+                            tokio::time::sleep(hold).await;
+                        }
+                        warp::reply::with_status(
+                            warp::reply::json(&json!({"status": status})),
+                            warp::http::StatusCode::from_u16(status).unwrap(),
+                        )
+                    }
+                })
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
@@ -526,6 +600,82 @@ pub async fn postgres_schema() -> String {
 /// The variable of the outbound policy's allow-list, which [`Tocsin::start`] sets to loopback
 /// unless a test sets it.
 pub const OUTBOUND_ALLOW: &str = "TOCSIN_CHANNELS_OUTBOUND_ALLOW";
+
+/// A TCP relay between Tocsin and the test broker that the test can cut: the broker goes away
+/// for this Tocsin alone (other tests share the broker) and comes back. While cut, it drops
+/// the relayed connections and closes new ones at once; its port stays held all along.
+pub struct BrokerProxy {
+    /// The AMQP URI to give Tocsin (`TOCSIN_BUS_URL`).
+    pub uri: String,
+    cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl BrokerProxy {
+    pub async fn start() -> BrokerProxy {
+        let broker = amqp_uri();
+        let (scheme, rest) = broker.split_once("://").expect("an AMQP URI");
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (credentials, upstream) = match authority.rsplit_once('@') {
+            Some((credentials, host)) => (format!("{credentials}@"), host.to_owned()),
+            None => (String::new(), authority.to_owned()),
+        };
+        let upstream = if upstream.contains(':') {
+            upstream
+        } else {
+            format!("{upstream}:5672")
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri = format!(
+            "{scheme}://{credentials}{}/{path}",
+            listener.local_addr().unwrap()
+        );
+        let cut = std::sync::Arc::new(tokio::sync::watch::channel(false).0);
+        let server = {
+            let cut = cut.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    if *cut.borrow() {
+                        continue; // dropped: the broker is gone
+                    }
+                    let mut cutting = cut.subscribe();
+                    let upstream = upstream.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await
+                        else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cutting.wait_for(|cut| *cut) => {}
+                        }
+                    });
+                }
+            })
+        };
+        BrokerProxy { uri, cut, server }
+    }
+
+    /// The broker goes away: relayed connections break, new ones are closed at once.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// The broker is back.
+    pub fn restore(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+impl Drop for BrokerProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.server.abort();
+    }
+}
 
 /// A WEB_HOOK action to `url` with extra `properties`.
 pub fn webhook(name: &str, url: &str, properties: Value) -> Value {
