@@ -822,9 +822,13 @@ impl Consumer {
                 delivery = consumer.next() => delivery,
                 _ = link_watch.changed() => return Ok(Stop::ChannelEnded),
                 _ = self.sender.closed() => {
-                    // Stop receiving, but keep the channel open so that deliveries already
-                    // handed out can still be acked by the workers finishing them.
+                    // Stop receiving, but keep the channel open until the workers finishing
+                    // what they were handed have settled it: each delivery holds a permit
+                    // until its ack or nack is sent, and acks on a closed channel are lost
+                    // (the broker would hand those messages out again after a restart).
                     channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await?;
+                    let settled = self.permits.acquire_many(u32::from(self.prefetch)).await;
+                    drop(settled);
                     return Ok(Stop::SubscriberGone);
                 }
             };
