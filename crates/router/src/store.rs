@@ -193,6 +193,11 @@ impl ConfigStore {
     /// Adopts the newest configuration other processes broadcast, if it is newer than ours.
     /// Failures are logged: the current configuration stays in force.
     pub async fn refresh(&self) {
+        // Reading and adopting go together, one refresh at a time: the router's refresh that
+        // finds the update queue empty must not go on while the background refresher is still
+        // adopting the update it took off that queue (the router would route with the old
+        // configuration an event accepted after the change returned).
+        let _serialized = self.change_lock.lock().await;
         let updates = match self.bus.config_updates().await {
             Ok(updates) if updates.is_empty() => return,
             Ok(updates) => updates,
@@ -201,7 +206,6 @@ impl ConfigStore {
                 return;
             }
         };
-        let _serialized = self.change_lock.lock().await;
         let newest = updates
             .iter()
             .filter_map(|update| {
