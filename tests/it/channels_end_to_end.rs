@@ -34,6 +34,28 @@ fn routing(base: &str) -> Value {
     })
 }
 
+/// What `server` received, once it has at least `count` requests (30 s at most).
+async fn requests_received(
+    server: &MockServer,
+    count: usize,
+    tocsin: &Tocsin,
+) -> Vec<wiremock::Request> {
+    let started = Instant::now();
+    loop {
+        let received = server.received_requests().await.unwrap();
+        if received.len() >= count {
+            return received;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} of {count} requests\n{}",
+            received.len(),
+            tocsin.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn one_event_reaches_every_channel_and_a_refusal_is_recorded() {
     let server = MockServer::start().await;
@@ -87,20 +109,7 @@ async fn one_event_reaches_every_channel_and_a_refusal_is_recorded() {
         )
     );
 
-    let started = Instant::now();
-    let received = loop {
-        let received = server.received_requests().await.unwrap();
-        if received.len() >= 4 {
-            break received;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{} of 4 requests\n{}",
-            received.len(),
-            tocsin.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let received = requests_received(&server, 4, &tocsin).await;
     let by_path = |p: &str| {
         received
             .iter()
@@ -177,20 +186,11 @@ async fn pagerduty_follows_an_alert_under_one_dedup_key() {
             }))
             .await;
     }
-    let started = Instant::now();
-    let sent: Vec<Value> = loop {
-        let received = server.received_requests().await.unwrap();
-        if received.len() >= 2 {
-            break received.iter().map(|r| r.body_json().unwrap()).collect();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{} of 2 requests\n{}",
-            received.len(),
-            tocsin.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let sent: Vec<Value> = requests_received(&server, 2, &tocsin)
+        .await
+        .iter()
+        .map(|r| r.body_json().unwrap())
+        .collect();
     let actions: Vec<&str> = sent
         .iter()
         .map(|b| b["event_action"].as_str().unwrap())
@@ -238,20 +238,11 @@ async fn victorops_follows_an_alert_under_one_entity_id() {
             }))
             .await;
     }
-    let started = Instant::now();
-    let sent: Vec<Value> = loop {
-        let received = server.received_requests().await.unwrap();
-        if received.len() >= 2 {
-            break received.iter().map(|r| r.body_json().unwrap()).collect();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{} of 2 requests\n{}",
-            received.len(),
-            tocsin.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let sent: Vec<Value> = requests_received(&server, 2, &tocsin)
+        .await
+        .iter()
+        .map(|r| r.body_json().unwrap())
+        .collect();
     let types: Vec<&str> = sent
         .iter()
         .map(|b| b["message_type"].as_str().unwrap())
@@ -530,23 +521,11 @@ async fn servicenow_incident_is_created_noted_and_resolved() {
             }))
             .await;
     }
-    let started = Instant::now();
-    let sent: Vec<(String, Value)> = loop {
-        let received = server.received_requests().await.unwrap();
-        if received.len() >= 3 {
-            break received
-                .iter()
-                .map(|r| (r.method.to_string(), r.body_json().unwrap()))
-                .collect();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{} of 3 requests\n{}",
-            received.len(),
-            tocsin.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let sent: Vec<(String, Value)> = requests_received(&server, 3, &tocsin)
+        .await
+        .iter()
+        .map(|r| (r.method.to_string(), r.body_json().unwrap()))
+        .collect();
     let methods: Vec<&str> = sent.iter().map(|(m, _)| m.as_str()).collect();
     assert_eq!(methods, ["POST", "PATCH", "PATCH"], "{sent:#?}");
     let incident = &sent[0].1;
@@ -620,20 +599,11 @@ async fn servicenow_finds_a_create_whose_answer_was_lost() {
             }))
             .await;
     }
-    let started = Instant::now();
-    let sent: Vec<String> = loop {
-        let received = server.received_requests().await.unwrap();
-        if received.len() >= 4 {
-            break received.iter().map(|r| r.method.to_string()).collect();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{} of 4 requests\n{}",
-            received.len(),
-            tocsin.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let sent: Vec<String> = requests_received(&server, 4, &tocsin)
+        .await
+        .iter()
+        .map(|r| r.method.to_string())
+        .collect();
     assert_eq!(sent, ["POST", "GET", "PATCH", "PATCH"], "one create only");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(server.received_requests().await.unwrap().len(), 4);

@@ -64,6 +64,26 @@ pub struct Link {
     pub last_event: String,
 }
 
+impl Link {
+    /// What a destination holds for an alert: `target`, in `state`, as of `event`.
+    pub fn new(state: LinkState, target: impl ToString, event: &model::ResourceEvent) -> Link {
+        Link {
+            state,
+            target: target.to_string(),
+            last_event: event.id.clone(),
+        }
+    }
+}
+
+/// A failure of the link map (`what` names it in the reason): Tocsin's own storage, worth
+/// retrying.
+pub fn unavailable(what: &str, error: impl std::fmt::Display) -> crate::failure::Failure {
+    crate::failure::Failure::transient(
+        crate::failure::Code::LocalStorage,
+        format!("{what}: {error}"),
+    )
+}
+
 /// A (scope, key) pair.
 type LinkId = (String, String);
 

@@ -171,7 +171,10 @@ impl Channel for SlackThreadedChannel {
         let scope = format!("{}|{}", action.name, to.channel);
         let links = &self.tools.links;
         let _working_on_key = links.lock(&scope, key).await;
-        let thread = links.get(&scope, key).await.map_err(local)?;
+        let thread = links
+            .get(&scope, key)
+            .await
+            .map_err(|e| crate::links::unavailable("the Slack thread map", e))?;
         if thread.as_ref().is_some_and(|t| t.last_event == event.id) {
             return Ok(()); // a redelivered job: its effect is on record
         }
@@ -207,13 +210,11 @@ impl Channel for SlackThreadedChannel {
             target: format!("{} {}", thread.channel, thread.ts),
             last_event: event.id.clone(),
         };
-        links.put(&scope, key, &link).await.map_err(local)
+        links
+            .put(&scope, key, &link)
+            .await
+            .map_err(|e| crate::links::unavailable("the Slack thread map", e))
     }
-}
-
-/// The link map failed: Tocsin's own storage, worth retrying.
-fn local(error: storage::StorageError) -> Failure {
-    Failure::transient(Code::LocalStorage, format!("the Slack thread map: {error}"))
 }
 
 #[cfg(test)]

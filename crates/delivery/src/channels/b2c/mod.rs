@@ -41,7 +41,7 @@ use super::{Channel, Tools};
 use crate::failure::{Code, Failure, Retry};
 use crate::http::Reply;
 use crate::lifecycle::Transition;
-use crate::links::{Link, LinkState};
+use crate::links::{self, Link, LinkState};
 use crate::properties::{Properties, PropertyError};
 use crate::templates::{Scope, EVENT_AS_TEXT};
 pub use config::B2cConfig;
@@ -143,7 +143,7 @@ impl B2cIncidentChannel {
                 )
             })?;
         tracing::info!(event = %event.id, incident = id, "B2C incident created");
-        self.record(scope, key, &link_to(LinkState::Open, id, event))
+        self.record(scope, key, &Link::new(LinkState::Open, id, event))
             .await
     }
 
@@ -278,7 +278,11 @@ impl B2cIncidentChannel {
     }
 
     async fn record(&self, scope: &str, key: &str, link: &Link) -> Result<(), Failure> {
-        self.tools.links.put(scope, key, link).await.map_err(local)
+        self.tools
+            .links
+            .put(scope, key, link)
+            .await
+            .map_err(|e| links::unavailable("the incident link map", e))
     }
 }
 
@@ -326,7 +330,10 @@ impl Channel for B2cIncidentChannel {
         let links = &self.tools.links;
         let _working_on_key = links.lock(&scope, key).await;
 
-        let mut link = links.get(&scope, key).await.map_err(local)?;
+        let mut link = links
+            .get(&scope, key)
+            .await
+            .map_err(|e| links::unavailable("the incident link map", e))?;
         if let Some(known) = &link {
             if known.state != LinkState::Pending && known.last_event == event.id {
                 return Ok(()); // a redelivered job: its effect is on record
@@ -371,7 +378,7 @@ impl Channel for B2cIncidentChannel {
                 Some(id) => {
                     self.update(site, id, &incident, Some(&incident.status_ok))
                         .await?;
-                    self.record(&scope, key, &link_to(LinkState::Closed, id, event))
+                    self.record(&scope, key, &Link::new(LinkState::Closed, id, event))
                         .await
                 }
                 None => {
@@ -381,10 +388,10 @@ impl Channel for B2cIncidentChannel {
             };
         };
         let id: i64 = link.target.parse().map_err(|_| {
-            local(format!(
-                "the link map holds `{}` as an incident id",
-                link.target
-            ))
+            links::unavailable(
+                "the incident link map",
+                format!("the link map holds `{}` as an incident id", link.target),
+            )
         })?;
         let open = link.state == LinkState::Open;
         let (status, state) = match (transition, open) {
@@ -406,7 +413,7 @@ impl Channel for B2cIncidentChannel {
                 self.create(site, &incident, &scope, key, event, None).await
             }
             Err(failure) => Err(failure),
-            Ok(()) => self.record(&scope, key, &link_to(state, id, event)).await,
+            Ok(()) => self.record(&scope, key, &Link::new(state, id, event)).await,
         }
     }
 }
@@ -443,22 +450,6 @@ fn error_detail(reply: &Reply) -> String {
     } else {
         crate::templates::limit(&text, 300)
     }
-}
-
-fn link_to(state: LinkState, id: i64, event: &ResourceEvent) -> Link {
-    Link {
-        state,
-        target: id.to_string(),
-        last_event: event.id.clone(),
-    }
-}
-
-/// The link map failed: Tocsin's own storage, worth retrying.
-fn local(error: impl ToString) -> Failure {
-    Failure::transient(
-        Code::LocalStorage,
-        format!("the incident link map: {}", error.to_string()),
-    )
 }
 
 #[cfg(test)]

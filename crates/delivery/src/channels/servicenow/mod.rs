@@ -44,7 +44,7 @@ use super::{Channel, Tools};
 use crate::failure::{Code, Failure};
 use crate::http::Reply;
 use crate::lifecycle::Transition;
-use crate::links::{Link, LinkState};
+use crate::links::{self, Link, LinkState};
 use crate::properties::{Properties, PropertyError};
 use crate::templates::{Format, Scope, EVENT_AS_TEXT};
 pub use config::ServiceNowConfig;
@@ -157,7 +157,7 @@ impl ServiceNowChannel {
             sys_id,
             "ServiceNow record created"
         );
-        self.record(scope, key, &link_to(LinkState::Open, sys_id, event))
+        self.record(scope, key, &Link::new(LinkState::Open, sys_id, event))
             .await
     }
 
@@ -358,7 +358,11 @@ impl ServiceNowChannel {
     }
 
     async fn record(&self, scope: &str, key: &str, link: &Link) -> Result<(), Failure> {
-        self.tools.links.put(scope, key, link).await.map_err(local)
+        self.tools
+            .links
+            .put(scope, key, link)
+            .await
+            .map_err(|e| links::unavailable("the ServiceNow link map", e))
     }
 }
 
@@ -408,7 +412,10 @@ impl Channel for ServiceNowChannel {
         let links = &self.tools.links;
         let _working_on_key = links.lock(&scope, key).await;
 
-        let mut link = links.get(&scope, key).await.map_err(local)?;
+        let mut link = links
+            .get(&scope, key)
+            .await
+            .map_err(|e| links::unavailable("the ServiceNow link map", e))?;
         if let Some(known) = &link {
             if known.state != LinkState::Pending && known.last_event == event.id {
                 return Ok(()); // a redelivered job: its effect is on record
@@ -452,7 +459,7 @@ impl Channel for ServiceNowChannel {
                 Some(sys_id) => {
                     self.update(instance, &sys_id, &Self::resolution(rules, &entry))
                         .await?;
-                    self.record(&scope, key, &link_to(LinkState::Closed, &sys_id, event))
+                    self.record(&scope, key, &Link::new(LinkState::Closed, &sys_id, event))
                         .await
                 }
                 None => {
@@ -485,7 +492,7 @@ impl Channel for ServiceNowChannel {
             }
             Err(failure) => Err(failure),
             Ok(()) => {
-                self.record(&scope, key, &link_to(state, sys_id, event))
+                self.record(&scope, key, &Link::new(state, sys_id, event))
                     .await
             }
         }
@@ -562,22 +569,6 @@ fn oauth_error(answer: &Value, reply: &Reply) -> String {
     } else {
         crate::templates::limit(&text, 300)
     }
-}
-
-fn link_to(state: LinkState, sys_id: &str, event: &ResourceEvent) -> Link {
-    Link {
-        state,
-        target: sys_id.to_owned(),
-        last_event: event.id.clone(),
-    }
-}
-
-/// The link map failed: Tocsin's own storage, worth retrying.
-fn local(error: impl ToString) -> Failure {
-    Failure::transient(
-        Code::LocalStorage,
-        format!("the ServiceNow link map: {}", error.to_string()),
-    )
 }
 
 #[cfg(test)]
