@@ -314,7 +314,10 @@ impl Help {
             let mut command = without_settings(tocsin_command());
             command.args(path).arg("--help");
             let output = run_to_end(&mut command);
-            assert!(output.status.success(), "tocsin {path:?} --help: {output:?}");
+            assert!(
+                output.status.success(),
+                "tocsin {path:?} --help: {output:?}"
+            );
             String::from_utf8(output.stdout).unwrap()
         })
     }
@@ -446,7 +449,10 @@ fn every_cli_example_names_real_subcommands_and_flags() {
                     }
                 }
             }
-            assert!(!path.is_empty(), "{place}: a tocsin command without a subcommand");
+            assert!(
+                !path.is_empty(),
+                "{place}: a tocsin command without a subcommand"
+            );
             checked += 1;
         }
     }
@@ -558,7 +564,11 @@ fn every_link_points_to_a_page_and_heading() {
                 "{place}: it leaves the book, so the built book cannot follow it; name the file as code instead"
             );
             let full = repository().join(&linked);
-            assert!(full.exists(), "{place}: {} does not exist", linked.display());
+            assert!(
+                full.exists(),
+                "{place}: {} does not exist",
+                linked.display()
+            );
             if !anchor.is_empty() {
                 assert!(
                     linked.extension().is_some_and(|e| e == "md"),
