@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// mimalloc: bursts delivered more with it, inside the noise; CPU per event at a fixed rate was
-/// the same (README, Performance).
+/// the same (docs/src/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

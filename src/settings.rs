@@ -168,7 +168,7 @@ pub struct StageSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
-    /// API clients; with none, Tocsin generates one at first start (see the README).
+    /// API clients; with none, Tocsin generates one at first start (docs/src/security.md).
     #[serde(skip_serializing)]
     pub clients: Vec<Client>,
     /// Key that signs bearer tokens; generated into the data directory when empty. Set the same

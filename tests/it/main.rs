@@ -9,6 +9,7 @@ mod config_at_rest;
 mod configuration_api;
 mod crash_recovery;
 mod dead_letters;
+mod docs_examples;
 mod https;
 mod image;
 mod observability;

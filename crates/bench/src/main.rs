@@ -19,7 +19,7 @@
 mod ceiling;
 mod pipeline;
 
-/// The same allocator as Tocsin (README, Performance: measured with it in).
+/// The same allocator as Tocsin (docs/src/performance.md: measured with it in).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

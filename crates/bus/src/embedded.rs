@@ -133,7 +133,7 @@ impl EmbeddedBus {
     /// ([`crate::DEFAULT_DELIVERY_LIMIT`]).
     pub fn open(path: &Path, observer: Option<CommitObserver>) -> Result<Self, BusError> {
         // Each commit costs an fsync: under load, lingering a moment for company halves the
-        // commits (README, Performance), and a lone writer is not held up.
+        // commits (docs/src/performance.md), and a lone writer is not held up.
         let db = Database::open_lingering(path, MIGRATIONS, Durability::Full, observer, LINGER)?;
         let last_id_at_start = {
             let mut conn = rusqlite::Connection::open(path).map_err(storage::StorageError::from)?;

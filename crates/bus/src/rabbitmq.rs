@@ -68,7 +68,7 @@ pub struct RabbitSettings {
 }
 
 /// How long a batch of publishes waits for more under load: the broker's work is per message,
-/// so larger messages leave it more of the machine (README, Performance).
+/// so larger messages leave it more of the machine (docs/src/performance.md).
 const PUBLISH_LINGER: Duration = Duration::from_millis(1);
 
 /// The delays a message can wait for in one go, in milliseconds.

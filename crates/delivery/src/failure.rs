@@ -1,7 +1,8 @@
 //! Why a delivery attempt failed: a [`Code`] (the destination's own status, or one of Tocsin's
 //! 901–908), a reason fit for the undelivered record (never a secret), and whether trying again
 //! can help ([`Retry`]). The code also says what kind of failure the metrics count it as: this
-//! is the one table of Tocsin's codes (the README's failure-code table describes it).
+//! is the one table of Tocsin's codes (the failure-code table of docs/src/concepts.md
+//! describes it).
 
 use metrics::FailureKind;
 use std::time::Duration;
@@ -129,7 +130,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codes_are_numbered_and_counted_as_the_readme_says() {
+    fn codes_are_numbered_and_counted_as_the_docs_say() {
         let table = [
             (Code::Http(401), 401, "auth_error"),
             (Code::Http(429), 429, "rate_limited"),

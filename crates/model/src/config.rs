@@ -160,8 +160,8 @@ pub struct Configuration {
     pub subscriptions: Vec<Subscription>,
 }
 
-/// Documented limits on what a configuration may hold (the README lists them): beyond them a
-/// save is refused, so that a pasted log or a runaway script cannot bloat every snapshot.
+/// Documented limits on what a configuration may hold (docs/src/routing.md lists them): beyond
+/// them a save is refused, so that a pasted log or a runaway script cannot bloat every snapshot.
 pub mod limits {
     /// Characters in the name of an action, condition or subscription.
     pub const NAME: usize = 128;

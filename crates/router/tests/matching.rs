@@ -1,6 +1,6 @@
 //! The matcher against the rules: a table per predicate, the combination rule with and without
 //! `mandatory`, and a property test comparing the indexed matcher with a plain reference
-//! implementation of the README's rule on random configurations and events.
+//! implementation of the matching rule of docs/src/routing.md on random configurations and events.
 
 use model::config::{Predicate, PropertyKey, State};
 use model::{Catalog, Configuration, ResourceEvent};
@@ -245,7 +245,7 @@ const KEYS: &[&str] = &[
 ];
 const VALUES: &[&str] = &["A", "B", "AB", "1", "5", "10", "", "ERROR"];
 
-/// The README's rule, evaluated directly: no indexes, no compilation.
+/// The documented rule (docs/src/routing.md), evaluated directly: no indexes, no compilation.
 fn reference(configuration: &Configuration, event: &ResourceEvent, now: i64) -> Vec<String> {
     let holds = |name: &str| {
         let c = configuration

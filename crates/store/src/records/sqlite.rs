@@ -94,8 +94,8 @@ impl SqliteRecords {
         // Records can be re-derived by redelivery until their job is acked, and the ack comes
         // after the commit; losing the OS buffer in a power cut is the only window.
         // Every job writes here, and a record touches eight indexes: lingering a moment per
-        // commit cut the WAL bytes per record several times over under load (README,
-        // Performance). Nothing on the delivery path waits for it.
+        // commit cut the WAL bytes per record several times over under load
+        // (docs/src/performance.md). Nothing on the delivery path waits for it.
         let db = Database::open_lingering(
             path,
             MIGRATIONS,

@@ -11,7 +11,7 @@
 //! One message becomes one event whose identity is the `dedupeKey` (the alarm, or in split mode
 //! the alarm and one metric stream): its `ans:status` says whether it opens or updates
 //! (OK_TO_FIRING, REPEAT), closes (FIRING_TO_OK, RESET) or only comments (any other type) the
-//! chain. The README's "Sources" section has the full mapping table.
+//! chain. docs/src/sources/oci.md has the full mapping table.
 
 use super::Delivery;
 use crate::sources::{from_value, invalid, required_text};
