@@ -147,6 +147,26 @@ async fn one_event_reaches_every_channel_and_a_refusal_is_recorded() {
     tocsin.shutdown().await;
 }
 
+/// Sends the firing and then the closing event of one alert (`db-1-disk`, of `severity`) and
+/// returns the two JSON bodies the stand-in received.
+async fn open_then_close(tocsin: &Tocsin, server: &MockServer, severity: &str) -> Vec<Value> {
+    for status in ["CREATE_OR_UPDATE", "CLOSE"] {
+        tocsin
+            .send(&json!({
+                "eventType": "DiskFull", "severity": severity, "category": "ALERT",
+                "subject": "Disk full on db-1", "body": "/var at 100%",
+                "resource": {"resourceName": "db-1", "resourceType": "host"},
+                "tags": {"ans:sourceEventId": "db-1-disk", "ans:status": status}
+            }))
+            .await;
+    }
+    requests_received(server, 2, tocsin)
+        .await
+        .iter()
+        .map(|r| r.body_json().unwrap())
+        .collect()
+}
+
 /// A PagerDuty stand-in that checks the Events API v2 shape: an alert's firing and closing
 /// events reach one PagerDuty alert (trigger, then resolve, one `dedup_key`), and the routing
 /// key is never shown.
@@ -176,21 +196,7 @@ async fn pagerduty_follows_an_alert_under_one_dedup_key() {
         .await
         .unwrap();
     assert_eq!(shown["properties"]["routingKey"], "********", "{shown}");
-    for status in ["CREATE_OR_UPDATE", "CLOSE"] {
-        tocsin
-            .send(&json!({
-                "eventType": "DiskFull", "severity": "FATAL", "category": "ALERT",
-                "subject": "Disk full on db-1", "body": "/var at 100%",
-                "resource": {"resourceName": "db-1", "resourceType": "host"},
-                "tags": {"ans:sourceEventId": "db-1-disk", "ans:status": status}
-            }))
-            .await;
-    }
-    let sent: Vec<Value> = requests_received(&server, 2, &tocsin)
-        .await
-        .iter()
-        .map(|r| r.body_json().unwrap())
-        .collect();
+    let sent = open_then_close(&tocsin, &server, "FATAL").await;
     let actions: Vec<&str> = sent
         .iter()
         .map(|b| b["event_action"].as_str().unwrap())
@@ -228,21 +234,7 @@ async fn victorops_follows_an_alert_under_one_entity_id() {
         "subscriptions": [{"name": "all", "state": "ENABLED", "conditions": [], "actions": ["vo"]}]
     });
     let tocsin = Tocsin::start(Backend::Embedded, &routing, &[]).await;
-    for status in ["CREATE_OR_UPDATE", "CLOSE"] {
-        tocsin
-            .send(&json!({
-                "eventType": "DiskFull", "severity": "ERROR", "category": "ALERT",
-                "subject": "Disk full on db-1", "body": "/var at 100%",
-                "resource": {"resourceName": "db-1", "resourceType": "host"},
-                "tags": {"ans:sourceEventId": "db-1-disk", "ans:status": status}
-            }))
-            .await;
-    }
-    let sent: Vec<Value> = requests_received(&server, 2, &tocsin)
-        .await
-        .iter()
-        .map(|r| r.body_json().unwrap())
-        .collect();
+    let sent = open_then_close(&tocsin, &server, "ERROR").await;
     let types: Vec<&str> = sent
         .iter()
         .map(|b| b["message_type"].as_str().unwrap())

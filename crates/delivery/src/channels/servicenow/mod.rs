@@ -540,28 +540,24 @@ fn result(reply: &Reply) -> Value {
 /// What the instance said went wrong: `error.message: error.detail` from its JSON error
 /// envelope, else the start of the body.
 fn error_detail(reply: &Reply) -> String {
-    let Ok(answer) = serde_json::from_slice::<Value>(&reply.body) else {
-        return reply.quote();
-    };
-    let part = |name: &str| answer["error"][name].as_str().unwrap_or_default().trim();
-    let text = [part("message"), part("detail")]
-        .into_iter()
-        .filter(|p| !p.is_empty())
-        .collect::<Vec<_>>()
-        .join(": ");
-    if text.is_empty() {
-        reply.quote()
-    } else {
-        crate::templates::limit(&text, 300)
+    match serde_json::from_slice::<Value>(&reply.body) {
+        Ok(answer) => joined(&answer["error"], ["message", "detail"], reply),
+        Err(_) => reply.quote(),
     }
 }
 
 /// What the token endpoint said: OAuth's `error` and `error_description`.
 fn oauth_error(answer: &Value, reply: &Reply) -> String {
-    let part = |name: &str| answer[name].as_str().unwrap_or_default().trim();
-    let text = [part("error"), part("error_description")]
-        .into_iter()
-        .filter(|p| !p.is_empty())
+    joined(answer, ["error", "error_description"], reply)
+}
+
+/// The non-empty text `fields` of `object`, joined by `: ` (cut to 300 characters), or the start
+/// of the body when there is none.
+fn joined(object: &Value, fields: [&str; 2], reply: &Reply) -> String {
+    let text = fields
+        .iter()
+        .map(|name| object[*name].as_str().unwrap_or_default().trim())
+        .filter(|part| !part.is_empty())
         .collect::<Vec<_>>()
         .join(": ");
     if text.is_empty() {
