@@ -57,18 +57,16 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         name: settings.region.clone(),
         kind: settings.region_type.clone(),
     };
-    let records = match settings.store.backend {
-        store::Backend::Sqlite => RecordStore::open(
-            &data_dir.join("records.db"),
+    let location = store::Location::open(settings.store.backend, data_dir, &settings.store.url.0)
+        .await
+        .context("cannot open the store ([store] backend and url)")?;
+    let records = match &location {
+        store::Location::Sqlite(dir) => RecordStore::open(
+            &dir.join("records.db"),
             region,
             Some(metrics.commit_observer("records")),
         )?,
-        store::Backend::Postgres => {
-            let database = store::postgres::Postgres::connect(&settings.store.url.0)
-                .await
-                .context("cannot use the PostgreSQL store ([store] url)")?;
-            RecordStore::on_postgres(&database, region).await?
-        }
+        store::Location::Postgres(database) => RecordStore::on_postgres(database, region).await?,
     };
     // The channels check every action when it is saved, so they come before the configuration.
     let channels = Channels::open(records.clone(), data_dir, &settings.channels)?;

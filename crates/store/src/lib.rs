@@ -17,6 +17,29 @@ pub mod records;
 
 pub use error::StoreError;
 
+use std::path::{Path, PathBuf};
+
+/// Where the state lives, opened once at start and handed to every module's `open`: the data
+/// directory (each module its own SQLite file in it) or the shared PostgreSQL database.
+#[derive(Clone)]
+pub enum Location {
+    /// The data directory of this process.
+    Sqlite(PathBuf),
+    /// The database every process of the broker shares.
+    Postgres(postgres::Postgres),
+}
+
+impl Location {
+    /// The data directory, or the database at `url` (connected once, so a wrong URL or
+    /// password stops the start with its reason).
+    pub async fn open(backend: Backend, data_dir: &Path, url: &str) -> Result<Self, StoreError> {
+        Ok(match backend {
+            Backend::Sqlite => Location::Sqlite(data_dir.to_owned()),
+            Backend::Postgres => Location::Postgres(postgres::Postgres::connect(url).await?),
+        })
+    }
+}
+
 /// Which backend keeps the state (`[store] backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
