@@ -5,6 +5,8 @@ use super::{Attempt, AttemptOutcome, Filter, NewRecord, Param, RecordQuery, Row,
 use crate::postgres::Postgres;
 use crate::StoreError;
 use model::DeliveryStatus;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_postgres::types::ToSql;
 
 /// The schema, as migrations (append only).
@@ -53,48 +55,40 @@ const MIGRATIONS: &[&str] = &["
 #[derive(Clone)]
 pub(super) struct PostgresRecords {
     database: Postgres,
+    writes: mpsc::Sender<Write>,
+}
+
+/// Rows written together at most, records and attempts counted alike.
+const MAX_BATCH: usize = 512;
+/// Batches written at once, each on its own connection: while some commit, the next one grows.
+const IN_FLIGHT: usize = 4;
+/// How long a batch waits for company while writes come in groups (never for a lone writer).
+const LINGER: Duration = Duration::from_millis(1);
+
+/// One row to write and who waits for it.
+struct Write {
+    row: NewRow,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+enum NewRow {
+    Record(NewRecord),
+    Attempt { event_id: String, attempt: Attempt },
 }
 
 impl PostgresRecords {
     pub(super) async fn open(database: &Postgres) -> Result<Self, StoreError> {
         database.migrate("records", MIGRATIONS).await?;
+        let (writes, pending) = mpsc::channel(MAX_BATCH * IN_FLIGHT);
+        tokio::spawn(write_batches(database.clone(), pending));
         Ok(PostgresRecords {
             database: database.clone(),
+            writes,
         })
     }
 
     pub(super) async fn record(&self, r: NewRecord) -> Result<(), StoreError> {
-        let client = self.database.client().await?;
-        let insert = client
-            .prepare_cached(
-                "INSERT INTO records (event_id, action, status, cache_time, event_time, \
-                 severity, category, event_type, resource_name, correlation_id, \
-                 source_event_id, event, failure_reasons) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-                 ON CONFLICT (event_id, action, status) DO NOTHING",
-            )
-            .await?;
-        client
-            .execute(
-                &insert,
-                &[
-                    &r.event_id,
-                    &r.action,
-                    &r.status,
-                    &r.cache_time,
-                    &r.event_time,
-                    &r.severity,
-                    &r.category,
-                    &r.event_type,
-                    &r.resource_name,
-                    &r.correlation_id,
-                    &r.source_event_id,
-                    &r.event,
-                    &r.failure_reasons,
-                ],
-            )
-            .await?;
-        Ok(())
+        self.write(NewRow::Record(r)).await
     }
 
     pub(super) async fn record_attempt(
@@ -102,30 +96,25 @@ impl PostgresRecords {
         event_id: &str,
         attempt: Attempt,
     ) -> Result<(), StoreError> {
-        let client = self.database.client().await?;
-        let insert = client
-            .prepare_cached(
-                "INSERT INTO attempts (event_id, action, attempt, started_at_ms, duration_ms, \
-                 outcome, code, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .await?;
-        let number = attempt.attempt as i32;
-        client
-            .execute(
-                &insert,
-                &[
-                    &event_id,
-                    &attempt.action,
-                    &number,
-                    &attempt.started_at_ms,
-                    &attempt.duration_ms,
-                    &attempt.outcome.as_str(),
-                    &attempt.code,
-                    &attempt.reason,
-                ],
-            )
-            .await?;
-        Ok(())
+        self.write(NewRow::Attempt {
+            event_id: event_id.to_owned(),
+            attempt,
+        })
+        .await
+    }
+
+    /// Hands `row` to the batch writer and waits until it is committed.
+    async fn write(&self, row: NewRow) -> Result<(), StoreError> {
+        let (done, written) = oneshot::channel();
+        let gone = || StoreError::Invalid("the records writer has stopped".into());
+        self.writes
+            .send(Write { row, done })
+            .await
+            .map_err(|_| gone())?;
+        written
+            .await
+            .map_err(|_| gone())?
+            .map_err(StoreError::Invalid)
     }
 
     pub(super) async fn delivered(&self, event_id: &str, action: &str) -> Result<bool, StoreError> {
@@ -271,5 +260,179 @@ impl PostgresRecords {
             })
             .collect();
         Ok((total as u64, rows))
+    }
+}
+
+/// Writes rows in batches: each round takes what has arrived (lingering a moment while writes
+/// come in groups) and writes it in one statement — one round trip and one commit for up to
+/// [`MAX_BATCH`] rows, where one row each made the commit the bound on throughput. A batch that
+/// fails is written again row by row, so that one row the database refuses fails alone.
+async fn write_batches(database: Postgres, mut pending: mpsc::Receiver<Write>) {
+    let in_flight = std::sync::Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut linger = storage::Linger::new(LINGER);
+    let mut gathered = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let Ok(room) = std::sync::Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
+        if pending.recv_many(&mut gathered, MAX_BATCH).await == 0 {
+            return;
+        }
+        if let Some(wait) = linger.wait_for_company(gathered.len(), MAX_BATCH) {
+            tokio::time::sleep(wait).await;
+            while gathered.len() < MAX_BATCH {
+                match pending.try_recv() {
+                    Ok(write) => gathered.push(write),
+                    Err(_) => break,
+                }
+            }
+        }
+        let batch = std::mem::replace(&mut gathered, Vec::with_capacity(MAX_BATCH));
+        let database = database.clone();
+        tokio::spawn(async move {
+            write_batch(&database, batch).await;
+            drop(room);
+        });
+    }
+}
+
+async fn write_batch(database: &Postgres, batch: Vec<Write>) {
+    let (rows, waiting): (Vec<NewRow>, Vec<_>) = batch.into_iter().map(|w| (w.row, w.done)).unzip();
+    match insert(database, &rows).await {
+        Err(_) if rows.len() > 1 => {
+            for (row, done) in rows.into_iter().zip(waiting) {
+                let outcome = insert(database, std::slice::from_ref(&row)).await;
+                let _ = done.send(outcome.map_err(|e| e.to_string()));
+            }
+        }
+        outcome => {
+            let outcome = outcome.map_err(|e| e.to_string());
+            for done in waiting {
+                let _ = done.send(outcome.clone());
+            }
+        }
+    }
+}
+
+/// Inserts `rows` in one statement: the records (a duplicate outcome changes nothing) and the
+/// attempts, each column passed as an array and unnested, in one transaction.
+async fn insert(database: &Postgres, rows: &[NewRow]) -> Result<(), StoreError> {
+    let mut records = RecordColumns::default();
+    let mut attempts = AttemptColumns::default();
+    for row in rows {
+        match row {
+            NewRow::Record(r) => records.push(r),
+            NewRow::Attempt { event_id, attempt } => attempts.push(event_id, attempt),
+        }
+    }
+    let client = database.client().await?;
+    let statement = client
+        .prepare_cached(
+            "WITH new_records AS ( \
+                 INSERT INTO records (event_id, action, status, cache_time, event_time, severity, \
+                 category, event_type, resource_name, correlation_id, source_event_id, event, \
+                 failure_reasons) \
+                 SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], \
+                 $5::BIGINT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], \
+                 $11::TEXT[], $12::TEXT[], $13::TEXT[]) \
+                 ON CONFLICT (event_id, action, status) DO NOTHING) \
+             INSERT INTO attempts (event_id, action, attempt, started_at_ms, duration_ms, \
+             outcome, code, reason) \
+             SELECT * FROM unnest($14::TEXT[], $15::TEXT[], $16::INTEGER[], $17::BIGINT[], \
+             $18::BIGINT[], $19::TEXT[], $20::INTEGER[], $21::TEXT[])",
+        )
+        .await?;
+    let r = &records;
+    let a = &attempts;
+    client
+        .execute(
+            &statement,
+            &[
+                &r.event_id,
+                &r.action,
+                &r.status,
+                &r.cache_time,
+                &r.event_time,
+                &r.severity,
+                &r.category,
+                &r.event_type,
+                &r.resource_name,
+                &r.correlation_id,
+                &r.source_event_id,
+                &r.event,
+                &r.failure_reasons,
+                &a.event_id,
+                &a.action,
+                &a.attempt,
+                &a.started_at_ms,
+                &a.duration_ms,
+                &a.outcome,
+                &a.code,
+                &a.reason,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The records of a batch, column by column.
+#[derive(Default)]
+struct RecordColumns<'a> {
+    event_id: Vec<&'a str>,
+    action: Vec<&'a str>,
+    status: Vec<&'a str>,
+    cache_time: Vec<i64>,
+    event_time: Vec<i64>,
+    severity: Vec<&'a str>,
+    category: Vec<&'a str>,
+    event_type: Vec<&'a str>,
+    resource_name: Vec<&'a str>,
+    correlation_id: Vec<Option<&'a str>>,
+    source_event_id: Vec<Option<&'a str>>,
+    event: Vec<&'a str>,
+    failure_reasons: Vec<Option<&'a str>>,
+}
+
+impl<'a> RecordColumns<'a> {
+    fn push(&mut self, r: &'a NewRecord) {
+        self.event_id.push(&r.event_id);
+        self.action.push(&r.action);
+        self.status.push(r.status);
+        self.cache_time.push(r.cache_time);
+        self.event_time.push(r.event_time);
+        self.severity.push(r.severity);
+        self.category.push(r.category);
+        self.event_type.push(&r.event_type);
+        self.resource_name.push(&r.resource_name);
+        self.correlation_id.push(r.correlation_id.as_deref());
+        self.source_event_id.push(r.source_event_id.as_deref());
+        self.event.push(&r.event);
+        self.failure_reasons.push(r.failure_reasons.as_deref());
+    }
+}
+
+/// The attempts of a batch, column by column.
+#[derive(Default)]
+struct AttemptColumns<'a> {
+    event_id: Vec<&'a str>,
+    action: Vec<&'a str>,
+    attempt: Vec<i32>,
+    started_at_ms: Vec<i64>,
+    duration_ms: Vec<i64>,
+    outcome: Vec<&'static str>,
+    code: Vec<Option<i32>>,
+    reason: Vec<Option<&'a str>>,
+}
+
+impl<'a> AttemptColumns<'a> {
+    fn push(&mut self, event_id: &'a str, a: &'a Attempt) {
+        self.event_id.push(event_id);
+        self.action.push(&a.action);
+        self.attempt.push(a.attempt as i32);
+        self.started_at_ms.push(a.started_at_ms);
+        self.duration_ms.push(a.duration_ms);
+        self.outcome.push(a.outcome.as_str());
+        self.code.push(a.code);
+        self.reason.push(a.reason.as_deref());
     }
 }

@@ -252,3 +252,67 @@ async fn attempts_redelivery_and_purging_on_both_backends() {
         assert!(store.attempts("e9").await.unwrap().is_empty());
     }
 }
+
+/// Many writers at once share batches on PostgreSQL; a row the database refuses (a NUL
+/// character, which PostgreSQL text cannot hold) fails alone, and the rest of its batch is
+/// written all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_are_kept_and_a_refused_row_fails_alone() {
+    let (stores, _dir) = stores().await;
+    for store in stores {
+        let writes = (0..300).map(|i| {
+            let store = store.clone();
+            async move {
+                let action = if i == 150 { "bad\0action" } else { "store" };
+                let job = job(&format!("c{i}"), "CPU", i, action);
+                let attempt = Attempt {
+                    action: action.into(),
+                    attempt: 1,
+                    started_at_ms: i,
+                    duration_ms: 1,
+                    outcome: AttemptOutcome::Delivered,
+                    code: None,
+                    reason: None,
+                };
+                let recorded = store.record(&job, DeliveryStatus::Matched, &[]).await;
+                let attempted = store.record_attempt(&job.event.id, attempt).await;
+                (i, recorded.is_ok(), attempted.is_ok())
+            }
+        });
+        let outcomes = futures_join_all(writes).await;
+        let stored = store
+            .query(
+                DeliveryStatus::Matched,
+                RecordQuery {
+                    page_size: 1000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let refused: Vec<_> = outcomes.iter().filter(|(_, r, a)| !r || !a).collect();
+        if matches!(store.backend, Backend::Postgres(_)) {
+            assert_eq!(refused, [&(150, false, false)], "only the NUL row fails");
+            assert_eq!(stored.total, 299);
+        } else {
+            assert!(refused.is_empty(), "SQLite takes a NUL: {refused:?}");
+            assert_eq!(stored.total, 300);
+        }
+        assert_eq!(store.attempts("c7").await.unwrap().len(), 1);
+    }
+}
+
+/// Runs `futures` concurrently, answers in order.
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(handles.len());
+    for handle in handles {
+        outputs.push(handle.await.unwrap());
+    }
+    outputs
+}
