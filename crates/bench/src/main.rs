@@ -76,6 +76,26 @@ struct Args {
     /// What to post: ANS resource events, or OCI alarm messages (`--batch` is then 1).
     #[arg(long, value_enum, default_value_t = Source::Ans)]
     source: Source,
+    /// Where the started Tocsins keep their state (`[store] backend`).
+    #[arg(long, value_enum, default_value_t = Store::Sqlite)]
+    store: Store,
+    /// The PostgreSQL database for `--store postgres` (each run uses a fresh schema in it, and
+    /// drops it after); by default the tests' database that `.ci/run` creates.
+    #[arg(
+        long,
+        default_value = "postgres://tocsin_test:tocsin_test@127.0.0.1:5432/tocsin_test"
+    )]
+    store_url: String,
+    /// Tocsin processes to start in pipeline mode (more than one needs `--backend rabbitmq`);
+    /// the load is posted to them in turn.
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
+enum Store {
+    Sqlite,
+    Postgres,
 }
 
 #[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
@@ -150,9 +170,23 @@ async fn main() -> anyhow::Result<()> {
                 concurrency: args.concurrency,
                 event_type: args.event_type.clone(),
             };
-            return pipeline::run(load, async |routing| spawn(&args, &http, routing).await).await;
+            if args.processes > 1 && matches!(args.backend, Backend::Embedded) {
+                bail!("--processes above 1 needs --backend rabbitmq");
+            }
+            let store = StoreEnv::new(&args).await?;
+            let ran = pipeline::run(load, store.shared(), async |routing| {
+                let mut targets = Vec::with_capacity(args.processes);
+                for _ in 0..args.processes {
+                    targets.push(spawn(&args, &http, routing.clone(), &store.env).await?);
+                }
+                Ok(targets)
+            })
+            .await;
+            store.drop_schema().await;
+            return ran;
         }
     }
+    let store = StoreEnv::new(&args).await?;
     let target = match &args.url {
         Some(url) => Target {
             base: url.clone(),
@@ -160,7 +194,7 @@ async fn main() -> anyhow::Result<()> {
             password: args.password.clone(),
             process: None,
         },
-        None => spawn(&args, &http, store_routing(&args.event_type)).await?,
+        None => spawn(&args, &http, store_routing(&args.event_type), &store.env).await?,
     };
     let label = match &args.url {
         Some(url) => url.clone(),
@@ -266,6 +300,8 @@ async fn main() -> anyhow::Result<()> {
         percentile(0.999),
         percentile(1.0)
     );
+    drop(target);
+    store.drop_schema().await;
     Ok(())
 }
 
@@ -381,10 +417,77 @@ fn store_routing(event_type: &str) -> serde_json::Value {
     })
 }
 
+/// The settings that put the started Tocsins' state where `--store` says: for PostgreSQL, a
+/// fresh schema (so that counts see this run's records only) and one sealing key for all.
+struct StoreEnv {
+    env: Vec<(&'static str, String)>,
+    scratch: Option<(String, String)>,
+}
+
+impl StoreEnv {
+    async fn new(args: &Args) -> anyhow::Result<Self> {
+        if args.store == Store::Sqlite {
+            return Ok(StoreEnv {
+                env: Vec::new(),
+                scratch: None,
+            });
+        }
+        let schema = format!("bench_{}", std::process::id());
+        execute(&args.store_url, &format!("CREATE SCHEMA {schema}")).await?;
+        let separator = if args.store_url.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let url = format!(
+            "{}{separator}options=-c%20search_path%3D{schema}",
+            args.store_url
+        );
+        let mut key = [0u8; 32];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)?;
+        Ok(StoreEnv {
+            env: vec![
+                ("TOCSIN_STORE_BACKEND", "postgres".into()),
+                ("TOCSIN_STORE_URL", url),
+                (
+                    "TOCSIN_STORE_SECRET_KEY",
+                    base64::engine::Engine::encode(&base64::engine::general_purpose::STANDARD, key),
+                ),
+            ],
+            scratch: Some((args.store_url.clone(), schema)),
+        })
+    }
+
+    /// Whether every process answers for every record (so one process's count is the count).
+    fn shared(&self) -> bool {
+        self.scratch.is_some()
+    }
+
+    async fn drop_schema(&self) {
+        if let Some((url, schema)) = &self.scratch {
+            if let Err(e) = execute(url, &format!("DROP SCHEMA {schema} CASCADE")).await {
+                eprintln!("cannot drop the bench's schema {schema}: {e}");
+            }
+        }
+    }
+}
+
+async fn execute(url: &str, sql: &str) -> anyhow::Result<()> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("PostgreSQL at {url}"))?;
+    let connection = tokio::spawn(connection);
+    client.batch_execute(sql).await?;
+    drop(client);
+    let _ = connection.await;
+    Ok(())
+}
+
 async fn spawn(
     args: &Args,
     http: &reqwest::Client,
     routing_json: serde_json::Value,
+    store_env: &[(&'static str, String)],
 ) -> anyhow::Result<Target> {
     let binary = match &args.tocsin {
         Some(path) => path.clone(),
@@ -410,6 +513,7 @@ async fn spawn(
         .env("TOCSIN_LOG", "warn")
         // The sink listens on loopback, which the outbound policy forbids by default.
         .env("TOCSIN_CHANNELS_OUTBOUND_ALLOW", "127.0.0.0/8")
+        .envs(store_env.iter().map(|(name, value)| (name, value)))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     if let Backend::Rabbitmq = args.backend {

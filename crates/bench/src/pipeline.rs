@@ -78,9 +78,12 @@ pub struct Load {
     pub event_type: String,
 }
 
+/// Runs `load` against the Tocsins `start` starts, posting to each in turn. With a
+/// `shared_store` every process answers for every record; otherwise each counts its own.
 pub async fn run(
     load: Load,
-    start: impl AsyncFnOnce(serde_json::Value) -> anyhow::Result<Target>,
+    shared_store: bool,
+    start: impl AsyncFnOnce(serde_json::Value) -> anyhow::Result<Vec<Target>>,
 ) -> anyhow::Result<()> {
     let total = if load.rate > 0 {
         (load.rate as f64 * load.duration.as_secs_f64()) as usize
@@ -93,12 +96,19 @@ pub async fn run(
         started: Instant::now(),
     });
     let sink_url = start_sink(Arc::clone(&sink)).await?;
-    let target = start(routing(&load.event_type, &sink_url)).await?;
+    let targets = start(routing(&load.event_type, &sink_url)).await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(load.concurrency)
         .build()?;
-    let url = Arc::new(format!("{}/cf/producer/v1/resource-events", target.base));
-    let auth = Arc::new((target.user.clone(), target.password.clone()));
+    let entrances: Arc<Vec<(String, String, String)>> = Arc::new(
+        targets
+            .iter()
+            .map(|t| {
+                let url = format!("{}/cf/producer/v1/resource-events", t.base);
+                (url, t.user.clone(), t.password.clone())
+            })
+            .collect(),
+    );
     let slots = Arc::new(tokio::sync::Semaphore::new(load.concurrency));
     let bodies = crate::Bodies::new(&load.event_type);
     let scheduled_at: Arc<Vec<AtomicU64>> =
@@ -117,13 +127,14 @@ pub async fn run(
         }
         scheduled_at[i].store(due.as_micros() as u64, Ordering::Relaxed);
         let permit = Arc::clone(&slots).acquire_owned().await?;
-        let (http, url, auth) = (http.clone(), Arc::clone(&url), Arc::clone(&auth));
+        let (http, entrances) = (http.clone(), Arc::clone(&entrances));
         let (accepted, refused) = (Arc::clone(&accepted), Arc::clone(&refused));
         let body = bodies.body(i);
         tasks.spawn(async move {
+            let (url, user, password) = &entrances[i % entrances.len()];
             let response = http
                 .post(url.as_str())
-                .basic_auth(&auth.0, Some(&auth.1))
+                .basic_auth(user, Some(password))
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body)
                 .send()
@@ -163,9 +174,21 @@ pub async fn run(
         .max()
         .unwrap_or(0);
     let delivered_in = Duration::from_micros(last_delivery).saturating_sub(base);
-    let undelivered = count(&http, &target, "undelivered-events", &load.event_type).await?;
-    let stored = count(&http, &target, "matched-events", &load.event_type).await?;
-    let peak_rss_mb = target.peak_rss_kib().map(|k| k as f64 / 1024.0);
+    let counted = if shared_store {
+        &targets[..1]
+    } else {
+        &targets[..]
+    };
+    let (mut undelivered, mut stored) = (0, 0);
+    for target in counted {
+        undelivered += count(&http, target, "undelivered-events", &load.event_type).await?;
+        stored += count(&http, target, "matched-events", &load.event_type).await?;
+    }
+    let peak_rss_mb = targets
+        .iter()
+        .filter_map(Target::peak_rss_kib)
+        .max()
+        .map(|k| k as f64 / 1024.0);
     let percentile = |p: f64| {
         if latencies.is_empty() {
             return f64::NAN;
@@ -174,8 +197,9 @@ pub async fn run(
         latencies[index] as f64 / 1000.0
     };
     println!(
-        "mode:          pipeline (WEB_HOOK to a local sink + STORE), {} connections",
-        load.concurrency
+        "mode:          pipeline (WEB_HOOK to a local sink + STORE), {} connections, {} process(es)",
+        load.concurrency,
+        targets.len()
     );
     if load.rate > 0 {
         println!(
@@ -207,9 +231,9 @@ pub async fn run(
         percentile(1.0)
     );
     if let Some(mb) = peak_rss_mb {
-        println!("peak RSS:      {mb:.0} MB (Tocsin)");
+        println!("peak RSS:      {mb:.0} MB (the largest Tocsin)");
     }
-    if let Ok(commits) = sqlite_commits(&http, &target).await {
+    if let Ok(commits) = sqlite_commits(&http, &targets[0]).await {
         println!("sqlite commits: {commits}");
     }
     let lost = accepted.saturating_sub(delivered + undelivered as usize);
