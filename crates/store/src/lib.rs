@@ -11,10 +11,12 @@
 //! versioned migrations, applied at start under an advisory lock so that processes starting
 //! together apply each once.
 
+mod availability;
 mod error;
 pub mod postgres;
 pub mod records;
 
+pub use availability::Availability;
 pub use error::StoreError;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +39,14 @@ impl Location {
             Backend::Sqlite => Location::Sqlite(data_dir.to_owned()),
             Backend::Postgres => Location::Postgres(postgres::Postgres::connect(url).await?),
         })
+    }
+
+    /// Whether the store answers (the data directory always does).
+    pub fn availability(&self) -> Availability {
+        match self {
+            Location::Sqlite(_) => Availability::always(),
+            Location::Postgres(database) => database.availability(),
+        }
     }
 }
 

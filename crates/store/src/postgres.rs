@@ -5,19 +5,29 @@
 //! `tocsin_migrations`, while holding a PostgreSQL advisory lock — processes that start at the
 //! same moment wait for each other, and each migration runs once, in its own transaction.
 
+use crate::availability::{Availability, Tracker};
 use crate::StoreError;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio_postgres::NoTls;
 
 /// Connections per process at most: deliveries write concurrently, the APIs read.
 const POOL_SIZE: usize = 16;
 /// The advisory lock held while migrations run (`tocsin` in ASCII).
 const MIGRATION_LOCK: i64 = 0x746f_6373_696e;
+/// Longest wait for a new connection, and for a free one from the pool: a database that does
+/// not answer must turn into an error (and a paused pipeline), not a hang.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive on idle connections, so that a database gone without a word is noticed.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 
-/// A pool of connections to the one database; cheap to clone.
+/// A pool of connections to the one database, and whether it answers; cheap to clone.
 #[derive(Clone)]
 pub struct Postgres {
     pool: Pool,
+    tracker: Arc<Tracker>,
 }
 
 impl Postgres {
@@ -25,9 +35,14 @@ impl Postgres {
     /// search_path=NAME` picks a schema). Connects once, so that a wrong URL or password stops
     /// the start with its reason.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
-            StoreError::Invalid(format!("[store] url is not a PostgreSQL URL: {e}"))
-        })?;
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e: tokio_postgres::Error| {
+                StoreError::Invalid(format!("[store] url is not a PostgreSQL URL: {e}"))
+            })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.keepalives_idle(KEEPALIVE_IDLE);
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -38,14 +53,44 @@ impl Postgres {
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Pool(e.to_string()))?;
         drop(pool.get().await?);
-        Ok(Postgres { pool })
+        Ok(Postgres {
+            pool,
+            tracker: Arc::new(Tracker::new()),
+        })
     }
 
     pub(crate) async fn client(&self) -> Result<Object, StoreError> {
         Ok(self.pool.get().await?)
+    }
+
+    /// Whether the database answers, as the last operations found.
+    pub fn availability(&self) -> Availability {
+        self.tracker.view()
+    }
+
+    pub(crate) fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    /// `result`, noted: an error that says the database is unreachable makes the store
+    /// unavailable until it answers again.
+    pub fn noted<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &result {
+            self.tracker.note(e, self);
+        }
+        result
+    }
+
+    /// One round trip.
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
+        self.client().await?.simple_query("SELECT 1").await?;
+        Ok(())
     }
 
     /// Applies the migrations of `component` that the database lacks, in order.
@@ -122,6 +167,11 @@ pub(crate) mod testing {
 
     /// A pool on a fresh schema of the tests' database, so that tests never see each other.
     pub async fn scratch() -> Postgres {
+        Postgres::connect(&scratch_url().await).await.unwrap()
+    }
+
+    /// The URL of a fresh schema of the tests' database.
+    pub async fn scratch_url() -> String {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let base = url();
         let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
@@ -141,10 +191,6 @@ pub(crate) mod testing {
             .await
             .unwrap();
         let separator = if base.contains('?') { '&' } else { '?' };
-        Postgres::connect(&format!(
-            "{base}{separator}options=-c%20search_path%3D{schema}"
-        ))
-        .await
-        .unwrap()
+        format!("{base}{separator}options=-c%20search_path%3D{schema}")
     }
 }

@@ -308,6 +308,14 @@ impl RecordStore {
         })
     }
 
+    /// Whether the records' store answers.
+    pub fn availability(&self) -> crate::Availability {
+        match &self.backend {
+            Backend::Sqlite(_) => crate::Availability::always(),
+            Backend::Postgres(p) => p.database.availability(),
+        }
+    }
+
     /// Records the outcome of `job`; a second call for the same outcome changes nothing.
     pub async fn record(
         &self,
@@ -318,7 +326,7 @@ impl RecordStore {
         let record = NewRecord::of(job, status, failure_reasons);
         match &self.backend {
             Backend::Sqlite(s) => Ok(s.record(record).await?),
-            Backend::Postgres(p) => p.record(record).await,
+            Backend::Postgres(p) => p.database.noted(p.record(record).await),
         }
     }
 
@@ -326,7 +334,7 @@ impl RecordStore {
     pub async fn record_attempt(&self, event_id: &str, attempt: Attempt) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => Ok(s.record_attempt(event_id, attempt).await?),
-            Backend::Postgres(p) => p.record_attempt(event_id, attempt).await,
+            Backend::Postgres(p) => p.database.noted(p.record_attempt(event_id, attempt).await),
         }
     }
 
@@ -334,7 +342,7 @@ impl RecordStore {
     pub async fn delivered(&self, event_id: &str, action: &str) -> Result<bool, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => Ok(s.delivered(event_id, action).await?),
-            Backend::Postgres(p) => p.delivered(event_id, action).await,
+            Backend::Postgres(p) => p.database.noted(p.delivered(event_id, action).await),
         }
     }
 
@@ -342,7 +350,7 @@ impl RecordStore {
     pub async fn attempts(&self, event_id: &str) -> Result<Vec<Attempt>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => Ok(s.attempts(event_id).await?),
-            Backend::Postgres(p) => p.attempts(event_id).await,
+            Backend::Postgres(p) => p.database.noted(p.attempts(event_id).await),
         }
     }
 
@@ -350,7 +358,7 @@ impl RecordStore {
     pub async fn undelivered(&self, selection: Selection) -> Result<Vec<Undelivered>, StoreError> {
         let rows = match &self.backend {
             Backend::Sqlite(s) => s.undelivered(selection).await?,
-            Backend::Postgres(p) => p.undelivered(selection).await?,
+            Backend::Postgres(p) => p.database.noted(p.undelivered(selection).await)?,
         };
         Ok(rows
             .into_iter()
@@ -369,7 +377,7 @@ impl RecordStore {
     pub async fn forget(&self, record_ids: Vec<i64>) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => Ok(s.forget(record_ids).await?),
-            Backend::Postgres(p) => p.forget(record_ids).await,
+            Backend::Postgres(p) => p.database.noted(p.forget(record_ids).await),
         }
     }
 
@@ -379,7 +387,7 @@ impl RecordStore {
     pub async fn purge_before(&self, cutoff: i64, batch: u32) -> Result<usize, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => Ok(s.purge_before(cutoff, batch).await?),
-            Backend::Postgres(p) => p.purge_before(cutoff, batch).await,
+            Backend::Postgres(p) => p.database.noted(p.purge_before(cutoff, batch).await),
         }
     }
 
@@ -392,7 +400,7 @@ impl RecordStore {
         let include = query.include_failure_reasons;
         let (total, rows) = match &self.backend {
             Backend::Sqlite(s) => s.query(status, query).await?,
-            Backend::Postgres(p) => p.query(status, query).await?,
+            Backend::Postgres(p) => p.database.noted(p.query(status, query).await)?,
         };
         let events = rows
             .into_iter()

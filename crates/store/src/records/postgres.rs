@@ -54,7 +54,7 @@ const MIGRATIONS: &[&str] = &["
 
 #[derive(Clone)]
 pub(super) struct PostgresRecords {
-    database: Postgres,
+    pub(super) database: Postgres,
     writes: mpsc::Sender<Write>,
 }
 
@@ -65,10 +65,34 @@ const IN_FLIGHT: usize = 4;
 /// How long a batch waits for company while writes come in groups (never for a lone writer).
 const LINGER: Duration = Duration::from_millis(1);
 
+/// A batch's error as each of its writers gets it.
+#[derive(Clone)]
+struct Shared {
+    message: String,
+    unavailable: bool,
+}
+
+impl Shared {
+    fn of(error: &StoreError) -> Self {
+        Shared {
+            message: error.to_string(),
+            unavailable: error.is_unavailable(),
+        }
+    }
+
+    fn into_error(self) -> StoreError {
+        if self.unavailable {
+            StoreError::Unavailable(self.message)
+        } else {
+            StoreError::Invalid(self.message)
+        }
+    }
+}
+
 /// One row to write and who waits for it.
 struct Write {
     row: NewRow,
-    done: oneshot::Sender<Result<(), String>>,
+    done: oneshot::Sender<Result<(), Shared>>,
 }
 
 enum NewRow {
@@ -114,7 +138,7 @@ impl PostgresRecords {
         written
             .await
             .map_err(|_| gone())?
-            .map_err(StoreError::Invalid)
+            .map_err(Shared::into_error)
     }
 
     pub(super) async fn delivered(&self, event_id: &str, action: &str) -> Result<bool, StoreError> {
@@ -298,15 +322,17 @@ async fn write_batches(database: Postgres, mut pending: mpsc::Receiver<Write>) {
 
 async fn write_batch(database: &Postgres, batch: Vec<Write>) {
     let (rows, waiting): (Vec<NewRow>, Vec<_>) = batch.into_iter().map(|w| (w.row, w.done)).unzip();
-    match insert(database, &rows).await {
-        Err(_) if rows.len() > 1 => {
+    match database.noted(insert(database, &rows).await) {
+        // A database that cannot be reached fails every row alike; anything else may be one
+        // row's fault.
+        Err(e) if rows.len() > 1 && !e.is_unavailable() => {
             for (row, done) in rows.into_iter().zip(waiting) {
                 let outcome = insert(database, std::slice::from_ref(&row)).await;
-                let _ = done.send(outcome.map_err(|e| e.to_string()));
+                let _ = done.send(outcome.map_err(|e| Shared::of(&e)));
             }
         }
         outcome => {
-            let outcome = outcome.map_err(|e| e.to_string());
+            let outcome = outcome.map_err(|e| Shared::of(&e));
             for done in waiting {
                 let _ = done.send(outcome.clone());
             }
