@@ -158,6 +158,7 @@ impl Probe {
     async fn sample(&self) {
         let metrics = &self.metrics;
         metrics.set_bus_state(self.bus.is_ready(), self.bus.reconnects());
+        metrics.set_store_available(self.records.availability().is_available());
         for queue in Queue::ALL {
             if let Some(depth) = within(self.bus.depth(queue)).await {
                 metrics.set_queue_depth(queue.as_str(), depth);

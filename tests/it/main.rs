@@ -22,3 +22,4 @@ mod shared_store;
 mod sources_cloudevents_alertmanager;
 mod store_and_forward;
 mod store_end_to_end;
+mod store_outage;

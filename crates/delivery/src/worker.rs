@@ -102,7 +102,19 @@ impl DeliveryWorker {
             .await?;
         let mut in_hand = JoinSet::new();
         let limit = usize::from(self.prefetch);
-        while let Some(batch) = jobs.next_batch_until(limit, &mut shutdown).await {
+        let store = self.shared.records.availability();
+        loop {
+            // While the store cannot record outcomes, take no more work: it waits on the
+            // queue, and the jobs in hand retry on their schedule.
+            if !store.is_available() {
+                tokio::select! {
+                    () = store.wait() => {}
+                    _ = shutdown.wait_for(|stopping| *stopping) => break,
+                }
+            }
+            let Some(batch) = jobs.next_batch_until(limit, &mut shutdown).await else {
+                break;
+            };
             let runnable = self.shared.lanes.admit(split(batch).await).await;
             for (delivery, job) in runnable {
                 let shared = Arc::clone(&self.shared);

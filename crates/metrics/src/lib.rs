@@ -244,6 +244,7 @@ pub struct Metrics {
     dead_letters: IntGauge,
     bus_connected: IntGauge,
     bus_reconnects: IntCounter,
+    store_available: IntGauge,
     commit_duration: HistogramVec,
     commit_writes: HistogramVec,
     http_requests: IntCounterVec,
@@ -400,6 +401,10 @@ impl Metrics {
                     "Broker connections lost and re-established.",
                 )
                 .expect("valid counter"),
+            ),
+            store_available: gauge(
+                "tocsin_store_available",
+                "1 when the store answers (always, for SQLite files), else 0: delivery pauses.",
             ),
             commit_duration: histogram(
                 "tocsin_sqlite_commit_duration_seconds",
@@ -587,6 +592,11 @@ impl Metrics {
         let seen = self.bus_reconnects.get();
         self.bus_reconnects
             .inc_by(reconnects_since_start.saturating_sub(seen));
+    }
+
+    /// Whether the store answers (delivery pauses while it does not).
+    pub fn set_store_available(&self, available: bool) {
+        self.store_available.set(i64::from(available));
     }
 
     // --- storage --------------------------------------------------------------------------

@@ -601,35 +601,21 @@ pub async fn postgres_schema() -> String {
 /// unless a test sets it.
 pub const OUTBOUND_ALLOW: &str = "TOCSIN_CHANNELS_OUTBOUND_ALLOW";
 
-/// A TCP relay between Tocsin and the test broker that the test can cut: the broker goes away
-/// for this Tocsin alone (other tests share the broker) and comes back. While cut, it drops
-/// the relayed connections and closes new ones at once; its port stays held all along.
-pub struct BrokerProxy {
-    /// The AMQP URI to give Tocsin (`TOCSIN_BUS_URL`).
-    pub uri: String,
+/// A TCP relay to a service the test can cut: the service goes away for the Tocsin that
+/// connects through it alone (other tests share the service) and comes back. While cut, it
+/// drops the relayed connections and closes new ones at once; its port stays held all along.
+pub struct Relay {
+    /// Where to connect instead of the service.
+    pub address: std::net::SocketAddr,
     cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
     server: tokio::task::JoinHandle<()>,
 }
 
-impl BrokerProxy {
-    pub async fn start() -> BrokerProxy {
-        let broker = amqp_uri();
-        let (scheme, rest) = broker.split_once("://").expect("an AMQP URI");
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (credentials, upstream) = match authority.rsplit_once('@') {
-            Some((credentials, host)) => (format!("{credentials}@"), host.to_owned()),
-            None => (String::new(), authority.to_owned()),
-        };
-        let upstream = if upstream.contains(':') {
-            upstream
-        } else {
-            format!("{upstream}:5672")
-        };
+impl Relay {
+    /// A relay to `upstream` (`host:port`).
+    pub async fn start(upstream: String) -> Relay {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let uri = format!(
-            "{scheme}://{credentials}{}/{path}",
-            listener.local_addr().unwrap()
-        );
+        let address = listener.local_addr().unwrap();
         let cut = std::sync::Arc::new(tokio::sync::watch::channel(false).0);
         let server = {
             let cut = cut.clone();
@@ -639,7 +625,7 @@ impl BrokerProxy {
                         continue;
                     };
                     if *cut.borrow() {
-                        continue; // dropped: the broker is gone
+                        continue; // dropped: the service is gone
                     }
                     let mut cutting = cut.subscribe();
                     let upstream = upstream.clone();
@@ -656,25 +642,85 @@ impl BrokerProxy {
                 }
             })
         };
-        BrokerProxy { uri, cut, server }
+        Relay {
+            address,
+            cut,
+            server,
+        }
     }
 
-    /// The broker goes away: relayed connections break, new ones are closed at once.
+    /// The service goes away: relayed connections break, new ones are closed at once.
     pub fn cut(&self) {
         self.cut.send_replace(true);
     }
 
-    /// The broker is back.
+    /// The service is back.
     pub fn restore(&self) {
         self.cut.send_replace(false);
     }
 }
 
-impl Drop for BrokerProxy {
+impl Drop for Relay {
     fn drop(&mut self) {
         self.cut();
         self.server.abort();
     }
+}
+
+/// The test broker behind a [`Relay`].
+pub struct BrokerProxy {
+    /// The AMQP URI to give Tocsin (`TOCSIN_BUS_URL`).
+    pub uri: String,
+    relay: Relay,
+}
+
+impl BrokerProxy {
+    pub async fn start() -> BrokerProxy {
+        let broker = amqp_uri();
+        let (scheme, rest) = broker.split_once("://").expect("an AMQP URI");
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (credentials, upstream) = match authority.rsplit_once('@') {
+            Some((credentials, host)) => (format!("{credentials}@"), host.to_owned()),
+            None => (String::new(), authority.to_owned()),
+        };
+        let upstream = if upstream.contains(':') {
+            upstream
+        } else {
+            format!("{upstream}:5672")
+        };
+        let relay = Relay::start(upstream).await;
+        let uri = format!("{scheme}://{credentials}{}/{path}", relay.address);
+        BrokerProxy { uri, relay }
+    }
+
+    /// The broker goes away: relayed connections break, new ones are closed at once.
+    pub fn cut(&self) {
+        self.relay.cut();
+    }
+
+    /// The broker is back.
+    pub fn restore(&self) {
+        self.relay.restore();
+    }
+}
+
+/// A fresh schema in the tests' PostgreSQL database reached through a [`Relay`]: the
+/// `store.url` to give Tocsin, and the relay that can cut it off.
+pub async fn postgres_schema_behind_relay() -> (String, Relay) {
+    let url = postgres_schema().await;
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let tokio_postgres::config::Host::Tcp(host) = &config.get_hosts()[0] else {
+        panic!("the tests' database is reached over TCP");
+    };
+    let port = config.get_ports()[0];
+    let relay = Relay::start(format!("{host}:{port}")).await;
+    let relayed = url.replacen(
+        &format!("@{host}:{port}/"),
+        &format!("@{}/", relay.address),
+        1,
+    );
+    assert_ne!(relayed, url, "the URL names its host and port");
+    (relayed, relay)
 }
 
 /// A WEB_HOOK action to `url` with extra `properties`.
