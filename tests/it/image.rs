@@ -265,3 +265,104 @@ fn docker_compose_parses_and_builds_tocsin_from_this_dockerfile() {
         );
     }
 }
+
+/// The compose profile `cluster`: PostgreSQL, three replicas on it and RabbitMQ under a bus
+/// prefix of their own, a load balancer in front; the settings the replicas get (their
+/// variables and the settings file the profile writes) are accepted by `tocsin check`.
+#[test]
+fn the_compose_cluster_profile_runs_three_replicas_on_one_store_behind_a_balancer() {
+    let text = std::fs::read_to_string(repository().join("docker-compose.yml")).unwrap();
+    let compose = &yaml_rust2::YamlLoader::load_from_str(&text).unwrap()[0];
+    let services = &compose["services"];
+    let in_cluster = |name: &str| {
+        let profiles = services[name]["profiles"].as_vec().map(|p| p.to_vec());
+        profiles.is_some_and(|p| p.iter().any(|p| p.as_str() == Some("cluster")))
+    };
+    for name in ["postgres", "tocsin-node", "load-balancer"] {
+        assert!(in_cluster(name), "{name} is in the cluster profile");
+    }
+    assert!(
+        !in_cluster("tocsin"),
+        "the single process runs without the profile"
+    );
+    let node = &services["tocsin-node"];
+    assert_eq!(node["deploy"]["replicas"].as_i64(), Some(3));
+    assert_eq!(node["build"].as_str(), Some("."));
+    let environment: Vec<(String, String)> = node["environment"]
+        .as_hash()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().unwrap().to_owned(),
+                v.as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let variable = |name: &str| {
+        environment
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(variable("TOCSIN_STORE_BACKEND"), Some("postgres"));
+    assert_eq!(variable("TOCSIN_BUS_BACKEND"), Some("rabbitmq"));
+    let single_prefix = services["tocsin"]["environment"]["TOCSIN_BUS_PREFIX"]
+        .as_str()
+        .unwrap_or("tocsin");
+    assert_ne!(
+        variable("TOCSIN_BUS_PREFIX"),
+        Some(single_prefix),
+        "the replicas never take the single process's work"
+    );
+    // Compose fills `${NAME:?…}` from the operator's environment; stand-ins here.
+    let interpolate = |text: &str| {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let end = rest[start..].find('}').expect("a closed ${…}") + start;
+            let name = rest[start + 2..end].split(":?").next().unwrap();
+            out.push_str(match name {
+                "TOCSIN_CLUSTER_SECRET_KEY" => "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                _ => "stand-in-secret",
+            });
+            rest = &rest[end + 1..];
+        }
+        out + rest
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("cluster.toml");
+    let content = compose["configs"]["cluster-settings"]["content"]
+        .as_str()
+        .expect("the settings file the profile writes");
+    std::fs::write(&settings, interpolate(content)).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tocsin"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TOCSIN_") {
+            command.env_remove(name);
+        }
+    }
+    for (name, value) in &environment {
+        if name != "TOCSIN_SETTINGS" {
+            command.env(name, interpolate(value));
+        }
+    }
+    let output = command
+        .arg("check")
+        .arg("--settings")
+        .arg(&settings)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "tocsin check refuses the replicas' settings:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let nginx = std::fs::read_to_string(repository().join("deploy/cluster/nginx.conf")).unwrap();
+    assert!(nginx.contains("server tocsin-node:8080;"), "{nginx}");
+    let published = services["load-balancer"]["ports"][0].as_str().unwrap();
+    let listen = published.rsplit(':').next().unwrap().trim_matches('"');
+    assert!(nginx.contains(&format!("listen {listen};")), "{nginx}");
+}
