@@ -1,45 +1,19 @@
 //! What an event does to its alert, for destinations that keep something per alert (a B2C
-//! incident, a Slack thread) and for templates (`resolved`).
-//!
-//! The `ans:status` tag says it (`CREATE_OR_UPDATE`, `CREATE`, `UPDATE`, `COMMENT`, `CLOSE`):
-//! `CLOSE` closes the alert, `COMMENT` only adds to it, anything else (or no tag) opens it or
-//! keeps it open. The OCI source sets it from the alarm's type: OK_TO_FIRING and REPEAT open,
-//! FIRING_TO_OK and RESET close.
+//! incident, a Slack thread) and for templates (`resolved`): [`Transition`] (the model's
+//! reading of `ans:status`, which the alert state shares) and the alert's key as destinations
+//! with a length limit take it.
 
-use model::event::TAG_STATUS;
+pub use model::event::Transition;
 use model::ResourceEvent;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transition {
-    /// The alert is (still) firing: open it, or add to it.
-    Open,
-    /// Add to the alert, change nothing else.
-    Comment,
-    /// The alert is over.
-    Close,
-}
-
-impl Transition {
-    pub fn of(event: &ResourceEvent) -> Self {
-        let status = event.tag(TAG_STATUS).map(str::trim).unwrap_or_default();
-        if status.eq_ignore_ascii_case("CLOSE") {
-            Transition::Close
-        } else if status.eq_ignore_ascii_case("COMMENT") {
-            Transition::Comment
-        } else {
-            Transition::Open
-        }
-    }
-}
 
 /// The alert `event` belongs to, as a destination that keeps one thing per alert names it (a
 /// PagerDuty `dedup_key`, a Splunk On-Call `entity_id`): its `ans:sourceEventId`, else its own
 /// id — and, where the destination takes at most `max` bytes, a longer key's SHA-256 in hex
 /// (the same key always gives the same name).
 pub fn alert_key(event: &ResourceEvent, max: usize) -> Cow<'_, str> {
-    let key = event.source_event_id().unwrap_or(&event.id);
+    let key = event.alert_key();
     if key.len() <= max {
         return Cow::Borrowed(key);
     }

@@ -111,6 +111,38 @@ impl ResourceEvent {
     pub fn correlation_id(&self) -> Option<&str> {
         self.tag(TAG_CORRELATION_ID)
     }
+
+    /// The alert this event belongs to: its `ans:sourceEventId`, else the event alone (its id).
+    pub fn alert_key(&self) -> &str {
+        self.source_event_id().unwrap_or(&self.id)
+    }
+}
+
+/// What an event does to its alert, as its `ans:status` tag says (`CREATE_OR_UPDATE`,
+/// `CREATE`, `UPDATE`, `COMMENT`, `CLOSE`): `CLOSE` closes the alert, `COMMENT` only adds to
+/// it, anything else (or no tag) opens it or keeps it open. The OCI source sets it from the
+/// alarm's type: OK_TO_FIRING and REPEAT open, FIRING_TO_OK and RESET close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// The alert is (still) firing: open it, or add to it.
+    Open,
+    /// Add to the alert, change nothing else.
+    Comment,
+    /// The alert is over.
+    Close,
+}
+
+impl Transition {
+    pub fn of(event: &ResourceEvent) -> Self {
+        let status = event.tag(TAG_STATUS).map(str::trim).unwrap_or_default();
+        if status.eq_ignore_ascii_case("CLOSE") {
+            Transition::Close
+        } else if status.eq_ignore_ascii_case("COMMENT") {
+            Transition::Comment
+        } else {
+            Transition::Open
+        }
+    }
 }
 
 /// Tags are string→string, but some producers (the Go client in SAP's Piper, for one) send

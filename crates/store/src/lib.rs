@@ -4,6 +4,7 @@
 //!
 //! Each concern is a module with one narrow interface and its two implementations side by side
 //! (`sqlite.rs`, `postgres.rs`); the pipeline uses the interface and never knows the backend:
+//! - [`alerts`]: each alert's state and timeline, behind the alerts API;
 //! - [`records`]: the matched and undelivered records and the delivery attempts, behind the
 //!   consumer API, the attempts API and redelivery.
 //!
@@ -11,6 +12,7 @@
 //! versioned migrations, applied at start under an advisory lock so that processes starting
 //! together apply each once.
 
+pub mod alerts;
 mod availability;
 mod error;
 pub mod postgres;

@@ -1,0 +1,406 @@
+//! Alerts: the chain of events that share an alert key (`ans:sourceEventId`, or an event alone),
+//! with its state — firing, acknowledged, resolved — and its timeline: every event accepted and
+//! every human action, in order. (Delivery outcomes join the timeline when it is read, from the
+//! attempts in [`crate::records`].)
+//!
+//! Flow: the router folds each batch of events it routes into their alerts ([`AlertStore::observe`],
+//! one transaction per batch; an event already folded — routed again after a crash — changes
+//! nothing); people act through the API ([`AlertStore::act`]), which changes the state and
+//! notes who did what. The rules are pure functions here ([`Alert::observe`], [`Alert::act`]);
+//! the two backends ([`sqlite`], `alerts.db`; [`postgres`], shared) only load and save rows, each
+//! change of one alert under a lock (SQLite's one writer, PostgreSQL's `FOR UPDATE`).
+
+mod postgres;
+mod sqlite;
+
+use crate::{Location, StoreError};
+use model::event::Transition;
+use model::ResourceEvent;
+
+/// Where an alert stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertState {
+    Firing,
+    Acknowledged,
+    Resolved,
+}
+
+impl AlertState {
+    pub const ALL: [AlertState; 3] = [
+        AlertState::Firing,
+        AlertState::Acknowledged,
+        AlertState::Resolved,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Firing => "firing",
+            AlertState::Acknowledged => "acknowledged",
+            AlertState::Resolved => "resolved",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// One alert, as the API shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    pub key: String,
+    pub state: AlertState,
+    /// Of the latest event that opened or closed it (a comment changes none of these).
+    pub severity: String,
+    pub event_type: String,
+    pub subject: String,
+    pub resource_name: String,
+    pub resource_type: String,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    /// When it last started firing (its first event, or the one that reopened it).
+    pub firing_since_ms: i64,
+    pub acknowledged_at_ms: Option<i64>,
+    pub resolved_at_ms: Option<i64>,
+    /// Events in its chain, comments and people's actions included.
+    pub events: i64,
+    /// The latest event that opened or closed it, as accepted: what a person's action is built
+    /// from.
+    #[serde(skip)]
+    pub latest_event: String,
+}
+
+/// Something a person does to an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HumanAction {
+    Acknowledge,
+    Unacknowledge,
+    Resolve,
+    Comment,
+}
+
+impl HumanAction {
+    pub const ALL: [HumanAction; 4] = [
+        HumanAction::Acknowledge,
+        HumanAction::Unacknowledge,
+        HumanAction::Resolve,
+        HumanAction::Comment,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HumanAction::Acknowledge => "acknowledge",
+            HumanAction::Unacknowledge => "unacknowledge",
+            HumanAction::Resolve => "resolve",
+            HumanAction::Comment => "comment",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == text)
+    }
+}
+
+/// Who acted, through what, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// The Tocsin client (later: the chat user) that acted.
+    pub who: String,
+    /// `api`, `cli`; later `slack`, `teams`, `email`, `console`.
+    pub via: String,
+    pub comment: Option<String>,
+}
+
+/// One line of an alert's timeline (kept as its JSON).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    tag = "kind",
+    rename_all_fields = "camelCase"
+)]
+pub enum Entry {
+    /// An event of the chain was accepted.
+    Event {
+        at_ms: i64,
+        event_id: String,
+        /// Its `ans:status`, if it had one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        status: Option<String>,
+        subject: String,
+    },
+    /// A person acted.
+    Action {
+        at_ms: i64,
+        action: HumanAction,
+        who: String,
+        via: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+    },
+}
+
+impl Entry {
+    pub fn at_ms(&self) -> i64 {
+        match self {
+            Entry::Event { at_ms, .. } | Entry::Action { at_ms, .. } => *at_ms,
+        }
+    }
+}
+
+/// An accepted event, as the router hands it over.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub event: ResourceEvent,
+    pub accepted_at_ms: i64,
+}
+
+impl Alert {
+    /// The alert after `observed`, given what it was (`None`: the event starts it).
+    pub fn observe(before: Option<Alert>, observed: &Observed) -> Alert {
+        let event = &observed.event;
+        let at = observed.accepted_at_ms;
+        let transition = Transition::of(event);
+        let mut alert = before.unwrap_or_else(|| Alert {
+            key: event.alert_key().to_owned(),
+            state: AlertState::Firing,
+            severity: String::new(),
+            event_type: String::new(),
+            subject: String::new(),
+            resource_name: String::new(),
+            resource_type: String::new(),
+            first_seen_ms: at,
+            last_seen_ms: at,
+            firing_since_ms: at,
+            acknowledged_at_ms: None,
+            resolved_at_ms: None,
+            events: 0,
+            latest_event: String::new(),
+        });
+        alert.events += 1;
+        alert.last_seen_ms = alert.last_seen_ms.max(at);
+        if transition == Transition::Comment && !alert.latest_event.is_empty() {
+            return alert;
+        }
+        alert.severity = event.severity.as_str().to_owned();
+        alert.event_type = event.event_type.clone();
+        alert.subject = event.subject.clone();
+        alert.resource_name = event.resource.resource_name.clone();
+        alert.resource_type = event.resource.resource_type.clone();
+        alert.latest_event = serde_json::to_string(event).expect("events serialize");
+        match (transition, alert.state) {
+            (Transition::Close, AlertState::Firing | AlertState::Acknowledged) => {
+                alert.state = AlertState::Resolved;
+                alert.resolved_at_ms = Some(at);
+            }
+            (Transition::Open, AlertState::Resolved) => {
+                alert.state = AlertState::Firing;
+                alert.firing_since_ms = at;
+                alert.acknowledged_at_ms = None;
+                alert.resolved_at_ms = None;
+            }
+            _ => {}
+        }
+        alert
+    }
+
+    /// What `action` makes of this alert at `at_ms`: the alert as it becomes, or why not.
+    /// Acting twice is acting once: acknowledging an acknowledged alert changes nothing.
+    pub fn act(&self, action: HumanAction, at_ms: i64) -> Acted {
+        let mut after = self.clone();
+        match (action, self.state) {
+            (_, AlertState::Resolved) => return Acted::Refused(self.clone()),
+            (HumanAction::Acknowledge, AlertState::Acknowledged)
+            | (HumanAction::Unacknowledge, AlertState::Firing) => {
+                return Acted::Unchanged(self.clone())
+            }
+            (HumanAction::Acknowledge, _) => {
+                after.state = AlertState::Acknowledged;
+                after.acknowledged_at_ms = Some(at_ms);
+            }
+            (HumanAction::Unacknowledge, _) => {
+                after.state = AlertState::Firing;
+                after.acknowledged_at_ms = None;
+            }
+            (HumanAction::Resolve, _) => {
+                after.state = AlertState::Resolved;
+                after.resolved_at_ms = Some(at_ms);
+            }
+            (HumanAction::Comment, _) => {}
+        }
+        Acted::Done {
+            was: self.state,
+            after,
+        }
+    }
+}
+
+/// What became of a person's action.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Acted {
+    /// Done: the alert went from state `was` to `after` (the same state, for a comment).
+    Done {
+        was: AlertState,
+        after: Alert,
+    },
+    /// Already so: nothing changed, nothing was noted.
+    Unchanged(Alert),
+    /// The alert is resolved: nothing can be done to it.
+    Refused(Alert),
+    NotFound,
+}
+
+/// What the alerts API asks for; newest (last seen) first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlertQuery {
+    pub state: Option<AlertState>,
+    pub severity: Option<String>,
+    pub event_type: Option<String>,
+    pub resource_name: Option<String>,
+    /// Last seen at or after / before this time (epoch ms).
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// In the key or the subject, case-insensitively.
+    pub text: Option<String>,
+    pub page: u64,
+    pub page_size: u64,
+}
+
+impl AlertQuery {
+    fn limit_and_offset(&self) -> (i64, i64) {
+        let limit = self.page_size.min(i64::MAX as u64) as i64;
+        let offset = self
+            .page
+            .saturating_mul(self.page_size)
+            .min(i64::MAX as u64) as i64;
+        (limit, offset)
+    }
+
+    /// `text` as a LIKE pattern, its own wildcards escaped with `\`.
+    fn text_pattern(&self) -> Option<String> {
+        self.text.as_ref().map(|text| {
+            let escaped = text
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        })
+    }
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(sqlite::SqliteAlerts),
+    Postgres(postgres::PostgresAlerts),
+}
+
+/// The alerts, on whichever backend; cheap to clone.
+#[derive(Clone)]
+pub struct AlertStore {
+    backend: Backend,
+}
+
+impl AlertStore {
+    /// The alerts where `location` says: `alerts.db` in the data directory, or the shared
+    /// database (tables created or migrated first).
+    pub async fn open(location: &Location) -> Result<Self, StoreError> {
+        let backend = match location {
+            Location::Sqlite(dir) => {
+                Backend::Sqlite(sqlite::SqliteAlerts::open(&dir.join("alerts.db"))?)
+            }
+            Location::Postgres(database) => {
+                Backend::Postgres(postgres::PostgresAlerts::open(database).await?)
+            }
+        };
+        Ok(AlertStore { backend })
+    }
+
+    /// Folds `events`, in order, into their alerts, in one transaction. An event already
+    /// folded in changes nothing.
+    pub async fn observe(&self, events: Vec<Observed>) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(s.observe(events).await?),
+            Backend::Postgres(p) => p.database.noted(p.observe(events).await),
+        }
+    }
+
+    /// Does `action` to the alert `key` at `at_ms`, noting who did it, if it changes anything.
+    pub async fn act(
+        &self,
+        key: &str,
+        action: HumanAction,
+        actor: Actor,
+        at_ms: i64,
+    ) -> Result<Acted, StoreError> {
+        let key = key.to_owned();
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(s.act(key, action, actor, at_ms).await?),
+            Backend::Postgres(p) => p.database.noted(p.act(key, action, actor, at_ms).await),
+        }
+    }
+
+    /// The alert `key` and its timeline (events and actions, in order).
+    pub async fn get(&self, key: &str) -> Result<Option<(Alert, Vec<Entry>)>, StoreError> {
+        let key = key.to_owned();
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(s.get(key).await?),
+            Backend::Postgres(p) => p.database.noted(p.get(key).await),
+        }
+    }
+
+    /// How many alerts `query` selects, and its page of them, newest first.
+    pub async fn list(&self, query: AlertQuery) -> Result<(u64, Vec<Alert>), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(s.list(query).await?),
+            Backend::Postgres(p) => p.database.noted(p.list(query).await),
+        }
+    }
+
+    /// Deletes up to `batch` alerts resolved before `cutoff_ms`, with their timelines;
+    /// returns how many alerts went.
+    pub async fn purge_resolved_before(
+        &self,
+        cutoff_ms: i64,
+        batch: u32,
+    ) -> Result<usize, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(s.purge_resolved_before(cutoff_ms, batch).await?),
+            Backend::Postgres(p) => p
+                .database
+                .noted(p.purge_resolved_before(cutoff_ms, batch).await),
+        }
+    }
+}
+
+/// The timeline line of `observed`.
+fn event_entry(observed: &Observed) -> Entry {
+    Entry::Event {
+        at_ms: observed.accepted_at_ms,
+        event_id: observed.event.id.clone(),
+        status: observed
+            .event
+            .tag(model::event::TAG_STATUS)
+            .map(str::to_owned),
+        subject: observed.event.subject.clone(),
+    }
+}
+
+/// The timeline line of a person's action.
+fn action_entry(action: HumanAction, actor: Actor, at_ms: i64) -> Entry {
+    Entry::Action {
+        at_ms,
+        action,
+        who: actor.who,
+        via: actor.via,
+        comment: actor.comment,
+    }
+}
+
+#[cfg(test)]
+mod tests;

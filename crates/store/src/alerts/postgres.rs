@@ -1,0 +1,324 @@
+//! The alerts in PostgreSQL, shared by every process. A change locks the keys it touches
+//! (transaction-scoped advisory locks, taken in key order so that two changes never wait on
+//! each other in a circle), reads their alerts, folds in Rust, and writes back — a routing
+//! batch in six round trips, whatever its size.
+
+use super::{action_entry, event_entry, Acted, Actor, Alert, AlertQuery, AlertState, Entry};
+use super::{HumanAction, Observed};
+use crate::postgres::Postgres;
+use crate::StoreError;
+use deadpool_postgres::GenericClient;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use tokio_postgres::Row;
+
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE alerts (
+        key TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        resource_name TEXT NOT NULL,
+        resource_type TEXT NOT NULL,
+        first_seen_ms BIGINT NOT NULL,
+        last_seen_ms BIGINT NOT NULL,
+        firing_since_ms BIGINT NOT NULL,
+        acknowledged_at_ms BIGINT,
+        resolved_at_ms BIGINT,
+        events BIGINT NOT NULL,
+        latest_event TEXT NOT NULL
+    );
+    CREATE INDEX alerts_by_time ON alerts (last_seen_ms);
+    CREATE INDEX alerts_by_state ON alerts (state, last_seen_ms);
+    CREATE TABLE alert_timeline (
+        id BIGSERIAL PRIMARY KEY,
+        key TEXT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        event_id TEXT UNIQUE,
+        entry TEXT NOT NULL
+    );
+    CREATE INDEX alert_timeline_by_alert ON alert_timeline (key, id);
+"];
+
+/// The advisory lock class of alert keys (`alrt`), apart from other modules' locks.
+const LOCK_CLASS: i32 = 0x616c_7274;
+
+const COLUMNS: &str = "key, state, severity, event_type, subject, resource_name, resource_type, \
+    first_seen_ms, last_seen_ms, firing_since_ms, acknowledged_at_ms, resolved_at_ms, events, \
+    latest_event";
+
+#[derive(Clone)]
+pub(super) struct PostgresAlerts {
+    pub(super) database: Postgres,
+}
+
+impl PostgresAlerts {
+    pub(super) async fn open(database: &Postgres) -> Result<Self, StoreError> {
+        database.migrate("alerts", MIGRATIONS).await?;
+        Ok(PostgresAlerts {
+            database: database.clone(),
+        })
+    }
+
+    pub(super) async fn observe(&self, events: Vec<Observed>) -> Result<(), StoreError> {
+        let mut client = self.database.client().await?;
+        let transaction = client.transaction().await?;
+        let keys: BTreeSet<&str> = events.iter().map(|o| o.event.alert_key()).collect();
+        let keys: Vec<&str> = keys.into_iter().collect();
+        lock(&transaction, &keys).await?;
+        let ids: Vec<&str> = events.iter().map(|o| o.event.id.as_str()).collect();
+        let mut seen: HashSet<String> = transaction
+            .query(
+                "SELECT event_id FROM alert_timeline WHERE event_id = ANY($1)",
+                &[&ids],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut alerts = load(&transaction, &keys).await?;
+        let mut changed = BTreeSet::new();
+        let mut entries = Vec::new();
+        for observed in &events {
+            if !seen.insert(observed.event.id.clone()) {
+                continue;
+            }
+            let key = observed.event.alert_key();
+            let alert = Alert::observe(alerts.remove(key), observed);
+            entries.push((key, event_entry(observed), Some(observed.event.id.as_str())));
+            changed.insert(key);
+            alerts.insert(key.to_owned(), alert);
+        }
+        let changed: Vec<&Alert> = changed.iter().map(|key| &alerts[*key]).collect();
+        save(&transaction, &changed).await?;
+        append(&transaction, &entries).await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn act(
+        &self,
+        key: String,
+        action: HumanAction,
+        actor: Actor,
+        at_ms: i64,
+    ) -> Result<Acted, StoreError> {
+        let mut client = self.database.client().await?;
+        let transaction = client.transaction().await?;
+        lock(&transaction, &[key.as_str()]).await?;
+        let Some(alert) = load(&transaction, &[key.as_str()]).await?.remove(&key) else {
+            return Ok(Acted::NotFound);
+        };
+        let acted = alert.act(action, at_ms);
+        if let Acted::Done { after, .. } = &acted {
+            save(&transaction, &[after]).await?;
+            let entry = action_entry(action, actor, at_ms);
+            append(&transaction, &[(key.as_str(), entry, None)]).await?;
+            transaction.commit().await?;
+        }
+        Ok(acted)
+    }
+
+    pub(super) async fn get(&self, key: String) -> Result<Option<(Alert, Vec<Entry>)>, StoreError> {
+        let client = self.database.client().await?;
+        let Some(alert) = load(&client, &[key.as_str()]).await?.remove(&key) else {
+            return Ok(None);
+        };
+        let entries = client
+            .query(
+                "SELECT entry FROM alert_timeline WHERE key = $1 ORDER BY id",
+                &[&key],
+            )
+            .await?
+            .iter()
+            .filter_map(|r| serde_json::from_str(r.get::<_, &str>(0)).ok())
+            .collect();
+        Ok(Some((alert, entries)))
+    }
+
+    pub(super) async fn list(&self, query: AlertQuery) -> Result<(u64, Vec<Alert>), StoreError> {
+        let client = self.database.client().await?;
+        let (limit, offset) = query.limit_and_offset();
+        let filter = "($1::TEXT IS NULL OR state = $1) AND ($2::TEXT IS NULL OR severity = $2) \
+            AND ($3::TEXT IS NULL OR event_type = $3) AND ($4::TEXT IS NULL OR resource_name = $4) \
+            AND ($5::BIGINT IS NULL OR last_seen_ms >= $5) \
+            AND ($6::BIGINT IS NULL OR last_seen_ms < $6) \
+            AND ($7::TEXT IS NULL OR lower(key) LIKE $7 OR lower(subject) LIKE $7)";
+        let state = query.state.map(AlertState::as_str);
+        let text = query.text_pattern();
+        let values: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+            &state,
+            &query.severity,
+            &query.event_type,
+            &query.resource_name,
+            &query.since_ms,
+            &query.until_ms,
+            &text,
+            &limit,
+            &offset,
+        ];
+        let total: i64 = client
+            .query_one(
+                &format!("SELECT COUNT(*) FROM alerts WHERE {filter}"),
+                &values[..7],
+            )
+            .await?
+            .get(0);
+        let alerts = client
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM alerts WHERE {filter} \
+                     ORDER BY last_seen_ms DESC, key LIMIT $8 OFFSET $9"
+                ),
+                &values,
+            )
+            .await?
+            .iter()
+            .map(row_to_alert)
+            .collect();
+        Ok((total as u64, alerts))
+    }
+
+    pub(super) async fn purge_resolved_before(
+        &self,
+        cutoff_ms: i64,
+        batch: u32,
+    ) -> Result<usize, StoreError> {
+        let mut client = self.database.client().await?;
+        let transaction = client.transaction().await?;
+        let keys: Vec<String> = transaction
+            .query(
+                "DELETE FROM alerts WHERE key IN (SELECT key FROM alerts \
+                 WHERE state = 'resolved' AND resolved_at_ms < $1 \
+                 ORDER BY resolved_at_ms LIMIT $2) RETURNING key",
+                &[&cutoff_ms, &i64::from(batch)],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        transaction
+            .execute("DELETE FROM alert_timeline WHERE key = ANY($1)", &[&keys])
+            .await?;
+        transaction.commit().await?;
+        Ok(keys.len())
+    }
+}
+
+/// Locks `keys` (sorted) until the transaction ends.
+async fn lock(client: &impl GenericClient, keys: &[&str]) -> Result<(), StoreError> {
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext(k)) FROM unnest($2::TEXT[]) AS k ORDER BY k",
+            &[&LOCK_CLASS, &keys],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn load(
+    client: &impl GenericClient,
+    keys: &[&str],
+) -> Result<HashMap<String, Alert>, StoreError> {
+    Ok(client
+        .query(
+            &format!("SELECT {COLUMNS} FROM alerts WHERE key = ANY($1)"),
+            &[&keys],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let alert = row_to_alert(r);
+            (alert.key.clone(), alert)
+        })
+        .collect())
+}
+
+async fn save(client: &impl GenericClient, alerts: &[&Alert]) -> Result<(), StoreError> {
+    if alerts.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&Alert) -> &str| alerts.iter().map(|a| f(a)).collect::<Vec<&str>>();
+    let number = |f: fn(&Alert) -> i64| alerts.iter().map(|a| f(a)).collect::<Vec<i64>>();
+    let maybe = |f: fn(&Alert) -> Option<i64>| alerts.iter().map(|a| f(a)).collect::<Vec<_>>();
+    client
+        .execute(
+            &format!(
+                "INSERT INTO alerts ({COLUMNS}) SELECT * FROM unnest($1::TEXT[], $2::TEXT[], \
+                 $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::BIGINT[], \
+                 $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::BIGINT[], \
+                 $14::TEXT[]) \
+                 ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state, \
+                 severity = EXCLUDED.severity, event_type = EXCLUDED.event_type, \
+                 subject = EXCLUDED.subject, resource_name = EXCLUDED.resource_name, \
+                 resource_type = EXCLUDED.resource_type, first_seen_ms = EXCLUDED.first_seen_ms, \
+                 last_seen_ms = EXCLUDED.last_seen_ms, firing_since_ms = EXCLUDED.firing_since_ms, \
+                 acknowledged_at_ms = EXCLUDED.acknowledged_at_ms, \
+                 resolved_at_ms = EXCLUDED.resolved_at_ms, events = EXCLUDED.events, \
+                 latest_event = EXCLUDED.latest_event"
+            ),
+            &[
+                &column(|a| &a.key),
+                &column(|a| a.state.as_str()),
+                &column(|a| &a.severity),
+                &column(|a| &a.event_type),
+                &column(|a| &a.subject),
+                &column(|a| &a.resource_name),
+                &column(|a| &a.resource_type),
+                &number(|a| a.first_seen_ms),
+                &number(|a| a.last_seen_ms),
+                &number(|a| a.firing_since_ms),
+                &maybe(|a| a.acknowledged_at_ms),
+                &maybe(|a| a.resolved_at_ms),
+                &number(|a| a.events),
+                &column(|a| &a.latest_event),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn append(
+    client: &impl GenericClient,
+    entries: &[(&str, Entry, Option<&str>)],
+) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&str> = entries.iter().map(|(key, _, _)| *key).collect();
+    let at: Vec<i64> = entries.iter().map(|(_, e, _)| e.at_ms()).collect();
+    let ids: Vec<Option<&str>> = entries.iter().map(|(_, _, id)| *id).collect();
+    let json: Vec<String> = entries
+        .iter()
+        .map(|(_, e, _)| serde_json::to_string(e).expect("entries serialize"))
+        .collect();
+    client
+        .execute(
+            "INSERT INTO alert_timeline (key, at_ms, event_id, entry) \
+             SELECT key, at_ms, event_id, entry \
+             FROM unnest($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[]) \
+             WITH ORDINALITY AS t(key, at_ms, event_id, entry, n) ORDER BY n",
+            &[&keys, &at, &ids, &json],
+        )
+        .await?;
+    Ok(())
+}
+
+fn row_to_alert(r: &Row) -> Alert {
+    Alert {
+        key: r.get(0),
+        state: AlertState::parse(r.get(1)).unwrap_or(AlertState::Firing),
+        severity: r.get(2),
+        event_type: r.get(3),
+        subject: r.get(4),
+        resource_name: r.get(5),
+        resource_type: r.get(6),
+        first_seen_ms: r.get(7),
+        last_seen_ms: r.get(8),
+        firing_since_ms: r.get(9),
+        acknowledged_at_ms: r.get(10),
+        resolved_at_ms: r.get(11),
+        events: r.get(12),
+        latest_event: r.get(13),
+    }
+}

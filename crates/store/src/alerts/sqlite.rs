@@ -1,0 +1,251 @@
+//! The alerts in SQLite: `alerts.db` in the data directory, this process's alone. Every change
+//! runs on the file's one writer, so reading an alert and writing it back is never interleaved
+//! with another change.
+
+use super::{action_entry, event_entry, Acted, Actor, Alert, AlertQuery, AlertState, Entry};
+use super::{HumanAction, Observed};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use storage::{Database, Durability, StorageError};
+
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE alerts (
+        key TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        resource_name TEXT NOT NULL,
+        resource_type TEXT NOT NULL,
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        firing_since_ms INTEGER NOT NULL,
+        acknowledged_at_ms INTEGER,
+        resolved_at_ms INTEGER,
+        events INTEGER NOT NULL,
+        latest_event TEXT NOT NULL
+    );
+    CREATE INDEX alerts_by_time ON alerts (last_seen_ms);
+    CREATE INDEX alerts_by_state ON alerts (state, last_seen_ms);
+    CREATE TABLE timeline (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        event_id TEXT UNIQUE,
+        entry TEXT NOT NULL
+    );
+    CREATE INDEX timeline_by_alert ON timeline (key, id);
+"];
+
+const COLUMNS: &str = "key, state, severity, event_type, subject, resource_name, resource_type, \
+    first_seen_ms, last_seen_ms, firing_since_ms, acknowledged_at_ms, resolved_at_ms, events, \
+    latest_event";
+
+#[derive(Clone)]
+pub(super) struct SqliteAlerts {
+    db: Database,
+}
+
+impl SqliteAlerts {
+    pub(super) fn open(path: &Path) -> Result<Self, StorageError> {
+        // Normal durability, as for the records: an alert's state is rebuilt from events
+        // routed again if the machine loses the last commits.
+        Ok(SqliteAlerts {
+            db: Database::open(path, MIGRATIONS, Durability::Normal, None)?,
+        })
+    }
+
+    pub(super) async fn observe(&self, events: Vec<Observed>) -> Result<(), StorageError> {
+        self.db
+            .write(move |c| {
+                for observed in &events {
+                    let seen: Option<i64> = c
+                        .prepare_cached("SELECT 1 FROM timeline WHERE event_id = ?1")?
+                        .query_row([&observed.event.id], |r| r.get(0))
+                        .optional()?;
+                    if seen.is_some() {
+                        continue;
+                    }
+                    let before = load(c, observed.event.alert_key())?;
+                    let alert = Alert::observe(before, observed);
+                    save(c, &alert)?;
+                    append(
+                        c,
+                        &alert.key,
+                        &event_entry(observed),
+                        Some(&observed.event.id),
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    pub(super) async fn act(
+        &self,
+        key: String,
+        action: HumanAction,
+        actor: Actor,
+        at_ms: i64,
+    ) -> Result<Acted, StorageError> {
+        self.db
+            .write(move |c| {
+                let Some(alert) = load(c, &key)? else {
+                    return Ok(Acted::NotFound);
+                };
+                let acted = alert.act(action, at_ms);
+                if let Acted::Done { after, .. } = &acted {
+                    save(c, after)?;
+                    append(c, &key, &action_entry(action, actor, at_ms), None)?;
+                }
+                Ok(acted)
+            })
+            .await
+    }
+
+    pub(super) async fn get(
+        &self,
+        key: String,
+    ) -> Result<Option<(Alert, Vec<Entry>)>, StorageError> {
+        self.db
+            .read(move |c| {
+                let Some(alert) = load(c, &key)? else {
+                    return Ok(None);
+                };
+                let mut statement =
+                    c.prepare_cached("SELECT entry FROM timeline WHERE key = ?1 ORDER BY id")?;
+                let entries = statement
+                    .query_map([&key], |r| r.get::<_, String>(0))?
+                    .filter_map(|entry| entry.ok().and_then(|e| serde_json::from_str(&e).ok()))
+                    .collect();
+                Ok(Some((alert, entries)))
+            })
+            .await
+    }
+
+    pub(super) async fn list(&self, query: AlertQuery) -> Result<(u64, Vec<Alert>), StorageError> {
+        self.db
+            .read(move |c| {
+                let (limit, offset) = query.limit_and_offset();
+                let filter = "(?1 IS NULL OR state = ?1) AND (?2 IS NULL OR severity = ?2) \
+                    AND (?3 IS NULL OR event_type = ?3) AND (?4 IS NULL OR resource_name = ?4) \
+                    AND (?5 IS NULL OR last_seen_ms >= ?5) AND (?6 IS NULL OR last_seen_ms < ?6) \
+                    AND (?7 IS NULL OR lower(key) LIKE ?7 ESCAPE '\\' \
+                         OR lower(subject) LIKE ?7 ESCAPE '\\')";
+                let values = params![
+                    query.state.map(AlertState::as_str),
+                    query.severity,
+                    query.event_type,
+                    query.resource_name,
+                    query.since_ms,
+                    query.until_ms,
+                    query.text_pattern(),
+                    limit,
+                    offset,
+                ];
+                let total: i64 = c
+                    .prepare_cached(&format!("SELECT COUNT(*) FROM alerts WHERE {filter}"))?
+                    .query_row(&values[..7], |r| r.get(0))?;
+                let mut page = c.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM alerts WHERE {filter} \
+                     ORDER BY last_seen_ms DESC, key LIMIT ?8 OFFSET ?9"
+                ))?;
+                let alerts = page
+                    .query_map(values, row_to_alert)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok((total as u64, alerts))
+            })
+            .await
+    }
+
+    pub(super) async fn purge_resolved_before(
+        &self,
+        cutoff_ms: i64,
+        batch: u32,
+    ) -> Result<usize, StorageError> {
+        self.db
+            .write(move |c| {
+                let keys: Vec<String> = c
+                    .prepare_cached(
+                        "SELECT key FROM alerts WHERE state = 'resolved' AND resolved_at_ms < ?1 \
+                         ORDER BY resolved_at_ms LIMIT ?2",
+                    )?
+                    .query_map(params![cutoff_ms, batch], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                for key in &keys {
+                    c.prepare_cached("DELETE FROM timeline WHERE key = ?1")?
+                        .execute([key])?;
+                    c.prepare_cached("DELETE FROM alerts WHERE key = ?1")?
+                        .execute([key])?;
+                }
+                Ok(keys.len())
+            })
+            .await
+    }
+}
+
+fn load(c: &Connection, key: &str) -> rusqlite::Result<Option<Alert>> {
+    c.prepare_cached(&format!("SELECT {COLUMNS} FROM alerts WHERE key = ?1"))?
+        .query_row([key], row_to_alert)
+        .optional()
+}
+
+fn save(c: &Connection, a: &Alert) -> rusqlite::Result<()> {
+    c.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO alerts ({COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+    ))?
+    .execute(params![
+        a.key,
+        a.state.as_str(),
+        a.severity,
+        a.event_type,
+        a.subject,
+        a.resource_name,
+        a.resource_type,
+        a.first_seen_ms,
+        a.last_seen_ms,
+        a.firing_since_ms,
+        a.acknowledged_at_ms,
+        a.resolved_at_ms,
+        a.events,
+        a.latest_event,
+    ])?;
+    Ok(())
+}
+
+fn append(
+    c: &Connection,
+    key: &str,
+    entry: &Entry,
+    event_id: Option<&str>,
+) -> rusqlite::Result<()> {
+    c.prepare_cached("INSERT INTO timeline (key, at_ms, event_id, entry) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![
+            key,
+            entry.at_ms(),
+            event_id,
+            serde_json::to_string(entry).expect("entries serialize")
+        ])?;
+    Ok(())
+}
+
+fn row_to_alert(r: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
+    let state: String = r.get(1)?;
+    Ok(Alert {
+        key: r.get(0)?,
+        state: AlertState::parse(&state).unwrap_or(AlertState::Firing),
+        severity: r.get(2)?,
+        event_type: r.get(3)?,
+        subject: r.get(4)?,
+        resource_name: r.get(5)?,
+        resource_type: r.get(6)?,
+        first_seen_ms: r.get(7)?,
+        last_seen_ms: r.get(8)?,
+        firing_since_ms: r.get(9)?,
+        acknowledged_at_ms: r.get(10)?,
+        resolved_at_ms: r.get(11)?,
+        events: r.get(12)?,
+        latest_event: r.get(13)?,
+    })
+}

@@ -1,0 +1,207 @@
+use super::*;
+use model::ResourceEvent;
+
+fn observed(id: &str, key: &str, status: Option<&str>, at: i64) -> Observed {
+    let mut tags = serde_json::json!({"ans:sourceEventId": key});
+    if let Some(status) = status {
+        tags["ans:status"] = status.into();
+    }
+    let event: ResourceEvent = serde_json::from_value(serde_json::json!({
+        "id": id, "eventType": "DiskFull", "severity": "FATAL", "category": "ALERT",
+        "subject": format!("subject of {id}"), "body": "b", "eventTimestamp": 1,
+        "resource": {"resourceName": "db-1", "resourceType": "database"},
+        "tags": tags
+    }))
+    .unwrap();
+    Observed {
+        event,
+        accepted_at_ms: at,
+    }
+}
+
+fn person(comment: Option<&str>) -> Actor {
+    Actor {
+        who: "oncall".into(),
+        via: "api".into(),
+        comment: comment.map(str::to_owned),
+    }
+}
+
+/// The same alerts on each backend: a SQLite file, and a fresh schema in the tests' database.
+async fn stores() -> (Vec<AlertStore>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = AlertStore::open(&Location::Sqlite(dir.path().to_owned()))
+        .await
+        .unwrap();
+    let database = crate::postgres::testing::scratch().await;
+    let postgres = AlertStore::open(&Location::Postgres(database))
+        .await
+        .unwrap();
+    (vec![sqlite, postgres], dir)
+}
+
+#[tokio::test]
+async fn an_alert_fires_repeats_is_acknowledged_and_closes_on_both_backends() {
+    let (stores, _dir) = stores().await;
+    for store in stores {
+        // Open and repeat in one batch, the batch again (routed again after a crash).
+        let batch = vec![
+            observed("e1", "disk-db-1", None, 1_000),
+            observed("e2", "disk-db-1", Some("UPDATE"), 2_000),
+            observed("x1", "other", None, 1_500),
+        ];
+        store.observe(batch.clone()).await.unwrap();
+        store.observe(batch).await.unwrap();
+        let (alert, timeline) = store.get("disk-db-1").await.unwrap().unwrap();
+        assert_eq!(alert.state, AlertState::Firing);
+        assert_eq!(alert.events, 2, "the batch routed again changed nothing");
+        assert_eq!((alert.first_seen_ms, alert.last_seen_ms), (1_000, 2_000));
+        assert_eq!(alert.subject, "subject of e2");
+        assert_eq!(timeline.len(), 2);
+
+        let acked = store
+            .act(
+                "disk-db-1",
+                HumanAction::Acknowledge,
+                person(Some("on it")),
+                3_000,
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(acked, Acted::Done { ref after, .. } if after.state == AlertState::Acknowledged)
+        );
+        let again = store
+            .act("disk-db-1", HumanAction::Acknowledge, person(None), 3_500)
+            .await
+            .unwrap();
+        assert!(
+            matches!(again, Acted::Unchanged(_)),
+            "acknowledging twice is once"
+        );
+        // A comment event keeps subject and severity.
+        store
+            .observe(vec![observed("e3", "disk-db-1", Some("COMMENT"), 4_000)])
+            .await
+            .unwrap();
+        store
+            .observe(vec![observed("e4", "disk-db-1", Some("CLOSE"), 5_000)])
+            .await
+            .unwrap();
+        let (alert, timeline) = store.get("disk-db-1").await.unwrap().unwrap();
+        assert_eq!(alert.state, AlertState::Resolved);
+        assert_eq!(alert.resolved_at_ms, Some(5_000));
+        assert_eq!(alert.acknowledged_at_ms, Some(3_000));
+        assert_eq!(alert.events, 4);
+        let kinds: Vec<String> = timeline
+            .iter()
+            .map(|e| match e {
+                Entry::Event { event_id, .. } => event_id.clone(),
+                Entry::Action {
+                    action,
+                    who,
+                    comment,
+                    ..
+                } => {
+                    format!(
+                        "{}:{who}:{}",
+                        action.as_str(),
+                        comment.as_deref().unwrap_or("")
+                    )
+                }
+            })
+            .collect();
+        assert_eq!(kinds, ["e1", "e2", "acknowledge:oncall:on it", "e3", "e4"]);
+        let refused = store
+            .act(
+                "disk-db-1",
+                HumanAction::Comment,
+                person(Some("late")),
+                6_000,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(refused, Acted::Refused(ref a) if a.state == AlertState::Resolved));
+        assert_eq!(
+            store
+                .act("nope", HumanAction::Resolve, person(None), 6_000)
+                .await
+                .unwrap(),
+            Acted::NotFound
+        );
+        // It fires again: reopened, no longer acknowledged.
+        store
+            .observe(vec![observed("e5", "disk-db-1", None, 7_000)])
+            .await
+            .unwrap();
+        let (alert, _) = store.get("disk-db-1").await.unwrap().unwrap();
+        assert_eq!(alert.state, AlertState::Firing);
+        assert_eq!(
+            (alert.firing_since_ms, alert.acknowledged_at_ms),
+            (7_000, None)
+        );
+    }
+}
+
+#[tokio::test]
+async fn alerts_are_listed_newest_first_with_filters_and_purged_once_resolved() {
+    let (stores, _dir) = stores().await;
+    for store in stores {
+        for (i, key) in ["a-cpu", "b-disk", "c_disk%"].iter().enumerate() {
+            store
+                .observe(vec![observed(
+                    &format!("{key}-1"),
+                    key,
+                    None,
+                    1_000 * (i as i64 + 1),
+                )])
+                .await
+                .unwrap();
+        }
+        store
+            .act("a-cpu", HumanAction::Resolve, person(None), 10_000)
+            .await
+            .unwrap();
+        let all = AlertQuery {
+            page_size: 10,
+            ..Default::default()
+        };
+        let (total, page) = store.list(all.clone()).await.unwrap();
+        assert_eq!(total, 3);
+        let keys: Vec<&str> = page.iter().map(|a| a.key.as_str()).collect();
+        assert_eq!(keys, ["c_disk%", "b-disk", "a-cpu"], "newest first");
+        let firing = AlertQuery {
+            state: Some(AlertState::Firing),
+            ..all.clone()
+        };
+        assert_eq!(store.list(firing).await.unwrap().0, 2);
+        // Text matches key or subject, its wildcards taken literally.
+        let literal = AlertQuery {
+            text: Some("_DISK%".into()),
+            ..all.clone()
+        };
+        let (_, found) = store.list(literal).await.unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key, "c_disk%");
+        let window = AlertQuery {
+            since_ms: Some(2_000),
+            until_ms: Some(3_000),
+            ..all.clone()
+        };
+        let (_, found) = store.list(window).await.unwrap();
+        assert_eq!(
+            found.iter().map(|a| a.key.as_str()).collect::<Vec<_>>(),
+            ["b-disk"]
+        );
+        let second_page = AlertQuery {
+            page: 1,
+            page_size: 2,
+            ..all.clone()
+        };
+        assert_eq!(store.list(second_page).await.unwrap().1.len(), 1);
+
+        assert_eq!(store.purge_resolved_before(10_001, 100).await.unwrap(), 1);
+        assert!(store.get("a-cpu").await.unwrap().is_none());
+        assert_eq!(store.list(all).await.unwrap().0, 2);
+    }
+}
