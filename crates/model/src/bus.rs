@@ -4,6 +4,7 @@
 //! each into one `DeliveryJob` per selected action on the deliveries queue. A job names its action
 //! rather than carrying it, so that credentials in action properties never sit in the broker.
 
+use crate::alert::HumanAct;
 use crate::consumer::FailureReason;
 use crate::event::ResourceEvent;
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,9 @@ pub struct IngestedEvent {
     pub event: ResourceEvent,
     /// When the API accepted the event (ms since the epoch), for ingest→delivery latency.
     pub accepted_at_ms: i64,
+    /// The person's act this event carries, for events the alerts API made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<HumanAct>,
 }
 
 impl IngestedEvent {
@@ -154,7 +158,8 @@ mod tests {
             ingested,
             IngestedEvent {
                 event: event(),
-                accepted_at_ms: 7
+                accepted_at_ms: 7,
+                by: None,
             }
         );
         let job: DeliveryJob =

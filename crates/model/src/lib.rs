@@ -8,6 +8,7 @@
 //! official Java client rejects unknown fields, so nothing here serializes an extra one.
 
 pub mod action_types;
+pub mod alert;
 pub mod bus;
 pub mod catalog;
 pub mod config;

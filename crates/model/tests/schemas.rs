@@ -105,14 +105,26 @@ fn emitted_events_and_pages_match_their_schemas() {
         "consumer page",
     );
 
-    let ingested = IngestedEvent {
+    let mut ingested = IngestedEvent {
         event: event.clone(),
         accepted_at_ms: 5,
+        by: None,
     };
     assert_valid(
         &validator("bus-ingested-event.json"),
         &serde_json::to_value(&ingested).unwrap(),
         "bus event",
+    );
+    ingested.by = Some(model::alert::HumanAct {
+        action: model::alert::HumanAction::Acknowledge,
+        who: "oncall".into(),
+        via: "api".into(),
+        comment: Some("on it".into()),
+    });
+    assert_valid(
+        &validator("bus-ingested-event.json"),
+        &serde_json::to_value(&ingested).unwrap(),
+        "bus event with a person's act",
     );
     let mut job = DeliveryJob::new(event, 5, "to-store");
     assert_valid(

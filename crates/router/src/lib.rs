@@ -206,6 +206,7 @@ mod tests {
         let ingested = IngestedEvent {
             event,
             accepted_at_ms: 0,
+            by: None,
         };
         Bytes::from(serde_json::to_vec(&ingested).unwrap())
     }

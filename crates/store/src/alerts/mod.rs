@@ -3,17 +3,19 @@
 //! every human action, in order. (Delivery outcomes join the timeline when it is read, from the
 //! attempts in [`crate::records`].)
 //!
-//! Flow: the router folds each batch of events it routes into their alerts ([`AlertStore::observe`],
-//! one transaction per batch; an event already folded — routed again after a crash — changes
-//! nothing); people act through the API ([`AlertStore::act`]), which changes the state and
-//! notes who did what. The rules are pure functions here ([`Alert::observe`], [`Alert::act`]);
-//! the two backends ([`sqlite`], `alerts.db`; [`postgres`], shared) only load and save rows, each
-//! change of one alert under a lock (SQLite's one writer, PostgreSQL's `FOR UPDATE`).
+//! Flow: the router folds each batch of events it routes into their alerts
+//! ([`AlertStore::observe`], one transaction per batch; an event already folded — routed again
+//! after a crash — changes nothing). A person's act arrives the same way, as an event of the
+//! chain carrying a [`HumanAct`] (see [`model::alert`]), so every change of an alert has one
+//! writer and one order. The rules are pure functions here ([`Alert::fold`], [`Alert::act`]);
+//! the two backends (`sqlite.rs`, `alerts.db`; `postgres.rs`, shared) only load and save rows,
+//! each change of one alert under a lock (SQLite's one writer, PostgreSQL's advisory locks).
 
 mod postgres;
 mod sqlite;
 
 use crate::{Location, StoreError};
+pub use model::alert::{HumanAct, HumanAction};
 use model::event::Transition;
 use model::ResourceEvent;
 
@@ -72,48 +74,6 @@ pub struct Alert {
     pub latest_event: String,
 }
 
-/// Something a person does to an alert.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HumanAction {
-    Acknowledge,
-    Unacknowledge,
-    Resolve,
-    Comment,
-}
-
-impl HumanAction {
-    pub const ALL: [HumanAction; 4] = [
-        HumanAction::Acknowledge,
-        HumanAction::Unacknowledge,
-        HumanAction::Resolve,
-        HumanAction::Comment,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HumanAction::Acknowledge => "acknowledge",
-            HumanAction::Unacknowledge => "unacknowledge",
-            HumanAction::Resolve => "resolve",
-            HumanAction::Comment => "comment",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.as_str() == text)
-    }
-}
-
-/// Who acted, through what, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actor {
-    /// The Tocsin client (later: the chat user) that acted.
-    pub who: String,
-    /// `api`, `cli`; later `slack`, `teams`, `email`, `console`.
-    pub via: String,
-    pub comment: Option<String>,
-}
-
 /// One line of an alert's timeline (kept as its JSON).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(
@@ -155,11 +115,36 @@ impl Entry {
 pub struct Observed {
     pub event: ResourceEvent,
     pub accepted_at_ms: i64,
+    /// The person's act the event carries, if the alerts API made it.
+    pub by: Option<HumanAct>,
 }
 
 impl Alert {
-    /// The alert after `observed`, given what it was (`None`: the event starts it).
-    pub fn observe(before: Option<Alert>, observed: &Observed) -> Alert {
+    /// The alert after `observed`, given what it was (`None`: the event starts it), and the
+    /// lines it adds to the timeline: the person's act, if it changed anything, then the event.
+    pub fn fold(before: Option<Alert>, observed: &Observed) -> (Alert, Vec<Entry>) {
+        let event = event_entry(observed);
+        let (Some(by), Some(alert)) = (&observed.by, &before) else {
+            return (Alert::observe(before, observed), vec![event]);
+        };
+        // An act only adds to its alert: the event it came in counts, the rest is the act's.
+        let mut after = match alert.act(by.action, observed.accepted_at_ms) {
+            Acted::Done { after, .. } => after,
+            Acted::Unchanged(alert) | Acted::Refused(alert) => {
+                let mut alert = alert;
+                alert.events += 1;
+                alert.last_seen_ms = alert.last_seen_ms.max(observed.accepted_at_ms);
+                return (alert, vec![event]);
+            }
+        };
+        after.events += 1;
+        after.last_seen_ms = after.last_seen_ms.max(observed.accepted_at_ms);
+        let action = action_entry(by, observed.accepted_at_ms);
+        (after, vec![action, event])
+    }
+
+    /// The alert after `observed`, an event of its chain, given what it was.
+    fn observe(before: Option<Alert>, observed: &Observed) -> Alert {
         let event = &observed.event;
         let at = observed.accepted_at_ms;
         let transition = Transition::of(event);
@@ -249,7 +234,6 @@ pub enum Acted {
     Unchanged(Alert),
     /// The alert is resolved: nothing can be done to it.
     Refused(Alert),
-    NotFound,
 }
 
 /// What the alerts API asks for; newest (last seen) first.
@@ -330,21 +314,6 @@ impl AlertStore {
         }
     }
 
-    /// Does `action` to the alert `key` at `at_ms`, noting who did it, if it changes anything.
-    pub async fn act(
-        &self,
-        key: &str,
-        action: HumanAction,
-        actor: Actor,
-        at_ms: i64,
-    ) -> Result<Acted, StoreError> {
-        let key = key.to_owned();
-        match &self.backend {
-            Backend::Sqlite(s) => Ok(s.act(key, action, actor, at_ms).await?),
-            Backend::Postgres(p) => p.database.noted(p.act(key, action, actor, at_ms).await),
-        }
-    }
-
     /// The alert `key` and its timeline (events and actions, in order).
     pub async fn get(&self, key: &str) -> Result<Option<(Alert, Vec<Entry>)>, StoreError> {
         let key = key.to_owned();
@@ -391,14 +360,14 @@ fn event_entry(observed: &Observed) -> Entry {
     }
 }
 
-/// The timeline line of a person's action.
-fn action_entry(action: HumanAction, actor: Actor, at_ms: i64) -> Entry {
+/// The timeline line of a person's act.
+fn action_entry(by: &HumanAct, at_ms: i64) -> Entry {
     Entry::Action {
         at_ms,
-        action,
-        who: actor.who,
-        via: actor.via,
-        comment: actor.comment,
+        action: by.action,
+        who: by.who.clone(),
+        via: by.via.clone(),
+        comment: by.comment.clone(),
     }
 }
 

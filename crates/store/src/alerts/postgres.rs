@@ -3,8 +3,7 @@
 //! each other in a circle), reads their alerts, folds in Rust, and writes back — a routing
 //! batch in six round trips, whatever its size.
 
-use super::{action_entry, event_entry, Acted, Actor, Alert, AlertQuery, AlertState, Entry};
-use super::{HumanAction, Observed};
+use super::{Alert, AlertQuery, AlertState, Entry, Observed};
 use crate::postgres::Postgres;
 use crate::StoreError;
 use deadpool_postgres::GenericClient;
@@ -84,8 +83,12 @@ impl PostgresAlerts {
                 continue;
             }
             let key = observed.event.alert_key();
-            let alert = Alert::observe(alerts.remove(key), observed);
-            entries.push((key, event_entry(observed), Some(observed.event.id.as_str())));
+            let (alert, added) = Alert::fold(alerts.remove(key), observed);
+            for entry in added {
+                let event_id =
+                    matches!(entry, Entry::Event { .. }).then_some(observed.event.id.as_str());
+                entries.push((key, entry, event_id));
+            }
             changed.insert(key);
             alerts.insert(key.to_owned(), alert);
         }
@@ -94,29 +97,6 @@ impl PostgresAlerts {
         append(&transaction, &entries).await?;
         transaction.commit().await?;
         Ok(())
-    }
-
-    pub(super) async fn act(
-        &self,
-        key: String,
-        action: HumanAction,
-        actor: Actor,
-        at_ms: i64,
-    ) -> Result<Acted, StoreError> {
-        let mut client = self.database.client().await?;
-        let transaction = client.transaction().await?;
-        lock(&transaction, &[key.as_str()]).await?;
-        let Some(alert) = load(&transaction, &[key.as_str()]).await?.remove(&key) else {
-            return Ok(Acted::NotFound);
-        };
-        let acted = alert.act(action, at_ms);
-        if let Acted::Done { after, .. } = &acted {
-            save(&transaction, &[after]).await?;
-            let entry = action_entry(action, actor, at_ms);
-            append(&transaction, &[(key.as_str(), entry, None)]).await?;
-            transaction.commit().await?;
-        }
-        Ok(acted)
     }
 
     pub(super) async fn get(&self, key: String) -> Result<Option<(Alert, Vec<Entry>)>, StoreError> {

@@ -2,8 +2,7 @@
 //! runs on the file's one writer, so reading an alert and writing it back is never interleaved
 //! with another change.
 
-use super::{action_entry, event_entry, Acted, Actor, Alert, AlertQuery, AlertState, Entry};
-use super::{HumanAction, Observed};
+use super::{Alert, AlertQuery, AlertState, Entry, Observed};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use storage::{Database, Durability, StorageError};
@@ -67,38 +66,15 @@ impl SqliteAlerts {
                         continue;
                     }
                     let before = load(c, observed.event.alert_key())?;
-                    let alert = Alert::observe(before, observed);
+                    let (alert, entries) = Alert::fold(before, observed);
                     save(c, &alert)?;
-                    append(
-                        c,
-                        &alert.key,
-                        &event_entry(observed),
-                        Some(&observed.event.id),
-                    )?;
+                    for entry in &entries {
+                        let event_id = matches!(entry, Entry::Event { .. })
+                            .then_some(observed.event.id.as_str());
+                        append(c, &alert.key, entry, event_id)?;
+                    }
                 }
                 Ok(())
-            })
-            .await
-    }
-
-    pub(super) async fn act(
-        &self,
-        key: String,
-        action: HumanAction,
-        actor: Actor,
-        at_ms: i64,
-    ) -> Result<Acted, StorageError> {
-        self.db
-            .write(move |c| {
-                let Some(alert) = load(c, &key)? else {
-                    return Ok(Acted::NotFound);
-                };
-                let acted = alert.act(action, at_ms);
-                if let Acted::Done { after, .. } = &acted {
-                    save(c, after)?;
-                    append(c, &key, &action_entry(action, actor, at_ms), None)?;
-                }
-                Ok(acted)
             })
             .await
     }
