@@ -78,6 +78,9 @@ const OTHER_ROUTES: &[Route] = &[
     ),
     route("/tocsin/v1/undelivered-events/redeliver", &["POST"]),
     route("/tocsin/v1/actions/{name}/test", &["POST"]),
+    route("/tocsin/v1/alerts", &["GET"]),
+    route("/tocsin/v1/alerts/{key}", &["GET"]),
+    route("/tocsin/v1/alerts/{key}/{act}", &["POST"]),
     route("/tocsin/v1/dead-letters", &["GET"]),
     route("/tocsin/v1/dead-letters/{id}/replay", &["POST"]),
     route("/tocsin/v1/dead-letters/replay", &["POST"]),
@@ -147,6 +150,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Probe {
     pub bus: Arc<dyn Bus>,
     pub records: RecordStore,
+    pub alerts: store::alerts::AlertStore,
     pub config: Arc<ConfigStore>,
     pub channels: delivery::channels::Channels,
     pub metrics: Arc<Metrics>,

@@ -112,6 +112,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         clients.iter().map(|c| c.name.as_str()),
     ));
 
+    let alerts = store::alerts::AlertStore::open(&location).await?;
     let (stop_pipeline, pipeline_stopping) = watch::channel(false);
     let router = Router::new(
         RouterConfig {
@@ -119,6 +120,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         },
         Arc::clone(&bus),
         Arc::clone(&config_store),
+        alerts.clone(),
         Arc::clone(&metrics),
     );
     let router = tokio::spawn(router.run(pipeline_stopping.clone()));
@@ -149,6 +151,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let probe = Probe {
         bus: Arc::clone(&bus),
         records: records.clone(),
+        alerts,
         config: Arc::clone(&config_store),
         channels,
         metrics,
@@ -226,6 +229,12 @@ fn api_routes(
         CONFIGURATION_BODY_LIMIT,
         auth.require(Scope::Configuration),
     );
+    let alerts = alerts::routes(
+        probe.alerts.clone(),
+        probe.records.clone(),
+        Arc::clone(&bus),
+        auth.identify(Scope::Responder),
+    );
     // /healthz, /readyz, /openapi.json, and /metrics (consumer scope unless metrics.public).
     let metrics_guard = if settings.metrics.public {
         warp::any().boxed()
@@ -239,6 +248,7 @@ fn api_routes(
         .or(operator)
         .or(action_test)
         .or(configuration)
+        .or(alerts)
         .or(crate::dead_letters::routes(Arc::clone(&bus), auth))
         .or(health)
         .recover(web::recover)

@@ -8,6 +8,11 @@
 //! were accepted — and only then acks the events. A crash in between re-routes the batch; the
 //! jobs it had already queued are duplicates that delivery absorbs (records are idempotent).
 //!
+//! Before it publishes a batch's jobs it folds the batch's events into their alerts
+//! ([`store::alerts`]): every event routed is in its alert's timeline, in the order routed, and
+//! a person's act (an event the alerts API made) changes the alert's state here, in that same
+//! order. A batch routed again after a crash folds nothing twice.
+//!
 //! It counts what it does: events routed by outcome and jobs queued once they are published,
 //! and each subscription's matches as they happen (an event routed again after a crash counts
 //! again there).
@@ -17,6 +22,7 @@ pub mod matcher;
 pub mod sealing;
 pub mod store;
 
+use ::store::alerts::{AlertStore, Observed};
 use bus::{Bus, Delivery, Queue};
 use bytes::Bytes;
 use matcher::Matcher;
@@ -38,6 +44,7 @@ pub struct Router {
     config: RouterConfig,
     bus: Arc<dyn Bus>,
     store: Arc<ConfigStore>,
+    alerts: AlertStore,
     metrics: Arc<Metrics>,
     compiled: Compiled,
 }
@@ -67,6 +74,7 @@ impl Router {
         config: RouterConfig,
         bus: Arc<dyn Bus>,
         store: Arc<ConfigStore>,
+        alerts: AlertStore,
         metrics: Arc<Metrics>,
     ) -> Self {
         let compiled = Compiled::new(store.current(), &metrics);
@@ -74,6 +82,7 @@ impl Router {
             config,
             bus,
             store,
+            alerts,
             metrics,
             compiled,
         }
@@ -108,6 +117,7 @@ impl Router {
     async fn route(&mut self, batch: Vec<Delivery>, shutdown: &mut watch::Receiver<bool>) {
         let now = clock::now_epoch_seconds();
         let mut jobs = Vec::new();
+        let mut observed = Vec::with_capacity(batch.len());
         let mut routed = Vec::with_capacity(batch.len());
         let mut unmatched = 0;
         let mut queued = 0;
@@ -140,7 +150,15 @@ impl Router {
                     also,
                 ));
             }
+            observed.push(Observed {
+                event: ingested.event,
+                accepted_at_ms: ingested.accepted_at_ms,
+                by: ingested.by,
+            });
             routed.push(delivery);
+        }
+        if !self.observe_until_done(observed, shutdown).await {
+            return;
         }
         if !jobs.is_empty() && !self.publish_until_done(jobs, shutdown).await {
             // Shutting down with the jobs unpublished: leave the events unacked for next time.
@@ -156,6 +174,30 @@ impl Router {
             if let Err(e) = result {
                 tracing::warn!(error = %e, "cannot ack a routed event; it will be routed again");
             }
+        }
+    }
+
+    /// Folds `observed` into their alerts, retrying while the store cannot; false if shutdown
+    /// came first (the events then stay unacked, and are routed and folded next time).
+    async fn observe_until_done(
+        &self,
+        observed: Vec<Observed>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let observed: Arc<[Observed]> = observed.into();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.alerts.observe(Arc::clone(&observed)).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot note routed events in their alerts; retrying")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return false,
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -254,10 +296,15 @@ mod tests {
             .await
             .unwrap();
         let metrics = Arc::new(Metrics::new());
+        let alerts =
+            ::store::alerts::AlertStore::open(&::store::Location::Sqlite(dir.path().to_owned()))
+                .await
+                .unwrap();
         let router = Router::new(
             RouterConfig { prefetch: 16 },
             Arc::clone(&bus),
             Arc::new(store),
+            alerts,
             Arc::clone(&metrics),
         );
         // Series exist from the start, at zero.

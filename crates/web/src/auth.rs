@@ -38,16 +38,24 @@ pub enum Scope {
     Consumer,
     /// Read and change actions, conditions and subscriptions.
     Configuration,
+    /// See alerts and act on them (acknowledge, resolve, comment), and nothing else.
+    Responder,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::Producer, Scope::Consumer, Scope::Configuration];
+    pub const ALL: [Scope; 4] = [
+        Scope::Producer,
+        Scope::Consumer,
+        Scope::Configuration,
+        Scope::Responder,
+    ];
 
     fn bit(self) -> u8 {
         match self {
             Scope::Producer => 1,
             Scope::Consumer => 2,
             Scope::Configuration => 4,
+            Scope::Responder => 8,
         }
     }
 
@@ -56,6 +64,7 @@ impl Scope {
             Scope::Producer => "producer",
             Scope::Consumer => "consumer",
             Scope::Configuration => "configuration",
+            Scope::Responder => "responder",
         }
     }
 }

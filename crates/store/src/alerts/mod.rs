@@ -226,10 +226,7 @@ impl Alert {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Acted {
     /// Done: the alert went from state `was` to `after` (the same state, for a comment).
-    Done {
-        was: AlertState,
-        after: Alert,
-    },
+    Done { was: AlertState, after: Alert },
     /// Already so: nothing changed, nothing was noted.
     Unchanged(Alert),
     /// The alert is resolved: nothing can be done to it.
@@ -304,7 +301,11 @@ impl AlertStore {
 
     /// Folds `events`, in order, into their alerts, in one transaction. An event already
     /// folded in changes nothing.
-    pub async fn observe(&self, events: Vec<Observed>) -> Result<(), StoreError> {
+    pub async fn observe(
+        &self,
+        events: impl Into<std::sync::Arc<[Observed]>>,
+    ) -> Result<(), StoreError> {
+        let events = events.into();
         if events.is_empty() {
             return Ok(());
         }

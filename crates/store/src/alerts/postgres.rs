@@ -59,7 +59,10 @@ impl PostgresAlerts {
         })
     }
 
-    pub(super) async fn observe(&self, events: Vec<Observed>) -> Result<(), StoreError> {
+    pub(super) async fn observe(
+        &self,
+        events: std::sync::Arc<[Observed]>,
+    ) -> Result<(), StoreError> {
         let mut client = self.database.client().await?;
         let transaction = client.transaction().await?;
         let keys: BTreeSet<&str> = events.iter().map(|o| o.event.alert_key()).collect();
@@ -78,7 +81,7 @@ impl PostgresAlerts {
         let mut alerts = load(&transaction, &keys).await?;
         let mut changed = BTreeSet::new();
         let mut entries = Vec::new();
-        for observed in &events {
+        for observed in events.iter() {
             if !seen.insert(observed.event.id.clone()) {
                 continue;
             }

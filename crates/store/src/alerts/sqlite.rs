@@ -54,10 +54,13 @@ impl SqliteAlerts {
         })
     }
 
-    pub(super) async fn observe(&self, events: Vec<Observed>) -> Result<(), StorageError> {
+    pub(super) async fn observe(
+        &self,
+        events: std::sync::Arc<[Observed]>,
+    ) -> Result<(), StorageError> {
         self.db
             .write(move |c| {
-                for observed in &events {
+                for observed in events.iter() {
                     let seen: Option<i64> = c
                         .prepare_cached("SELECT 1 FROM timeline WHERE event_id = ?1")?
                         .query_row([&observed.event.id], |r| r.get(0))

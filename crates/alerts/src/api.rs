@@ -1,0 +1,323 @@
+//! The routes of the alerts API (see the crate's doc), and how each answer is made.
+
+use crate::act::act_event;
+use bus::{Bus, Queue};
+use bytes::Bytes;
+use model::alert::{HumanAct, HumanAction};
+use model::consumer::ResponseMetadata;
+use model::IngestedEvent;
+use std::collections::HashMap;
+use std::sync::Arc;
+use store::alerts::{Acted, Alert, AlertQuery, AlertState, AlertStore, Entry};
+use store::records::{Attempt, RecordStore};
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+use web::ApiError;
+
+const DEFAULT_PAGE_SIZE: u64 = 100;
+const MAX_PAGE_SIZE: u64 = 1000;
+/// The longest comment a person may leave, in characters.
+const MAX_COMMENT: usize = 4096;
+/// The act's body (a comment) at most, in bytes.
+const BODY_LIMIT: u64 = 64 * 1024;
+/// Events of one alert whose delivery attempts the timeline shows, the latest ones.
+const TIMELINE_ATTEMPTS_OF: usize = 200;
+
+/// Everything the routes need; cheap to clone.
+#[derive(Clone)]
+struct State {
+    alerts: AlertStore,
+    records: RecordStore,
+    bus: Arc<dyn Bus>,
+}
+
+/// The alerts API; `responder` yields the acting client's name (the `responder` scope).
+pub fn routes(
+    alerts: AlertStore,
+    records: RecordStore,
+    bus: Arc<dyn Bus>,
+    responder: impl Filter<Extract = (String,), Error = Rejection> + Clone + Send + Sync + 'static,
+) -> BoxedFilter<(Response,)> {
+    let state = State {
+        alerts,
+        records,
+        bus,
+    };
+    let state = warp::any().map(move || state.clone());
+    let base = warp::path("tocsin")
+        .and(warp::path("v1"))
+        .and(warp::path("alerts"));
+    let list = base
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(responder.clone())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(state.clone())
+        .then(|_: String, params: HashMap<String, String>, state: State| list(params, state));
+    let one = base
+        .and(web::segment())
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(responder.clone())
+        .and(state.clone())
+        .then(|key: String, _: String, state: State| one(key, state));
+    let act = base
+        .and(web::segment())
+        .and(web::segment())
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(responder)
+        .and(optional_body())
+        .and(state)
+        .then(
+            |key: String, action: String, who: String, body: Bytes, state: State| {
+                act(key, action, who, body, state)
+            },
+        );
+    list.or(one).unify().or(act).unify().boxed()
+}
+
+/// The body, or none at all (an act without a comment needs none).
+fn optional_body() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::header::optional::<String>("transfer-encoding"))
+        .and_then(|length: Option<u64>, chunked: Option<String>| async move {
+            if length.unwrap_or(0) == 0 && chunked.is_none() {
+                Ok(())
+            } else {
+                Err(warp::reject())
+            }
+        })
+        .untuple_one()
+        .map(Bytes::new)
+        .or(web::body::json(BODY_LIMIT))
+        .unify()
+}
+
+async fn list(params: HashMap<String, String>, state: State) -> Response {
+    let query = match parse_query(&params) {
+        Ok(query) => query,
+        Err(e) => return e.into_response(),
+    };
+    let (page, page_size) = (query.page, query.page_size);
+    match state.alerts.list(query).await {
+        Ok((total, results)) => warp::reply::json(&serde_json::json!({
+            "responseMetadata": ResponseMetadata {
+                page,
+                page_size,
+                total_pages: total.div_ceil(page_size),
+                total_results_count: total,
+            },
+            "results": results,
+        }))
+        .into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// Reads the list's query parameters, naming the one at fault. Unknown ones are ignored.
+fn parse_query(params: &HashMap<String, String>) -> Result<AlertQuery, ApiError> {
+    let text = |key: &str| params.get(key).filter(|v| !v.is_empty()).cloned();
+    let number = |key: &str| -> Result<Option<u64>, ApiError> {
+        text(key)
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "`{key}` must be a non-negative integer, got `{v}`"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let state = text("state")
+        .map(|s| {
+            AlertState::parse(&s).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "`state` must be one of firing, acknowledged, resolved, got `{s}`"
+                ))
+            })
+        })
+        .transpose()?;
+    let page_size = number("pageSize")?.unwrap_or(DEFAULT_PAGE_SIZE);
+    if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
+        return Err(ApiError::bad_request(format!(
+            "`pageSize` must be between 1 and {MAX_PAGE_SIZE}, got {page_size}"
+        )));
+    }
+    let millis =
+        |seconds: Option<u64>| seconds.map(|s| s.saturating_mul(1000).min(i64::MAX as u64) as i64);
+    Ok(AlertQuery {
+        state,
+        severity: text("severity"),
+        event_type: text("eventType"),
+        resource_name: text("resourceName"),
+        since_ms: millis(number("since")?),
+        until_ms: millis(number("until")?),
+        text: text("q"),
+        page: number("page")?.unwrap_or(0),
+        page_size,
+    })
+}
+
+/// One line of the timeline as the API shows it: the store's lines and the attempts.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Line {
+    Stored(Entry),
+    Delivery {
+        kind: &'static str,
+        #[serde(rename = "atMs")]
+        at_ms: i64,
+        #[serde(rename = "eventId")]
+        event_id: String,
+        #[serde(flatten)]
+        attempt: Attempt,
+    },
+}
+
+impl Line {
+    fn at_ms(&self) -> i64 {
+        match self {
+            Line::Stored(entry) => entry.at_ms(),
+            Line::Delivery { at_ms, .. } => *at_ms,
+        }
+    }
+}
+
+async fn one(key: String, state: State) -> Response {
+    let (alert, entries) = match state.alerts.get(&key).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return not_found(&key),
+        Err(e) => return unavailable(e),
+    };
+    let events: Vec<String> = entries
+        .iter()
+        .filter_map(|entry| match entry {
+            Entry::Event { event_id, .. } => Some(event_id.clone()),
+            Entry::Action { .. } => None,
+        })
+        .collect();
+    let mut timeline: Vec<Line> = entries.into_iter().map(Line::Stored).collect();
+    let shown = events.len().saturating_sub(TIMELINE_ATTEMPTS_OF);
+    for event_id in &events[shown..] {
+        match state.records.attempts(event_id).await {
+            Ok(attempts) => timeline.extend(attempts.into_iter().map(|attempt| Line::Delivery {
+                kind: "delivery",
+                at_ms: attempt.started_at_ms,
+                event_id: event_id.clone(),
+                attempt,
+            })),
+            Err(e) => return unavailable(e),
+        }
+    }
+    // Stable: an event's line stays before the attempts that started in the same millisecond.
+    timeline.sort_by_key(Line::at_ms);
+    warp::reply::json(&serde_json::json!({"alert": alert, "timeline": timeline})).into_response()
+}
+
+async fn act(key: String, action: String, who: String, body: Bytes, state: State) -> Response {
+    let Some(action) = HumanAction::parse(&action) else {
+        return ApiError::not_found(format!(
+            "no such act `{action}`: acknowledge, unacknowledge, resolve or comment"
+        ))
+        .into_response();
+    };
+    let comment = match read_comment(&body, action) {
+        Ok(comment) => comment,
+        Err(e) => return e.into_response(),
+    };
+    let alert = match state.alerts.get(&key).await {
+        Ok(Some((alert, _))) => alert,
+        Ok(None) => return not_found(&key),
+        Err(e) => return unavailable(e),
+    };
+    let now = clock::now_epoch_millis();
+    let after = match alert.act(action, now) {
+        Acted::Done { after, .. } => after,
+        Acted::Unchanged(alert) => return answer(StatusCode::OK, &alert, None),
+        Acted::Refused(alert) => {
+            return ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                "alert `{key}` is {}: it can no longer be acted on (a new firing event reopens it)",
+                alert.state.as_str()
+            ),
+            )
+            .into_response()
+        }
+    };
+    let by = HumanAct {
+        action,
+        who,
+        via: "api".into(),
+        comment,
+    };
+    let id = uuid::Uuid::now_v7().to_string();
+    let Some(event) = act_event(&alert, &by, id, now) else {
+        return ApiError::internal(format!("the latest event of alert `{key}` cannot be read"))
+            .into_response();
+    };
+    let ingested = IngestedEvent {
+        event,
+        accepted_at_ms: now,
+        by: Some(by),
+    };
+    let payload = Bytes::from(serde_json::to_vec(&ingested).expect("events serialize"));
+    if let Err(e) = state.bus.publish(Queue::Events, vec![payload]).await {
+        tracing::warn!(error = %e, "cannot queue a person's act");
+        return ApiError::unavailable(format!("the act was not accepted, retry later: {e}"))
+            .into_response();
+    }
+    tracing::info!(alert = %key, action = action.as_str(), who = %ingested.by.as_ref().map_or("", |b| b.who.as_str()), "a person acted on an alert");
+    answer(StatusCode::ACCEPTED, &after, Some(&ingested.event.id))
+}
+
+/// The act's comment, from `{"comment": "…"}`; required for a comment.
+fn read_comment(body: &[u8], action: HumanAction) -> Result<Option<String>, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        comment: Option<String>,
+    }
+    let comment = if body.is_empty() {
+        None
+    } else {
+        serde_json::from_slice::<Body>(body)
+            .map_err(|e| {
+                ApiError::bad_request(format!("the body must be {{\"comment\": \"…\"}}: {e}"))
+            })?
+            .comment
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+    };
+    if comment
+        .as_ref()
+        .is_some_and(|c| c.chars().count() > MAX_COMMENT)
+    {
+        return Err(ApiError::bad_request(format!(
+            "`comment` must be at most {MAX_COMMENT} characters"
+        )));
+    }
+    if action == HumanAction::Comment && comment.is_none() {
+        return Err(ApiError::bad_request("`comment` is required to comment"));
+    }
+    Ok(comment)
+}
+
+/// The alert as the act leaves it, and the event that carries the act if one was queued.
+fn answer(status: StatusCode, alert: &Alert, event_id: Option<&str>) -> Response {
+    let body =
+        serde_json::json!({"alert": alert, "eventId": event_id, "changed": event_id.is_some()});
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+fn not_found(key: &str) -> Response {
+    ApiError::not_found(format!("alert `{key}` does not exist")).into_response()
+}
+
+fn unavailable(e: store::StoreError) -> Response {
+    tracing::error!(error = %e, "cannot read the alerts");
+    ApiError::unavailable("cannot read the alerts now, retry later").into_response()
+}
