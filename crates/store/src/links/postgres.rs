@@ -1,0 +1,140 @@
+//! The link map in PostgreSQL: one `links` table every process of the broker shares, and a
+//! per-key lock that holds across processes.
+//!
+//! The lock is a session advisory lock on (`LOCK_SPACE`, `hashtext(scope, key)`), taken on a
+//! connection from the shared pool that the guard keeps until it drops, and that the guard's
+//! reads and writes use — so a holder never waits for a second connection while others hold
+//! the pool. A hash collision only makes two keys wait for each other. On drop the connection
+//! releases every advisory lock of its session before it goes back to the pool; that also
+//! covers a lock whose wait was cancelled, since the release queues behind it on the same
+//! connection. A process that dies loses its connections, and PostgreSQL frees their locks.
+
+use super::{Link, LinkState};
+use crate::postgres::Postgres;
+use crate::StoreError;
+use deadpool_postgres::Object;
+
+/// The schema, as migrations (append only).
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE links (
+        scope TEXT NOT NULL,
+        key TEXT NOT NULL,
+        state TEXT NOT NULL,
+        target TEXT NOT NULL,
+        last_event TEXT NOT NULL,
+        updated BIGINT NOT NULL,
+        PRIMARY KEY (scope, key)
+    );
+"];
+
+/// The first half of the link locks' advisory key (`lnks` in ASCII), so that they never meet
+/// another module's advisory locks.
+const LOCK_SPACE: i32 = 0x6c6e_6b73;
+
+#[derive(Clone)]
+pub(super) struct PostgresLinks {
+    database: Postgres,
+}
+
+/// One key locked, on the connection that holds the lock.
+pub(super) struct Locked {
+    client: Option<Object>,
+    scope: String,
+    key: String,
+}
+
+impl PostgresLinks {
+    pub(super) async fn open(database: &Postgres) -> Result<Self, StoreError> {
+        database.migrate("links", MIGRATIONS).await?;
+        Ok(PostgresLinks {
+            database: database.clone(),
+        })
+    }
+
+    /// Waits for (`scope`, `key`)'s advisory lock.
+    pub(super) async fn lock(&self, scope: &str, key: &str) -> Result<Locked, StoreError> {
+        // Made before the wait, so that a cancelled or failed wait still releases the session.
+        let locked = Locked {
+            client: Some(self.database.client().await?),
+            scope: scope.to_owned(),
+            key: key.to_owned(),
+        };
+        let client = locked.client();
+        let lock = client
+            .prepare_cached("SELECT pg_advisory_lock($1, hashtext($2 || E'\\n' || $3))")
+            .await?;
+        client
+            .execute(&lock, &[&LOCK_SPACE, &locked.scope, &locked.key])
+            .await?;
+        Ok(locked)
+    }
+}
+
+impl Locked {
+    fn client(&self) -> &Object {
+        self.client.as_ref().expect("held until dropped")
+    }
+
+    pub(super) async fn get(&self) -> Result<Option<Link>, StoreError> {
+        let client = self.client();
+        let select = client
+            .prepare_cached(
+                "SELECT state, target, last_event FROM links WHERE scope = $1 AND key = $2",
+            )
+            .await?;
+        let row = client.query_opt(&select, &[&self.scope, &self.key]).await?;
+        Ok(row.map(|row| Link {
+            state: LinkState::parse(row.get(0)),
+            target: row.get(1),
+            last_event: row.get(2),
+        }))
+    }
+
+    pub(super) async fn put(&self, link: &Link) -> Result<(), StoreError> {
+        let client = self.client();
+        let upsert = client
+            .prepare_cached(
+                "INSERT INTO links (scope, key, state, target, last_event, updated) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope, key) DO UPDATE SET \
+                 state = excluded.state, target = excluded.target, \
+                 last_event = excluded.last_event, updated = excluded.updated",
+            )
+            .await?;
+        client
+            .execute(
+                &upsert,
+                &[
+                    &self.scope,
+                    &self.key,
+                    &link.state.as_str(),
+                    &link.target,
+                    &link.last_event,
+                    &clock::now_epoch_seconds(),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime to release it on: close the session, which frees its locks.
+            drop(Object::take(client));
+            return;
+        };
+        runtime.spawn(async move {
+            if let Err(e) = client
+                .batch_execute("SELECT pg_advisory_unlock_all()")
+                .await
+            {
+                tracing::warn!(error = %e, "cannot release a link lock; closing its connection");
+                drop(Object::take(client));
+            }
+        });
+    }
+}
