@@ -169,10 +169,14 @@ impl Channel for SlackThreadedChannel {
             return self.post(to, &payload, None, false).await.map(drop);
         };
         let scope = format!("{}|{}", action.name, to.channel);
-        let links = &self.tools.links;
-        let _working_on_key = links.lock(&scope, key).await;
-        let thread = links
-            .get(&scope, key)
+        let locked = self
+            .tools
+            .links
+            .lock(&scope, key)
+            .await
+            .map_err(|e| crate::links::unavailable("the Slack thread map", e))?;
+        let thread = locked
+            .get()
             .await
             .map_err(|e| crate::links::unavailable("the Slack thread map", e))?;
         if thread.as_ref().is_some_and(|t| t.last_event == event.id) {
@@ -210,8 +214,8 @@ impl Channel for SlackThreadedChannel {
             target: format!("{} {}", thread.channel, thread.ts),
             last_event: event.id.clone(),
         };
-        links
-            .put(&scope, key, &link)
+        locked
+            .put(&link)
             .await
             .map_err(|e| crate::links::unavailable("the Slack thread map", e))
     }
