@@ -8,9 +8,9 @@
 //! found again by its custom field: still exactly one incident for its key.
 
 use crate::common::{Backend, Tocsin};
+use crate::oci_notifications::fixture;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wiremock::matchers::any;
@@ -20,27 +20,29 @@ const API: &str = "/services/rest/connect/v1.4";
 const KEY_FIELD: &str = "oci_dedupe_key";
 
 #[derive(Debug, Clone)]
-struct Incident {
-    subject: String,
-    primary_contact: Value,
-    severity: Value,
-    status: String,
-    key: String,
-    threads: Vec<String>,
+pub(crate) struct Incident {
+    pub subject: String,
+    pub primary_contact: Value,
+    pub severity: Value,
+    pub status: String,
+    pub key: String,
+    pub threads: Vec<String>,
 }
 
 #[derive(Default)]
-struct Site {
-    incidents: BTreeMap<i64, Incident>,
+pub(crate) struct Site {
+    pub incidents: BTreeMap<i64, Incident>,
     /// Creates still to answer late (after the incident is made).
-    slow_creates: usize,
-    lookups: usize,
-    contexts: Vec<Option<String>>,
+    pub slow_creates: usize,
+    /// How long every other create takes to answer.
+    pub create_delay: Duration,
+    pub lookups: usize,
+    pub contexts: Vec<Option<String>>,
 }
 
 /// The fake site: incidents in memory, answers as B2C documents them.
 #[derive(Clone, Default)]
-struct FakeB2c(Arc<Mutex<Site>>);
+pub(crate) struct FakeB2c(pub Arc<Mutex<Site>>);
 
 fn status_of(body: &Value) -> Option<String> {
     body["statusWithType"]["status"]["lookupName"]
@@ -89,7 +91,7 @@ impl Respond for FakeB2c {
                     site.slow_creates -= 1;
                     answer.set_delay(Duration::from_millis(2500))
                 } else {
-                    answer
+                    answer.set_delay(site.create_delay)
                 }
             }
             ("PATCH", path) if path.starts_with("/incidents/") => {
@@ -135,7 +137,7 @@ impl Respond for FakeB2c {
 
 impl FakeB2c {
     /// Waits until `done` holds for the site.
-    async fn wait_for(&self, what: &str, tocsin: &Tocsin, done: impl Fn(&Site) -> bool) {
+    pub async fn wait_for(&self, what: &str, tocsin: &Tocsin, done: impl Fn(&Site) -> bool) {
         let started = Instant::now();
         while !done(&self.0.lock().unwrap()) {
             assert!(
@@ -148,7 +150,7 @@ impl FakeB2c {
         }
     }
 
-    fn incidents_for(&self, key: &str) -> Vec<Incident> {
+    pub fn incidents_for(&self, key: &str) -> Vec<Incident> {
         let site = self.0.lock().unwrap();
         site.incidents
             .values()
@@ -158,7 +160,7 @@ impl FakeB2c {
     }
 }
 
-fn routing(site: &str) -> Value {
+pub(crate) fn routing(site: &str) -> Value {
     json!({
         "actions": [{
             "name": "b2c", "type": "ORACLE_B2C_INCIDENT", "state": "ENABLED",
@@ -181,14 +183,7 @@ fn routing(site: &str) -> Value {
     })
 }
 
-fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/oci")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-async fn post_alarm(tocsin: &Tocsin, alarm: &Value) {
+pub(crate) async fn post_alarm(tocsin: &Tocsin, alarm: &Value) {
     let response = tocsin
         .post("/oci/v1/notifications", alarm)
         .header("X-OCI-NS-MessageType", "Notification")
@@ -198,7 +193,7 @@ async fn post_alarm(tocsin: &Tocsin, alarm: &Value) {
     assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
 }
 
-fn disk_event(status: &str, body: &str) -> Value {
+pub(crate) fn disk_event(status: &str, body: &str) -> Value {
     json!({
         "eventType": "DiskFull", "severity": "FATAL", "category": "ALERT",
         "subject": "Disk full on db-1", "body": body,

@@ -487,7 +487,7 @@ mod tests {
     fn delivery_headers_are_read_case_insensitively() {
         let text = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../../shared/fixtures/oci/subscription-confirmation.headers"),
+                .join("../../tests/fixtures/oci/subscription-confirmation.headers"),
         )
         .unwrap();
         let mut headers = HeaderMap::new();
@@ -517,7 +517,7 @@ mod tests {
     fn the_fixture_body_carries_the_confirmation_url() {
         let body = std::fs::read(
             Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../../shared/fixtures/oci/subscription-confirmation.json"),
+                .join("../../tests/fixtures/oci/subscription-confirmation.json"),
         )
         .unwrap();
         let url = body_confirmation_url(&body).unwrap();
