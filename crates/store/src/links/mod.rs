@@ -95,18 +95,17 @@ pub struct LinkStore {
 
 /// Held while one alert key is being worked on; the only way to read or write its link.
 pub struct KeyGuard {
-    // Declared first, so dropped first: the cross-process lock goes before the local one.
+    scope: String,
+    key: String,
+    // Declared before the local lock, so dropped first: the cross-process lock goes first.
     held: Held,
     _local: key_locks::KeyGuard,
 }
 
 enum Held {
-    Sqlite {
-        links: sqlite::SqliteLinks,
-        scope: String,
-        key: String,
-    },
-    Postgres(postgres::Locked),
+    Sqlite(sqlite::SqliteLinks),
+    // Boxed: a pooled connection is large, and the SQLite guard should not pay for it.
+    Postgres(Box<postgres::Locked>),
 }
 
 impl LinkStore {
@@ -144,14 +143,12 @@ impl LinkStore {
     pub async fn lock(&self, scope: &str, key: &str) -> Result<KeyGuard, StoreError> {
         let local = self.local.lock(&[format!("{scope}\n{key}")]).await;
         let held = match &self.backend {
-            Backend::Sqlite(links) => Held::Sqlite {
-                links: links.clone(),
-                scope: scope.to_owned(),
-                key: key.to_owned(),
-            },
-            Backend::Postgres(links) => Held::Postgres(links.lock(scope, key).await?),
+            Backend::Sqlite(links) => Held::Sqlite(links.clone()),
+            Backend::Postgres(links) => Held::Postgres(Box::new(links.lock(scope, key).await?)),
         };
         Ok(KeyGuard {
+            scope: scope.to_owned(),
+            key: key.to_owned(),
             held,
             _local: local,
         })
@@ -161,17 +158,19 @@ impl LinkStore {
 impl KeyGuard {
     /// The key's link, if there is one.
     pub async fn get(&self) -> Result<Option<Link>, StoreError> {
+        let (scope, key) = (&self.scope, &self.key);
         match &self.held {
-            Held::Sqlite { links, scope, key } => Ok(links.get(scope, key).await?),
-            Held::Postgres(locked) => locked.get().await,
+            Held::Sqlite(links) => Ok(links.get(scope, key).await?),
+            Held::Postgres(locked) => locked.get(scope, key).await,
         }
     }
 
     /// Writes the key's link; durable when this returns.
     pub async fn put(&self, link: &Link) -> Result<(), StoreError> {
+        let (scope, key) = (&self.scope, &self.key);
         match &self.held {
-            Held::Sqlite { links, scope, key } => Ok(links.put(scope, key, link).await?),
-            Held::Postgres(locked) => locked.put(link).await,
+            Held::Sqlite(links) => Ok(links.put(scope, key, link).await?),
+            Held::Postgres(locked) => locked.put(scope, key, link).await,
         }
     }
 }

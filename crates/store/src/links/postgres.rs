@@ -39,8 +39,6 @@ pub(super) struct PostgresLinks {
 /// One key locked, on the connection that holds the lock.
 pub(super) struct Locked {
     client: Option<Object>,
-    scope: String,
-    key: String,
 }
 
 impl PostgresLinks {
@@ -56,16 +54,12 @@ impl PostgresLinks {
         // Made before the wait, so that a cancelled or failed wait still releases the session.
         let locked = Locked {
             client: Some(self.database.client().await?),
-            scope: scope.to_owned(),
-            key: key.to_owned(),
         };
         let client = locked.client();
         let lock = client
             .prepare_cached("SELECT pg_advisory_lock($1, hashtext($2 || E'\\n' || $3))")
             .await?;
-        client
-            .execute(&lock, &[&LOCK_SPACE, &locked.scope, &locked.key])
-            .await?;
+        client.execute(&lock, &[&LOCK_SPACE, &scope, &key]).await?;
         Ok(locked)
     }
 }
@@ -75,14 +69,14 @@ impl Locked {
         self.client.as_ref().expect("held until dropped")
     }
 
-    pub(super) async fn get(&self) -> Result<Option<Link>, StoreError> {
+    pub(super) async fn get(&self, scope: &str, key: &str) -> Result<Option<Link>, StoreError> {
         let client = self.client();
         let select = client
             .prepare_cached(
                 "SELECT state, target, last_event FROM links WHERE scope = $1 AND key = $2",
             )
             .await?;
-        let row = client.query_opt(&select, &[&self.scope, &self.key]).await?;
+        let row = client.query_opt(&select, &[&scope, &key]).await?;
         Ok(row.map(|row| Link {
             state: LinkState::parse(row.get(0)),
             target: row.get(1),
@@ -90,7 +84,7 @@ impl Locked {
         }))
     }
 
-    pub(super) async fn put(&self, link: &Link) -> Result<(), StoreError> {
+    pub(super) async fn put(&self, scope: &str, key: &str, link: &Link) -> Result<(), StoreError> {
         let client = self.client();
         let upsert = client
             .prepare_cached(
@@ -104,8 +98,8 @@ impl Locked {
             .execute(
                 &upsert,
                 &[
-                    &self.scope,
-                    &self.key,
+                    &scope,
+                    &key,
                     &link.state.as_str(),
                     &link.target,
                     &link.last_event,

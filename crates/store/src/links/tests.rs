@@ -63,14 +63,14 @@ async fn links_are_kept_per_scope_and_key(links: &LinkStore) {
     assert_eq!(held.get().await.unwrap(), Some(pending("e1")));
     held.put(&open("42", "e1")).await.unwrap();
     drop(held);
-    let other_scope = lock(&links, "b", "k").await;
+    let other_scope = lock(links, "b", "k").await;
     assert_eq!(other_scope.get().await.unwrap(), None, "scopes are apart");
 }
 
 /// `first` holds a key: `second` waits for it, and not for other keys.
 async fn keys_are_serialized(first: &LinkStore, second: &LinkStore) {
     let short = Duration::from_millis(300);
-    let held = lock(&first, "a", "k").await;
+    let held = lock(first, "a", "k").await;
     let other_key = tokio::time::timeout(short, second.lock("a", "j")).await;
     assert!(other_key.is_ok(), "other keys are not held up");
     drop(other_key);
@@ -110,7 +110,7 @@ async fn racing_stores_create_once(first: &LinkStore, second: &LinkStore) {
 }
 
 async fn a_cancelled_wait_leaves_no_lock_behind(first: &LinkStore, second: &LinkStore) {
-    let held = lock(&first, "c", "k").await;
+    let held = lock(first, "c", "k").await;
     let cancelled = tokio::time::timeout(Duration::from_millis(200), second.lock("c", "k")).await;
     assert!(cancelled.is_err());
     drop(held);
