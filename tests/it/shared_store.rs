@@ -8,15 +8,13 @@
 //! the process that accepted it, so the test decides which process delivers what, and the
 //! link map is all they share.
 
-use crate::b2c_incident_lifecycle::{disk_event, post_alarm, routing, FakeB2c};
+use crate::b2c_incident_lifecycle::{disk_event, seed_pair_is_one_incident, site_and_tocsin};
 use crate::common::{event, postgres_schema, route_everything_to, Backend, Tocsin};
 use crate::oci_notifications::{
     confirmation, deliver, fake_oci, fixture, status_and_body, store_everything, subscriptions,
 };
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use wiremock::matchers::any;
-use wiremock::{Mock, MockServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_on_one_database_answer_for_every_record() {
@@ -150,73 +148,14 @@ async fn oci_state_is_shared(processes: [&Tocsin; 3]) {
     }
 }
 
-/// A B2C site stand-in, and the first of processes sharing the database at `url`, each on its
-/// own embedded bus, delivering to it.
-async fn b2c_site_and_process(url: &str) -> (MockServer, FakeB2c, Tocsin) {
-    let server = MockServer::start().await;
-    let fake = FakeB2c::default();
-    Mock::given(any())
-        .respond_with(fake.clone())
-        .mount(&server)
-        .await;
-    let tocsin = Tocsin::start(
-        Backend::Embedded,
-        &routing(&server.uri()),
-        &on_postgres(url),
-    )
-    .await;
-    (server, fake, tocsin)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_whose_open_repeat_and_close_reach_three_processes_is_one_incident() {
     let url = postgres_schema().await;
-    let (_server, fake, first) = b2c_site_and_process(&url).await;
+    let (_server, fake, first) = site_and_tocsin(&on_postgres(&url)).await;
     let second = first.sibling().await;
     let third = first.sibling().await;
 
-    let firing = fixture("ok-to-firing.seed.json");
-    let dedupe_key = firing["dedupeKey"].as_str().unwrap().to_owned();
-    let mut repeat = firing.clone();
-    repeat["type"] = json!("REPEAT");
-    repeat["timestampEpochMillis"] = json!(1_597_101_300_000_i64);
-    let ok = fixture("firing-to-ok.seed.json");
-
-    post_alarm(&first, &firing).await;
-    fake.wait_for("the first process creates the incident", &first, |site| {
-        !site.incidents.is_empty()
-    })
-    .await;
-    post_alarm(&second, &repeat).await;
-    fake.wait_for(
-        "the second process adds the repeat's thread",
-        &second,
-        |site| site.incidents.values().any(|i| i.threads.len() >= 2),
-    )
-    .await;
-    post_alarm(&third, &ok).await;
-    fake.wait_for("the third process closes it", &third, |site| {
-        site.incidents.values().any(|i| i.status == "Solved")
-    })
-    .await;
-
-    let incidents = fake.incidents_for(&dedupe_key);
-    assert_eq!(incidents.len(), 1, "one incident: {incidents:?}");
-    let threads = &incidents[0].threads;
-    assert_eq!(threads.len(), 3, "{threads:?}");
-    assert!(
-        threads[0].starts_with("[FIRING] Test Alert\n"),
-        "{threads:?}"
-    );
-    assert!(
-        threads[1].starts_with("[FIRING (repeat)] Test Alert"),
-        "{threads:?}"
-    );
-    assert!(
-        threads[2].starts_with("Resolved: [OK] Test Alert"),
-        "{threads:?}"
-    );
-    assert_eq!(incidents[0].status, "Solved", "status_OK");
+    seed_pair_is_one_incident(&fake, [&first, &second, &third]).await;
     assert_eq!(
         fake.0.lock().unwrap().lookups,
         0,
@@ -230,7 +169,7 @@ async fn an_alert_whose_open_repeat_and_close_reach_three_processes_is_one_incid
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_and_its_repeat_at_two_processes_at_once_create_one_incident() {
     let url = postgres_schema().await;
-    let (_server, fake, first) = b2c_site_and_process(&url).await;
+    let (_server, fake, first) = site_and_tocsin(&on_postgres(&url)).await;
     let second = first.sibling().await;
     // A create takes a while, so that the repeat arrives while the open's create is in flight.
     fake.0.lock().unwrap().create_delay = Duration::from_millis(300);

@@ -169,16 +169,9 @@ impl Channel for SlackThreadedChannel {
             return self.post(to, &payload, None, false).await.map(drop);
         };
         let scope = format!("{}|{}", action.name, to.channel);
-        let locked = self
-            .tools
-            .links
-            .lock(&scope, key)
-            .await
-            .map_err(|e| crate::links::unavailable("the Slack thread map", e))?;
-        let thread = locked
-            .get()
-            .await
-            .map_err(|e| crate::links::unavailable("the Slack thread map", e))?;
+        let (locked, thread) =
+            crate::links::lock_and_get(&self.tools.links, &scope, key, "the Slack thread map")
+                .await?;
         if thread.as_ref().is_some_and(|t| t.last_event == event.id) {
             return Ok(()); // a redelivered job: its effect is on record
         }

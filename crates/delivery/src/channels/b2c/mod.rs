@@ -326,17 +326,8 @@ impl Channel for B2cIncidentChannel {
         let event = &job.event;
         let key = event.source_event_id().unwrap_or(&event.id);
         let scope = format!("{}|{}", action.name, site.base);
-        let locked = self
-            .tools
-            .links
-            .lock(&scope, key)
-            .await
-            .map_err(|e| links::unavailable("the incident link map", e))?;
-
-        let mut link = locked
-            .get()
-            .await
-            .map_err(|e| links::unavailable("the incident link map", e))?;
+        let (locked, mut link) =
+            links::lock_and_get(&self.tools.links, &scope, key, "the incident link map").await?;
         if let Some(known) = &link {
             if known.state != LinkState::Pending && known.last_event == event.id {
                 return Ok(()); // a redelivered job: its effect is on record
