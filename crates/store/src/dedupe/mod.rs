@@ -113,7 +113,7 @@ impl DedupeWindow {
         keys.dedup();
         match &self.backend {
             Backend::Sqlite(window) => Ok(sqlite::SqliteWindow::claim(window, keys).await),
-            Backend::Postgres(window) => window.claim(keys).await,
+            Backend::Postgres(window) => window.database.noted(window.claim(keys).await),
         }
     }
 }

@@ -28,7 +28,7 @@ const LOOK_AGAIN: Duration = Duration::from_millis(20);
 
 #[derive(Clone)]
 pub(super) struct PostgresWindow {
-    database: Postgres,
+    pub(super) database: Postgres,
     window_ms: i64,
     stale_ms: i64,
     wait: Duration,
@@ -136,7 +136,7 @@ impl PostgresTicket {
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
         let token = self.token.take();
         let window = self.window.clone();
-        async move {
+        let publish = async move {
             let client = window.database.client().await?;
             let publish = client
                 .prepare_cached(&format!(
@@ -155,8 +155,11 @@ impl PostgresTicket {
                     .execute(&prune, &[&window.window_ms, &window.stale_ms])
                     .await?;
             }
-            Ok(())
-        }
+            Ok::<_, StoreError>(())
+        };
+        // Noted, so that a database gone away pauses the pipeline like any other write.
+        let database = self.window.database.clone();
+        async move { database.noted(publish.await) }
     }
 }
 

@@ -144,7 +144,10 @@ impl LinkStore {
         let local = self.local.lock(&[format!("{scope}\n{key}")]).await;
         let held = match &self.backend {
             Backend::Sqlite(links) => Held::Sqlite(links.clone()),
-            Backend::Postgres(links) => Held::Postgres(Box::new(links.lock(scope, key).await?)),
+            Backend::Postgres(links) => {
+                let locked = links.database.noted(links.lock(scope, key).await)?;
+                Held::Postgres(Box::new(locked))
+            }
         };
         Ok(KeyGuard {
             scope: scope.to_owned(),
@@ -161,7 +164,7 @@ impl KeyGuard {
         let (scope, key) = (&self.scope, &self.key);
         match &self.held {
             Held::Sqlite(links) => Ok(links.get(scope, key).await?),
-            Held::Postgres(locked) => locked.get(scope, key).await,
+            Held::Postgres(locked) => locked.database.noted(locked.get(scope, key).await),
         }
     }
 
@@ -170,7 +173,7 @@ impl KeyGuard {
         let (scope, key) = (&self.scope, &self.key);
         match &self.held {
             Held::Sqlite(links) => Ok(links.put(scope, key, link).await?),
-            Held::Postgres(locked) => locked.put(scope, key, link).await,
+            Held::Postgres(locked) => locked.database.noted(locked.put(scope, key, link).await),
         }
     }
 }

@@ -8,11 +8,16 @@
 //! releases every advisory lock of its session before it goes back to the pool; that also
 //! covers a lock whose wait was cancelled, since the release queues behind it on the same
 //! connection. A process that dies loses its connections, and PostgreSQL frees their locks.
+//! At most [`MAX_HELD`] keys per process hold (or wait for) a lock at once, so that the lock
+//! holders, who wait on destinations, never take the pool's connections that the records and
+//! the dedupe window need.
 
 use super::{Link, LinkState};
 use crate::postgres::Postgres;
 use crate::StoreError;
 use deadpool_postgres::Object;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The schema, as migrations (append only).
 const MIGRATIONS: &[&str] = &["
@@ -27,18 +32,26 @@ const MIGRATIONS: &[&str] = &["
     );
 "];
 
+/// Keys locked (or waiting) at once per process: half the shared pool (16 connections).
+const MAX_HELD: usize = 8;
+
 /// The first half of the link locks' advisory key (`lnks` in ASCII), so that they never meet
 /// another module's advisory locks.
 const LOCK_SPACE: i32 = 0x6c6e_6b73;
 
 #[derive(Clone)]
 pub(super) struct PostgresLinks {
-    database: Postgres,
+    pub(super) database: Postgres,
+    /// One permit per connection the link locks may hold.
+    connections: Arc<Semaphore>,
 }
 
 /// One key locked, on the connection that holds the lock.
 pub(super) struct Locked {
+    pub(super) database: Postgres,
     client: Option<Object>,
+    // Dropped after `client` is handed to its release.
+    _permit: OwnedSemaphorePermit,
 }
 
 impl PostgresLinks {
@@ -46,14 +59,21 @@ impl PostgresLinks {
         database.migrate("links", MIGRATIONS).await?;
         Ok(PostgresLinks {
             database: database.clone(),
+            connections: Arc::new(Semaphore::new(MAX_HELD)),
         })
     }
 
     /// Waits for (`scope`, `key`)'s advisory lock.
     pub(super) async fn lock(&self, scope: &str, key: &str) -> Result<Locked, StoreError> {
         // Made before the wait, so that a cancelled or failed wait still releases the session.
+        let permit = Arc::clone(&self.connections)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         let locked = Locked {
+            database: self.database.clone(),
             client: Some(self.database.client().await?),
+            _permit: permit,
         };
         let client = locked.client();
         let lock = client

@@ -54,6 +54,7 @@ async fn postgres_links_are_shared_and_locked_across_stores() {
     keys_are_serialized(&links, &other).await;
     racing_stores_create_once(&links, &other).await;
     a_cancelled_wait_leaves_no_lock_behind(&links, &other).await;
+    lock_holders_leave_the_pool_half_free(&links).await;
 }
 
 async fn links_are_kept_per_scope_and_key(links: &LinkStore) {
@@ -116,4 +117,16 @@ async fn a_cancelled_wait_leaves_no_lock_behind(first: &LinkStore, second: &Link
     drop(held);
     // The cancelled wait is granted the lock once `held` goes, and must give it back.
     drop(lock(first, "c", "k").await);
+}
+
+/// Held locks keep a connection each: past half the pool, another key waits for one to go.
+async fn lock_holders_leave_the_pool_half_free(links: &LinkStore) {
+    let mut held = Vec::new();
+    for i in 0..8 {
+        held.push(lock(links, "d", &format!("k{i}")).await);
+    }
+    let ninth = tokio::time::timeout(Duration::from_millis(300), links.lock("d", "k8")).await;
+    assert!(ninth.is_err(), "a ninth key took a ninth connection");
+    held.pop();
+    drop(lock(links, "d", "k8").await);
 }

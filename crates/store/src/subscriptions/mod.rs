@@ -106,7 +106,7 @@ impl SubscriptionStore {
     ) -> Result<SubscriptionRecord, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => Ok(s.record(record).await?),
-            Backend::Postgres(p) => p.record(record).await,
+            Backend::Postgres(p) => p.database.noted(p.record(record).await),
         }
     }
 
@@ -114,7 +114,7 @@ impl SubscriptionStore {
     pub async fn list(&self) -> Result<Vec<SubscriptionRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => Ok(s.list().await?),
-            Backend::Postgres(p) => p.list().await,
+            Backend::Postgres(p) => p.database.noted(p.list().await),
         }
     }
 }

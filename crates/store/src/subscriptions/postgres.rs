@@ -21,7 +21,7 @@ const MIGRATIONS: &[&str] = &["
 
 #[derive(Clone)]
 pub(super) struct PostgresSubscriptions {
-    database: Postgres,
+    pub(super) database: Postgres,
 }
 
 impl PostgresSubscriptions {
