@@ -45,8 +45,8 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 use web::ApiError;
 
-/// The source's own SQLite file in the data directory (SQLite store): the dedupe window and the
-/// subscriptions' confirmation outcomes.
+/// The source's own SQLite file in the data directory (with the `sqlite` store): the dedupe
+/// window and the subscriptions' confirmation outcomes.
 pub const DATABASE_FILE: &str = "oci.db";
 /// A confirmation fetch must end before OCI (5 s) gives up on the confirmation message.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(4);
@@ -420,7 +420,7 @@ async fn publish_once(
     let persist = ticket.commit();
     tokio::spawn(async move {
         if let Err(e) = persist.await {
-            tracing::error!(error = %e, "cannot write an OCI message's keys; after a restart a redelivery would publish it again");
+            tracing::error!(error = %e, "cannot record an OCI message as published; a later redelivery may publish it again");
         }
     });
     published(std::slice::from_ref(&event))
