@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-pub fn run(settings_file: Option<&Path>, routing_file: Option<&Path>) -> ExitCode {
+pub async fn run(settings_file: Option<&Path>, routing_file: Option<&Path>) -> ExitCode {
     let mut problems: Vec<anyhow::Error> = Vec::new();
     let settings = Settings::load(settings_file, std::env::vars());
     match &settings {
@@ -22,7 +22,7 @@ pub fn run(settings_file: Option<&Path>, routing_file: Option<&Path>) -> ExitCod
     }
     if let Some(path) = routing_file {
         let channels = settings.map(|s| s.channels).unwrap_or_default();
-        problems.extend(check_routing(path, &channels).err());
+        problems.extend(check_routing(path, &channels).await.err());
     }
     for problem in &problems {
         eprintln!("{problem:#}");
@@ -44,7 +44,7 @@ pub fn run(settings_file: Option<&Path>, routing_file: Option<&Path>) -> ExitCod
 
 /// Checks a routing file as an import is checked: by [`model::Catalog::new`] with the channels
 /// `serve` opens (over a scratch data directory, so nothing is written where Tocsin lives).
-fn check_routing(path: &Path, settings: &ChannelSettings) -> anyhow::Result<()> {
+async fn check_routing(path: &Path, settings: &ChannelSettings) -> anyhow::Result<()> {
     let configuration = read_configuration(path)?;
     let scratch = tempfile::tempdir().context("cannot make a scratch directory")?;
     let region = Region {
@@ -52,7 +52,8 @@ fn check_routing(path: &Path, settings: &ChannelSettings) -> anyhow::Result<()> 
         kind: String::new(),
     };
     let records = RecordStore::open(&scratch.path().join("records.db"), region, None)?;
-    let channels = Channels::open(records, scratch.path(), settings)?;
+    let scratch_dir = store::Location::Sqlite(scratch.path().to_owned());
+    let channels = Channels::open(records, &scratch_dir, settings).await?;
     model::Catalog::new(configuration, &channels)
         .with_context(|| format!("{} would be refused", path.display()))?;
     Ok(())

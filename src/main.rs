@@ -132,7 +132,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Config(command) => config_cli::run(command).await?,
         Command::DeadLetters(command) => dead_letters_cli::run(command).await?,
         Command::Check { ref routing } => {
-            return Ok(check::run(cli.settings.as_deref(), routing.as_deref()))
+            return Ok(check::run(cli.settings.as_deref(), routing.as_deref()).await)
         }
         Command::HashPassword => credentials::print_password_hash()?,
         Command::Healthcheck => return Ok(healthcheck::run(&load_settings()?).await),

@@ -69,7 +69,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         store::Location::Postgres(database) => RecordStore::on_postgres(database, region).await?,
     };
     // The channels check every action when it is saved, so they come before the configuration.
-    let channels = Channels::open(records.clone(), data_dir, &settings.channels)?;
+    let channels = Channels::open(records.clone(), &location, &settings.channels).await?;
     for channel in channels.types() {
         metrics.register_channel(channel);
     }
@@ -146,8 +146,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let oci = OciSource::open(
         settings.sources.oci.config(settings.body_limit_bytes)?,
-        data_dir,
-    )?;
+        &location,
+    )
+    .await?;
     let probe = Probe {
         bus: Arc::clone(&bus),
         records: records.clone(),

@@ -8,9 +8,9 @@
 //! found again by its custom field: still exactly one incident for its key.
 
 use crate::common::{Backend, Tocsin};
+use crate::oci_notifications::fixture;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wiremock::matchers::any;
@@ -20,27 +20,29 @@ const API: &str = "/services/rest/connect/v1.4";
 const KEY_FIELD: &str = "oci_dedupe_key";
 
 #[derive(Debug, Clone)]
-struct Incident {
-    subject: String,
-    primary_contact: Value,
-    severity: Value,
-    status: String,
-    key: String,
-    threads: Vec<String>,
+pub(crate) struct Incident {
+    pub subject: String,
+    pub primary_contact: Value,
+    pub severity: Value,
+    pub status: String,
+    pub key: String,
+    pub threads: Vec<String>,
 }
 
 #[derive(Default)]
-struct Site {
-    incidents: BTreeMap<i64, Incident>,
+pub(crate) struct Site {
+    pub incidents: BTreeMap<i64, Incident>,
     /// Creates still to answer late (after the incident is made).
-    slow_creates: usize,
-    lookups: usize,
-    contexts: Vec<Option<String>>,
+    pub slow_creates: usize,
+    /// How long every other create takes to answer.
+    pub create_delay: Duration,
+    pub lookups: usize,
+    pub contexts: Vec<Option<String>>,
 }
 
 /// The fake site: incidents in memory, answers as B2C documents them.
 #[derive(Clone, Default)]
-struct FakeB2c(Arc<Mutex<Site>>);
+pub(crate) struct FakeB2c(pub Arc<Mutex<Site>>);
 
 fn status_of(body: &Value) -> Option<String> {
     body["statusWithType"]["status"]["lookupName"]
@@ -89,7 +91,7 @@ impl Respond for FakeB2c {
                     site.slow_creates -= 1;
                     answer.set_delay(Duration::from_millis(2500))
                 } else {
-                    answer
+                    answer.set_delay(site.create_delay)
                 }
             }
             ("PATCH", path) if path.starts_with("/incidents/") => {
@@ -135,7 +137,7 @@ impl Respond for FakeB2c {
 
 impl FakeB2c {
     /// Waits until `done` holds for the site.
-    async fn wait_for(&self, what: &str, tocsin: &Tocsin, done: impl Fn(&Site) -> bool) {
+    pub async fn wait_for(&self, what: &str, tocsin: &Tocsin, done: impl Fn(&Site) -> bool) {
         let started = Instant::now();
         while !done(&self.0.lock().unwrap()) {
             assert!(
@@ -148,7 +150,7 @@ impl FakeB2c {
         }
     }
 
-    fn incidents_for(&self, key: &str) -> Vec<Incident> {
+    pub fn incidents_for(&self, key: &str) -> Vec<Incident> {
         let site = self.0.lock().unwrap();
         site.incidents
             .values()
@@ -181,13 +183,6 @@ fn routing(site: &str) -> Value {
     })
 }
 
-fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/oci")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
 async fn post_alarm(tocsin: &Tocsin, alarm: &Value) {
     let response = tocsin
         .post("/oci/v1/notifications", alarm)
@@ -198,7 +193,7 @@ async fn post_alarm(tocsin: &Tocsin, alarm: &Value) {
     assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
 }
 
-fn disk_event(status: &str, body: &str) -> Value {
+pub(crate) fn disk_event(status: &str, body: &str) -> Value {
     json!({
         "eventType": "DiskFull", "severity": "FATAL", "category": "ALERT",
         "subject": "Disk full on db-1", "body": body,
@@ -207,22 +202,10 @@ fn disk_event(status: &str, body: &str) -> Value {
     })
 }
 
-#[tokio::test]
-async fn b2c_incident_follows_the_alarm_and_survives_a_timed_out_create() {
-    let server = MockServer::start().await;
-    let fake = FakeB2c::default();
-    Mock::given(any())
-        .respond_with(fake.clone())
-        .mount(&server)
-        .await;
-    let tocsin = Tocsin::start(
-        Backend::Embedded,
-        &routing(&server.uri()),
-        &[("TOCSIN_CHANNELS_REQUEST_TIMEOUT_MS", "1000")],
-    )
-    .await;
-
-    // The seed pair, with a REPEAT between them.
+/// Posts the seed pair's firing, a REPEAT of it and its OK to the three processes in turn
+/// (each once the one before is on the site) and checks they made one incident with a thread
+/// each, in order, and the close's status; returns the incident.
+pub(crate) async fn seed_pair_is_one_incident(fake: &FakeB2c, to: [&Tocsin; 3]) -> Incident {
     let firing = fixture("ok-to-firing.seed.json");
     let dedupe_key = firing["dedupeKey"].as_str().unwrap().to_owned();
     let mut repeat = firing.clone();
@@ -230,18 +213,18 @@ async fn b2c_incident_follows_the_alarm_and_survives_a_timed_out_create() {
     repeat["timestampEpochMillis"] = json!(1_597_101_300_000_i64);
     let ok = fixture("firing-to-ok.seed.json");
 
-    post_alarm(&tocsin, &firing).await;
-    fake.wait_for("the incident is created", &tocsin, |site| {
+    post_alarm(to[0], &firing).await;
+    fake.wait_for("the incident is created", to[0], |site| {
         !site.incidents.is_empty()
     })
     .await;
-    post_alarm(&tocsin, &repeat).await;
-    fake.wait_for("the repeat adds a thread", &tocsin, |site| {
-        site.incidents.values().any(|i| i.threads.len() == 2)
+    post_alarm(to[1], &repeat).await;
+    fake.wait_for("the repeat adds a thread", to[1], |site| {
+        site.incidents.values().any(|i| i.threads.len() >= 2)
     })
     .await;
-    post_alarm(&tocsin, &ok).await;
-    fake.wait_for("the close sets the status", &tocsin, |site| {
+    post_alarm(to[2], &ok).await;
+    fake.wait_for("the close sets the status", to[2], |site| {
         site.incidents.values().any(|i| i.status == "Solved")
     })
     .await;
@@ -252,7 +235,45 @@ async fn b2c_incident_follows_the_alarm_and_survives_a_timed_out_create() {
         1,
         "one incident for the alarm: {incidents:?}"
     );
-    let incident = &incidents[0];
+    let incident = incidents.into_iter().next().unwrap();
+    assert_eq!(incident.status, "Solved", "status_OK");
+    let threads = &incident.threads;
+    assert_eq!(threads.len(), 3, "{threads:?}");
+    assert!(
+        threads[0].starts_with("[FIRING] Test Alert\n"),
+        "{threads:?}"
+    );
+    assert!(
+        threads[1].starts_with("[FIRING (repeat)] Test Alert"),
+        "{threads:?}"
+    );
+    assert!(
+        threads[2].starts_with("Resolved: [OK] Test Alert"),
+        "{threads:?}"
+    );
+    incident
+}
+
+/// A fake site (served while the returned server is kept), and Tocsin on an embedded bus with
+/// `env`, delivering to it.
+pub(crate) async fn site_and_tocsin(env: &[(&str, &str)]) -> (MockServer, FakeB2c, Tocsin) {
+    let server = MockServer::start().await;
+    let fake = FakeB2c::default();
+    Mock::given(any())
+        .respond_with(fake.clone())
+        .mount(&server)
+        .await;
+    let tocsin = Tocsin::start(Backend::Embedded, &routing(&server.uri()), env).await;
+    (server, fake, tocsin)
+}
+
+#[tokio::test]
+async fn b2c_incident_follows_the_alarm_and_survives_a_timed_out_create() {
+    let (_server, fake, tocsin) =
+        site_and_tocsin(&[("TOCSIN_CHANNELS_REQUEST_TIMEOUT_MS", "1000")]).await;
+
+    // The seed pair, with a REPEAT between them.
+    let incident = seed_pair_is_one_incident(&fake, [&tocsin; 3]).await;
     assert_eq!(incident.subject, "[FIRING] Test Alert");
     assert_eq!(incident.primary_contact, json!({"id": 635}));
     assert_eq!(
@@ -260,24 +281,7 @@ async fn b2c_incident_follows_the_alarm_and_survives_a_timed_out_create() {
         json!({"lookupName": "4 - Low"}),
         "severity_INFO"
     );
-    assert_eq!(incident.status, "Solved", "status_OK");
-    assert_eq!(incident.threads.len(), 3, "{:?}", incident.threads);
-    assert!(
-        incident.threads[0].starts_with("[FIRING] Test Alert\n"),
-        "{:?}",
-        incident.threads
-    );
     assert!(incident.threads[0].contains("An alert is firing that needs attention in CX Service"));
-    assert!(
-        incident.threads[1].starts_with("[FIRING (repeat)] Test Alert"),
-        "{:?}",
-        incident.threads
-    );
-    assert!(
-        incident.threads[2].starts_with("Resolved: [OK] Test Alert"),
-        "{:?}",
-        incident.threads
-    );
     assert_eq!(fake.0.lock().unwrap().lookups, 0, "no look-up was needed");
 
     // A create answered after the request timeout (1 s): the incident exists on the site, but

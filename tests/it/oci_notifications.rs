@@ -15,7 +15,7 @@ const ENDPOINT: &str = "/oci/v1/notifications";
 const MATCHED: &str = "/cf/consumer/v1/matched-events";
 
 /// STORE every event, whatever it is: what is published is what is stored.
-fn store_everything() -> Value {
+pub(crate) fn store_everything() -> Value {
     json!({
         "actions": [{"name": "to-store", "type": "STORE", "state": "ENABLED"}],
         "conditions": [],
@@ -24,10 +24,10 @@ fn store_everything() -> Value {
 }
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/oci")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/oci")
 }
 
-fn fixture(name: &str) -> Value {
+pub(crate) fn fixture(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixtures().join(name)).unwrap()).unwrap()
 }
 
@@ -37,7 +37,7 @@ async fn start(toml: &str, env: &[(&str, &str)]) -> Tocsin {
 }
 
 /// POSTs `body` as OCI Notifications would, with message id `message_id`.
-async fn deliver(tocsin: &Tocsin, body: &Value, message_id: &str) -> reqwest::Response {
+pub(crate) async fn deliver(tocsin: &Tocsin, body: &Value, message_id: &str) -> reqwest::Response {
     tocsin
         .post(ENDPOINT, body)
         .header("X-OCI-NS-MessageType", "Notification")
@@ -49,13 +49,13 @@ async fn deliver(tocsin: &Tocsin, body: &Value, message_id: &str) -> reqwest::Re
         .unwrap()
 }
 
-async fn status_and_body(response: reqwest::Response) -> (u16, Value) {
+pub(crate) async fn status_and_body(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
 }
 
 /// A stand-in for the OCI Notifications service: records every request it gets.
-async fn fake_oci() -> (String, Arc<Mutex<Vec<String>>>) {
+pub(crate) async fn fake_oci() -> (String, Arc<Mutex<Vec<String>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&seen);
     let routes = warp::path::full()
@@ -77,7 +77,11 @@ async fn fake_oci() -> (String, Arc<Mutex<Vec<String>>>) {
 }
 
 /// Sends the fixture's confirmation handshake with `url` as the ConfirmationURL.
-async fn confirmation(tocsin: &Tocsin, url: &str, subscription: &str) -> reqwest::Response {
+pub(crate) async fn confirmation(
+    tocsin: &Tocsin,
+    url: &str,
+    subscription: &str,
+) -> reqwest::Response {
     let headers =
         std::fs::read_to_string(fixtures().join("subscription-confirmation.headers")).unwrap();
     let mut request = tocsin
@@ -100,7 +104,7 @@ async fn confirmation(tocsin: &Tocsin, url: &str, subscription: &str) -> reqwest
     request.send().await.unwrap()
 }
 
-async fn subscriptions(tocsin: &Tocsin) -> Vec<Value> {
+pub(crate) async fn subscriptions(tocsin: &Tocsin) -> Vec<Value> {
     let response = tocsin.get("/oci/v1/subscriptions").send().await.unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();

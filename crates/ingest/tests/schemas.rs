@@ -3,13 +3,13 @@
 //! a payload the schema rejects the source rejects too.
 
 use ingest::sources::oci::alarm::Alarm;
-use ingest::sources::oci::confirm::{State, SubscriptionRecord};
 use ingest::sources::oci::event::OciEvent;
 use ingest::sources::oci::Delivery;
 use ingest::sources::{alertmanager, cloudevents};
 use jsonschema::{Resource, Validator};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
+use store::subscriptions::{State, SubscriptionRecord};
 
 fn crate_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -6,7 +6,11 @@
 //! (`sqlite.rs`, `postgres.rs`); the pipeline uses the interface and never knows the backend:
 //! - [`alerts`]: each alert's state and timeline, behind the alerts API;
 //! - [`records`]: the matched and undelivered records and the delivery attempts, behind the
-//!   consumer API, the attempts API and redelivery.
+//!   consumer API, the attempts API and redelivery;
+//! - [`links`]: what the stateful channels created for each alert (B2C incidents, ServiceNow
+//!   records, Slack threads), with a per-key lock that holds across processes on PostgreSQL;
+//! - [`dedupe`]: the OCI source's window of messages already published;
+//! - [`subscriptions`]: the OCI subscriptions' confirmation outcomes.
 //!
 //! [`postgres`] holds what every PostgreSQL module shares: the connection pool and the
 //! versioned migrations, applied at start under an advisory lock so that processes starting
@@ -14,9 +18,13 @@
 
 pub mod alerts;
 mod availability;
+pub mod dedupe;
 mod error;
+mod key_locks;
+pub mod links;
 pub mod postgres;
 pub mod records;
+pub mod subscriptions;
 
 pub use availability::Availability;
 pub use error::StoreError;

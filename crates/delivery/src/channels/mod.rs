@@ -23,7 +23,7 @@ mod webhook;
 
 use crate::failure::Failure;
 use crate::http::Http;
-use crate::links::Links;
+use crate::links::LinkStore;
 use crate::outbound::OutboundPolicy;
 use crate::properties::{Properties, PropertyError};
 use crate::templates::Templates;
@@ -32,7 +32,6 @@ use model::{Action, ActionTypeError, ActionTypes, DeliveryJob, Prepared};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::Path;
 use std::sync::Arc;
 
 /// Delivers jobs for the actions of one type.
@@ -201,20 +200,17 @@ impl Default for ChannelSettings {
 pub struct Tools {
     pub http: Arc<Http>,
     pub templates: Arc<Templates>,
-    pub links: Links,
+    pub links: LinkStore,
 }
 
 impl Tools {
-    /// Opens the link map in `data_dir` (`links.db`) and sets up HTTP per `settings`.
-    pub fn open(
-        data_dir: &Path,
-        settings: &ChannelSettings,
-    ) -> Result<Self, storage::StorageError> {
-        Ok(Tools {
+    /// The tools over the link map `links`, with HTTP set up per `settings`.
+    pub fn new(links: LinkStore, settings: &ChannelSettings) -> Self {
+        Tools {
             http: Arc::new(Http::new(settings)),
             templates: Arc::new(Templates::new()),
-            links: Links::open(&data_dir.join("links.db"))?,
-        })
+            links,
+        }
     }
 }
 
@@ -226,13 +222,14 @@ pub struct Channels {
 }
 
 impl Channels {
-    /// Every channel, sharing the tools opened on `data_dir` with `settings`.
-    pub fn open(
+    /// Every channel, sharing the tools set up with `settings` and the link map where
+    /// `location` keeps the state.
+    pub async fn open(
         records: crate::records::RecordStore,
-        data_dir: &Path,
+        location: &::store::Location,
         settings: &ChannelSettings,
-    ) -> Result<Self, storage::StorageError> {
-        let tools = Tools::open(data_dir, settings)?;
+    ) -> Result<Self, ::store::StoreError> {
+        let tools = Tools::new(LinkStore::at(location).await?, settings);
         let http = Arc::clone(&tools.http);
         let all: Vec<Arc<dyn Registered>> = vec![
             Arc::new(store::StoreChannel::new(records)),
@@ -369,14 +366,19 @@ pub(crate) mod tests {
 
     /// Tools on a fresh data directory (kept alive by the returned guard), 5 s timeout.
     pub fn tools() -> (Tools, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let settings = ChannelSettings {
+        tools_with(ChannelSettings {
             max_in_flight_per_destination: 4,
             request_timeout_ms: 5000,
             outbound_allow: loopback(),
             ..ChannelSettings::default()
-        };
-        (Tools::open(dir.path(), &settings).unwrap(), dir)
+        })
+    }
+
+    /// Tools with `settings`, on a fresh data directory (kept alive by the returned guard).
+    pub fn tools_with(settings: ChannelSettings) -> (Tools, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let links = LinkStore::open(&dir.path().join(::store::links::SQLITE_FILE)).unwrap();
+        (Tools::new(links, &settings), dir)
     }
 
     pub fn action(name: &str, action_type: &str, properties: serde_json::Value) -> Action {

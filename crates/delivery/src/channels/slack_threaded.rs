@@ -169,12 +169,9 @@ impl Channel for SlackThreadedChannel {
             return self.post(to, &payload, None, false).await.map(drop);
         };
         let scope = format!("{}|{}", action.name, to.channel);
-        let links = &self.tools.links;
-        let _working_on_key = links.lock(&scope, key).await;
-        let thread = links
-            .get(&scope, key)
-            .await
-            .map_err(|e| crate::links::unavailable("the Slack thread map", e))?;
+        let (locked, thread) =
+            crate::links::lock_and_get(&self.tools.links, &scope, key, "the Slack thread map")
+                .await?;
         if thread.as_ref().is_some_and(|t| t.last_event == event.id) {
             return Ok(()); // a redelivered job: its effect is on record
         }
@@ -210,8 +207,8 @@ impl Channel for SlackThreadedChannel {
             target: format!("{} {}", thread.channel, thread.ts),
             last_event: event.id.clone(),
         };
-        links
-            .put(&scope, key, &link)
+        locked
+            .put(&link)
             .await
             .map_err(|e| crate::links::unavailable("the Slack thread map", e))
     }

@@ -41,7 +41,7 @@ use super::{Channel, Tools};
 use crate::failure::{Code, Failure, Retry};
 use crate::http::Reply;
 use crate::lifecycle::Transition;
-use crate::links::{self, Link, LinkState};
+use crate::links::{self, KeyGuard, Link, LinkState};
 use crate::properties::{Properties, PropertyError};
 use crate::templates::{Scope, EVENT_AS_TEXT};
 pub use config::B2cConfig;
@@ -95,7 +95,7 @@ impl B2cIncidentChannel {
         &self,
         site: &Site,
         incident: &Incident,
-        scope: &str,
+        locked: &KeyGuard,
         key: &str,
         event: &ResourceEvent,
         previous: Option<i64>,
@@ -105,7 +105,7 @@ impl B2cIncidentChannel {
             target: previous.map(|id| id.to_string()).unwrap_or_default(),
             last_event: event.id.clone(),
         };
-        self.record(scope, key, &pending).await?;
+        self.record(locked, &pending).await?;
         let mut body = json!({
             "subject": incident.subject,
             "primaryContact": {"id": incident.primary_contact},
@@ -143,7 +143,7 @@ impl B2cIncidentChannel {
                 )
             })?;
         tracing::info!(event = %event.id, incident = id, "B2C incident created");
-        self.record(scope, key, &Link::new(LinkState::Open, id, event))
+        self.record(locked, &Link::new(LinkState::Open, id, event))
             .await
     }
 
@@ -277,10 +277,9 @@ impl B2cIncidentChannel {
         })
     }
 
-    async fn record(&self, scope: &str, key: &str, link: &Link) -> Result<(), Failure> {
-        self.tools
-            .links
-            .put(scope, key, link)
+    async fn record(&self, locked: &KeyGuard, link: &Link) -> Result<(), Failure> {
+        locked
+            .put(link)
             .await
             .map_err(|e| links::unavailable("the incident link map", e))
     }
@@ -327,13 +326,8 @@ impl Channel for B2cIncidentChannel {
         let event = &job.event;
         let key = event.source_event_id().unwrap_or(&event.id);
         let scope = format!("{}|{}", action.name, site.base);
-        let links = &self.tools.links;
-        let _working_on_key = links.lock(&scope, key).await;
-
-        let mut link = links
-            .get(&scope, key)
-            .await
-            .map_err(|e| links::unavailable("the incident link map", e))?;
+        let (locked, mut link) =
+            links::lock_and_get(&self.tools.links, &scope, key, "the incident link map").await?;
         if let Some(known) = &link {
             if known.state != LinkState::Pending && known.last_event == event.id {
                 return Ok(()); // a redelivered job: its effect is on record
@@ -352,7 +346,7 @@ impl Channel for B2cIncidentChannel {
                         target: id.to_string(),
                         last_event: pending.last_event.clone(),
                     };
-                    self.record(&scope, key, &open).await?;
+                    self.record(&locked, &open).await?;
                     if pending.last_event == event.id {
                         return Ok(()); // the create that went unanswered carried this event
                     }
@@ -371,14 +365,16 @@ impl Channel for B2cIncidentChannel {
         let transition = Transition::of(event);
         let Some(link) = link else {
             if transition != Transition::Close {
-                return self.create(site, &incident, &scope, key, event, None).await;
+                return self
+                    .create(site, &incident, &locked, key, event, None)
+                    .await;
             }
             // Nothing on record: the map may have been lost, so ask the site.
             return match self.find(site, &incident.key_field, key).await? {
                 Some(id) => {
                     self.update(site, id, &incident, Some(&incident.status_ok))
                         .await?;
-                    self.record(&scope, key, &Link::new(LinkState::Closed, id, event))
+                    self.record(&locked, &Link::new(LinkState::Closed, id, event))
                         .await
                 }
                 None => {
@@ -398,7 +394,7 @@ impl Channel for B2cIncidentChannel {
             (Transition::Close, true) => (Some(&incident.status_ok), LinkState::Closed),
             (Transition::Open, false) if !incident.reopen => {
                 return self
-                    .create(site, &incident, &scope, key, event, Some(id))
+                    .create(site, &incident, &locked, key, event, Some(id))
                     .await
             }
             (Transition::Open, false) => (Some(&incident.status_firing), LinkState::Open),
@@ -410,10 +406,11 @@ impl Channel for B2cIncidentChannel {
         {
             // The incident was deleted on the site: a firing starts a new one.
             Err(gone) if gone.code == Code::Http(404) && transition == Transition::Open => {
-                self.create(site, &incident, &scope, key, event, None).await
+                self.create(site, &incident, &locked, key, event, None)
+                    .await
             }
             Err(failure) => Err(failure),
-            Ok(()) => self.record(&scope, key, &Link::new(state, id, event)).await,
+            Ok(()) => self.record(&locked, &Link::new(state, id, event)).await,
         }
     }
 }

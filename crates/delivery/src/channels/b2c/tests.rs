@@ -240,14 +240,13 @@ async fn a_create_that_timed_out_is_looked_up_not_repeated() {
         .expect(1)
         .mount(&server)
         .await;
-    let dir = tempfile::tempdir().unwrap();
-    let settings = ChannelSettings {
+    let (tools, _dir) = crate::channels::tests::tools_with(ChannelSettings {
         max_in_flight_per_destination: 4,
         request_timeout_ms: 500,
         outbound_allow: crate::channels::tests::loopback(),
         ..ChannelSettings::default()
-    };
-    let channel = B2cIncidentChannel::new(Tools::open(dir.path(), &settings).unwrap());
+    });
+    let channel = B2cIncidentChannel::new(tools);
     let action = b2c_action(&server, json!({}));
     let firing = alarm("e1", "dk-'q", "CREATE_OR_UPDATE", "a");
     let Err(timeout) = attempt(&channel, &firing, &action).await else {

@@ -44,7 +44,7 @@ use super::{Channel, Tools};
 use crate::failure::{Code, Failure};
 use crate::http::Reply;
 use crate::lifecycle::Transition;
-use crate::links::{self, Link, LinkState};
+use crate::links::{self, KeyGuard, Link, LinkState};
 use crate::properties::{Properties, PropertyError};
 use crate::templates::{Format, Scope, EVENT_AS_TEXT};
 pub use config::ServiceNowConfig;
@@ -104,7 +104,7 @@ impl ServiceNowChannel {
         instance: &Instance,
         rules: &Rules,
         entry: &Entry,
-        scope: &str,
+        locked: &KeyGuard,
         key: &str,
         event: &ResourceEvent,
         previous: Option<&str>,
@@ -114,7 +114,7 @@ impl ServiceNowChannel {
             target: previous.unwrap_or_default().to_owned(),
             last_event: event.id.clone(),
         };
-        self.record(scope, key, &pending).await?;
+        self.record(locked, &pending).await?;
         let mut body = json!({
             "short_description": entry.short_description,
             "description": entry.text,
@@ -157,7 +157,7 @@ impl ServiceNowChannel {
             sys_id,
             "ServiceNow record created"
         );
-        self.record(scope, key, &Link::new(LinkState::Open, sys_id, event))
+        self.record(locked, &Link::new(LinkState::Open, sys_id, event))
             .await
     }
 
@@ -357,10 +357,9 @@ impl ServiceNowChannel {
         Value::Object(fields)
     }
 
-    async fn record(&self, scope: &str, key: &str, link: &Link) -> Result<(), Failure> {
-        self.tools
-            .links
-            .put(scope, key, link)
+    async fn record(&self, locked: &KeyGuard, link: &Link) -> Result<(), Failure> {
+        locked
+            .put(link)
             .await
             .map_err(|e| links::unavailable("the ServiceNow link map", e))
     }
@@ -409,13 +408,8 @@ impl Channel for ServiceNowChannel {
         let event = &job.event;
         let key = event.source_event_id().unwrap_or(&event.id);
         let scope = format!("{}|{}", action.name, instance.table_url);
-        let links = &self.tools.links;
-        let _working_on_key = links.lock(&scope, key).await;
-
-        let mut link = links
-            .get(&scope, key)
-            .await
-            .map_err(|e| links::unavailable("the ServiceNow link map", e))?;
+        let (locked, mut link) =
+            links::lock_and_get(&self.tools.links, &scope, key, "the ServiceNow link map").await?;
         if let Some(known) = &link {
             if known.state != LinkState::Pending && known.last_event == event.id {
                 return Ok(()); // a redelivered job: its effect is on record
@@ -432,7 +426,7 @@ impl Channel for ServiceNowChannel {
                         target: sys_id,
                         last_event: pending.last_event.clone(),
                     };
-                    self.record(&scope, key, &open).await?;
+                    self.record(&locked, &open).await?;
                     if pending.last_event == event.id {
                         return Ok(()); // the create that went unanswered carried this event
                     }
@@ -446,7 +440,7 @@ impl Channel for ServiceNowChannel {
         let Some(link) = link else {
             if transition != Transition::Close {
                 return self
-                    .create(instance, rules, &entry, &scope, key, event, None)
+                    .create(instance, rules, &entry, &locked, key, event, None)
                     .await;
             }
             // Nothing on record: the map may have been lost, so ask the instance (unless
@@ -459,7 +453,7 @@ impl Channel for ServiceNowChannel {
                 Some(sys_id) => {
                     self.update(instance, &sys_id, &Self::resolution(rules, &entry))
                         .await?;
-                    self.record(&scope, key, &Link::new(LinkState::Closed, &sys_id, event))
+                    self.record(&locked, &Link::new(LinkState::Closed, &sys_id, event))
                         .await
                 }
                 None => {
@@ -487,14 +481,11 @@ impl Channel for ServiceNowChannel {
                         || (gone.code == Code::Http(403) && !open)) =>
             {
                 tracing::info!(event = %event.id, sys_id, reason = %gone.reason, "ServiceNow record cannot be updated; creating a new one");
-                self.create(instance, rules, &entry, &scope, key, event, Some(sys_id))
+                self.create(instance, rules, &entry, &locked, key, event, Some(sys_id))
                     .await
             }
             Err(failure) => Err(failure),
-            Ok(()) => {
-                self.record(&scope, key, &Link::new(state, sys_id, event))
-                    .await
-            }
+            Ok(()) => self.record(&locked, &Link::new(state, sys_id, event)).await,
         }
     }
 }

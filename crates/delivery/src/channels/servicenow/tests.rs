@@ -65,15 +65,13 @@ fn summary(sent: &[(String, String, Value)]) -> Vec<(&str, &str)> {
 
 /// A channel whose requests time out after 500 ms.
 fn impatient() -> (ServiceNowChannel, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let settings = ChannelSettings {
+    let (tools, dir) = crate::channels::tests::tools_with(ChannelSettings {
         max_in_flight_per_destination: 4,
         request_timeout_ms: 500,
         outbound_allow: loopback(),
         ..ChannelSettings::default()
-    };
-    let channel = ServiceNowChannel::new(Tools::open(dir.path(), &settings).unwrap());
-    (channel, dir)
+    });
+    (ServiceNowChannel::new(tools), dir)
 }
 
 #[tokio::test]

@@ -7,25 +7,11 @@
 //! (`….notification.<region>….oraclecloud.com`) and URLs whose host the operator put on
 //! `confirm_allow_hosts`. The fetch is one GET with a timeout and no redirects. Every outcome
 //! (CONFIRMED, PENDING when auto-confirmation is off, REFUSED, FAILED) is logged — host and
-//! subscription, never the URL's token — and kept per subscription in the `subscriptions` table
-//! of the OCI source's SQLite file, which `GET /oci/v1/subscriptions` lists.
+//! subscription, never the URL's token — and kept per subscription by
+//! [`store::subscriptions`], which `GET /oci/v1/subscriptions` lists.
 
 use reqwest::Url;
 use std::time::Duration;
-use storage::{Database, StorageError};
-
-/// The table, created by the OCI source's migrations.
-pub const SCHEMA: &str = "CREATE TABLE subscriptions (
-       subscription_id TEXT PRIMARY KEY,
-       topic_id TEXT,
-       topic_name TEXT,
-       host TEXT NOT NULL,
-       state TEXT NOT NULL,
-       detail TEXT NOT NULL,
-       confirmation_url TEXT,
-       attempts INTEGER NOT NULL,
-       updated_at INTEGER NOT NULL
-     );";
 
 /// The domain of Oracle Cloud's commercial realm; other realms go on the allow-list.
 const ORACLE_DOMAIN: &str = ".oraclecloud.com";
@@ -93,62 +79,6 @@ fn is_oracle_notifications_host(host: &str) -> bool {
         .is_some_and(|name| name.split('.').any(|label| label == NOTIFICATION_LABEL))
 }
 
-/// What became of a confirmation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum State {
-    /// The URL was fetched and answered 2xx: the subscription is active.
-    Confirmed,
-    /// Auto-confirmation is off: a human must open the URL.
-    Pending,
-    /// The URL was not fetched: its host is not allowed.
-    Refused,
-    /// The fetch failed (network, timeout, non-2xx): OCI may send the confirmation again.
-    Failed,
-}
-
-impl State {
-    fn as_str(self) -> &'static str {
-        match self {
-            State::Confirmed => "CONFIRMED",
-            State::Pending => "PENDING",
-            State::Refused => "REFUSED",
-            State::Failed => "FAILED",
-        }
-    }
-
-    fn parse(text: &str) -> State {
-        match text {
-            "CONFIRMED" => State::Confirmed,
-            "PENDING" => State::Pending,
-            "REFUSED" => State::Refused,
-            _ => State::Failed,
-        }
-    }
-}
-
-/// One subscription's latest confirmation, as `GET /oci/v1/subscriptions` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SubscriptionRecord {
-    pub subscription_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub topic_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub topic_name: Option<String>,
-    /// The confirmation URL's host.
-    pub host: String,
-    pub state: State,
-    pub detail: String,
-    /// Kept only while a human may still need it (PENDING, FAILED).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub confirmation_url: Option<String>,
-    /// Confirmation messages received for this subscription.
-    pub attempts: u32,
-    /// Epoch seconds of the latest one.
-    pub updated_at: i64,
-}
-
 /// Fetches confirmation URLs.
 pub struct Confirmer {
     http: reqwest::Client,
@@ -182,82 +112,6 @@ impl Confirmer {
         } else {
             Err(format!("the confirmation URL answered {status}"))
         }
-    }
-}
-
-/// The `subscriptions` table.
-pub struct Subscriptions {
-    db: Database,
-}
-
-impl Subscriptions {
-    pub fn new(db: Database) -> Subscriptions {
-        Subscriptions { db }
-    }
-
-    /// Records the latest outcome for `record.subscription_id`, counting the attempt.
-    pub async fn record(
-        &self,
-        record: SubscriptionRecord,
-    ) -> Result<SubscriptionRecord, StorageError> {
-        self.db
-            .write(move |conn| {
-                conn.execute(
-                    "INSERT INTO subscriptions (subscription_id, topic_id, topic_name, host, state, \
-                       detail, confirmation_url, attempts, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8) \
-                     ON CONFLICT (subscription_id) DO UPDATE SET \
-                       topic_id = coalesce(excluded.topic_id, topic_id), \
-                       topic_name = coalesce(excluded.topic_name, topic_name), \
-                       host = excluded.host, state = excluded.state, detail = excluded.detail, \
-                       confirmation_url = excluded.confirmation_url, attempts = attempts + 1, \
-                       updated_at = excluded.updated_at",
-                    (
-                        &record.subscription_id,
-                        &record.topic_id,
-                        &record.topic_name,
-                        &record.host,
-                        record.state.as_str(),
-                        &record.detail,
-                        &record.confirmation_url,
-                        record.updated_at,
-                    ),
-                )?;
-                conn.query_row(
-                    "SELECT attempts FROM subscriptions WHERE subscription_id = ?1",
-                    [&record.subscription_id],
-                    |row| row.get(0),
-                )
-                .map(|attempts| SubscriptionRecord { attempts, ..record })
-            })
-            .await
-    }
-
-    /// Every subscription, most recently updated first.
-    pub async fn list(&self) -> Result<Vec<SubscriptionRecord>, StorageError> {
-        self.db
-            .read(|conn| {
-                let mut statement = conn.prepare(
-                    "SELECT subscription_id, topic_id, topic_name, host, state, detail, \
-                       confirmation_url, attempts, updated_at \
-                     FROM subscriptions ORDER BY updated_at DESC, subscription_id",
-                )?;
-                let rows = statement.query_map([], |row| {
-                    Ok(SubscriptionRecord {
-                        subscription_id: row.get(0)?,
-                        topic_id: row.get(1)?,
-                        topic_name: row.get(2)?,
-                        host: row.get(3)?,
-                        state: State::parse(&row.get::<_, String>(4)?),
-                        detail: row.get(5)?,
-                        confirmation_url: row.get(6)?,
-                        attempts: row.get(7)?,
-                        updated_at: row.get(8)?,
-                    })
-                })?;
-                rows.collect()
-            })
-            .await
     }
 }
 
@@ -338,47 +192,6 @@ mod tests {
             .check("ftp://127.0.0.1/c")
             .unwrap_err()
             .contains("scheme"));
-    }
-
-    #[tokio::test]
-    async fn records_count_attempts_and_keep_the_latest_outcome() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::open(
-            &dir.path().join("oci.db"),
-            &[SCHEMA],
-            storage::Durability::Normal,
-            None,
-        )
-        .unwrap();
-        let subscriptions = Subscriptions::new(db);
-        let record = |state, updated_at| SubscriptionRecord {
-            subscription_id: "ocid1.onssubscription.x".into(),
-            topic_id: None,
-            topic_name: Some("alarms".into()),
-            host: "h".into(),
-            state,
-            detail: format!("{state:?}"),
-            confirmation_url: None,
-            attempts: 0,
-            updated_at,
-        };
-        assert_eq!(
-            subscriptions
-                .record(record(State::Failed, 1))
-                .await
-                .unwrap()
-                .attempts,
-            1
-        );
-        let latest = subscriptions
-            .record(record(State::Confirmed, 2))
-            .await
-            .unwrap();
-        assert_eq!(latest.attempts, 2);
-        let list = subscriptions.list().await.unwrap();
-        assert_eq!(list, vec![latest]);
-        assert_eq!(list[0].state, State::Confirmed);
-        assert_eq!(list[0].topic_name.as_deref(), Some("alarms"));
     }
 
     /// A stand-in for OCI on loopback: `/ok` answers 200, `/gone` 410, `/moved` redirects.

@@ -10,15 +10,16 @@
 //!   `GET /oci/v1/subscriptions`;
 //! - an **alarm message** → [`alarm`], or an **OCI event** (CloudEvents 0.1) → [`event`]:
 //!   normalized into one resource event; its keys (`X-OCI-NS-MessageId`, and
-//!   `dedupeKey`+`timestampEpochMillis` or `eventID`) are claimed in the [`dedupe`] window; a
-//!   redelivery is answered 200 and not published again, a new message is published durably
-//!   and answered 202 — in milliseconds, well inside OCI's 5 s timeout.
+//!   `dedupeKey`+`timestampEpochMillis` or `eventID`) are claimed in the dedupe window
+//!   ([`store::dedupe`], shared by every process on PostgreSQL); a redelivery is answered 200
+//!   and not published again, a new message is published durably and answered 202 — in
+//!   milliseconds, well inside OCI's 5 s timeout — and a copy that arrives while another
+//!   process is still publishing the message is answered 503, so that OCI sends it again.
 //!
 //! Anything else is a 4xx naming the field, and nothing is published.
 
 pub mod alarm;
 pub mod confirm;
-pub mod dedupe;
 pub mod event;
 
 use super::{invalid, new_event_id, parse_json, publish, published, queue_unavailable};
@@ -27,15 +28,16 @@ use alarm::Alarm;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
-use confirm::{ConfirmPolicy, Confirmer, State, SubscriptionRecord, Subscriptions};
-use dedupe::{Claim, Dedupe};
+use confirm::{ConfirmPolicy, Confirmer};
 use event::OciEvent;
 use model::{ResourceEvent, ValidationError};
 use sha2::{Digest, Sha256};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use storage::{Database, Durability, StorageError};
+use store::dedupe::{self, Claim, DedupeWindow, PendingClaims};
+use store::subscriptions::{self, State, SubscriptionRecord, SubscriptionStore};
+use store::{Location, StoreError};
 use subtle::ConstantTimeEq;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
@@ -43,8 +45,8 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 use web::ApiError;
 
-/// The source's own SQLite file in the data directory: the dedupe window and the
-/// subscriptions' confirmation outcomes.
+/// The source's own SQLite file in the data directory (with the `sqlite` store): the dedupe
+/// window and the subscriptions' confirmation outcomes.
 pub const DATABASE_FILE: &str = "oci.db";
 /// A confirmation fetch must end before OCI (5 s) gives up on the confirmation message.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(4);
@@ -82,6 +84,8 @@ impl std::fmt::Debug for BasicCredentials {
 pub enum OciError {
     #[error("cannot open the OCI source's database: {0}")]
     Storage(#[from] StorageError),
+    #[error("cannot open the OCI source's store: {0}")]
+    Store(#[from] StoreError),
     #[error("cannot build the confirmation HTTP client: {0}")]
     Http(#[from] reqwest::Error),
 }
@@ -130,8 +134,8 @@ impl Delivery {
 pub struct OciSource {
     config: OciConfig,
     confirmer: Confirmer,
-    subscriptions: Subscriptions,
-    dedupe: Dedupe,
+    subscriptions: SubscriptionStore,
+    dedupe: DedupeWindow,
 }
 
 /// A message that carries events.
@@ -153,20 +157,35 @@ pub const DESCRIPTION: super::Description = super::Description {
 };
 
 impl OciSource {
-    /// Opens (creating) the source's database in `data_dir`.
-    pub fn open(config: OciConfig, data_dir: &Path) -> Result<OciSource, OciError> {
-        // Normal durability: a key lost to a power cut only lets one redelivery through twice.
-        let path = data_dir.join(DATABASE_FILE);
-        let db = Database::open(
-            &path,
-            &[dedupe::SCHEMA, confirm::SCHEMA],
-            Durability::Normal,
-            None,
-        )?;
+    /// Opens (creating) the source's state where `location` says: its own file in the data
+    /// directory, or the shared database.
+    pub async fn open(config: OciConfig, location: &Location) -> Result<OciSource, OciError> {
+        let (dedupe, subscriptions) = match location {
+            Location::Sqlite(data_dir) => {
+                // Normal durability: a key lost to a power cut only lets one redelivery
+                // through twice.
+                let path = data_dir.join(DATABASE_FILE);
+                let db = Database::open(
+                    &path,
+                    &[dedupe::SQLITE_SCHEMA, subscriptions::SQLITE_SCHEMA],
+                    Durability::Normal,
+                    None,
+                )?;
+                (
+                    DedupeWindow::open(db.clone(), &path, config.dedupe_window)?,
+                    SubscriptionStore::open(db),
+                )
+            }
+            Location::Postgres(database) => (
+                DedupeWindow::on_postgres(database, config.dedupe_window, PendingClaims::default())
+                    .await?,
+                SubscriptionStore::on_postgres(database).await?,
+            ),
+        };
         Ok(OciSource {
             confirmer: Confirmer::new(CONFIRM_TIMEOUT)?,
-            subscriptions: Subscriptions::new(db.clone()),
-            dedupe: Dedupe::open(db, &path, config.dedupe_window)?,
+            subscriptions,
+            dedupe,
             config,
         })
     }
@@ -367,7 +386,7 @@ async fn receive(
 
 /// Publishes `event` unless one of `keys` was published within the dedupe window.
 async fn publish_once(
-    dedupe: &Dedupe,
+    dedupe: &DedupeWindow,
     publisher: &EventPublisher,
     event: ResourceEvent,
     keys: Vec<String>,
@@ -376,11 +395,24 @@ async fn publish_once(
         return publish(publisher, std::slice::from_ref(&event)).await;
     }
     let ticket = match dedupe.claim(keys).await {
-        Claim::Duplicate => {
+        Ok(Claim::Duplicate) => {
             tracing::debug!(source_event_id = ?event.source_event_id(), "OCI redelivery acknowledged, not published again");
             return duplicate();
         }
-        Claim::New(ticket) => ticket,
+        Ok(Claim::New(ticket)) => ticket,
+        Ok(Claim::InFlight) => {
+            return ApiError::unavailable(
+                "another copy of this message is being published; send it again",
+            )
+            .into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look an OCI message up in the dedupe window");
+            return ApiError::unavailable(
+                "the dedupe window is unavailable; the message was not accepted, send it again",
+            )
+            .into_response();
+        }
     };
     if let Err(e) = publisher.publish(std::slice::from_ref(&event)).await {
         return queue_unavailable(e);
@@ -388,7 +420,7 @@ async fn publish_once(
     let persist = ticket.commit();
     tokio::spawn(async move {
         if let Err(e) = persist.await {
-            tracing::error!(error = %e, "cannot write an OCI message's keys; after a restart a redelivery would publish it again");
+            tracing::error!(error = %e, "cannot record an OCI message as published; a later redelivery may publish it again");
         }
     });
     published(std::slice::from_ref(&event))
@@ -449,11 +481,13 @@ fn basic_guard(credentials: &BasicCredentials) -> BoxedFilter<()> {
 mod tests {
     use super::*;
 
+    use std::path::Path;
+
     #[test]
     fn delivery_headers_are_read_case_insensitively() {
         let text = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../../shared/fixtures/oci/subscription-confirmation.headers"),
+                .join("../../tests/fixtures/oci/subscription-confirmation.headers"),
         )
         .unwrap();
         let mut headers = HeaderMap::new();
@@ -483,7 +517,7 @@ mod tests {
     fn the_fixture_body_carries_the_confirmation_url() {
         let body = std::fs::read(
             Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../../shared/fixtures/oci/subscription-confirmation.json"),
+                .join("../../tests/fixtures/oci/subscription-confirmation.json"),
         )
         .unwrap();
         let url = body_confirmation_url(&body).unwrap();
