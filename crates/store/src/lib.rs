@@ -6,12 +6,15 @@
 //! (`sqlite.rs`, `postgres.rs`); the pipeline uses the interface and never knows the backend:
 //! - [`records`]: the matched and undelivered records and the delivery attempts, behind the
 //!   consumer API, the attempts API and redelivery.
+//! - [`lanes`]: the durable half of the ordering lanes — lanes whose head waits for a retry
+//!   and the jobs parked behind it — so that per-key order holds across processes.
 //!
 //! [`postgres`] holds what every PostgreSQL module shares: the connection pool and the
 //! versioned migrations, applied at start under an advisory lock so that processes starting
 //! together apply each once.
 
 mod error;
+pub mod lanes;
 pub mod postgres;
 pub mod records;
 
