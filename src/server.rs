@@ -131,7 +131,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         catalog,
         channels.clone(),
         records.clone(),
-        Lanes::open(&data_dir.join("lanes.db"))?,
+        Lanes::open(&location).await?,
         Arc::clone(&metrics),
     );
     let retention = tokio::spawn(delivery::retention::run(
