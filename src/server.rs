@@ -50,6 +50,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             prefix: settings.bus.prefix.clone(),
             delivery_limit: settings.bus.delivery_limit,
             publish_timeout: Duration::from_millis(settings.bus.publish_timeout_ms),
+            delivery_partitions: settings.bus.delivery_partitions.get(),
         })),
     };
     // --- end of observability ---------------------------------------------------------------

@@ -17,6 +17,8 @@ fn settings() -> RabbitSettings {
         prefix: format!("tocsin-test-{}", uuid_like()),
         delivery_limit: 5,
         publish_timeout: Duration::from_secs(10),
+        // Several, so that every test here runs on partitioned deliveries.
+        delivery_partitions: 3,
     }
 }
 
@@ -140,7 +142,11 @@ async fn dead_letters(settings: &RabbitSettings, expected: usize) -> Vec<Vec<u8>
 
 #[tokio::test]
 async fn a_batch_message_is_settled_payload_by_payload() {
-    let settings = settings();
+    // One partition: the four payloads (keyed by their bytes) share one message.
+    let settings = RabbitSettings {
+        delivery_partitions: 1,
+        ..settings()
+    };
     let bus = RabbitBus::start(settings.clone());
     let payloads = (0..4).map(|i| Bytes::from(format!("m{i}"))).collect();
     bus.publish(Queue::Deliveries, payloads).await.unwrap();
