@@ -85,6 +85,8 @@ mod per_key_order {
                 ("TOCSIN_STORE_BACKEND", "postgres"),
                 ("TOCSIN_STORE_URL", &url),
                 ("TOCSIN_BUS_DELIVERY_PARTITIONS", partitions),
+                // The retried opens fail in a row: the circuit breaker is not what is tested.
+                ("TOCSIN_CHANNELS_CIRCUIT_FAILURE_THRESHOLD", "1000"),
             ],
         )
         .await;

@@ -332,7 +332,6 @@ async fn connect(settings: &RabbitSettings) -> Result<Link, lapin::Error> {
     .await?;
     let channel = connection.create_channel().await?;
     declare_topology(&channel, settings).await?;
-    retire_unpartitioned_queues(&connection, settings).await;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
@@ -525,39 +524,6 @@ fn route_headers(queue: Queue, partition: u16) -> FieldTable {
     headers.insert(ROUTE_QUEUE_HEADER.into(), text(queue.as_str()));
     headers.insert(ROUTE_PARTITION_HEADER.into(), text(&partition.to_string()));
     headers
-}
-
-/// A queue of an earlier Tocsin, before partitions (`<p>.events`, `<p>.deliveries`), would
-/// still take a copy of every message through its binding: it is unbound, and what it holds is
-/// reported, to be moved by hand (docs/src/scaling-out.md). On a channel of its own, since a
-/// missing queue closes it.
-async fn retire_unpartitioned_queues(connection: &Connection, settings: &RabbitSettings) {
-    for queue in Queue::ALL {
-        let name = format!("{}.{}", settings.prefix, queue.as_str());
-        let Ok(channel) = connection.create_channel().await else {
-            return;
-        };
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let Ok(found) = channel
-            .queue_declare(name.as_str().into(), passive, FieldTable::default())
-            .await
-        else {
-            continue; // not there: nothing to retire
-        };
-        let unbound = channel
-            .queue_unbind(
-                name.as_str().into(),
-                settings.prefix.as_str().into(),
-                queue.as_str().into(),
-                FieldTable::default(),
-            )
-            .await;
-        tracing::warn!(queue = %name, messages = found.message_count(), unbound = unbound.is_ok(), "a queue from before partitions: no longer fed or consumed; move what it holds to the partitions");
-        let _ = channel.close(200, "".into()).await;
-    }
 }
 
 /// Persistent messages: what every publish sends.
