@@ -207,15 +207,19 @@ async fn one_consumer_at_a_time_per_partition_and_the_next_takes_over_when_it_di
     let mut second_sub = second.subscribe(Queue::Deliveries, 10).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    // Two jobs on each partition: a broker sharing a queue's messages between its consumers
+    // would hand the second subscriber one of each.
     let keys: Vec<String> = (0..PARTITIONS).map(|p| key_on(&settings, p)).collect();
-    let jobs = keys
-        .iter()
-        .enumerate()
-        .map(|(n, key)| job(&format!("e{n}"), key))
+    let jobs: Vec<Bytes> = (0..2)
+        .flat_map(|round| keys.iter().map(move |key| (round, key)))
+        .map(|(round, key)| job(&format!("{key}/{round}"), key))
         .collect();
-    first.publish(Queue::Deliveries, jobs).await.unwrap();
+    let published = jobs.len();
+    for job in jobs {
+        first.publish(Queue::Deliveries, vec![job]).await.unwrap();
+    }
     let mut held = Vec::new();
-    for _ in 0..PARTITIONS {
+    for _ in 0..published {
         held.push(next(&mut first_sub).await);
     }
     assert!(
@@ -238,15 +242,14 @@ async fn one_consumer_at_a_time_per_partition_and_the_next_takes_over_when_it_di
     assert!(closing.status.success(), "{closing:?}");
     drop(held);
     let mut taken_over = Vec::new();
-    for _ in 0..PARTITIONS {
+    for _ in 0..published {
         let delivery = next(&mut second_sub).await;
         assert!(delivery.redelivered, "handed over unsettled");
         let job: serde_json::Value = serde_json::from_slice(&delivery.payload).unwrap();
         taken_over.push(job["event"]["id"].as_str().unwrap().to_owned());
         delivery.ack().await.unwrap();
     }
-    taken_over.sort();
-    assert_eq!(taken_over, ["e0", "e1", "e2", "e3"]);
+    assert_eq!(taken_over.len(), published, "every job taken over");
     drop(first_sub);
     drop(second_sub);
     settings.delete_topology().await.unwrap();
