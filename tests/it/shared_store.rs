@@ -71,6 +71,24 @@ mod per_key_order {
             .to_owned()
     }
 
+    /// A destination rule: each key's `open` fails `times` times (503), everything else is
+    /// accepted.
+    fn failing_opens(times: usize) -> impl FnMut(&Value) -> u16 + Send {
+        let mut failures: HashMap<String, usize> = HashMap::new();
+        move |body| {
+            if body["subject"] == "open" {
+                let count = failures
+                    .entry(body["tags"]["ans:sourceEventId"].to_string())
+                    .or_default();
+                *count += 1;
+                if *count <= times {
+                    return 503;
+                }
+            }
+            200
+        }
+    }
+
     fn id(received: &Received) -> String {
         received.body["id"].as_str().unwrap().to_owned()
     }
@@ -122,20 +140,7 @@ mod per_key_order {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_key_posted_to_three_processes_in_turn_arrives_in_accepted_order_across_a_retry() {
         // The first event of each key fails twice; the later ones are accepted meanwhile.
-        let mut failures: HashMap<String, usize> = HashMap::new();
-        let destination = Destination::start(move |body| {
-            if body["subject"] == "open" {
-                let count = failures
-                    .entry(body["tags"]["ans:sourceEventId"].to_string())
-                    .or_default();
-                *count += 1;
-                if *count <= 2 {
-                    return 503;
-                }
-            }
-            200
-        })
-        .await;
+        let destination = Destination::start(failing_opens(2)).await;
         let configuration = route_everything_to(vec![webhook(
             "hook",
             &destination.url,
@@ -183,17 +188,7 @@ mod per_key_order {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lane_held_by_a_process_that_dies_is_carried_on_in_order_by_another() {
-        let mut opens = 0;
-        let destination = Destination::start(move |body| {
-            if body["subject"] == "open" {
-                opens += 1;
-                if opens == 1 {
-                    return 503;
-                }
-            }
-            200
-        })
-        .await;
+        let destination = Destination::start(failing_opens(1)).await;
         // Long enough for the later events to be parked and the process killed meanwhile.
         let configuration = route_everything_to(vec![webhook(
             "hook",

@@ -7,7 +7,7 @@ mod common;
 
 use bus::{Bus, Delivery, Queue, RabbitBus, RabbitSettings, Subscription};
 use bytes::Bytes;
-use common::eventually;
+use common::{close_connection, connections, eventually};
 use std::time::Duration;
 
 const PARTITIONS: u16 = 4;
@@ -81,47 +81,11 @@ async fn per_partition(settings: &RabbitSettings) -> Vec<u64> {
     counts
 }
 
-/// Waits until the partitions hold `expected` messages each.
-async fn eventually_per_partition(settings: &RabbitSettings, expected: [u64; 4]) {
-    let started = std::time::Instant::now();
-    loop {
-        let counts = per_partition(settings).await;
-        if counts == expected {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{counts:?}, expected {expected:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn next(sub: &mut Subscription) -> Delivery {
     tokio::time::timeout(Duration::from_secs(10), sub.next())
         .await
         .expect("a delivery in time")
         .expect("subscription open")
-}
-
-/// The broker-side ids of this prefix's connections.
-fn connections(prefix: &str) -> Vec<String> {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "--quiet",
-            "--no-table-headers",
-            "pid",
-            "client_properties",
-        ])
-        .output()
-        .expect("rabbitmqctl runs");
-    let wanted = format!("\"tocsin {prefix}\"");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|line| line.contains(&wanted))
-        .filter_map(|line| line.split('\t').next().map(str::to_owned))
-        .collect()
 }
 
 #[tokio::test]
@@ -145,7 +109,7 @@ async fn each_job_goes_to_the_partition_of_its_key_in_order() {
         .await
         .unwrap();
     // Messages: the first call's two jobs on partition 2 share one.
-    eventually_per_partition(&settings, [1, 0, 2, 0]).await;
+    eventually(vec![1, 0, 2, 0], || per_partition(&settings)).await;
     assert_eq!(
         bus.depth(Queue::Deliveries).await.unwrap(),
         3,
@@ -181,14 +145,14 @@ async fn delayed_and_requeued_jobs_come_back_to_their_partition() {
     .await
     .unwrap();
     eventually(1, || async { bus.delayed_count().await.unwrap() }).await;
-    eventually_per_partition(&settings, [0, 0, 0, 1]).await;
+    eventually(vec![0, 0, 0, 1], || per_partition(&settings)).await;
 
     // Handed back by its consumer: it waits for the requeue delay, then the same partition.
     let mut sub = bus.subscribe(Queue::Deliveries, 4).await.unwrap();
     next(&mut sub).await.requeue().await.unwrap();
     drop(sub);
     eventually(1, || async { bus.delayed_count().await.unwrap() }).await;
-    eventually_per_partition(&settings, [0, 0, 0, 1]).await;
+    eventually(vec![0, 0, 0, 1], || per_partition(&settings)).await;
     settings.delete_topology().await.unwrap();
 }
 
@@ -231,15 +195,7 @@ async fn one_consumer_at_a_time_per_partition_and_the_next_takes_over_when_it_di
 
     // The first process's connection dies with its jobs unsettled: the second takes every
     // partition over, those jobs first.
-    let closing = std::process::Command::new("rabbitmqctl")
-        .args([
-            "close_connection",
-            &first_connection[0],
-            "test: a process dies",
-        ])
-        .output()
-        .unwrap();
-    assert!(closing.status.success(), "{closing:?}");
+    close_connection(&first_connection[0]);
     drop(held);
     let mut taken_over = Vec::new();
     for _ in 0..published {
