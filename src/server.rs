@@ -50,6 +50,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             prefix: settings.bus.prefix.clone(),
             delivery_limit: settings.bus.delivery_limit,
             publish_timeout: Duration::from_millis(settings.bus.publish_timeout_ms),
+            delivery_partitions: settings.bus.delivery_partitions.get(),
         })),
     };
     // --- end of observability ---------------------------------------------------------------
@@ -133,7 +134,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         catalog,
         channels.clone(),
         records.clone(),
-        Lanes::open(&data_dir.join("lanes.db"))?,
+        Lanes::open(&location).await?,
         Arc::clone(&metrics),
     );
     let retention = tokio::spawn(delivery::retention::run(

@@ -156,6 +156,9 @@ pub struct BusSettings {
     pub delivery_limit: u32,
     /// How long an API call waits for the broker before answering 503.
     pub publish_timeout_ms: u64,
+    /// Partitions of the deliveries queue on RabbitMQ, each with a single active consumer;
+    /// fixed once a broker holds them (docs/src/scaling-out.md).
+    pub delivery_partitions: std::num::NonZeroU16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -285,6 +288,8 @@ impl Default for BusSettings {
             prefix: "tocsin".into(),
             delivery_limit: bus::DEFAULT_DELIVERY_LIMIT,
             publish_timeout_ms: 5000,
+            delivery_partitions: std::num::NonZeroU16::new(bus::DEFAULT_DELIVERY_PARTITIONS)
+                .expect("at least one partition"),
         }
     }
 }

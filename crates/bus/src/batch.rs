@@ -3,8 +3,9 @@
 //! deleted) once per batch instead of once per event.
 //!
 //! Publishing: concurrent `publish` calls on one queue meet in a [`Coalescer`]. It takes every
-//! call waiting, packs their payloads — in call order — into as few messages as the limits
-//! allow, and hands them to the backend in one go; each caller returns once its payloads are
+//! call waiting, packs their payloads — in call order, each partition's apart (a message goes
+//! to one partition) — into as few messages as the limits allow, and hands them to the backend
+//! in one go; each caller returns once its payloads are
 //! durable. Nothing waits for company: an idle pipeline publishes each call at once, and a busy
 //! one gathers new calls while up to [`IN_FLIGHT`] earlier batches are being confirmed, so
 //! batches grow with the load.
@@ -63,6 +64,28 @@ pub(crate) fn pack(payloads: Vec<Bytes>) -> Vec<Bytes> {
     messages
 }
 
+/// A partition of a queue (always 0 where the queue is not partitioned).
+pub(crate) type Partition = u16;
+
+/// Packs `payloads` into messages within the limits, each partition's apart and in order.
+pub(crate) fn pack_partitioned(payloads: Vec<(Partition, Bytes)>) -> Vec<(Partition, Bytes)> {
+    let Some(&(first, _)) = payloads.first() else {
+        return Vec::new();
+    };
+    if payloads.iter().all(|(partition, _)| *partition == first) {
+        let payloads = payloads.into_iter().map(|(_, payload)| payload).collect();
+        return pack(payloads).into_iter().map(|m| (first, m)).collect();
+    }
+    let mut by_partition: std::collections::BTreeMap<Partition, Vec<Bytes>> = Default::default();
+    for (partition, payload) in payloads {
+        by_partition.entry(partition).or_default().push(payload);
+    }
+    by_partition
+        .into_iter()
+        .flat_map(|(partition, payloads)| pack(payloads).into_iter().map(move |m| (partition, m)))
+        .collect()
+}
+
 /// One message holding `payloads` (at least one).
 pub(crate) fn frame(mut payloads: Vec<Bytes>) -> Bytes {
     if payloads.len() == 1 {
@@ -102,12 +125,16 @@ pub(crate) fn unframe(message: Bytes) -> Vec<Bytes> {
 /// What a backend does with whole messages.
 #[async_trait]
 pub(crate) trait Enqueue: Send + Sync + 'static {
-    /// Durably enqueues `messages` on `queue`, in order.
-    async fn enqueue(&self, queue: Queue, messages: Vec<Bytes>) -> Result<(), BusError>;
+    /// Durably enqueues `messages` on `queue`, each on its partition, in order.
+    async fn enqueue(
+        &self,
+        queue: Queue,
+        messages: Vec<(Partition, Bytes)>,
+    ) -> Result<(), BusError>;
 }
 
 struct Call {
-    payloads: Vec<Bytes>,
+    payloads: Vec<(Partition, Bytes)>,
     done: oneshot::Sender<Result<(), BusError>>,
 }
 
@@ -132,9 +159,13 @@ impl Coalescer {
         Coalescer { calls }
     }
 
-    /// Durably enqueues `payloads` on `queue`, in order, sharing messages with concurrent
-    /// callers.
-    pub(crate) async fn publish(&self, queue: Queue, payloads: Vec<Bytes>) -> Result<(), BusError> {
+    /// Durably enqueues `payloads` on `queue`, each on its partition, in order, sharing
+    /// messages with concurrent callers.
+    pub(crate) async fn publish(
+        &self,
+        queue: Queue,
+        payloads: Vec<(Partition, Bytes)>,
+    ) -> Result<(), BusError> {
         if payloads.is_empty() {
             return Ok(());
         }
@@ -184,7 +215,7 @@ async fn gather(
         }
         let backend = Arc::clone(&backend);
         tokio::spawn(async move {
-            let outcome = backend.enqueue(queue, pack(payloads)).await;
+            let outcome = backend.enqueue(queue, pack_partitioned(payloads)).await;
             for reply in replies {
                 let _ = reply.send(outcome.as_ref().map(|_| ()).map_err(BusError::copy));
             }

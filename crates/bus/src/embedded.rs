@@ -208,7 +208,13 @@ struct Rows {
 
 #[async_trait]
 impl Enqueue for Rows {
-    async fn enqueue(&self, queue: Queue, messages: Vec<Bytes>) -> Result<(), BusError> {
+    /// One process, one queue: partitions play no part here.
+    async fn enqueue(
+        &self,
+        queue: Queue,
+        messages: Vec<(batch::Partition, Bytes)>,
+    ) -> Result<(), BusError> {
+        let messages: Vec<Bytes> = messages.into_iter().map(|(_, message)| message).collect();
         self.db
             .write(move |c| insert_messages(c, queue.as_str(), &messages))
             .await?;
@@ -269,6 +275,7 @@ fn insert_delayed(
 #[async_trait]
 impl Bus for EmbeddedBus {
     async fn publish(&self, queue: Queue, payloads: Vec<Bytes>) -> Result<(), BusError> {
+        let payloads = payloads.into_iter().map(|payload| (0, payload)).collect();
         self.coalescer.publish(queue, payloads).await
     }
 

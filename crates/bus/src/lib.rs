@@ -13,6 +13,13 @@
 //!   delay ([`requeue_delay`]), and one handed out more than the delivery limit times goes to
 //!   the dead letters instead ([`dead_letters`]), where it waits to be read and replayed.
 //!
+//!
+//! Order: payloads published together, or one call after another, are consumed in publish
+//! order per *ordering key* ([`ordering_key`]: a delivery job's `ans:sourceEventId`, else its
+//! event id). A backend may split a queue into partitions by that key — RabbitMQ does, each
+//! partition with a single active consumer, so that one key is in flight in one process at a
+//! time — and keeps a payload's retries and requeues on its partition.
+//!
 //! The [`Bus`] trait is the whole face of a backend: the stages publish and consume through
 //! it, and the operator's side (queue depths, delayed messages, reconnects, dead letters)
 //! reads it too, without knowing which backend runs.
@@ -30,7 +37,7 @@ use tokio::sync::mpsc;
 
 pub use dead_letters::{DeadLetter, DeadLetterPage, Reason};
 pub use embedded::EmbeddedBus;
-pub use rabbitmq::{RabbitBus, RabbitSettings};
+pub use rabbitmq::{RabbitBus, RabbitSettings, DEFAULT_DELIVERY_PARTITIONS};
 
 /// Deliveries of one message after which it is dead-lettered, unless configured otherwise
 /// (`bus.delivery_limit`).
@@ -49,6 +56,33 @@ const MAX_REQUEUE_DELAY: Duration = Duration::from_secs(300);
 pub fn requeue_delay(deliveries: u32) -> Duration {
     let doublings = deliveries.saturating_sub(1).min(16);
     (FIRST_REQUEUE_DELAY * 2u32.pow(doublings)).min(MAX_REQUEUE_DELAY)
+}
+
+/// The key that orders a payload of `queue`, hashed ([`ordering_hash`]): a delivery job's
+/// ordering key, else its event id; undecodable payloads hash as they are; every accepted
+/// event has the same key (one line through the router). Publishers that have the job in hand
+/// give the key with [`Bus::publish_keyed`] instead, so that the bus need not decode it.
+pub fn ordering_key(queue: Queue, payload: &[u8]) -> u64 {
+    match queue {
+        Queue::Events => 0,
+        Queue::Deliveries => match serde_json::from_slice::<model::DeliveryJob>(payload) {
+            Ok(job) => event_key(&job.event),
+            Err(_) => ordering_hash(payload),
+        },
+    }
+}
+
+/// The ordering key of the jobs of `event`, hashed: its `ans:sourceEventId` (what the
+/// delivery lanes order by, `DeliveryJob::ordering_key`), else its id.
+pub fn event_key(event: &model::ResourceEvent) -> u64 {
+    ordering_hash(event.source_event_id().unwrap_or(&event.id).as_bytes())
+}
+
+/// FNV-1a (64 bits): the same in every process and every build, as partitions need.
+pub fn ordering_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// The queues of the pipeline.
@@ -111,6 +145,20 @@ impl BusError {
 pub trait Bus: Send + Sync + 'static {
     /// Durably enqueues `payloads` on `queue`, in order, returning once all of them are safe.
     async fn publish(&self, queue: Queue, payloads: Vec<Bytes>) -> Result<(), BusError>;
+
+    /// [`Bus::publish`] for payloads whose [`ordering_key`] the caller has at hand (the
+    /// router, for every job): `(key, payload)`, in order.
+    async fn publish_keyed(
+        &self,
+        queue: Queue,
+        payloads: Vec<(u64, Bytes)>,
+    ) -> Result<(), BusError> {
+        self.publish(
+            queue,
+            payloads.into_iter().map(|(_, payload)| payload).collect(),
+        )
+        .await
+    }
 
     /// Durably enqueues `payload` on `queue` to be delivered after `delay`, without holding
     /// anything in the meantime: the message waits in the backend, not in a consumer.

@@ -8,14 +8,21 @@
 //! each new link and forwards deliveries; unacked ones go back to the queue when a channel
 //! dies, which is what makes a broker restart lose nothing.
 //!
-//! Topology (`<p>` is the configured prefix): a durable direct exchange `<p>` routing to the
-//! durable quorum queues `<p>.events` and `<p>.deliveries`, whose rejected or over-delivered
-//! messages dead-letter through the fanout exchange `<p>.dlx` into the quorum queue `<p>.dead`.
+//! Topology (`<p>` is the configured prefix): a durable direct exchange `<p>` passes each
+//! queue's messages (routing key `events` or `deliveries`) on to the headers exchange
+//! `<p>.partitions`, which routes each to its partition's durable quorum queue by two headers,
+//! its queue and partition: `<p>.events.0` (the router's one line), and `<p>.deliveries.<i>`
+//! for each of `delivery_partitions` partitions, a job going to the partition of its ordering
+//! key's hash ([`crate::ordering_key`]). Every partition queue has a *single active consumer*:
+//! of the processes consuming it, the broker hands its messages to one at a time (the first
+//! that subscribed; the next takes over when its channel closes), so that one key is in flight
+//! in one process. Rejected or over-delivered messages dead-letter through the fanout exchange
+//! `<p>.dlx` into the quorum queue `<p>.dead`.
 //! Delayed messages wait in per-delay quorum queues `<p>.<queue>.delay.<ms>` with that message
 //! TTL, dead-lettering (at least once) back into `<queue>` when it expires; a delay goes to the
 //! longest tier that does not exceed it, and carries its due time in a header, so that a
 //! message that comes out of its tier early is delayed again for the rest before any consumer
-//! sees it.
+//! sees it. Its partition headers go with it, so it comes back to its own partition.
 //! Configuration snapshots go through the fanout exchange `<p>.config` to one exclusive queue
 //! per process and to `<p>.config.latest`, which keeps only the newest one for processes that
 //! (re)connect later.
@@ -41,8 +48,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeBindOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Confirmation;
@@ -65,7 +72,16 @@ pub struct RabbitSettings {
     pub delivery_limit: u32,
     /// How long a publish waits for a connection before it fails as unavailable.
     pub publish_timeout: Duration,
+    /// Partitions of the deliveries queue (at least one; `bus.delivery_partitions`). Fixed
+    /// once a broker holds them: a job goes to the partition of its key's hash modulo this.
+    pub delivery_partitions: u16,
 }
+
+/// Partitions of the deliveries queue unless configured otherwise: one, since each
+/// partition's active consumer is whichever process subscribed first, so that more partitions
+/// add no parallelism yet and split each published batch into more messages
+/// (docs/src/scaling-out.md).
+pub const DEFAULT_DELIVERY_PARTITIONS: u16 = 1;
 
 /// How long a batch of publishes waits for more under load: the broker's work is per message,
 /// so larger messages leave it more of the machine (docs/src/performance.md).
@@ -75,8 +91,27 @@ const PUBLISH_LINGER: Duration = Duration::from_millis(1);
 pub const DELAY_TIERS_MS: [u64; 7] = [100, 1_000, 5_000, 30_000, 120_000, 600_000, 3_600_000];
 
 impl RabbitSettings {
-    pub fn queue_name(&self, queue: Queue) -> String {
-        format!("{}.{}", self.prefix, queue.as_str())
+    /// Partitions of `queue`: the events queue has one.
+    pub fn partitions(&self, queue: Queue) -> u16 {
+        match queue {
+            Queue::Events => 1,
+            Queue::Deliveries => self.delivery_partitions.max(1),
+        }
+    }
+
+    /// The quorum queue of `partition` of `queue`.
+    pub fn queue_name(&self, queue: Queue, partition: u16) -> String {
+        format!("{}.{}.{partition}", self.prefix, queue.as_str())
+    }
+
+    /// The partition a payload of `queue` whose ordering key hashes to `key` goes to.
+    pub fn partition_of(&self, queue: Queue, key: u64) -> u16 {
+        (key % u64::from(self.partitions(queue))) as u16
+    }
+
+    /// The headers exchange that routes each message to its partition.
+    fn partitions_exchange(&self) -> String {
+        format!("{}.partitions", self.prefix)
     }
 
     /// The quorum queue where dead letters wait.
@@ -91,10 +126,10 @@ impl RabbitSettings {
             format!("{}.config.latest", self.prefix),
         ];
         for queue in Queue::ALL {
-            queues.push(self.queue_name(queue));
+            queues.extend((0..self.partitions(queue)).map(|p| self.queue_name(queue, p)));
             queues.extend(DELAY_TIERS_MS.map(|tier| self.delay_queue_name(queue, tier)));
         }
-        let exchanges = ["", ".dlx", ".config"]
+        let exchanges = ["", ".dlx", ".config", ".partitions"]
             .map(|suffix| format!("{}{suffix}", self.prefix))
             .to_vec();
         (queues, exchanges)
@@ -398,6 +433,15 @@ async fn declare_topology(
             FieldTable::default(),
         )
         .await?;
+    let partitions = settings.partitions_exchange();
+    channel
+        .exchange_declare(
+            partitions.as_str().into(),
+            ExchangeKind::Headers,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
     let mut keep_one = FieldTable::default();
     keep_one.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
     let latest = format!("{config_exchange}.latest");
@@ -438,21 +482,48 @@ async fn declare_topology(
                 .queue_declare(name.as_str().into(), durable_queue, args)
                 .await?;
         }
-        let name = settings.queue_name(queue);
         channel
-            .queue_declare(name.as_str().into(), durable_queue, quorum(true))
-            .await?;
-        channel
-            .queue_bind(
-                name.as_str().into(),
+            .exchange_bind(
+                partitions.as_str().into(),
                 exchange.into(),
                 queue.as_str().into(),
-                QueueBindOptions::default(),
+                ExchangeBindOptions::default(),
                 FieldTable::default(),
             )
             .await?;
+        for partition in 0..settings.partitions(queue) {
+            let mut args = quorum(true);
+            args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+            let name = settings.queue_name(queue, partition);
+            channel
+                .queue_declare(name.as_str().into(), durable_queue, args)
+                .await?;
+            let mut binding = route_headers(queue, partition);
+            binding.insert(
+                "x-match".into(),
+                AMQPValue::LongString(LongString::from("all")),
+            );
+            channel
+                .queue_bind(
+                    name.as_str().into(),
+                    partitions.as_str().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    binding,
+                )
+                .await?;
+        }
     }
     Ok(())
+}
+
+/// The headers that route a message to `partition` of `queue` (and bind the partition).
+fn route_headers(queue: Queue, partition: u16) -> FieldTable {
+    let mut headers = FieldTable::default();
+    let text = |value: &str| AMQPValue::LongString(LongString::from(value));
+    headers.insert(ROUTE_QUEUE_HEADER.into(), text(queue.as_str()));
+    headers.insert(ROUTE_PARTITION_HEADER.into(), text(&partition.to_string()));
+    headers
 }
 
 /// Persistent messages: what every publish sends.
@@ -471,6 +542,10 @@ fn content_type(message: &[u8]) -> &'static str {
 
 /// The header a delayed message carries: when it is due, in ms since the epoch.
 const DUE_HEADER: &str = "x-tocsin-due-ms";
+/// The headers that route a message to its partition: its queue, and the partition's number
+/// (not `x-…`: a headers exchange does not match on those).
+const ROUTE_QUEUE_HEADER: &str = "tocsin-queue";
+const ROUTE_PARTITION_HEADER: &str = "tocsin-partition";
 /// The header of a requeued message (and a dead letter): deliveries of its earlier copies.
 const DELIVERIES_HEADER: &str = "x-tocsin-deliveries";
 
@@ -577,17 +652,18 @@ impl Publisher {
             .map_err(unavailable)
     }
 
-    /// Publishes `message` to wait `delay` before it reaches `queue`, counting `deliveries`
-    /// of its earlier copies.
+    /// Publishes `message` to wait `delay` before it reaches `partition` of `queue`, counting
+    /// `deliveries` of its earlier copies.
     async fn publish_later(
         &self,
         queue: Queue,
+        partition: u16,
         message: Bytes,
         delay: Duration,
         deliveries: u32,
     ) -> Result<(), BusError> {
         let tier = self.settings.delay_queue_name(queue, delay_tier(delay));
-        let mut headers = FieldTable::default();
+        let mut headers = route_headers(queue, partition);
         let due = clock::now_epoch_millis() + delay.as_millis() as i64;
         headers.insert(DUE_HEADER.into(), AMQPValue::LongLongInt(due));
         if deliveries > 0 {
@@ -631,20 +707,71 @@ impl Publisher {
 
 #[async_trait]
 impl Enqueue for Publisher {
-    async fn enqueue(&self, queue: Queue, messages: Vec<Bytes>) -> Result<(), BusError> {
-        self.publish_retrying(
-            &self.settings.prefix,
-            queue.as_str(),
-            &messages,
-            &persistent(),
-        )
-        .await
+    /// One publish per partition, side by side: each keeps its messages in order.
+    async fn enqueue(
+        &self,
+        queue: Queue,
+        messages: Vec<(batch::Partition, Bytes)>,
+    ) -> Result<(), BusError> {
+        let mut by_partition: std::collections::BTreeMap<u16, Vec<Bytes>> = Default::default();
+        for (partition, message) in messages {
+            by_partition.entry(partition).or_default().push(message);
+        }
+        let publishes = by_partition
+            .into_iter()
+            .map(|(partition, messages)| async move {
+                let properties = persistent().with_headers(route_headers(queue, partition));
+                self.publish_retrying(
+                    &self.settings.prefix,
+                    queue.as_str(),
+                    &messages,
+                    &properties,
+                )
+                .await
+            });
+        futures::future::join_all(publishes)
+            .await
+            .into_iter()
+            .collect()
+    }
+}
+
+impl Publisher {
+    /// The partition of each of `payloads`, read from it where `queue` has several.
+    fn partitioned(&self, queue: Queue, payloads: Vec<Bytes>) -> Vec<(batch::Partition, Bytes)> {
+        let several = self.settings.partitions(queue) > 1;
+        payloads
+            .into_iter()
+            .map(|payload| {
+                let partition = if several {
+                    let key = crate::ordering_key(queue, &payload);
+                    self.settings.partition_of(queue, key)
+                } else {
+                    0
+                };
+                (partition, payload)
+            })
+            .collect()
     }
 }
 
 #[async_trait]
 impl Bus for RabbitBus {
     async fn publish(&self, queue: Queue, payloads: Vec<Bytes>) -> Result<(), BusError> {
+        let payloads = self.publisher.partitioned(queue, payloads);
+        self.coalescer.publish(queue, payloads).await
+    }
+
+    async fn publish_keyed(
+        &self,
+        queue: Queue,
+        payloads: Vec<(u64, Bytes)>,
+    ) -> Result<(), BusError> {
+        let settings = &self.publisher.settings;
+        let payloads = payloads
+            .into_iter()
+            .map(|(key, payload)| (settings.partition_of(queue, key), payload))
+            .collect();
         self.coalescer.publish(queue, payloads).await
     }
 
@@ -654,7 +781,11 @@ impl Bus for RabbitBus {
         payload: Bytes,
         delay: Duration,
     ) -> Result<(), BusError> {
-        self.publisher.publish_later(queue, payload, delay, 0).await
+        let mut partitioned = self.publisher.partitioned(queue, vec![payload]);
+        let (partition, payload) = partitioned.pop().expect("one payload");
+        self.publisher
+            .publish_later(queue, partition, payload, delay, 0)
+            .await
     }
 
     async fn broadcast_config(&self, snapshot: Bytes) -> Result<(), BusError> {
@@ -702,18 +833,24 @@ impl Bus for RabbitBus {
         }
         Ok(updates)
     }
+    /// Consumes every partition of `queue`, each on a channel of its own; this process is
+    /// the active consumer of those partitions that no earlier subscriber holds.
     async fn subscribe(&self, queue: Queue, prefetch: u16) -> Result<Subscription, BusError> {
         let (sender, receiver) = mpsc::channel(usize::from(prefetch.max(1)));
-        let consumer = Consumer {
-            publisher: Arc::clone(&self.publisher),
-            queue,
-            queue_name: self.publisher.settings.queue_name(queue),
-            prefetch: prefetch.max(1),
-            permits: Arc::new(Semaphore::new(usize::from(prefetch.max(1)))),
-            link: self.publisher.link.clone(),
-            sender,
-        };
-        tokio::spawn(consumer.run());
+        let permits = Arc::new(Semaphore::new(usize::from(prefetch.max(1))));
+        for partition in 0..self.publisher.settings.partitions(queue) {
+            let consumer = Consumer {
+                publisher: Arc::clone(&self.publisher),
+                queue,
+                partition,
+                queue_name: self.publisher.settings.queue_name(queue, partition),
+                prefetch: prefetch.max(1),
+                permits: Arc::clone(&permits),
+                link: self.publisher.link.clone(),
+                sender: sender.clone(),
+            };
+            tokio::spawn(consumer.run());
+        }
         Ok(Subscription::new(receiver))
     }
 
@@ -725,10 +862,14 @@ impl Bus for RabbitBus {
         "rabbitmq"
     }
 
-    /// Messages ready in `queue`: RabbitMQ does not count those handed out and not yet acked.
+    /// Messages ready in `queue`'s partitions: RabbitMQ does not count those handed out and
+    /// not yet acked.
     async fn depth(&self, queue: Queue) -> Result<u64, BusError> {
-        self.message_count(&[self.publisher.settings.queue_name(queue)])
-            .await
+        let settings = &self.publisher.settings;
+        let names: Vec<String> = (0..settings.partitions(queue))
+            .map(|partition| settings.queue_name(queue, partition))
+            .collect();
+        self.message_count(&names).await
     }
 
     async fn delayed_count(&self) -> Result<u64, BusError> {
@@ -771,6 +912,7 @@ impl Bus for RabbitBus {
 struct Consumer {
     publisher: Arc<Publisher>,
     queue: Queue,
+    partition: u16,
     queue_name: String,
     /// Unacked messages the broker may hand this consumer.
     prefetch: u16,
@@ -871,6 +1013,7 @@ impl Consumer {
             let settler = Box::new(RabbitSettler {
                 acker: delivery.acker,
                 queue: self.queue,
+                partition: self.partition,
                 deliveries,
                 publisher: Arc::clone(&self.publisher),
             });
@@ -899,6 +1042,8 @@ enum Stop {
 struct RabbitSettler {
     acker: lapin::Acker,
     queue: Queue,
+    /// Where the message came from, and where what runs again goes back to.
+    partition: u16,
     /// Times the message has been handed out, this time included.
     deliveries: u32,
     publisher: Arc<Publisher>,
@@ -938,7 +1083,13 @@ impl RabbitSettler {
         } else if !again.is_empty() {
             let delay = crate::requeue_delay(deliveries);
             self.publisher
-                .publish_later(self.queue, batch::frame(again), delay, deliveries)
+                .publish_later(
+                    self.queue,
+                    self.partition,
+                    batch::frame(again),
+                    delay,
+                    deliveries,
+                )
                 .await?;
         }
         self.publisher

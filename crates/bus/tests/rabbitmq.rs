@@ -17,6 +17,8 @@ fn settings() -> RabbitSettings {
         prefix: format!("tocsin-test-{}", uuid_like()),
         delivery_limit: 5,
         publish_timeout: Duration::from_secs(10),
+        // Several, so that every test here runs on partitioned deliveries.
+        delivery_partitions: 3,
     }
 }
 
@@ -36,29 +38,9 @@ async fn next(sub: &mut Subscription) -> Delivery {
 
 /// Closes this test's connection from the broker side, as a broker restart would.
 fn kill_connection(prefix: &str) {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "--quiet",
-            "--no-table-headers",
-            "pid",
-            "client_properties",
-        ])
-        .output()
-        .expect("rabbitmqctl runs");
-    let listing = String::from_utf8_lossy(&out.stdout);
-    let wanted = format!("\"tocsin {prefix}\"");
-    let pids: Vec<&str> = listing
-        .lines()
-        .filter(|line| line.contains(&wanted))
-        .filter_map(|line| line.split('\t').next())
-        .collect();
-    assert_eq!(pids.len(), 1, "this test's connection in {listing}");
-    let closing = std::process::Command::new("rabbitmqctl")
-        .args(["close_connection", pids[0], "test: broker goes away"])
-        .output()
-        .unwrap();
-    assert!(closing.status.success(), "closing {}: {closing:?}", pids[0]);
+    let pids = common::connections(prefix);
+    assert_eq!(pids.len(), 1, "this test's connection in {pids:?}");
+    common::close_connection(&pids[0]);
 }
 
 #[tokio::test]
@@ -140,7 +122,11 @@ async fn dead_letters(settings: &RabbitSettings, expected: usize) -> Vec<Vec<u8>
 
 #[tokio::test]
 async fn a_batch_message_is_settled_payload_by_payload() {
-    let settings = settings();
+    // One partition: the four payloads (keyed by their bytes) share one message.
+    let settings = RabbitSettings {
+        delivery_partitions: 1,
+        ..settings()
+    };
     let bus = RabbitBus::start(settings.clone());
     let payloads = (0..4).map(|i| Bytes::from(format!("m{i}"))).collect();
     bus.publish(Queue::Deliveries, payloads).await.unwrap();

@@ -19,6 +19,8 @@ fn settings() -> RabbitSettings {
         ),
         delivery_limit: 5,
         publish_timeout: Duration::from_secs(10),
+        // Several, so that every test here runs on partitioned deliveries.
+        delivery_partitions: 3,
     }
 }
 

@@ -14,7 +14,7 @@
 use crate::channels::Channels;
 use crate::delivery_status::{self, Status};
 use crate::failure::Failure;
-use crate::lanes::{Lanes, OrderingLanes};
+use crate::lanes::{Lanes, OrderingLanes, RecoverError, STRANDED_AFTER};
 use crate::records::{Attempt, AttemptOutcome, RecordStore};
 use crate::retry::{self, Next, RetrySchedule};
 use crate::ticket::Ticket;
@@ -37,6 +37,15 @@ pub struct DeliveryConfig {
     pub prefetch: u16,
     /// The default retry schedule; actions may override it.
     pub retry: RetrySchedule,
+}
+
+/// Why the worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Lanes(#[from] RecoverError),
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
 }
 
 pub struct DeliveryWorker {
@@ -93,8 +102,19 @@ impl DeliveryWorker {
     }
 
     /// Delivers until `shutdown` turns true, then finishes the jobs in hand.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), bus::BusError> {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
         self.shared.lanes.recover().await?;
+        let sweeper = {
+            let shared = Arc::clone(&self.shared);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(STRANDED_AFTER);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    shared.lanes.sweep_stranded().await;
+                }
+            })
+        };
         let mut jobs = self
             .shared
             .bus
@@ -124,6 +144,7 @@ impl DeliveryWorker {
             while in_hand.try_join_next().is_some() {}
         }
         drop(jobs);
+        sweeper.abort();
         while in_hand.join_next().await.is_some() {}
         tracing::info!("delivery stopped");
         Ok(())

@@ -4,8 +4,10 @@
 //!
 //! It works in batches: it takes every event waiting (up to its prefetch), matches them against
 //! the current configuration ([`matcher`]), publishes all resulting jobs in one durable publish
-//! — in event order, so that events of one source reach the delivery queue in the order they
-//! were accepted — and only then acks the events. A crash in between re-routes the batch; the
+//! — in event order, each with its ordering key, so that events of one source reach their
+//! partition of the delivery queue in the order they were accepted — and only then acks the
+//! events. (Across processes the events queue has a single active consumer, so one router at
+//! a time keeps that order.) A crash in between re-routes the batch; the
 //! jobs it had already queued are duplicates that delivery absorbs (records are idempotent).
 //!
 //! Before it publishes a batch's jobs it folds the batch's events into their alerts
@@ -143,11 +145,9 @@ impl Router {
             }
             if let Some((first, also)) = actions.split_first() {
                 queued += actions.len() as u64;
-                jobs.push(job_payload(
-                    &ingested.event,
-                    ingested.accepted_at_ms,
-                    first,
-                    also,
+                jobs.push((
+                    bus::event_key(&ingested.event),
+                    job_payload(&ingested.event, ingested.accepted_at_ms, first, also),
                 ));
             }
             observed.push(Observed {
@@ -204,12 +204,16 @@ impl Router {
     /// Publishes, retrying while the bus is unavailable; false if shutdown came first.
     async fn publish_until_done(
         &self,
-        jobs: Vec<Bytes>,
+        jobs: Vec<(u64, Bytes)>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.bus.publish(Queue::Deliveries, jobs.clone()).await {
+            match self
+                .bus
+                .publish_keyed(Queue::Deliveries, jobs.clone())
+                .await
+            {
                 Ok(()) => return true,
                 Err(e) => tracing::warn!(error = %e, "cannot queue delivery jobs; retrying"),
             }

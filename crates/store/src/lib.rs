@@ -9,6 +9,8 @@
 //!   consumer API, the attempts API and redelivery;
 //! - [`links`]: what the stateful channels created for each alert (B2C incidents, ServiceNow
 //!   records, Slack threads), with a per-key lock that holds across processes on PostgreSQL;
+//! - [`lanes`]: the durable half of the ordering lanes — lanes whose head waits for a retry
+//!   and the jobs parked behind it — so that per-key order holds across processes;
 //! - [`dedupe`]: the OCI source's window of messages already published;
 //! - [`subscriptions`]: the OCI subscriptions' confirmation outcomes.
 //!
@@ -21,6 +23,7 @@ mod availability;
 pub mod dedupe;
 mod error;
 mod key_locks;
+pub mod lanes;
 pub mod links;
 pub mod postgres;
 pub mod records;

@@ -377,6 +377,13 @@ impl Tocsin {
             prefix: self.prefix.clone(),
             delivery_limit: 0,
             publish_timeout: Duration::ZERO,
+            delivery_partitions: self
+                .env
+                .iter()
+                .find(|(name, _)| name == "TOCSIN_BUS_DELIVERY_PARTITIONS")
+                .map_or(bus::DEFAULT_DELIVERY_PARTITIONS, |(_, n)| {
+                    n.parse().unwrap()
+                }),
         };
         if let Err(e) = settings.delete_topology().await {
             eprintln!("cannot remove the test's topology from the broker: {e}");

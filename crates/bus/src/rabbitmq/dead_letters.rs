@@ -17,6 +17,7 @@
 //! reads in one process take turns. A read takes at most [`MAX_READ`] messages.
 
 use super::{header, integer, persistent, Publisher, RabbitBus, DELIVERIES_HEADER};
+use crate::batch::Enqueue;
 use crate::{batch, Bus, BusError, DeadLetter, DeadLetterPage, Queue, Reason};
 use bytes::Bytes;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
@@ -84,8 +85,9 @@ impl Death {
         };
         let field = |name: &str| latest.and_then(|death| death.get(name));
         let queue = field("queue").and_then(text).and_then(|name| {
+            // `<prefix>.<queue>.<partition>`
             let name = name.strip_prefix(prefix)?.strip_prefix('.')?;
-            Queue::named(name)
+            Queue::named(name.split('.').next()?)
         });
         // This copy was handed out `x-delivery-count` times, the last of which died.
         let copy = header(properties, "x-delivery-count")
@@ -294,10 +296,8 @@ impl RabbitBus {
         replaying: &[Bytes],
         rest: &[Bytes],
     ) -> Result<(), BusError> {
-        let settings = &self.publisher.settings;
-        self.publisher
-            .publish_retrying(&settings.prefix, queue.as_str(), replaying, &persistent())
-            .await?;
+        let replaying = self.publisher.partitioned(queue, replaying.to_vec());
+        self.publisher.enqueue(queue, replaying).await?;
         self.publisher.publish_dead(rest, &held.death).await?;
         held.acker
             .ack(BasicAckOptions::default())
