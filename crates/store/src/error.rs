@@ -10,6 +10,9 @@ pub enum StoreError {
     Pool(String),
     #[error("{0}")]
     Invalid(String),
+    /// Someone else changed what this write was based on; nothing was written.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {

@@ -4,6 +4,8 @@
 //!
 //! Each concern is a module with one narrow interface and its two implementations side by side
 //! (`sqlite.rs`, `postgres.rs`); the pipeline uses the interface and never knows the backend:
+//! - [`config`]: the configuration document (sealed by its owner) and its version, changed
+//!   one change at a time across every process.
 //! - [`records`]: the matched and undelivered records and the delivery attempts, behind the
 //!   consumer API, the attempts API and redelivery.
 //!
@@ -11,6 +13,7 @@
 //! versioned migrations, applied at start under an advisory lock so that processes starting
 //! together apply each once.
 
+pub mod config;
 mod error;
 pub mod postgres;
 pub mod records;

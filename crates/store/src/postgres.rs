@@ -18,6 +18,8 @@ const MIGRATION_LOCK: i64 = 0x746f_6373_696e;
 #[derive(Clone)]
 pub struct Postgres {
     pool: Pool,
+    /// Where the pool connects, for connections of their own (a `LISTEN` outlives any query).
+    config: tokio_postgres::Config,
 }
 
 impl Postgres {
@@ -29,7 +31,7 @@ impl Postgres {
             StoreError::Invalid(format!("[store] url is not a PostgreSQL URL: {e}"))
         })?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -41,11 +43,25 @@ impl Postgres {
             .build()
             .map_err(|e| StoreError::Pool(e.to_string()))?;
         drop(pool.get().await?);
-        Ok(Postgres { pool })
+        Ok(Postgres { pool, config })
     }
 
     pub(crate) async fn client(&self) -> Result<Object, StoreError> {
         Ok(self.pool.get().await?)
+    }
+
+    /// A connection outside the pool, for a session that must stay open (a `LISTEN`); the
+    /// caller drives the connection half, which also yields the server's notifications.
+    pub(crate) async fn dedicated(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+        ),
+        StoreError,
+    > {
+        Ok(self.config.connect(NoTls).await?)
     }
 
     /// Applies the migrations of `component` that the database lacks, in order.
