@@ -425,7 +425,14 @@ async fn the_official_node_client_manages_the_configuration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_sharing_rabbitmq_route_by_a_change_made_on_either() {
     use reqwest::Method;
-    let first = Tocsin::start(Backend::Rabbitmq, &Value::Null, &[]).await;
+    // Their snapshots on the broker are sealed with the store's key: the same on both.
+    let key = crate::shared_store::SHARED_KEY;
+    let first = Tocsin::start(
+        Backend::Rabbitmq,
+        &Value::Null,
+        &[("TOCSIN_STORE_SECRET_KEY", key)],
+    )
+    .await;
     let second = first.sibling().await;
     let store = json!({"name": "store", "type": "STORE", "state": "ENABLED"});
     assert_eq!(
@@ -514,6 +521,20 @@ async fn processes_sharing_rabbitmq_route_by_a_change_made_on_either() {
     .await;
     assert_eq!(on_first["propertyValue"], "Round6");
     assert_eq!(on_second["propertyValue"], "Round6");
+    // What crossed the broker: the last change, sealed, opened only with the key.
+    let sealed = crate::shared_store::latest_config_snapshot(&first)
+        .await
+        .expect("a snapshot on the broker");
+    assert!(sealed.starts_with(b"TOCSIN-SEALED/1"));
+    assert!(!sealed.windows(6).any(|w| w == b"Round6"), "sealed");
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD.decode(key).unwrap();
+    let keys = router::sealing::Keys::new(&key.try_into().unwrap(), &[]);
+    let snapshot: Value = serde_json::from_slice(&keys.open_snapshot(&sealed).unwrap()).unwrap();
+    assert_eq!(
+        snapshot["configuration"]["conditions"][0]["propertyValue"],
+        "Round6"
+    );
     second.shutdown().await;
     first.shutdown().await;
 }
