@@ -5,9 +5,9 @@
 use crate::common::{event, Backend, Tocsin, BACKENDS};
 use serde_json::{json, Value};
 
-const BASE: &str = "/cf/configuration/v1";
+pub(crate) const BASE: &str = "/cf/configuration/v1";
 
-async fn call(
+pub(crate) async fn call(
     tocsin: &Tocsin,
     method: reqwest::Method,
     path: &str,
@@ -24,6 +24,33 @@ async fn call(
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// The condition `type`: events of type `value`.
+pub(crate) fn type_condition(value: &str) -> Value {
+    json!({"name": "type", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": value})
+}
+
+/// Changes the condition `type` through `changer` to `Round{round}`, and at once sends
+/// `sender` one event of the type before (`old-{round}`) and one of the new (`new-{round}`):
+/// only the new one may be routed to what subscribes to `type`.
+pub(crate) async fn change_then_send(changer: &Tocsin, sender: &Tocsin, round: usize) {
+    let current = format!("Round{round}");
+    let (status, body) = call(
+        changer,
+        reqwest::Method::PUT,
+        &format!("{BASE}/condition/type"),
+        Some(type_condition(&current)),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    sender
+        .send(&event(
+            &format!("Round{}", round - 1),
+            &format!("old-{round}"),
+        ))
+        .await;
+    sender.send(&event(&current, &format!("new-{round}"))).await;
 }
 
 /// The configuration as stored, read from the SQLite file directly and opened with the key
@@ -441,13 +468,12 @@ async fn processes_sharing_rabbitmq_route_by_a_change_made_on_either() {
             .0,
         201
     );
-    let condition = |value: &str| json!({"name": "type", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": value});
     assert_eq!(
         call(
             &first,
             Method::POST,
             &format!("{BASE}/condition"),
-            Some(condition("Round0"))
+            Some(type_condition("Round0"))
         )
         .await
         .0,
@@ -479,22 +505,7 @@ async fn processes_sharing_rabbitmq_route_by_a_change_made_on_either() {
         } else {
             (&second, &first)
         };
-        let current = format!("Round{round}");
-        let (status, body) = call(
-            changer,
-            Method::PUT,
-            &format!("{BASE}/condition/type"),
-            Some(condition(&current)),
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
-        sender
-            .send(&event(
-                &format!("Round{}", round - 1),
-                &format!("old-{round}"),
-            ))
-            .await;
-        sender.send(&event(&current, &format!("new-{round}"))).await;
+        change_then_send(changer, sender, round).await;
         expected += 1;
         let started = std::time::Instant::now();
         while stored(&first) + stored(&second) < expected {
@@ -522,13 +533,15 @@ async fn processes_sharing_rabbitmq_route_by_a_change_made_on_either() {
     assert_eq!(on_first["propertyValue"], "Round6");
     assert_eq!(on_second["propertyValue"], "Round6");
     // What crossed the broker: the last change, sealed, opened only with the key.
-    let sealed = crate::shared_store::latest_config_snapshot(&first)
+    let sealed = crate::shared_store::take_latest_config_snapshot(&first)
         .await
         .expect("a snapshot on the broker");
     assert!(sealed.starts_with(b"TOCSIN-SEALED/1"));
     assert!(!sealed.windows(6).any(|w| w == b"Round6"), "sealed");
     use base64::Engine;
-    let key = base64::engine::general_purpose::STANDARD.decode(key).unwrap();
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .unwrap();
     let keys = router::sealing::Keys::new(&key.try_into().unwrap(), &[]);
     let snapshot: Value = serde_json::from_slice(&keys.open_snapshot(&sealed).unwrap()).unwrap();
     assert_eq!(

@@ -5,6 +5,7 @@
 //! them accepts, with nothing about it on the broker.
 
 use crate::common::{event, postgres_schema, route_everything_to, Backend, Tocsin};
+use crate::configuration_api::{call, change_then_send, type_condition, BASE};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -66,23 +67,10 @@ async fn two_processes_on_one_database_answer_for_every_record() {
 
 const CANARY: &str = "canary-shared-s3cret-51d2";
 
-/// Sends `body` with `method` to `path` on `tocsin`; the status and the JSON answer.
-async fn call(tocsin: &Tocsin, method: reqwest::Method, path: &str, body: &Value) -> (u16, Value) {
-    let response = tocsin
-        .http
-        .request(method, tocsin.url(path))
-        .basic_auth(&tocsin.user, Some(&tocsin.password))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 /// The events `tocsin` has routed since it started, matched or not.
 async fn routed(tocsin: &Tocsin) -> u64 {
-    let text = tocsin.get("/metrics").send().await.unwrap().text().await.unwrap();
+    let response = tocsin.get("/metrics").send().await.unwrap();
+    let text = response.text().await.unwrap();
     ["matched", "unmatched"]
         .iter()
         .filter_map(|outcome| {
@@ -93,38 +81,25 @@ async fn routed(tocsin: &Tocsin) -> u64 {
         .sum()
 }
 
-/// What waits in the broker's queue of the latest configuration snapshot of `tocsin`'s
+/// Takes what waits in the broker's queue of the latest configuration snapshot of `tocsin`'s
 /// processes (each broadcast lands there too).
-pub async fn latest_config_snapshot(tocsin: &Tocsin) -> Option<Vec<u8>> {
-    use lapin::options::{BasicGetOptions, BasicNackOptions};
-    let connection =
-        lapin::Connection::connect(&crate::common::amqp_uri(), Default::default())
-            .await
-            .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let queue = format!("{}.config.latest", tocsin.bus_prefix());
-    let message = channel
-        .basic_get(queue.as_str().into(), BasicGetOptions::default())
-        .await
-        .unwrap()?;
-    let snapshot = message.delivery.data.clone();
-    // Put back: the processes' catch-up reads it too.
-    message
-        .delivery
-        .acker
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        })
+pub async fn take_latest_config_snapshot(tocsin: &Tocsin) -> Option<Vec<u8>> {
+    let connection = lapin::Connection::connect(&crate::common::amqp_uri(), Default::default())
         .await
         .unwrap();
-    Some(snapshot)
+    let channel = connection.create_channel().await.unwrap();
+    let queue = format!("{}.config.latest", tocsin.bus_prefix());
+    let taken = lapin::options::BasicGetOptions { no_ack: true };
+    let message = channel
+        .basic_get(queue.as_str().into(), taken)
+        .await
+        .unwrap();
+    message.map(|m| m.delivery.data)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configuration_change_on_one_process_routes_the_next_event_posted_to_another() {
     use reqwest::Method;
-    const BASE: &str = "/cf/configuration/v1";
     let url = postgres_schema().await;
     let first = Tocsin::start(Backend::Rabbitmq, &Value::Null, &shared_store(&url)).await;
     let second = first.sibling().await;
@@ -134,16 +109,25 @@ async fn a_configuration_change_on_one_process_routes_the_next_event_posted_to_a
         "properties": {"destination": "https://example.com/hook", "username": "ops", "password": CANARY}
     });
     let store = json!({"name": "store", "type": "STORE", "state": "ENABLED"});
-    let condition = |value: &str| json!({"name": "type", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": value});
-    for (body, path) in [(hook, "action"), (store, "action"), (condition("Round0"), "condition")] {
-        let (status, answer) = call(&first, Method::POST, &format!("{BASE}/{path}"), &body).await;
+    for (body, path) in [
+        (hook, "action"),
+        (store, "action"),
+        (type_condition("Round0"), "condition"),
+    ] {
+        let (status, answer) =
+            call(&first, Method::POST, &format!("{BASE}/{path}"), Some(body)).await;
         assert_eq!(status, 201, "{answer}");
     }
     // The second process builds on what the first created, at once.
     let subscription =
         json!({"name": "shared", "state": "ENABLED", "conditions": ["type"], "actions": ["store"]});
-    let (status, answer) =
-        call(&second, Method::POST, &format!("{BASE}/subscription"), &subscription).await;
+    let (status, answer) = call(
+        &second,
+        Method::POST,
+        &format!("{BASE}/subscription"),
+        Some(subscription),
+    )
+    .await;
     assert_eq!(status, 201, "{answer}");
 
     let mut processes = vec![first, second];
@@ -153,27 +137,19 @@ async fn a_configuration_change_on_one_process_routes_the_next_event_posted_to_a
             // A process started later catches up: it has the configuration as it is now.
             let third = processes[0].sibling().await;
             let (status, answer) =
-                call(&third, Method::GET, &format!("{BASE}/condition/type"), &Value::Null).await;
-            assert_eq!((status, &answer["propertyValue"]), (200, &json!("Round3")), "{answer}");
+                call(&third, Method::GET, &format!("{BASE}/condition/type"), None).await;
+            assert_eq!(
+                (status, &answer["propertyValue"]),
+                (200, &json!("Round3")),
+                "{answer}"
+            );
             processes.push(third);
         }
         // Change through one process, and at once send one event of the old type and one of
         // the new to another: only the new one may be stored, whichever router takes it.
         let changer = &processes[round % processes.len()];
         let sender = &processes[(round + 1) % processes.len()];
-        let current = format!("Round{round}");
-        let (status, answer) = call(
-            changer,
-            Method::PUT,
-            &format!("{BASE}/condition/type"),
-            &condition(&current),
-        )
-        .await;
-        assert_eq!(status, 200, "{answer}");
-        sender
-            .send(&event(&format!("Round{}", round - 1), &format!("old-{round}")))
-            .await;
-        sender.send(&event(&current, &format!("new-{round}"))).await;
+        change_then_send(changer, sender, round).await;
         sent += 2;
         sender
             .wait_for_count("/cf/consumer/v1/matched-events", round as u64)
@@ -207,7 +183,7 @@ async fn a_configuration_change_on_one_process_routes_the_next_event_posted_to_a
         );
     }
     // Nothing about the configuration went over the broker: no snapshot at all, so no secret.
-    assert_eq!(latest_config_snapshot(&processes[0]).await, None);
+    assert_eq!(take_latest_config_snapshot(&processes[0]).await, None);
     for tocsin in &processes {
         assert!(!tocsin.log().contains(CANARY), "a secret in the log");
     }
@@ -223,7 +199,10 @@ fn a_postgres_store_without_a_shared_key_does_not_start() {
         &dir.path().join("data"),
         &[
             ("TOCSIN_STORE_BACKEND", "postgres"),
-            ("TOCSIN_STORE_URL", "postgres://tocsin:unused@127.0.0.1:1/tocsin"),
+            (
+                "TOCSIN_STORE_URL",
+                "postgres://tocsin:unused@127.0.0.1:1/tocsin",
+            ),
         ],
     );
     assert!(!output.status.success());

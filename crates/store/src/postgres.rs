@@ -18,8 +18,9 @@ const MIGRATION_LOCK: i64 = 0x746f_6373_696e;
 #[derive(Clone)]
 pub struct Postgres {
     pool: Pool,
-    /// Where the pool connects, for connections of their own (a `LISTEN` outlives any query).
-    config: tokio_postgres::Config,
+    /// Where the pool connects, for connections of their own (a `LISTEN` outlives any query);
+    /// shared, as it is large and every clone of the pool has it.
+    config: std::sync::Arc<tokio_postgres::Config>,
 }
 
 impl Postgres {
@@ -43,7 +44,10 @@ impl Postgres {
             .build()
             .map_err(|e| StoreError::Pool(e.to_string()))?;
         drop(pool.get().await?);
-        Ok(Postgres { pool, config })
+        Ok(Postgres {
+            pool,
+            config: config.into(),
+        })
     }
 
     pub(crate) async fn client(&self) -> Result<Object, StoreError> {

@@ -52,9 +52,9 @@ impl ConfigDocument {
     /// migrated first).
     pub async fn open(location: &Location) -> Result<Self, StoreError> {
         let backend = match location {
-            Location::Sqlite(dir) => Backend::Sqlite(sqlite::SqliteConfig::open(
-                &dir.join("config.db"),
-            )?),
+            Location::Sqlite(dir) => {
+                Backend::Sqlite(sqlite::SqliteConfig::open(&dir.join("config.db"))?)
+            }
             Location::Postgres(database) => {
                 Backend::Postgres(postgres::PostgresConfig::open(database).await?)
             }

@@ -88,7 +88,10 @@ impl PostgresConfig {
                 .await?;
             // Sent to the listeners when the transaction commits, and only then.
             transaction
-                .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &version.to_string()])
+                .execute(
+                    "SELECT pg_notify($1, $2)",
+                    &[&CHANNEL, &version.to_string()],
+                )
                 .await?;
             transaction.commit().await
         };
@@ -168,7 +171,9 @@ async fn listen_once(
     drop(client);
     match driver.await {
         Ok(ended) => Ok(ended?),
-        Err(e) => Err(StoreError::Invalid(format!("the listener's connection task: {e}"))),
+        Err(e) => Err(StoreError::Invalid(format!(
+            "the listener's connection task: {e}"
+        ))),
     }
 }
 

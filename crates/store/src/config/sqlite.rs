@@ -77,23 +77,9 @@ impl SqliteConfig {
         let read_version = current.as_ref().map_or(0, |c| c.version);
         let version = next_version(read_version);
         let (document, outcome) = apply(current, version).await?;
-        let written = self
-            .db
-            .write(move |c| {
-                // What the new document replaces is overwritten, not just freed.
-                c.pragma_update(None, "secure_delete", true)?;
-                // Only over the version read: another writer of this file (a second instance)
-                // that changed it meanwhile makes this change fail instead of vanish.
-                c.execute(
-                    "INSERT INTO configuration (id, document, changed_at) VALUES (1, ?1, ?2) \
-                     ON CONFLICT (id) DO UPDATE SET document = ?1, changed_at = ?2 \
-                     WHERE configuration.changed_at = ?3",
-                    (document, version, read_version),
-                )
-            })
-            .await
-            .map_err(StoreError::from)?;
-        if written == 0 {
+        // Only over the version read: another writer of this file (a second instance) that
+        // changed it meanwhile makes this change fail instead of vanish.
+        if !self.write(document, version, "=", read_version).await? {
             return Err(StoreError::Conflict(
                 "the configuration was changed by someone else meanwhile; try again".into(),
             )
@@ -104,18 +90,8 @@ impl SqliteConfig {
 
     pub(super) async fn keep(&self, stored: Stored) -> Result<bool, StoreError> {
         let _changing = self.changing.lock().await;
-        let Stored { document, version } = stored;
-        let written = self
-            .db
-            .write(move |c| {
-                c.pragma_update(None, "secure_delete", true)?;
-                c.execute(
-                    "INSERT INTO configuration (id, document, changed_at) VALUES (1, ?1, ?2) \
-                     ON CONFLICT (id) DO UPDATE SET document = ?1, changed_at = ?2 \
-                     WHERE configuration.changed_at <= ?2",
-                    (document, version),
-                )
-            })
+        let kept = self
+            .write(stored.document, stored.version, "<=", stored.version)
             .await?;
         // What was replaced (sealed with an old key, or in clear by an older Tocsin) must not
         // linger in the WAL either.
@@ -123,6 +99,33 @@ impl SqliteConfig {
         tokio::task::spawn_blocking(move || checkpoint(&path))
             .await
             .map_err(|e| StorageError::Join(e.to_string()))??;
+        Ok(kept)
+    }
+
+    /// Writes `document` at `version` if there is none yet, or if the stored version compares
+    /// to `than` as `comparison` says; whether it did.
+    async fn write(
+        &self,
+        document: Vec<u8>,
+        version: i64,
+        comparison: &'static str,
+        than: i64,
+    ) -> Result<bool, StoreError> {
+        let written = self
+            .db
+            .write(move |c| {
+                // What the new document replaces is overwritten, not just freed.
+                c.pragma_update(None, "secure_delete", true)?;
+                c.execute(
+                    &format!(
+                        "INSERT INTO configuration (id, document, changed_at) VALUES (1, ?1, ?2) \
+                         ON CONFLICT (id) DO UPDATE SET document = ?1, changed_at = ?2 \
+                         WHERE configuration.changed_at {comparison} ?3"
+                    ),
+                    (document, version, than),
+                )
+            })
+            .await?;
         Ok(written > 0)
     }
 }

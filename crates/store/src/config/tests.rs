@@ -42,7 +42,10 @@ async fn changes_versions_and_kept_documents_on_both_backends() {
         let first = append(&documents, "a").await.unwrap();
         assert!(first > 0);
         let stored = documents.read().await.unwrap();
-        assert_eq!((text(&stored), stored.unwrap().version), ("a".into(), first));
+        assert_eq!(
+            (text(&stored), stored.unwrap().version),
+            ("a".into(), first)
+        );
         assert_eq!(documents.version().await.unwrap(), first);
         let second = append(&documents, "b").await.unwrap();
         assert!(second > first, "a later version");
@@ -68,7 +71,10 @@ async fn changes_versions_and_kept_documents_on_both_backends() {
         };
         assert!(!documents.keep(older).await.unwrap());
         let stored = documents.read().await.unwrap();
-        assert_eq!((text(&stored), stored.unwrap().version), ("AB".into(), second));
+        assert_eq!(
+            (text(&stored), stored.unwrap().version),
+            ("AB".into(), second)
+        );
     }
 }
 
@@ -124,7 +130,10 @@ async fn concurrent_changes_serialize_on_postgres_and_the_later_wins_everywhere(
     assert!(first.is_shared());
     append(&first, "0").await.unwrap();
     let (meanwhile, slow, fast) = racing(&first, &second, Duration::from_millis(300)).await;
-    assert!(!meanwhile, "the second change waits for the first one's commit");
+    assert!(
+        !meanwhile,
+        "the second change waits for the first one's commit"
+    );
     let (slow, fast) = (slow.unwrap(), fast.unwrap());
     assert!(fast > slow, "the waiting change came after, and is later");
     for documents in [&first, &second] {
@@ -142,7 +151,10 @@ async fn a_change_over_a_stale_read_is_refused_on_sqlite() {
     assert!(!first.is_shared());
     append(&first, "0").await.unwrap();
     let (meanwhile, slow, fast) = racing(&first, &second, Duration::from_secs(10)).await;
-    assert!(meanwhile, "instances of one file do not wait for each other");
+    assert!(
+        meanwhile,
+        "instances of one file do not wait for each other"
+    );
     let fast = fast.unwrap();
     assert!(
         matches!(slow, Err(StoreError::Conflict(_))),
@@ -169,5 +181,8 @@ async fn a_listener_hears_of_a_change_made_through_another_instance() {
     append(&second, "a").await.unwrap();
     assert!(heard(&mut announcements).await, "after the change");
     let (sqlite, _) = pairs.pop().unwrap();
-    assert!(sqlite.announcements().is_none(), "no one else writes a file");
+    assert!(
+        sqlite.announcements().is_none(),
+        "no one else writes a file"
+    );
 }
