@@ -330,9 +330,9 @@ async fn configuration_needs_its_scope() {
     tocsin.shutdown().await;
 }
 
-async fn changes_apply_to_the_next_event(backend: Backend) {
+async fn changes_apply_to_the_next_event(backend: Backend, env: &[(&str, &str)]) {
     use reqwest::Method;
-    let mut tocsin = Tocsin::start(backend, &Value::Null, &[]).await;
+    let mut tocsin = Tocsin::start(backend, &Value::Null, env).await;
     let store = json!({"name": "store", "type": "STORE", "state": "ENABLED"});
     assert_eq!(
         call(
@@ -423,8 +423,12 @@ async fn changes_apply_to_the_next_event(backend: Backend) {
 #[tokio::test]
 async fn changes_apply_to_the_next_event_on_both_backends() {
     for backend in BACKENDS {
-        changes_apply_to_the_next_event(backend).await;
+        changes_apply_to_the_next_event(backend, &[]).await;
     }
+    // And on the PostgreSQL store.
+    let url = crate::common::postgres_schema().await;
+    changes_apply_to_the_next_event(Backend::Embedded, &crate::shared_store::shared_store(&url))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -211,9 +211,10 @@ impl ConfigStore {
                 "adopted a configuration change from another process"
             ),
             Ok(None) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "cannot adopt a configuration change from another process")
-            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "cannot take configuration changes from other processes; the current configuration stays in force"
+            ),
         }
     }
 
