@@ -215,4 +215,15 @@ fn a_postgres_store_without_a_shared_key_does_not_start() {
         !dir.path().join("data/secret.key").exists(),
         "no key generated for it"
     );
+    // `tocsin check` says so before a start.
+    let settings = dir.path().join("shared.toml");
+    std::fs::write(&settings, "[store]\nbackend = \"postgres\"\n").unwrap();
+    let checked = crate::common::run_to_end(
+        crate::common::tocsin_command()
+            .args(["check", "--settings"])
+            .arg(&settings),
+    );
+    assert!(!checked.status.success());
+    let report = String::from_utf8_lossy(&checked.stderr);
+    assert!(report.contains("store.secret_key"), "{report}");
 }
