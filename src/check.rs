@@ -69,6 +69,7 @@ fn settings_problems(settings: &Settings) -> Vec<anyhow::Error> {
             .err()
             .map(Into::into),
         settings.rate_limit.limit().err().map(Into::into),
+        settings.store.check().err().map(Into::into),
         Certificate::open(&settings.tls).err(),
         web::Authenticator::new(&settings.auth.clients, Vec::new(), Duration::ZERO)
             .err()

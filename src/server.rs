@@ -58,6 +58,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         name: settings.region.clone(),
         kind: settings.region_type.clone(),
     };
+    settings.store.check()?;
     let location = store::Location::open(settings.store.backend, data_dir, &settings.store.url.0)
         .await
         .context("cannot open the store ([store] backend and url)")?;
@@ -76,7 +77,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let config_store = Arc::new(
         ConfigStore::open(
-            &data_dir.join("config.db"),
+            &location,
             Arc::clone(&bus),
             Arc::new(channels.clone()),
             credentials::store_keys(&settings.store, data_dir)?,
@@ -92,16 +93,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let catalog = config_store.catalog();
     // Routers take changes from other processes before each batch; this keeps the delivery
     // side current too when no events flow here.
-    let refresher = {
-        let store = Arc::clone(&config_store);
-        tokio::spawn(async move {
-            let mut every_second = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                every_second.tick().await;
-                store.refresh().await;
-            }
-        })
-    };
+    let refresher = tokio::spawn(Arc::clone(&config_store).follow());
     let clients = credentials::clients(&settings.auth.clients, data_dir)?;
     let auth = Arc::new(Authenticator::new(
         &clients,

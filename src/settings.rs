@@ -53,11 +53,31 @@ pub struct StoreSettings {
     pub backend: store::Backend,
     /// The PostgreSQL URL, `postgres://user:password@host:5432/database`, with `postgres`.
     pub url: Secret,
-    /// 32 bytes in base64 that seal `config.db`; generated once into the data directory
-    /// (`secret.key`) when empty.
+    /// 32 bytes in base64 that seal the stored configuration; generated once into the data
+    /// directory (`secret.key`) when empty — which `postgres` refuses: every process must read
+    /// what the others sealed.
     pub secret_key: Secret,
     /// Keys that sealed it before: still opened, and re-sealed with `secret_key` at start.
     pub previous_secret_keys: Vec<Secret>,
+}
+
+impl StoreSettings {
+    /// Refuses a PostgreSQL store without `secret_key`: each process would seal the shared
+    /// configuration with a key generated into its own data directory, and no other process
+    /// could read what it wrote.
+    pub fn check(&self) -> Result<(), SettingsError> {
+        if self.backend == store::Backend::Postgres && self.secret_key.0.is_empty() {
+            return Err(SettingsError::Invalid {
+                origin: "store.secret_key".into(),
+                message: "with `store.backend = \"postgres\"` every process reads the \
+                          configuration the others sealed: set `secret_key` \
+                          (TOCSIN_STORE_SECRET_KEY) to the same 32 bytes in base64 on every \
+                          process, e.g. the output of `openssl rand -base64 32`"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// `[rate_limit]`: a token bucket per client on the producer APIs (ANS producer, OCI,

@@ -81,11 +81,7 @@ async fn an_alert_is_acknowledged_and_resolved_through_the_api_embedded_and_sqli
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_is_acknowledged_and_resolved_through_the_api_rabbitmq_and_postgres() {
     let url = postgres_schema().await;
-    let store = [
-        ("TOCSIN_STORE_BACKEND", "postgres"),
-        ("TOCSIN_STORE_URL", url.as_str()),
-    ];
-    acknowledged_and_resolved(Backend::Rabbitmq, &store).await;
+    acknowledged_and_resolved(Backend::Rabbitmq, &crate::shared_store::shared_store(&url)).await;
 }
 
 async fn acknowledged_and_resolved(backend: Backend, env: &[(&str, &str)]) {
@@ -94,12 +90,7 @@ async fn acknowledged_and_resolved(backend: Backend, env: &[(&str, &str)]) {
         webhook("hook", &hook.url, json!({})),
         json!({"name": "store", "type": "STORE", "state": "ENABLED"}),
     ]);
-    let mut env = env.to_vec();
-    env.push((
-        "TOCSIN_STORE_SECRET_KEY",
-        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-    ));
-    let tocsin = Tocsin::start_with_settings(backend, &routing, CLIENTS, &env).await;
+    let tocsin = Tocsin::start_with_settings(backend, &routing, CLIENTS, env).await;
     let ops = Client {
         tocsin: &tocsin,
         name: "ops",

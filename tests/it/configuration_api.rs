@@ -5,9 +5,9 @@
 use crate::common::{event, Backend, Tocsin, BACKENDS};
 use serde_json::{json, Value};
 
-const BASE: &str = "/cf/configuration/v1";
+pub(crate) const BASE: &str = "/cf/configuration/v1";
 
-async fn call(
+pub(crate) async fn call(
     tocsin: &Tocsin,
     method: reqwest::Method,
     path: &str,
@@ -24,6 +24,33 @@ async fn call(
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// The condition `type`: events of type `value`.
+pub(crate) fn type_condition(value: &str) -> Value {
+    json!({"name": "type", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": value})
+}
+
+/// Changes the condition `type` through `changer` to `Round{round}`, and at once sends
+/// `sender` one event of the type before (`old-{round}`) and one of the new (`new-{round}`):
+/// only the new one may be routed to what subscribes to `type`.
+pub(crate) async fn change_then_send(changer: &Tocsin, sender: &Tocsin, round: usize) {
+    let current = format!("Round{round}");
+    let (status, body) = call(
+        changer,
+        reqwest::Method::PUT,
+        &format!("{BASE}/condition/type"),
+        Some(type_condition(&current)),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    sender
+        .send(&event(
+            &format!("Round{}", round - 1),
+            &format!("old-{round}"),
+        ))
+        .await;
+    sender.send(&event(&current, &format!("new-{round}"))).await;
 }
 
 /// The configuration as stored, read from the SQLite file directly and opened with the key
@@ -303,9 +330,9 @@ async fn configuration_needs_its_scope() {
     tocsin.shutdown().await;
 }
 
-async fn changes_apply_to_the_next_event(backend: Backend) {
+async fn changes_apply_to_the_next_event(backend: Backend, env: &[(&str, &str)]) {
     use reqwest::Method;
-    let mut tocsin = Tocsin::start(backend, &Value::Null, &[]).await;
+    let mut tocsin = Tocsin::start(backend, &Value::Null, env).await;
     let store = json!({"name": "store", "type": "STORE", "state": "ENABLED"});
     assert_eq!(
         call(
@@ -396,8 +423,12 @@ async fn changes_apply_to_the_next_event(backend: Backend) {
 #[tokio::test]
 async fn changes_apply_to_the_next_event_on_both_backends() {
     for backend in BACKENDS {
-        changes_apply_to_the_next_event(backend).await;
+        changes_apply_to_the_next_event(backend, &[]).await;
     }
+    // And on the PostgreSQL store.
+    let url = crate::common::postgres_schema().await;
+    changes_apply_to_the_next_event(Backend::Embedded, &crate::shared_store::shared_store(&url))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,7 +456,14 @@ async fn the_official_node_client_manages_the_configuration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_sharing_rabbitmq_route_by_a_change_made_on_either() {
     use reqwest::Method;
-    let first = Tocsin::start(Backend::Rabbitmq, &Value::Null, &[]).await;
+    // Their snapshots on the broker are sealed with the store's key: the same on both.
+    let key = crate::shared_store::SHARED_KEY;
+    let first = Tocsin::start(
+        Backend::Rabbitmq,
+        &Value::Null,
+        &[("TOCSIN_STORE_SECRET_KEY", key)],
+    )
+    .await;
     let second = first.sibling().await;
     let store = json!({"name": "store", "type": "STORE", "state": "ENABLED"});
     assert_eq!(
@@ -434,13 +472,12 @@ async fn processes_sharing_rabbitmq_route_by_a_change_made_on_either() {
             .0,
         201
     );
-    let condition = |value: &str| json!({"name": "type", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": value});
     assert_eq!(
         call(
             &first,
             Method::POST,
             &format!("{BASE}/condition"),
-            Some(condition("Round0"))
+            Some(type_condition("Round0"))
         )
         .await
         .0,
@@ -472,22 +509,7 @@ async fn processes_sharing_rabbitmq_route_by_a_change_made_on_either() {
         } else {
             (&second, &first)
         };
-        let current = format!("Round{round}");
-        let (status, body) = call(
-            changer,
-            Method::PUT,
-            &format!("{BASE}/condition/type"),
-            Some(condition(&current)),
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
-        sender
-            .send(&event(
-                &format!("Round{}", round - 1),
-                &format!("old-{round}"),
-            ))
-            .await;
-        sender.send(&event(&current, &format!("new-{round}"))).await;
+        change_then_send(changer, sender, round).await;
         expected += 1;
         let started = std::time::Instant::now();
         while stored(&first) + stored(&second) < expected {
@@ -514,6 +536,22 @@ async fn processes_sharing_rabbitmq_route_by_a_change_made_on_either() {
     .await;
     assert_eq!(on_first["propertyValue"], "Round6");
     assert_eq!(on_second["propertyValue"], "Round6");
+    // What crossed the broker: the last change, sealed, opened only with the key.
+    let sealed = crate::shared_store::take_latest_config_snapshot(&first)
+        .await
+        .expect("a snapshot on the broker");
+    assert!(sealed.starts_with(b"TOCSIN-SEALED/1"));
+    assert!(!sealed.windows(6).any(|w| w == b"Round6"), "sealed");
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .unwrap();
+    let keys = router::sealing::Keys::new(&key.try_into().unwrap(), &[]);
+    let snapshot: Value = serde_json::from_slice(&keys.open_snapshot(&sealed).unwrap()).unwrap();
+    assert_eq!(
+        snapshot["configuration"]["conditions"][0]["propertyValue"],
+        "Round6"
+    );
     second.shutdown().await;
     first.shutdown().await;
 }

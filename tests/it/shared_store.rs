@@ -2,7 +2,10 @@
 //! (`store.backend = "postgres"`) share the records, so any one's consumer and attempts APIs
 //! answer for every event, whichever process accepted and delivered it; the OCI dedupe window
 //! and subscriptions, so a redelivery to another process is published once; and the link map
-//! with its per-key lock, so an alert whose events reach different processes is one incident.
+//! with its per-key lock, so an alert whose events reach different processes is one incident;
+//! the ordering lanes, so one key's events keep their order across processes; and the
+//! configuration, so that a change made through any of them routes the next event any of them
+//! accepts, with nothing about it on the broker.
 //!
 //! The link tests run each process on its own embedded bus: every event is then delivered by
 //! the process that accepted it, so the test decides which process delivers what, and the
@@ -10,11 +13,24 @@
 
 use crate::b2c_incident_lifecycle::{disk_event, seed_pair_is_one_incident, site_and_tocsin};
 use crate::common::{event, postgres_schema, route_everything_to, Backend, Tocsin};
+use crate::configuration_api::{call, change_then_send, type_condition, BASE};
 use crate::oci_notifications::{
     confirmation, deliver, fake_oci, fixture, status_and_body, store_everything, subscriptions,
 };
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+
+/// The key every process on one PostgreSQL store seals the configuration with.
+pub const SHARED_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// The settings of a process on the shared store at `url`.
+pub fn shared_store(url: &str) -> [(&'static str, &str); 3] {
+    [
+        ("TOCSIN_STORE_BACKEND", "postgres"),
+        ("TOCSIN_STORE_URL", url),
+        ("TOCSIN_STORE_SECRET_KEY", SHARED_KEY),
+    ]
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_on_one_database_answer_for_every_record() {
@@ -23,10 +39,7 @@ async fn two_processes_on_one_database_answer_for_every_record() {
     let first = Tocsin::start(
         Backend::Rabbitmq,
         &route_everything_to(vec![store]),
-        &[
-            ("TOCSIN_STORE_BACKEND", "postgres"),
-            ("TOCSIN_STORE_URL", &url),
-        ],
+        &shared_store(&url),
     )
     .await;
     let second = first.sibling().await;
@@ -63,14 +76,6 @@ async fn two_processes_on_one_database_answer_for_every_record() {
     first.shutdown().await;
 }
 
-/// Settings of processes that share the database at `url`.
-fn on_postgres(url: &str) -> [(&'static str, &str); 2] {
-    [
-        ("TOCSIN_STORE_BACKEND", "postgres"),
-        ("TOCSIN_STORE_URL", url),
-    ]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oci_message_redelivered_to_another_process_is_published_once() {
     let url = postgres_schema().await;
@@ -78,7 +83,7 @@ async fn an_oci_message_redelivered_to_another_process_is_published_once() {
         Backend::Rabbitmq,
         &store_everything(),
         "[sources.oci]\nconfirm_allow_hosts = [\"127.0.0.1\"]\n",
-        &on_postgres(&url),
+        &shared_store(&url),
     )
     .await;
     let second = first.sibling().await;
@@ -151,7 +156,7 @@ async fn oci_state_is_shared(processes: [&Tocsin; 3]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_whose_open_repeat_and_close_reach_three_processes_is_one_incident() {
     let url = postgres_schema().await;
-    let (_server, fake, first) = site_and_tocsin(&on_postgres(&url)).await;
+    let (_server, fake, first) = site_and_tocsin(&shared_store(&url)).await;
     let second = first.sibling().await;
     let third = first.sibling().await;
 
@@ -169,7 +174,7 @@ async fn an_alert_whose_open_repeat_and_close_reach_three_processes_is_one_incid
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_and_its_repeat_at_two_processes_at_once_create_one_incident() {
     let url = postgres_schema().await;
-    let (_server, fake, first) = site_and_tocsin(&on_postgres(&url)).await;
+    let (_server, fake, first) = site_and_tocsin(&shared_store(&url)).await;
     let second = first.sibling().await;
     // A create takes a while, so that the repeat arrives while the open's create is in flight.
     fake.0.lock().unwrap().create_delay = Duration::from_millis(300);
@@ -257,6 +262,7 @@ mod per_key_order {
             &[
                 ("TOCSIN_STORE_BACKEND", "postgres"),
                 ("TOCSIN_STORE_URL", &url),
+                ("TOCSIN_STORE_SECRET_KEY", super::SHARED_KEY),
                 ("TOCSIN_BUS_DELIVERY_PARTITIONS", partitions),
                 // The retried opens fail in a row: the circuit breaker is not what is tested.
                 ("TOCSIN_CHANNELS_CIRCUIT_FAILURE_THRESHOLD", "1000"),
@@ -479,4 +485,167 @@ mod per_key_order {
         let mut siblings = siblings;
         siblings.pop().unwrap().shutdown().await;
     }
+}
+
+const CANARY: &str = "canary-shared-s3cret-51d2";
+
+/// The events `tocsin` has routed since it started, matched or not.
+async fn routed(tocsin: &Tocsin) -> u64 {
+    let response = tocsin.get("/metrics").send().await.unwrap();
+    let text = response.text().await.unwrap();
+    ["matched", "unmatched"]
+        .iter()
+        .filter_map(|outcome| {
+            let series = format!("tocsin_events_routed_total{{outcome=\"{outcome}\"}} ");
+            let line = text.lines().find(|l| l.starts_with(&series))?;
+            line[series.len()..].parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// Takes what waits in the broker's queue of the latest configuration snapshot of `tocsin`'s
+/// processes (each broadcast lands there too).
+pub async fn take_latest_config_snapshot(tocsin: &Tocsin) -> Option<Vec<u8>> {
+    let connection = lapin::Connection::connect(&crate::common::amqp_uri(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let queue = format!("{}.config.latest", tocsin.bus_prefix());
+    let taken = lapin::options::BasicGetOptions { no_ack: true };
+    let message = channel
+        .basic_get(queue.as_str().into(), taken)
+        .await
+        .unwrap();
+    message.map(|m| m.delivery.data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_change_on_one_process_routes_the_next_event_posted_to_another() {
+    use reqwest::Method;
+    let url = postgres_schema().await;
+    let first = Tocsin::start(Backend::Rabbitmq, &Value::Null, &shared_store(&url)).await;
+    let second = first.sibling().await;
+    // An action with a secret, which must never reach the broker.
+    let hook = json!({
+        "name": "secret-hook", "type": "WEB_HOOK", "state": "ENABLED",
+        "properties": {"destination": "https://example.com/hook", "username": "ops", "password": CANARY}
+    });
+    let store = json!({"name": "store", "type": "STORE", "state": "ENABLED"});
+    for (body, path) in [
+        (hook, "action"),
+        (store, "action"),
+        (type_condition("Round0"), "condition"),
+    ] {
+        let (status, answer) =
+            call(&first, Method::POST, &format!("{BASE}/{path}"), Some(body)).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    // The second process builds on what the first created, at once.
+    let subscription =
+        json!({"name": "shared", "state": "ENABLED", "conditions": ["type"], "actions": ["store"]});
+    let (status, answer) = call(
+        &second,
+        Method::POST,
+        &format!("{BASE}/subscription"),
+        Some(subscription),
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+
+    let mut processes = vec![first, second];
+    let mut sent = 0;
+    for round in 1..=6 {
+        if round == 4 {
+            // A process started later catches up: it has the configuration as it is now.
+            let third = processes[0].sibling().await;
+            let (status, answer) =
+                call(&third, Method::GET, &format!("{BASE}/condition/type"), None).await;
+            assert_eq!(
+                (status, &answer["propertyValue"]),
+                (200, &json!("Round3")),
+                "{answer}"
+            );
+            processes.push(third);
+        }
+        // Change through one process, and at once send one event of the old type and one of
+        // the new to another: only the new one may be stored, whichever router takes it.
+        let changer = &processes[round % processes.len()];
+        let sender = &processes[(round + 1) % processes.len()];
+        change_then_send(changer, sender, round).await;
+        sent += 2;
+        sender
+            .wait_for_count("/cf/consumer/v1/matched-events", round as u64)
+            .await;
+    }
+    // Every event has been routed (by one of the three) before the records are judged.
+    let started = Instant::now();
+    loop {
+        let mut all = 0;
+        for tocsin in &processes {
+            all += routed(tocsin).await;
+        }
+        if all == sent {
+            break;
+        }
+        assert!(all < sent, "{all} events routed, {sent} sent");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{all} of {sent} events routed after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let page = processes[2]
+        .wait_for_count("/cf/consumer/v1/matched-events?pageSize=100", 6)
+        .await;
+    for result in page["results"].as_array().unwrap() {
+        let source = result["tags"]["ans:sourceEventId"].as_str().unwrap();
+        assert!(
+            source.starts_with("new-"),
+            "{source} was routed by a stale configuration"
+        );
+    }
+    // Nothing about the configuration went over the broker: no snapshot at all, so no secret.
+    assert_eq!(take_latest_config_snapshot(&processes[0]).await, None);
+    for tocsin in &processes {
+        assert!(!tocsin.log().contains(CANARY), "a secret in the log");
+    }
+    for tocsin in processes.into_iter().rev() {
+        tocsin.shutdown().await;
+    }
+}
+
+#[test]
+fn a_postgres_store_without_a_shared_key_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = crate::common::serve_to_end(
+        &dir.path().join("data"),
+        &[
+            ("TOCSIN_STORE_BACKEND", "postgres"),
+            (
+                "TOCSIN_STORE_URL",
+                "postgres://tocsin:unused@127.0.0.1:1/tocsin",
+            ),
+        ],
+    );
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("store.secret_key") && log.contains("every process"),
+        "{log}"
+    );
+    assert!(
+        !dir.path().join("data/secret.key").exists(),
+        "no key generated for it"
+    );
+    // `tocsin check` says so before a start.
+    let settings = dir.path().join("shared.toml");
+    std::fs::write(&settings, "[store]\nbackend = \"postgres\"\n").unwrap();
+    let checked = crate::common::run_to_end(
+        crate::common::tocsin_command()
+            .args(["check", "--settings"])
+            .arg(&settings),
+    );
+    assert!(!checked.status.success());
+    let report = String::from_utf8_lossy(&checked.stderr);
+    assert!(report.contains("store.secret_key"), "{report}");
 }

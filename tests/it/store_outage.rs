@@ -20,10 +20,7 @@ async fn postgres_going_away_mid_load_loses_nothing_and_delivers_nothing_twice()
     let tocsin = Tocsin::start(
         Backend::Embedded,
         &routing,
-        &[
-            ("TOCSIN_STORE_BACKEND", "postgres"),
-            ("TOCSIN_STORE_URL", &url),
-        ],
+        &crate::shared_store::shared_store(&url),
     )
     .await;
     let mut accepted = Vec::new();

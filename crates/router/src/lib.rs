@@ -273,7 +273,7 @@ mod tests {
         let bus: Arc<dyn Bus> = queue.clone();
         let keys = crate::sealing::Keys::new(&crate::sealing::Keys::generate_key(), &[]);
         let store = ConfigStore::open(
-            &dir.path().join("config.db"),
+            &::store::Location::Sqlite(dir.path().to_owned()),
             Arc::clone(&bus),
             Arc::new(model::AnyActionType),
             keys,

@@ -14,6 +14,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("{0}")]
     Invalid(String),
+    /// Someone else changed what this write was based on; nothing was written.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
@@ -39,7 +42,7 @@ impl StoreError {
                     code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
                 }
             },
-            StoreError::Sqlite(_) | StoreError::Invalid(_) => false,
+            StoreError::Sqlite(_) | StoreError::Invalid(_) | StoreError::Conflict(_) => false,
         }
     }
 }

@@ -5,6 +5,8 @@
 //! Each concern is a module with one narrow interface and its two implementations side by side
 //! (`sqlite.rs`, `postgres.rs`); the pipeline uses the interface and never knows the backend:
 //! - [`alerts`]: each alert's state and timeline, behind the alerts API;
+//! - [`config`]: the configuration document (sealed by its owner) and its version, changed
+//!   one change at a time across every process;
 //! - [`records`]: the matched and undelivered records and the delivery attempts, behind the
 //!   consumer API, the attempts API and redelivery;
 //! - [`links`]: what the stateful channels created for each alert (B2C incidents, ServiceNow
@@ -20,6 +22,7 @@
 
 pub mod alerts;
 mod availability;
+pub mod config;
 pub mod dedupe;
 mod error;
 mod key_locks;

@@ -28,6 +28,9 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 pub struct Postgres {
     pool: Pool,
     tracker: Arc<Tracker>,
+    /// Where the pool connects, for connections of their own (a `LISTEN` outlives any query);
+    /// shared, as it is large and every clone of the pool has it.
+    config: std::sync::Arc<tokio_postgres::Config>,
 }
 
 impl Postgres {
@@ -44,7 +47,7 @@ impl Postgres {
         }
         config.keepalives_idle(KEEPALIVE_IDLE);
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -62,6 +65,7 @@ impl Postgres {
         Ok(Postgres {
             pool,
             tracker: Arc::new(Tracker::new()),
+            config: config.into(),
         })
     }
 
@@ -91,6 +95,20 @@ impl Postgres {
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         self.client().await?.simple_query("SELECT 1").await?;
         Ok(())
+    }
+
+    /// A connection outside the pool, for a session that must stay open (a `LISTEN`); the
+    /// caller drives the connection half, which also yields the server's notifications.
+    pub(crate) async fn dedicated(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+        ),
+        StoreError,
+    > {
+        Ok(self.config.connect(NoTls).await?)
     }
 
     /// Applies the migrations of `component` that the database lacks, in order.

@@ -276,6 +276,11 @@ impl Tocsin {
         self.env.push((name.into(), value.into()));
     }
 
+    /// The prefix of its names on the broker (`bus.prefix`), shared with its siblings.
+    pub fn bus_prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The address it listens on.
     pub fn listen_address(&self) -> &str {
         self.base.rsplit_once('/').unwrap().1
