@@ -183,7 +183,7 @@ fn routing(site: &str) -> Value {
 
 fn fixture(name: &str) -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/oci")
+        .join("tests/fixtures/oci")
         .join(name);
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
