@@ -1,8 +1,10 @@
 //! The end-to-end tests: one binary (it links once on a 2-core machine), one module per area.
 //! Each test runs the real `tocsin` binary against real things (see `common`).
 
+mod auth_edges;
 mod b2c_incident_lifecycle;
 mod channels_end_to_end;
+mod circuit_breaker;
 mod clients;
 mod common;
 mod config_at_rest;
