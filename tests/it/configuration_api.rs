@@ -1068,8 +1068,8 @@ async fn a_process_started_later_routes_with_the_latest_configuration() {
     // learns them from what is shared, not from a running peer.
     first.kill();
     let late = first.sibling().await;
-    let (_, shown) = call(&late, Method::GET, &format!("{BASE}/condition/type"), None).await;
-    assert_eq!(shown["propertyValue"], "Latest", "{shown}");
+    // Events sent at once, before anything has been read from the late process: its router
+    // takes the latest configuration before it routes them.
     late.send(&event("Early", "late-early")).await;
     let latest = late.send(&event("Latest", "late-latest")).await;
     let page = late
@@ -1089,6 +1089,8 @@ async fn a_process_started_later_routes_with_the_latest_configuration() {
     late.wait_until_idle().await;
     let page = late.page("/cf/consumer/v1/matched-events").await;
     assert_eq!(page["responseMetadata"]["totalResultsCount"], 1, "{page}");
+    let (_, shown) = call(&late, Method::GET, &format!("{BASE}/condition/type"), None).await;
+    assert_eq!(shown["propertyValue"], "Latest", "{shown}");
     late.shutdown().await;
     first.shutdown().await;
 }
