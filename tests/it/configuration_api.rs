@@ -149,7 +149,7 @@ async fn crud_validation_conflicts_and_secrets() {
     )
     .await;
     assert_eq!((status, condition["mandatory"].clone()), (200, json!(true)));
-    let (status, _) = call(
+    let (status, body) = call(
         &tocsin,
         Method::GET,
         &format!("{BASE}/condition/nope"),
@@ -157,6 +157,7 @@ async fn crud_validation_conflicts_and_secrets() {
     )
     .await;
     assert_eq!(status, 404);
+    assert!(message(&body).contains("`nope`"), "{body}");
 
     // Deleting what a subscription uses is a conflict that names the user.
     let (status, body) = call(
@@ -186,7 +187,7 @@ async fn crud_validation_conflicts_and_secrets() {
     assert_eq!(updated["properties"]["subjectTemplate"], "#ops-2");
     let stored = stored_document(&tocsin);
     assert!(stored.contains("SECRETPATH"), "the real secrets are kept");
-    let (status, _) = call(
+    let (status, body) = call(
         &tocsin,
         Method::PUT,
         &format!("{BASE}/action/other"),
@@ -194,6 +195,7 @@ async fn crud_validation_conflicts_and_secrets() {
     )
     .await;
     assert_eq!(status, 400, "body name must match the path");
+    assert!(message(&body).contains("`name`"), "{body}");
 
     // Fallback actions must exist and must not loop.
     let (status, body) = call(
@@ -302,7 +304,7 @@ async fn crud_validation_conflicts_and_secrets() {
     )
     .await;
     assert_eq!(status, 204);
-    let (status, _) = call(
+    let (status, body) = call(
         &tocsin,
         Method::DELETE,
         &format!("{BASE}/subscription/s"),
@@ -310,6 +312,7 @@ async fn crud_validation_conflicts_and_secrets() {
     )
     .await;
     assert_eq!(status, 404);
+    assert!(message(&body).contains("`s`"), "{body}");
     assert!(
         !tocsin.log().contains("hunter2") && !tocsin.log().contains("SECRETPATH"),
         "no secret in the log"
@@ -326,7 +329,8 @@ async fn configuration_needs_its_scope() {
         .send()
         .await
         .unwrap();
-    assert_eq!(anonymous.status(), 401);
+    let message = crate::common::error_message(anonymous, 401).await;
+    assert!(message.contains("credentials are required"), "{message}");
     tocsin.shutdown().await;
 }
 
@@ -520,7 +524,8 @@ async fn processes_sharing_rabbitmq_route_by_a_change_made_on_either() {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    first.wait_until_idle().await;
+    second.wait_until_idle().await;
     assert_eq!(
         stored(&first) + stored(&second),
         expected,
@@ -912,4 +917,271 @@ async fn a_bad_action_in_the_start_import_stops_the_start() {
         stderr.contains("action `hook`") && stderr.contains("`properties.destination`"),
         "{stderr}"
     );
+}
+
+/// Header names that name a credential, in the spellings the masking promises to catch.
+const SECRET_HEADERS: &[&str] = &[
+    "header.X-Api-Key",
+    "header.x_api_key",
+    "header.X-Private-Key",
+    "header.private_key",
+    "header.X-Credential",
+    "header.Client_Credential",
+    "header.Authorization",
+    "header.Proxy-Authorization",
+];
+
+#[tokio::test]
+async fn secrets_are_masked_in_every_spelling_and_kept_when_sent_back() {
+    use reqwest::Method;
+    let destination = crate::common::Destination::start(|_| 200).await;
+    let tocsin = Tocsin::start(Backend::Embedded, &Value::Null, &[]).await;
+    let mut properties = json!({
+        // User-info and query values are credentials in any URL.
+        "destination": destination.url.replace("http://", "http://hook-user:url-pw-3@") + "?sig=url-query-4&x=1",
+        "header.X-Plain": "not-a-secret",
+    });
+    for (i, header) in SECRET_HEADERS.iter().enumerate() {
+        properties[*header] = json!(format!("secret-{i}-value"));
+    }
+    let hook =
+        json!({"name": "hook", "type": "WEB_HOOK", "state": "ENABLED", "properties": properties});
+    let teams = json!({"name": "teams", "type": "MICROSOFT_TEAMS", "state": "ENABLED",
+        "properties": {"webhookUrl": "https://example.webhook.office.com/webhookb2/teams-path-5/IncomingWebhook/x"}});
+    for action in [&hook, &teams] {
+        let (status, body) = call(
+            &tocsin,
+            Method::POST,
+            &format!("{BASE}/action"),
+            Some(action.clone()),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let secrets: Vec<String> = (0..SECRET_HEADERS.len())
+        .map(|i| format!("secret-{i}-value"))
+        .chain(["url-pw-3", "url-query-4", "teams-path-5"].map(String::from))
+        .collect();
+    // Every answer that shows the actions: one, the list, the export.
+    let (_, one) = call(&tocsin, Method::GET, &format!("{BASE}/action/hook"), None).await;
+    let (_, list) = call(&tocsin, Method::GET, &format!("{BASE}/action"), None).await;
+    let (_, export) = call(&tocsin, Method::GET, &format!("{BASE}/configuration"), None).await;
+    for (what, shown) in [("one", &one), ("list", &list), ("export", &export)] {
+        let text = shown.to_string();
+        for secret in &secrets {
+            assert!(
+                !text.contains(secret.as_str()),
+                "{what} shows `{secret}`: {text}"
+            );
+        }
+    }
+    for header in SECRET_HEADERS {
+        assert_eq!(one["properties"][*header], "********", "{header}: {one}");
+    }
+    assert_eq!(one["properties"]["header.X-Plain"], "not-a-secret");
+    let (_, shown_teams) = call(&tocsin, Method::GET, &format!("{BASE}/action/teams"), None).await;
+    assert_eq!(
+        shown_teams["properties"]["webhookUrl"],
+        "https://example.webhook.office.com/********"
+    );
+
+    // The read, sent back as it was shown (a read-modify-write), keeps every stored secret:
+    // the destination still gets the real header values.
+    let mut update = one.clone();
+    update["description"] = json!("changed");
+    let (status, body) = call(
+        &tocsin,
+        Method::PUT,
+        &format!("{BASE}/action/hook"),
+        Some(update),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, outcome) = call(&tocsin, Method::POST, "/tocsin/v1/actions/hook/test", None).await;
+    assert_eq!(
+        (status, &outcome["delivered"]),
+        (200, &json!(true)),
+        "{outcome}"
+    );
+    let received = destination
+        .wait_for("the test event", |r| !r.is_empty())
+        .await;
+    for (i, header) in SECRET_HEADERS.iter().enumerate() {
+        let name = header.trim_start_matches("header.");
+        assert_eq!(
+            received[0].headers.get(name).map(|v| v.to_str().unwrap()),
+            Some(format!("secret-{i}-value").as_str()),
+            "{name}"
+        );
+    }
+    let stored = stored_document(&tocsin);
+    assert!(
+        stored.contains("url-pw-3") && stored.contains("url-query-4"),
+        "the URL's secrets are kept"
+    );
+
+    // A masked value with nothing stored to restore it from is refused, naming the property:
+    // in a new action, and as a secret an existing action did not have.
+    let mut fresh = hook.clone();
+    fresh["name"] = json!("fresh");
+    fresh["properties"]["header.X-Api-Key"] = json!("********");
+    let (status, body) = call(
+        &tocsin,
+        Method::POST,
+        &format!("{BASE}/action"),
+        Some(fresh),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        message(&body).contains("`header.X-Api-Key`") && message(&body).contains("masked"),
+        "{body}"
+    );
+    let mut added = one.clone();
+    added["properties"]["header.X-Other-Token"] = json!("********");
+    let (status, body) = call(
+        &tocsin,
+        Method::PUT,
+        &format!("{BASE}/action/hook"),
+        Some(added),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(message(&body).contains("`header.X-Other-Token`"), "{body}");
+    assert!(
+        !tocsin.log().contains("secret-0-value"),
+        "no secret in the log"
+    );
+    tocsin.shutdown().await;
+}
+
+/// The routing counter's total on `tocsin` (every outcome).
+async fn routed(tocsin: &Tocsin) -> f64 {
+    let text = tocsin
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| line.starts_with("tocsin_events_routed_total{"))
+        .map(|line| line.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+        .sum()
+}
+
+/// Two processes on one RabbitMQ and one database: what "several processes" means in
+/// Scaling out, however they share their configuration.
+async fn shared_pair_settings() -> Vec<(&'static str, String)> {
+    vec![
+        ("TOCSIN_STORE_BACKEND", "postgres".to_owned()),
+        ("TOCSIN_STORE_URL", crate::common::postgres_schema().await),
+    ]
+}
+
+fn borrowed<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_started_later_routes_with_the_latest_configuration() {
+    use reqwest::Method;
+    let env = shared_pair_settings().await;
+    let mut first = Tocsin::start(Backend::Rabbitmq, &Value::Null, &borrowed(&env)).await;
+    let store = json!({"name": "store", "type": "STORE", "state": "ENABLED"});
+    let condition = |value: &str| json!({"name": "type", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": value});
+    let subscription =
+        json!({"name": "late", "state": "ENABLED", "conditions": ["type"], "actions": ["store"]});
+    for (method, path, body) in [
+        (Method::POST, "action", store),
+        (Method::POST, "condition", condition("Early")),
+        (Method::POST, "subscription", subscription),
+        (Method::PUT, "condition/type", condition("Latest")),
+    ] {
+        let (status, answer) = call(&first, method, &format!("{BASE}/{path}"), Some(body)).await;
+        assert!(status == 200 || status == 201, "{path}: {answer}");
+    }
+    // The process that made the changes is gone before the next one starts: the late one
+    // learns them from what is shared, not from a running peer.
+    first.kill();
+    let late = first.sibling().await;
+    // Events sent at once, before anything has been read from the late process: its router
+    // takes the latest configuration before it routes them.
+    late.send(&event("Early", "late-early")).await;
+    let latest = late.send(&event("Latest", "late-latest")).await;
+    let page = late
+        .wait_for_count("/cf/consumer/v1/matched-events", 1)
+        .await;
+    assert_eq!(page["results"][0]["id"], latest["id"]);
+    // Both were routed (by the late process, the only one running) and only one matched.
+    let started = std::time::Instant::now();
+    while routed(&late).await < 2.0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{}",
+            late.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    late.wait_until_idle().await;
+    let page = late.page("/cf/consumer/v1/matched-events").await;
+    assert_eq!(page["responseMetadata"]["totalResultsCount"], 1, "{page}");
+    let (_, shown) = call(&late, Method::GET, &format!("{BASE}/condition/type"), None).await;
+    assert_eq!(shown["propertyValue"], "Latest", "{shown}");
+    late.shutdown().await;
+    first.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_changes_the_same_version_wins_on_every_process() {
+    use reqwest::Method;
+    let env = shared_pair_settings().await;
+    let first = Tocsin::start(Backend::Rabbitmq, &Value::Null, &borrowed(&env)).await;
+    let second = first.sibling().await;
+    let condition = |value: &str| json!({"name": "type", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": value});
+    let (status, _) = call(
+        &first,
+        Method::POST,
+        &format!("{BASE}/condition"),
+        Some(condition("Start")),
+    )
+    .await;
+    assert_eq!(status, 201);
+    for round in 0..5 {
+        let (on_first, on_second) = (format!("First{round}"), format!("Second{round}"));
+        let path = format!("{BASE}/condition/type");
+        // The same instant, on both processes: both succeed.
+        let ((a, body_a), (b, body_b)) = tokio::join!(
+            call(&first, Method::PUT, &path, Some(condition(&on_first))),
+            call(&second, Method::PUT, &path, Some(condition(&on_second))),
+        );
+        assert_eq!((a, b), (200, 200), "round {round}: {body_a} {body_b}");
+        // Then both processes agree on one of them, and keep agreeing.
+        let started = std::time::Instant::now();
+        let agreed = loop {
+            let (_, seen_first) = call(&first, Method::GET, &path, None).await;
+            let (_, seen_second) = call(&second, Method::GET, &path, None).await;
+            let (x, y) = (&seen_first["propertyValue"], &seen_second["propertyValue"]);
+            if x == y && (x == &json!(on_first) || x == &json!(on_second)) {
+                break x.as_str().unwrap().to_owned();
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "round {round}: the processes disagree: {x} and {y}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        // A change made after both is built on the winner: nothing else comes back.
+        for tocsin in [&first, &second] {
+            let (_, exported) =
+                call(tocsin, Method::GET, &format!("{BASE}/configuration"), None).await;
+            assert_eq!(
+                exported["conditions"][0]["propertyValue"], agreed,
+                "round {round}: {exported}"
+            );
+        }
+    }
+    second.shutdown().await;
+    first.shutdown().await;
 }

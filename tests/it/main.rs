@@ -2,8 +2,10 @@
 //! Each test runs the real `tocsin` binary against real things (see `common`).
 
 mod alerts;
+mod auth_edges;
 mod b2c_incident_lifecycle;
 mod channels_end_to_end;
+mod circuit_breaker;
 mod clients;
 mod common;
 mod config_at_rest;

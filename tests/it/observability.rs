@@ -128,7 +128,8 @@ async fn metrics_count_exactly_what_happened(backend: Backend) {
     let mut invalid = event("HighCPU", "m-6");
     invalid.as_object_mut().unwrap().remove("severity");
     let response = tocsin.post(SINGLE, &invalid).send().await.unwrap();
-    assert_eq!(response.status(), 400);
+    let message = crate::common::error_message(response, 400).await;
+    assert!(message.contains("`severity`"), "{message}");
     let response = tocsin
         .http
         .post(tocsin.url(SINGLE))
@@ -136,7 +137,7 @@ async fn metrics_count_exactly_what_happened(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 401);
+    crate::common::error_message(response, 401).await;
 
     tocsin
         .wait_for_count("/cf/consumer/v1/matched-events", 3)
@@ -699,5 +700,73 @@ async fn json_logs_carry_each_delivery_outcome_and_no_secret() {
     for secret in [tocsin.password.as_str(), "webhook-secret-w8"] {
         assert!(!log.contains(secret), "a secret reached the log");
     }
+    tocsin.shutdown().await;
+}
+
+/// `/readyz` until it answers `status`, its body.
+async fn readyz_until(tocsin: &Tocsin, status: u16) -> Value {
+    let started = Instant::now();
+    loop {
+        let response = tocsin.http.get(tocsin.url("/readyz")).send().await.unwrap();
+        if response.status() == status {
+            return response.json().await.unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "/readyz does not answer {status}: {}\n{}",
+            response.text().await.unwrap(),
+            tocsin.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_the_records_database_is_unreachable() {
+    let (url, database) = crate::common::relayed_postgres_schema().await;
+    let tocsin = Tocsin::start(
+        Backend::Embedded,
+        &Value::Null,
+        &[
+            ("TOCSIN_STORE_BACKEND", "postgres"),
+            ("TOCSIN_STORE_URL", &url),
+        ],
+    )
+    .await;
+    readyz_until(&tocsin, 200).await;
+    database.cut();
+    let body = readyz_until(&tocsin, 503).await;
+    assert_eq!(
+        body,
+        json!({"status": "not ready", "backend": "embedded",
+               "checks": {"bus": "ok", "records": "unavailable", "configuration": "ok"}})
+    );
+    // Ready again once the database is back, without a restart.
+    database.restore();
+    let body = readyz_until(&tocsin, 200).await;
+    assert_eq!(body["checks"]["records"], "ok");
+    tocsin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_the_stored_configuration_is_unreadable() {
+    let tocsin = Tocsin::start(Backend::Embedded, &Value::Null, &[]).await;
+    readyz_until(&tocsin, 200).await;
+    // The configuration's table goes away under the running process, as in a damaged file.
+    let config = rusqlite::Connection::open(tocsin.data_dir.join("config.db")).unwrap();
+    config.busy_timeout(Duration::from_secs(5)).unwrap();
+    config
+        .execute_batch("ALTER TABLE configuration RENAME TO configuration_away")
+        .unwrap();
+    let body = readyz_until(&tocsin, 503).await;
+    assert_eq!(
+        body,
+        json!({"status": "not ready", "backend": "embedded",
+               "checks": {"bus": "ok", "records": "ok", "configuration": "unavailable"}})
+    );
+    config
+        .execute_batch("ALTER TABLE configuration_away RENAME TO configuration")
+        .unwrap();
+    readyz_until(&tocsin, 200).await;
     tocsin.shutdown().await;
 }

@@ -8,7 +8,6 @@ use crate::common::{Backend, Tocsin};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use warp::Filter;
 
 const ENDPOINT: &str = "/oci/v1/notifications";
@@ -54,7 +53,8 @@ pub(crate) async fn status_and_body(response: reqwest::Response) -> (u16, Value)
     (status, response.json().await.unwrap())
 }
 
-/// A stand-in for the OCI Notifications service: records every request it gets.
+/// A stand-in for the OCI Notifications service: records every request it gets, and answers
+/// 500 to those under a `/failing/` path.
 pub(crate) async fn fake_oci() -> (String, Arc<Mutex<Vec<String>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&seen);
@@ -67,7 +67,12 @@ pub(crate) async fn fake_oci() -> (String, Arc<Mutex<Vec<String>>>) {
                     .lock()
                     .unwrap()
                     .push(format!("{method} {}?{query}", path.as_str()));
-                warp::reply::json(&json!({"status": "ACTIVE"}))
+                let status = if path.as_str().contains("/failing/") {
+                    warp::http::StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    warp::http::StatusCode::OK
+                };
+                warp::reply::with_status(warp::reply::json(&json!({"status": "ACTIVE"})), status)
             },
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -149,6 +154,21 @@ async fn the_confirmation_handshake_is_completed_only_with_allowed_hosts() {
     // Not even the stand-in, named in the foreign URL, was asked for anything.
     assert_eq!(requests.lock().unwrap().len(), 1);
 
+    // An allowed URL that does not answer 2xx: 502 FAILED, and OCI may try again.
+    let failing = format!("{oci}/20181201/subscriptions/failing/confirmation?token=tok-789");
+    let (status, body) = status_and_body(
+        confirmation(&tocsin, &failing, "ocid1.onssubscription.oc1.phx.failing").await,
+    )
+    .await;
+    assert_eq!(status, 502, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("could not be confirmed") && message.contains("500"),
+        "{body}"
+    );
+    assert!(!body.to_string().contains("tok-789"), "{body}");
+    assert_eq!(requests.lock().unwrap().len(), 2, "it was fetched");
+
     // Both outcomes are visible to an operator, and in the log without the tokens.
     let listed = subscriptions(&tocsin).await;
     let state = |id: &str| {
@@ -171,6 +191,10 @@ async fn the_confirmation_handshake_is_completed_only_with_allowed_hosts() {
         state("ocid1.onssubscription.oc1.phx.evil")["state"],
         "REFUSED"
     );
+    assert_eq!(
+        state("ocid1.onssubscription.oc1.phx.failing")["state"],
+        "FAILED"
+    );
     let log = tocsin.log();
     assert!(log.contains("OCI subscription confirmed"), "{log}");
     assert!(
@@ -178,12 +202,12 @@ async fn the_confirmation_handshake_is_completed_only_with_allowed_hosts() {
         "{log}"
     );
     assert!(
-        !log.contains("tok-123") && !log.contains("tok-456"),
+        !log.contains("tok-123") && !log.contains("tok-456") && !log.contains("tok-789"),
         "{log}"
     );
 
-    // A confirmation publishes nothing.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A confirmation publishes nothing: once the bus is idle, nothing was stored.
+    tocsin.wait_until_idle().await;
     assert_eq!(
         tocsin.page(MATCHED).await["responseMetadata"]["totalResultsCount"],
         0
@@ -346,7 +370,7 @@ async fn alarms_are_normalized_stored_and_redeliveries_published_once() {
     let (status, _) = status_and_body(deliver(&tocsin, &next, "msg-next").await).await;
     assert_eq!(status, 202);
     tocsin.wait_for_count(MATCHED, total + 1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tocsin.wait_until_idle().await;
     assert_eq!(
         tocsin.page(MATCHED).await["responseMetadata"]["totalResultsCount"],
         total + 1,
@@ -446,7 +470,7 @@ async fn bad_input_gets_a_clear_4xx_and_publishes_nothing() {
         202
     );
     tocsin.wait_for_count(MATCHED, 1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tocsin.wait_until_idle().await;
     assert_eq!(
         tocsin.page(MATCHED).await["responseMetadata"]["totalResultsCount"],
         1
@@ -516,7 +540,7 @@ async fn the_endpoint_takes_its_own_basic_credentials_and_only_there() {
         .send()
         .await
         .unwrap();
-    assert_eq!(listing.status(), 401);
+    crate::common::error_message(listing, 401).await;
     tocsin.wait_for_count(MATCHED, 1).await;
     tocsin.shutdown().await;
 }

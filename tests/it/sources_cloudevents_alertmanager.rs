@@ -4,7 +4,6 @@
 
 use crate::common::{Backend, Tocsin};
 use serde_json::{json, Value};
-use std::time::Duration;
 
 const MATCHED: &str = "/cf/consumer/v1/matched-events";
 const CE_PATH: &str = "/cf/producer/v1/resource-events?schema_definition=cloud_events&version=1.0";
@@ -123,7 +122,7 @@ async fn cloud_events_on_the_ans_producer_path() {
         .send(&crate::common::event("HighCPU", "native-1"))
         .await;
     tocsin.wait_for_count(MATCHED, 4).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tocsin.wait_until_idle().await;
     assert_eq!(total(&tocsin).await, 4);
     tocsin.shutdown().await;
 }
@@ -205,8 +204,15 @@ async fn alertmanager_alerts_become_events_and_resolution_closes_them() {
     let (status, answer) = post_raw(&tocsin, path, "application/json", &unlabelled).await;
     assert_eq!(status, 400);
     assert_eq!(answer["message"], "`alerts[0].labels` is required");
-    let (status, _) = post_raw(&tocsin, path, "text/plain", &firing).await;
+    let (status, answer) = post_raw(&tocsin, path, "text/plain", &firing).await;
     assert_eq!(status, 415);
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("text/plain"),
+        "{answer}"
+    );
     let anonymous = tocsin
         .http
         .post(tocsin.url(path))
@@ -214,8 +220,8 @@ async fn alertmanager_alerts_become_events_and_resolution_closes_them() {
         .send()
         .await
         .unwrap();
-    assert_eq!(anonymous.status(), 401);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    crate::common::error_message(anonymous, 401).await;
+    tocsin.wait_until_idle().await;
     assert_eq!(total(&tocsin).await, 3);
     tocsin.shutdown().await;
 }

@@ -266,7 +266,8 @@ async fn bad_input_gets_a_clear_error_and_stores_nothing() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 415);
+    let text = crate::common::error_message(response, 415).await;
+    assert!(text.contains("text/plain"), "{text}");
 
     let mut large = event("HighCPU", "big");
     large["body"] = json!("x".repeat(4096));
@@ -336,8 +337,9 @@ async fn every_api_needs_credentials_with_the_right_scope() {
     let matched = tocsin.url("/cf/consumer/v1/matched-events");
 
     let anonymous = tocsin.http.get(&matched).send().await.unwrap();
-    assert_eq!(anonymous.status(), 401);
     assert!(anonymous.headers().contains_key("www-authenticate"));
+    let message = crate::common::error_message(anonymous, 401).await;
+    assert!(message.contains("credentials are required"), "{message}");
     let wrong = tocsin
         .http
         .get(&matched)
@@ -353,7 +355,8 @@ async fn every_api_needs_credentials_with_the_right_scope() {
         .send()
         .await
         .unwrap();
-    assert_eq!(forbidden.status(), 403);
+    let message = crate::common::error_message(forbidden, 403).await;
+    assert!(message.contains("`consumer` scope"), "{message}");
     let allowed = tocsin
         .http
         .get(&matched)
@@ -517,4 +520,49 @@ async fn a_second_process_on_the_same_data_directory_refuses_to_start() {
     tocsin.launch().await;
     tocsin.wait_for_count(MATCHED, 2).await;
     tocsin.shutdown().await;
+}
+
+/// The consumer API lists newest first, page after page, on both stores.
+async fn newest_first(store: &[(&str, &str)]) {
+    let tocsin = Tocsin::start(Backend::Embedded, &store_configuration("Ordered"), store).await;
+    let mut accepted = Vec::new();
+    // One at a time, each stored before the next is sent: the order they were stored in.
+    for i in 0..5 {
+        let sent = tocsin
+            .send(&event("Ordered", &format!("ordered-{i}")))
+            .await;
+        tocsin
+            .wait_for_count("/cf/consumer/v1/matched-events", i + 1)
+            .await;
+        accepted.push(sent["id"].as_str().unwrap().to_owned());
+    }
+    let ids = |page: &Value| -> Vec<String> {
+        page["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let newest_first: Vec<String> = accepted.iter().rev().cloned().collect();
+    let all = tocsin.page("/cf/consumer/v1/matched-events").await;
+    assert_eq!(ids(&all), newest_first, "{store:?}");
+    let mut paged = Vec::new();
+    for page in 0..3 {
+        let path = format!("/cf/consumer/v1/matched-events?page={page}&pageSize=2");
+        paged.extend(ids(&tocsin.page(&path).await));
+    }
+    assert_eq!(paged, newest_first, "{store:?}: page after page");
+    tocsin.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_consumer_api_lists_newest_first_on_both_stores() {
+    newest_first(&[]).await;
+    let url = crate::common::postgres_schema().await;
+    newest_first(&[
+        ("TOCSIN_STORE_BACKEND", "postgres"),
+        ("TOCSIN_STORE_URL", &url),
+    ])
+    .await;
 }

@@ -3,7 +3,7 @@
 //! again every event is delivered once and recorded once.
 
 use crate::common::{
-    event, postgres_schema_behind_relay, route_everything_to, webhook, Backend, Destination, Tocsin,
+    event, relayed_postgres_schema, route_everything_to, webhook, Backend, Destination, Tocsin,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_going_away_mid_load_loses_nothing_and_delivers_nothing_twice() {
-    let (url, database) = postgres_schema_behind_relay().await;
+    let (url, database) = relayed_postgres_schema().await;
     let hook = Destination::start(|_| 200).await;
     let routing = route_everything_to(vec![
         webhook("hook", &hook.url, json!({})),

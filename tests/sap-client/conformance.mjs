@@ -32,7 +32,9 @@ Modes:
   events   producer + consumer API: sendEvent, sendEvents, getMatchedEvents,
            getMatchedEvent, getUndeliveredEvents, getUndeliveredEvent.
            Needs a subscription on the server that routes TOCSIN_EVENT_TYPE
-           to a STORE action (otherwise nothing is ever "matched").
+           to a STORE action (otherwise nothing is ever "matched"), and one
+           that routes TOCSIN_UNDELIVERED_EVENT_TYPE to an action that cannot
+           deliver (otherwise nothing is ever "undelivered").
   config   configuration API: create/get/getAll/update/delete for ACTION,
            CONDITION, SUBSCRIPTION, exportConfiguration, importConfiguration.
            WARNING: importConfiguration overwrites the WHOLE configuration; the
@@ -47,6 +49,7 @@ Environment:
                         OAuthAuthentication with oAuthTokenUrl=\${TOCSIN_URL}/oauth/token
   TOCSIN_PLATFORM       cf | neo (default: cf) - the URL path prefix
   TOCSIN_EVENT_TYPE     eventType used in events mode (default: ConformanceStore)
+  TOCSIN_UNDELIVERED_EVENT_TYPE  eventType of the undeliverable event (default: Unsupported)
   TOCSIN_POLL_TIMEOUT_MS  how long to wait for matched events (default: 15000)
   TOCSIN_TIMEOUT_MS     axios timeout per request (default: 2500, the client's default)
 `;
@@ -320,10 +323,15 @@ function checkIngested(label, got, sent) {
 // events mode
 // ---------------------------------------------------------------------------
 async function pollMatched(client, params, predicate, timeoutMs) {
+  return pollUntil(() => client.getMatchedEvents(params), predicate, timeoutMs);
+}
+
+/** Calls `read` until its answer satisfies `predicate` or `timeoutMs` has passed. */
+async function pollUntil(read, predicate, timeoutMs) {
   const deadline = Date.now() + timeoutMs;
   let last;
   for (;;) {
-    last = await client.getMatchedEvents(params); // errors propagate to step()
+    last = await read(); // errors propagate to step()
     if (predicate(last)) return { found: true, last };
     if (Date.now() >= deadline) return { found: false, last };
     await sleep(500);
@@ -485,24 +493,46 @@ async function eventsMode(runId) {
     if (e) checkConsumerEvent('getMatchedEvent(id) result', e, event, 'MATCHED');
   });
 
-  // 9. undelivered events
-  await step('getUndeliveredEvents() GET /{platform}/consumer/v1/undelivered-events', async () => {
-    const r = await client.getUndeliveredEvents();
-    checkPaged('getUndeliveredEvents()', r, { page: 0, pageSize: 100 });
-    if (isObj(r) && Array.isArray(r.results) && r.results.length) {
-      check('getUndeliveredEvents(): every result has metadata.deliveryStatus UNDELIVERED',
-        r.results.every((e) => isObj(e) && isObj(e.metadata) && e.metadata.deliveryStatus === 'UNDELIVERED'),
-        () => show(r.results.map((e) => e && e.metadata)));
-      checkConsumerEvent('first undelivered event', r.results[0], undefined, 'UNDELIVERED');
-    }
-  });
+  // 9. undelivered events: one event of TOCSIN_UNDELIVERED_EVENT_TYPE, which the server must
+  // route to an action that cannot deliver, so that these checks always have a result to read.
+  const undeliveredType = env('TOCSIN_UNDELIVERED_EVENT_TYPE', 'Unsupported');
+  const doomed = { ...mkEvent('undelivered', `${sourceEventId}-undelivered`), eventType: undeliveredType };
+  const sentDoomed = await step('sendEvent of an undeliverable event succeeds',
+    () => client.sendEvent(doomed), { critical: true });
+  const doomedId = sentDoomed.id;
+  const hasDoomed = (r) => isObj(r) && Array.isArray(r.results) && r.results.some((e) => isObj(e) && e.id === doomedId);
+  let undelivered;
+  try {
+    undelivered = await pollUntil(() => client.getUndeliveredEvents(), hasDoomed, pollTimeout);
+  } catch (err) {
+    notOk('getUndeliveredEvents() GET /{platform}/consumer/v1/undelivered-events', describeError(err));
+    throw new Abort('getUndeliveredEvents failed');
+  }
+  if (!check(`getUndeliveredEvents() returns the undeliverable event within ${pollTimeout} ms`, undelivered.found,
+    () => `event ${doomedId} not found (is a subscription routing eventType=${undeliveredType} to an action that cannot deliver configured?); last response ${show(undelivered.last)}`)) {
+    throw new Abort('undelivered event never showed up');
+  }
+  const u = undelivered.last;
+  checkPaged('getUndeliveredEvents()', u, { page: 0, pageSize: 100 });
+  check('getUndeliveredEvents(): every result has metadata.deliveryStatus UNDELIVERED',
+    u.results.every((e) => isObj(e) && isObj(e.metadata) && e.metadata.deliveryStatus === 'UNDELIVERED'),
+    () => show(u.results.map((e) => e && e.metadata)));
+  checkConsumerEvent('undelivered event', u.results.find((e) => e.id === doomedId), doomed, 'UNDELIVERED');
   await step('getUndeliveredEvents({page: 0, pageSize: 1})', async () => {
     const r = await client.getUndeliveredEvents({ page: 0, pageSize: 1 });
     checkPaged('getUndeliveredEvents({pageSize: 1})', r, { page: 0, pageSize: 1 });
+    check('getUndeliveredEvents({pageSize: 1}): exactly one result', isObj(r) && r.results?.length === 1, () => show(r));
   });
   await step('getUndeliveredEvent(id) GET /{platform}/consumer/v1/undelivered-events/{id}', async () => {
-    const r = await client.getUndeliveredEvent(eventId);
+    const r = await client.getUndeliveredEvent(doomedId);
     checkPaged('getUndeliveredEvent(id)', r, { page: 0, pageSize: 100 });
+    check('getUndeliveredEvent(id) contains the event', hasDoomed(r), () => show(r));
+    const e = isObj(r) && Array.isArray(r.results) ? r.results.find((x) => x.id === doomedId) : undefined;
+    if (e) checkConsumerEvent('getUndeliveredEvent(id) result', e, doomed, 'UNDELIVERED');
+  });
+  await step('getUndeliveredEvent(id) of a STORE-delivered event', async () => {
+    const r = await client.getUndeliveredEvent(eventId);
+    checkPaged('getUndeliveredEvent(id) of a delivered event', r, { page: 0, pageSize: 100 });
     check('getUndeliveredEvent(id) for a STORE-delivered event has no results',
       isObj(r) && Array.isArray(r.results) && r.results.length === 0, () => show(r));
   });

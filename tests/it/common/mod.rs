@@ -355,6 +355,36 @@ impl Tocsin {
         }
     }
 
+    /// Waits until nothing is left to do on the bus: every queue empty, in-flight messages
+    /// included, and no job waiting for a retry. What a test has sent by then has been routed
+    /// and delivered (or recorded as undelivered), so a count taken now is final — the
+    /// condition a negative check waits for instead of a fixed sleep.
+    pub async fn wait_until_idle(&self) {
+        let started = Instant::now();
+        loop {
+            let response = self.get("/metrics").send().await.unwrap();
+            assert_eq!(response.status(), 200, "the metrics of an idle check");
+            let text = response.text().await.unwrap();
+            let busy: Vec<&str> = text
+                .lines()
+                .filter(|line| {
+                    line.starts_with("tocsin_queue_depth{")
+                        || line.starts_with("tocsin_delivery_retry_backlog ")
+                })
+                .filter(|line| !line.ends_with(" 0"))
+                .collect();
+            if busy.is_empty() {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "still busy after 30 s: {busy:?}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Kills the process at once, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -438,6 +468,21 @@ pub fn tocsin_command() -> Command {
     command
 }
 
+/// The `message` of an error answer, which must have `status` and be JSON `{"message": …}`
+/// and nothing else.
+pub async fn error_message(response: reqwest::Response, status: u16) -> String {
+    let got = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    assert_eq!(got, status, "{text}");
+    let body: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("a {status} answer is not JSON ({e}): {text}"));
+    let message = body["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message: {text}"));
+    assert_eq!(body.as_object().unwrap().len(), 1, "only a message: {text}");
+    message.to_owned()
+}
+
 /// Runs `command` to its end, killing it and failing the test if that takes over 20 s.
 pub fn run_to_end(command: &mut Command) -> std::process::Output {
     let child = command
@@ -493,11 +538,19 @@ pub fn count_records(db: &Path, status: &str) -> i64 {
 #[derive(Debug, Clone)]
 pub struct Received {
     pub at: Instant,
+    pub headers: warp::http::HeaderMap,
     pub body: Value,
     pub status: u16,
 }
 
-type Rule = Box<dyn FnMut(&Value) -> u16 + Send>;
+/// How a [`Destination`] answers one request: with `status`, after holding it `hold`.
+#[derive(Debug, Clone, Copy)]
+pub struct Reply {
+    pub status: u16,
+    pub hold: Duration,
+}
+
+type Rule = Box<dyn FnMut(&Value) -> Reply + Send>;
 
 /// A real HTTP server on loopback standing in for a webhook destination: it answers each
 /// request with the status its rule gives for the body, and keeps what it received.
@@ -509,17 +562,31 @@ pub struct Destination {
 }
 
 impl Destination {
-    pub async fn start(rule: impl FnMut(&Value) -> u16 + Send + 'static) -> Destination {
-        Self::start_holding(Duration::ZERO, rule).await
+    pub async fn start(mut rule: impl FnMut(&Value) -> u16 + Send + 'static) -> Destination {
+        Self::start_replying(move |body| Reply {
+            status: rule(body),
+            hold: Duration::ZERO,
+        })
+        .await
     }
 
     /// A slow destination: like [`start`](Self::start), but each request is held `hold` before
-    /// it is answered. A request counts as received when it arrives, so the test sees it while
-    /// it is still in flight.
+    /// it is answered.
     pub async fn start_holding(
         hold: Duration,
-        rule: impl FnMut(&Value) -> u16 + Send + 'static,
+        mut rule: impl FnMut(&Value) -> u16 + Send + 'static,
     ) -> Destination {
+        Self::start_replying(move |body| Reply {
+            status: rule(body),
+            hold,
+        })
+        .await
+    }
+
+    /// A destination whose rule says, for each request, both the status and how long to hold
+    /// it first. A request counts as received when it arrives, so the test sees it while it is
+    /// still in flight.
+    pub async fn start_replying(rule: impl FnMut(&Value) -> Reply + Send + 'static) -> Destination {
         use warp::Filter;
         let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let rule: std::sync::Arc<std::sync::Mutex<Rule>> =
@@ -527,13 +594,15 @@ impl Destination {
         let route = {
             let (received, rule) = (received.clone(), rule.clone());
             warp::any()
+                .and(warp::header::headers_cloned())
                 .and(warp::body::json())
-                .then(move |body: Value| {
+                .then(move |headers, body: Value| {
                     let (received, rule) = (received.clone(), rule.clone());
                     async move {
-                        let status = (rule.lock().unwrap())(&body);
+                        let Reply { status, hold } = (rule.lock().unwrap())(&body);
                         received.lock().unwrap().push(Received {
                             at: Instant::now(),
+                            headers,
                             body,
                             status,
                         });
@@ -560,7 +629,10 @@ impl Destination {
 
     /// Answers every request with `status` from now on.
     pub fn answer(&self, status: u16) {
-        *self.rule.lock().unwrap() = Box::new(move |_| status);
+        *self.rule.lock().unwrap() = Box::new(move |_| Reply {
+            status,
+            hold: Duration::ZERO,
+        });
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -593,9 +665,7 @@ impl Drop for Destination {
 /// A fresh schema in the tests' PostgreSQL database (the role and database `.ci/run` creates,
 /// or `TOCSIN_TEST_POSTGRES_URL`): the `store.url` of processes that share it, and only them.
 pub async fn postgres_schema() -> String {
-    let base = std::env::var("TOCSIN_TEST_POSTGRES_URL").unwrap_or_else(|_| {
-        "postgres://tocsin_test:tocsin_test@127.0.0.1:5432/tocsin_test".to_owned()
-    });
+    let base = postgres_url();
     let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL at {base}: {e} (`.ci/run` starts it)"));
@@ -609,22 +679,35 @@ pub async fn postgres_schema() -> String {
     format!("{base}{separator}options=-c%20search_path%3D{schema}")
 }
 
+/// The tests' PostgreSQL database.
+fn postgres_url() -> String {
+    std::env::var("TOCSIN_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        "postgres://tocsin_test:tocsin_test@127.0.0.1:5432/tocsin_test".to_owned()
+    })
+}
+
+/// A fresh schema like [`postgres_schema`], reached through a [`Relay`] the test can cut: the
+/// `store.url` to give Tocsin, and the relay.
+pub async fn relayed_postgres_schema() -> (String, Relay) {
+    relayed(&postgres_schema().await, 5432).await
+}
+
 /// The variable of the outbound policy's allow-list, which [`Tocsin::start`] sets to loopback
 /// unless a test sets it.
 pub const OUTBOUND_ALLOW: &str = "TOCSIN_CHANNELS_OUTBOUND_ALLOW";
 
-/// A TCP relay to a service the test can cut: the service goes away for the Tocsin that
-/// connects through it alone (other tests share the service) and comes back. While cut, it
-/// drops the relayed connections and closes new ones at once; its port stays held all along.
+/// A TCP relay on loopback to `upstream` that the test can cut: what it relays goes away for
+/// the process that connects through it alone (other tests share the real service) and comes
+/// back. While cut, it drops the relayed connections and closes new ones at once; its port
+/// stays held all along.
 pub struct Relay {
-    /// Where to connect instead of the service.
+    /// The address to connect to instead of `upstream`.
     pub address: std::net::SocketAddr,
     cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl Relay {
-    /// A relay to `upstream` (`host:port`).
     pub async fn start(upstream: String) -> Relay {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -679,7 +762,26 @@ impl Drop for Relay {
     }
 }
 
-/// The test broker behind a [`Relay`].
+/// `url` (`scheme://[credentials@]host[:port]/path`) pointed at a [`Relay`] to where it
+/// pointed (`default_port` when it names none): the URL to give Tocsin, and the relay.
+async fn relayed(url: &str, default_port: u16) -> (String, Relay) {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (credentials, upstream) = match authority.rsplit_once('@') {
+        Some((credentials, host)) => (format!("{credentials}@"), host.to_owned()),
+        None => (String::new(), authority.to_owned()),
+    };
+    let upstream = if upstream.contains(':') {
+        upstream
+    } else {
+        format!("{upstream}:{default_port}")
+    };
+    let relay = Relay::start(upstream).await;
+    let url = format!("{scheme}://{credentials}{}/{path}", relay.address);
+    (url, relay)
+}
+
+/// The test broker behind a [`Relay`] the test can cut.
 pub struct BrokerProxy {
     /// The AMQP URI to give Tocsin (`TOCSIN_BUS_URL`).
     pub uri: String,
@@ -688,20 +790,7 @@ pub struct BrokerProxy {
 
 impl BrokerProxy {
     pub async fn start() -> BrokerProxy {
-        let broker = amqp_uri();
-        let (scheme, rest) = broker.split_once("://").expect("an AMQP URI");
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (credentials, upstream) = match authority.rsplit_once('@') {
-            Some((credentials, host)) => (format!("{credentials}@"), host.to_owned()),
-            None => (String::new(), authority.to_owned()),
-        };
-        let upstream = if upstream.contains(':') {
-            upstream
-        } else {
-            format!("{upstream}:5672")
-        };
-        let relay = Relay::start(upstream).await;
-        let uri = format!("{scheme}://{credentials}{}/{path}", relay.address);
+        let (uri, relay) = relayed(&amqp_uri(), 5672).await;
         BrokerProxy { uri, relay }
     }
 
@@ -714,25 +803,6 @@ impl BrokerProxy {
     pub fn restore(&self) {
         self.relay.restore();
     }
-}
-
-/// A fresh schema in the tests' PostgreSQL database reached through a [`Relay`]: the
-/// `store.url` to give Tocsin, and the relay that can cut it off.
-pub async fn postgres_schema_behind_relay() -> (String, Relay) {
-    let url = postgres_schema().await;
-    let config: tokio_postgres::Config = url.parse().unwrap();
-    let tokio_postgres::config::Host::Tcp(host) = &config.get_hosts()[0] else {
-        panic!("the tests' database is reached over TCP");
-    };
-    let port = config.get_ports()[0];
-    let relay = Relay::start(format!("{host}:{port}")).await;
-    let relayed = url.replacen(
-        &format!("@{host}:{port}/"),
-        &format!("@{}/", relay.address),
-        1,
-    );
-    assert_ne!(relayed, url, "the URL names its host and port");
-    (relayed, relay)
 }
 
 /// A WEB_HOOK action to `url` with extra `properties`.
