@@ -1,8 +1,12 @@
 //! Retention: matched and undelivered records and delivery attempts older than the retention
-//! time are deleted, a small batch at a time, so that the API never waits behind a big delete.
+//! time are deleted, and so are alerts resolved before it (with their timelines), a small batch
+//! at a time, so that the API never waits behind a big delete.
 
 use crate::records::RecordStore;
+use std::future::Future;
 use std::time::Duration;
+use store::alerts::AlertStore;
+use store::StoreError;
 use tokio::sync::watch;
 
 /// Rows deleted per write at most.
@@ -11,6 +15,7 @@ const BATCH: u32 = 500;
 /// Purges every `every` until `shutdown`.
 pub async fn run(
     records: RecordStore,
+    alerts: AlertStore,
     keep: Duration,
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -22,21 +27,36 @@ pub async fn run(
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         let cutoff = clock::now_epoch_seconds() - keep.as_secs() as i64;
-        let mut purged = 0;
-        loop {
-            match records.purge_before(cutoff, BATCH).await {
-                Ok(0) => break,
-                Ok(n) => purged += n,
-                Err(e) => {
-                    tracing::warn!(error = %e, "retention: cannot purge old records");
-                    break;
-                }
+        in_batches("old records and attempts", || {
+            records.purge_before(cutoff, BATCH)
+        })
+        .await;
+        in_batches("alerts resolved long ago", || {
+            alerts.purge_resolved_before(cutoff.saturating_mul(1000), BATCH)
+        })
+        .await;
+    }
+}
+
+/// Runs `purge` until it deletes nothing (or fails), letting other writes in between.
+async fn in_batches<F, Fut>(what: &str, mut purge: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<usize, StoreError>>,
+{
+    let mut purged = 0;
+    loop {
+        match purge().await {
+            Ok(0) => break,
+            Ok(n) => purged += n,
+            Err(e) => {
+                tracing::warn!(error = %e, what, "retention: cannot purge");
+                break;
             }
-            // Let the API's writes in between batches.
-            tokio::task::yield_now().await;
         }
-        if purged > 0 {
-            tracing::info!(purged, "retention: purged old records and attempts");
-        }
+        tokio::task::yield_now().await;
+    }
+    if purged > 0 {
+        tracing::info!(purged, what, "retention: purged");
     }
 }
