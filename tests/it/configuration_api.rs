@@ -1055,28 +1055,16 @@ async fn secrets_are_masked_in_every_spelling_and_kept_when_sent_back() {
     tocsin.shutdown().await;
 }
 
-/// The routing counter's total on `tocsin` (every outcome).
-async fn routed(tocsin: &Tocsin) -> f64 {
-    let text = tocsin
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|line| line.starts_with("tocsin_events_routed_total{"))
-        .map(|line| line.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
-        .sum()
-}
-
 /// Two processes on one RabbitMQ and one database: what "several processes" means in
 /// Scaling out, however they share their configuration.
 async fn shared_pair_settings() -> Vec<(&'static str, String)> {
     vec![
         ("TOCSIN_STORE_BACKEND", "postgres".to_owned()),
         ("TOCSIN_STORE_URL", crate::common::postgres_schema().await),
+        (
+            "TOCSIN_STORE_SECRET_KEY",
+            crate::shared_store::SHARED_KEY.to_owned(),
+        ),
     ]
 }
 
@@ -1116,7 +1104,7 @@ async fn a_process_started_later_routes_with_the_latest_configuration() {
     assert_eq!(page["results"][0]["id"], latest["id"]);
     // Both were routed (by the late process, the only one running) and only one matched.
     let started = std::time::Instant::now();
-    while routed(&late).await < 2.0 {
+    while late.routed().await < 2 {
         assert!(
             started.elapsed() < std::time::Duration::from_secs(20),
             "{}",

@@ -727,19 +727,17 @@ async fn readyz_is_503_while_the_records_database_is_unreachable() {
     let tocsin = Tocsin::start(
         Backend::Embedded,
         &Value::Null,
-        &[
-            ("TOCSIN_STORE_BACKEND", "postgres"),
-            ("TOCSIN_STORE_URL", &url),
-        ],
+        &crate::shared_store::shared_store(&url),
     )
     .await;
     readyz_until(&tocsin, 200).await;
     database.cut();
     let body = readyz_until(&tocsin, 503).await;
+    // The configuration lives in the same database as the records.
     assert_eq!(
         body,
         json!({"status": "not ready", "backend": "embedded",
-               "checks": {"bus": "ok", "records": "unavailable", "configuration": "ok"}})
+               "checks": {"bus": "ok", "records": "unavailable", "configuration": "unavailable"}})
     );
     // Ready again once the database is back, without a restart.
     database.restore();

@@ -193,14 +193,7 @@ async fn every_documented_operation_is_served_and_counted_under_its_pattern() {
         );
     }
 
-    let metrics = tocsin
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = tocsin.metrics().await;
     for (pattern, method) in &operations {
         let counted = format!("method=\"{method}\",route=\"{pattern}\"");
         assert!(

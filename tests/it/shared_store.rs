@@ -489,20 +489,6 @@ mod per_key_order {
 
 const CANARY: &str = "canary-shared-s3cret-51d2";
 
-/// The events `tocsin` has routed since it started, matched or not.
-async fn routed(tocsin: &Tocsin) -> u64 {
-    let response = tocsin.get("/metrics").send().await.unwrap();
-    let text = response.text().await.unwrap();
-    ["matched", "unmatched"]
-        .iter()
-        .filter_map(|outcome| {
-            let series = format!("tocsin_events_routed_total{{outcome=\"{outcome}\"}} ");
-            let line = text.lines().find(|l| l.starts_with(&series))?;
-            line[series.len()..].parse::<u64>().ok()
-        })
-        .sum()
-}
-
 /// Takes what waits in the broker's queue of the latest configuration snapshot of `tocsin`'s
 /// processes (each broadcast lands there too).
 pub async fn take_latest_config_snapshot(tocsin: &Tocsin) -> Option<Vec<u8>> {
@@ -582,7 +568,7 @@ async fn a_configuration_change_on_one_process_routes_the_next_event_posted_to_a
     loop {
         let mut all = 0;
         for tocsin in &processes {
-            all += routed(tocsin).await;
+            all += tocsin.routed().await;
         }
         if all == sent {
             break;

@@ -587,14 +587,7 @@ async fn old_records_are_purged() {
 async fn metrics_until(tocsin: &Tocsin, what: &str, done: impl Fn(&str) -> bool) {
     let started = Instant::now();
     loop {
-        let text = tocsin
-            .get("/metrics")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = tocsin.metrics().await;
         if done(&text) {
             return;
         }

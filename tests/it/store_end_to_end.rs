@@ -560,9 +560,5 @@ async fn newest_first(store: &[(&str, &str)]) {
 async fn the_consumer_api_lists_newest_first_on_both_stores() {
     newest_first(&[]).await;
     let url = crate::common::postgres_schema().await;
-    newest_first(&[
-        ("TOCSIN_STORE_BACKEND", "postgres"),
-        ("TOCSIN_STORE_URL", &url),
-    ])
-    .await;
+    newest_first(&crate::shared_store::shared_store(&url)).await;
 }

@@ -91,14 +91,7 @@ async fn postgres_going_away_mid_load_loses_nothing_and_delivers_nothing_twice()
 }
 
 async fn store_available(tocsin: &Tocsin) -> f64 {
-    let text = tocsin
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = tocsin.metrics().await;
     text.lines()
         .find_map(|line| line.strip_prefix("tocsin_store_available "))
         .unwrap_or_else(|| panic!("tocsin_store_available is not exported:\n{text}"))

@@ -355,6 +355,23 @@ impl Tocsin {
         }
     }
 
+    /// The text of one `/metrics` scrape (200 asserted).
+    pub async fn metrics(&self) -> String {
+        let response = self.get("/metrics").send().await.unwrap();
+        assert_eq!(response.status(), 200, "/metrics");
+        response.text().await.unwrap()
+    }
+
+    /// The events this process has routed since it started, whatever the outcome.
+    pub async fn routed(&self) -> u64 {
+        self.metrics()
+            .await
+            .lines()
+            .filter(|line| line.starts_with("tocsin_events_routed_total{"))
+            .map(|line| line.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+            .sum()
+    }
+
     /// Waits until nothing is left to do on the bus: every queue empty, in-flight messages
     /// included, and no job waiting for a retry. What a test has sent by then has been routed
     /// and delivered (or recorded as undelivered), so a count taken now is final — the
@@ -362,9 +379,7 @@ impl Tocsin {
     pub async fn wait_until_idle(&self) {
         let started = Instant::now();
         loop {
-            let response = self.get("/metrics").send().await.unwrap();
-            assert_eq!(response.status(), 200, "the metrics of an idle check");
-            let text = response.text().await.unwrap();
+            let text = self.metrics().await;
             let busy: Vec<&str> = text
                 .lines()
                 .filter(|line| {
