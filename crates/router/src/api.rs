@@ -223,13 +223,19 @@ fn entity_routes<E: Entity>(
         .and(guard.clone())
         .and(warp::query::<HashMap<String, String>>())
         .and(store.clone())
-        .map(|query: HashMap<String, String>, store: Arc<ConfigStore>| list::<E>(&query, &store));
+        .then(
+            |query: HashMap<String, String>, store: Arc<ConfigStore>| async move {
+                store.refresh().await;
+                list::<E>(&query, &store)
+            },
+        );
     let get = member
         .clone()
         .and(warp::get())
         .and(guard.clone())
         .and(store.clone())
-        .map(|name: String, store: Arc<ConfigStore>| {
+        .then(|name: String, store: Arc<ConfigStore>| async move {
+            store.refresh().await;
             let current = store.current();
             match E::all(current.configuration())
                 .iter()
@@ -484,7 +490,13 @@ fn configuration_routes(
         .clone()
         .and(warp::get())
         .and(guard.clone())
-        .map(move || json_reply(StatusCode::OK, &exported(&export_store)));
+        .then(move || {
+            let store = Arc::clone(&export_store);
+            async move {
+                store.refresh().await;
+                json_reply(StatusCode::OK, &exported(&store))
+            }
+        });
     let import_store = Arc::clone(store);
     let import = path
         .and(warp::post())

@@ -19,6 +19,10 @@
 //!   router drains that queue before routing a batch. A process adopts a snapshot only if its
 //!   version (a Lamport clock on milliseconds) is newer than its own.
 //!
+//! The configuration API refreshes before it answers a read too, so a change that returned is
+//! what every process's API shows, not only what its router routes by (one router may route
+//! for all: the events queue has a single active consumer).
+//!
 //! The document is sealed ([`crate::sealing`]) wherever it is stored: at start the store opens
 //! it with the current or a previous key, and seals it again with the current key if it was
 //! not already, overwriting what it replaces.
