@@ -235,7 +235,7 @@ async fn act(key: String, action: String, who: String, body: Bytes, state: State
     };
     let now = clock::now_epoch_millis();
     let after = match alert.act(action, now) {
-        Acted::Done { after, .. } => after,
+        Acted::Done(after) => after,
         Acted::Unchanged(alert) => return answer(StatusCode::OK, &alert, None),
         Acted::Refused(alert) => {
             return ApiError::new(

@@ -56,14 +56,13 @@ impl Location {
             Backend::Postgres => Location::Postgres(postgres::Postgres::connect(url).await?),
         })
     }
+}
 
-    /// Whether the store answers (the data directory always does).
-    pub fn availability(&self) -> Availability {
-        match self {
-            Location::Sqlite(_) => Availability::always(),
-            Location::Postgres(database) => database.availability(),
-        }
-    }
+/// The SQL `LIMIT` and `OFFSET` of page `page` of `page_size` rows, saturating at `i64::MAX`.
+pub(crate) fn limit_and_offset(page: u64, page_size: u64) -> (i64, i64) {
+    let limit = page_size.min(i64::MAX as u64) as i64;
+    let offset = page.saturating_mul(page_size).min(i64::MAX as u64) as i64;
+    (limit, offset)
 }
 
 /// Which backend keeps the state (`[store] backend`).

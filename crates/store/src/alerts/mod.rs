@@ -129,7 +129,7 @@ impl Alert {
         };
         // An act only adds to its alert: the event it came in counts, the rest is the act's.
         let mut after = match alert.act(by.action, observed.accepted_at_ms) {
-            Acted::Done { after, .. } => after,
+            Acted::Done(after) => after,
             Acted::Unchanged(alert) | Acted::Refused(alert) => {
                 let mut alert = alert;
                 alert.events += 1;
@@ -215,18 +215,15 @@ impl Alert {
             }
             (HumanAction::Comment, _) => {}
         }
-        Acted::Done {
-            was: self.state,
-            after,
-        }
+        Acted::Done(after)
     }
 }
 
 /// What became of a person's action.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Acted {
-    /// Done: the alert went from state `was` to `after` (the same state, for a comment).
-    Done { was: AlertState, after: Alert },
+    /// Done: the alert as the act leaves it (in the same state, for a comment).
+    Done(Alert),
     /// Already so: nothing changed, nothing was noted.
     Unchanged(Alert),
     /// The alert is resolved: nothing can be done to it.
@@ -251,12 +248,7 @@ pub struct AlertQuery {
 
 impl AlertQuery {
     fn limit_and_offset(&self) -> (i64, i64) {
-        let limit = self.page_size.min(i64::MAX as u64) as i64;
-        let offset = self
-            .page
-            .saturating_mul(self.page_size)
-            .min(i64::MAX as u64) as i64;
-        (limit, offset)
+        crate::limit_and_offset(self.page, self.page_size)
     }
 
     /// `text` as a LIKE pattern, its own wildcards escaped with `\`.

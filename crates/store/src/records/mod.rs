@@ -103,12 +103,7 @@ pub struct RecordQuery {
 
 impl RecordQuery {
     fn limit_and_offset(&self) -> (i64, i64) {
-        let limit = self.page_size.min(i64::MAX as u64) as i64;
-        let offset = self
-            .page
-            .saturating_mul(self.page_size)
-            .min(i64::MAX as u64) as i64;
-        (limit, offset)
+        crate::limit_and_offset(self.page, self.page_size)
     }
 }
 
