@@ -306,6 +306,20 @@ impl Message {
         Some(std::mem::take(&mut *outcomes).ending())
     }
 
+    /// Notes `rest`, the items from `first` on that were never handed out (the consumer is
+    /// stopping), as dropped, and ends the message if they were its last.
+    async fn release_rest(&self, rest: impl Iterator<Item = Bytes>, first: usize) {
+        let mut ending = None;
+        for (offset, payload) in rest.enumerate() {
+            ending = self.note(first + offset, Settlement::Release, payload);
+        }
+        if let Some(ending) = ending {
+            if let Err(e) = self.end(ending).await {
+                tracing::warn!(error = %e, "cannot hand back what a stopping consumer was not handed");
+            }
+        }
+    }
+
     async fn end(&self, ending: Ending) -> Result<(), BusError> {
         let Some(settler) = self.settler.lock().expect("settler poisoned").take() else {
             return Ok(());
@@ -364,7 +378,9 @@ impl Drop for Item {
 }
 
 /// Splits a consumed message into its deliveries, each waiting for a permit from `prefetch`
-/// as it is handed to `consumer`. Returns false once the consumer is gone.
+/// as it is handed to `consumer`. Returns false once the consumer is gone; the items it was
+/// not handed are then noted as dropped, so that the message still ends by what its items
+/// became (the ones handed out and finished are not run again) before this returns.
 pub(crate) async fn hand_out(
     message: Bytes,
     redelivered: bool,
@@ -381,17 +397,27 @@ pub(crate) async fn hand_out(
             ..Default::default()
         }),
     });
-    for (index, payload) in payloads.into_iter().enumerate() {
+    let mut payloads = payloads.into_iter().enumerate().peekable();
+    while let Some(&(index, _)) = payloads.peek() {
         let permit = match spare_permits.pop() {
-            Some(permit) => permit,
+            Some(permit) => Some(permit),
             None => tokio::select! {
-                permit = Arc::clone(prefetch).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => return false,
-                },
-                _ = consumer.closed() => return false,
+                permit = Arc::clone(prefetch).acquire_owned() => permit.ok(),
+                _ = consumer.closed() => None,
             },
         };
+        // A slot first, so that an item is only made once it can be handed over.
+        let slot = match permit {
+            Some(permit) => consumer.reserve().await.ok().map(|slot| (permit, slot)),
+            None => None,
+        };
+        let Some((permit, slot)) = slot else {
+            message
+                .release_rest(payloads.map(|(_, payload)| payload), index)
+                .await;
+            return false;
+        };
+        let (_, payload) = payloads.next().expect("peeked");
         let item = Item {
             message: Arc::clone(&message),
             index,
@@ -399,13 +425,7 @@ pub(crate) async fn hand_out(
             permit: Some(permit),
             settled: false,
         };
-        if consumer
-            .send(Delivery::new(payload, redelivered, item))
-            .await
-            .is_err()
-        {
-            return false;
-        }
+        slot.send(Delivery::new(payload, redelivered, item));
     }
     true
 }

@@ -773,6 +773,44 @@ mod tests {
         assert_eq!(bus.depth(Queue::Deliveries).await.unwrap(), 0);
     }
 
+    #[tokio::test]
+    async fn a_subscriber_leaving_mid_batch_keeps_what_it_finished_and_hands_back_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.db");
+        {
+            let bus = EmbeddedBus::open(&path, None).unwrap();
+            // One call: the four payloads share one message; a prefetch of two hands out half.
+            let payloads = (0..4).map(|i| Bytes::from(format!("m{i}"))).collect();
+            bus.publish(Queue::Events, payloads).await.unwrap();
+            let mut sub = bus.subscribe(Queue::Events, 2).await.unwrap();
+            let (m0, m1) = (next(&mut sub).await, next(&mut sub).await);
+            // The subscriber stops (as at a SIGTERM) while the two it holds still run.
+            drop(sub);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            m0.ack().await.unwrap();
+            m1.ack().await.unwrap();
+        }
+        let bus = EmbeddedBus::open(&path, None).unwrap();
+        let mut sub = bus.subscribe(Queue::Events, 10).await.unwrap();
+        let mut again = Vec::new();
+        for _ in 0..2 {
+            let d = next(&mut sub).await;
+            again.push(String::from_utf8(d.payload.to_vec()).unwrap());
+            d.ack().await.unwrap();
+        }
+        assert_eq!(
+            again,
+            ["m2", "m3"],
+            "only what was never handed out comes back"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), sub.next())
+                .await
+                .is_err(),
+            "the finished payloads do not come back"
+        );
+    }
+
     async fn dead_letters(bus: &EmbeddedBus) -> Vec<String> {
         bus.db
             .read(|c| {

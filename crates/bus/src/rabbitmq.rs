@@ -963,16 +963,7 @@ impl Consumer {
             let delivery = tokio::select! {
                 delivery = consumer.next() => delivery,
                 _ = link_watch.changed() => return Ok(Stop::ChannelEnded),
-                _ = self.sender.closed() => {
-                    // Stop receiving, but keep the channel open until the workers finishing
-                    // what they were handed have settled it: each delivery holds a permit
-                    // until its ack or nack is sent, and acks on a closed channel are lost
-                    // (the broker would hand those messages out again after a restart).
-                    channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await?;
-                    let settled = self.permits.acquire_many(u32::from(self.prefetch)).await;
-                    drop(settled);
-                    return Ok(Stop::SubscriberGone);
-                }
+                _ = self.sender.closed() => return self.stop(&channel, &consumer).await,
             };
             let delivery = match delivery {
                 Some(Ok(delivery)) => delivery,
@@ -1028,9 +1019,26 @@ impl Consumer {
             )
             .await;
             if !handed_out {
-                return Ok(Stop::SubscriberGone);
+                return self.stop(&channel, &consumer).await;
             }
         }
+    }
+
+    /// The subscriber is gone: stop receiving, but keep the channel open until the workers
+    /// finishing what they were handed have settled it. Each delivery holds a permit until its
+    /// ack or nack is sent, and acks on a closed channel are lost (the broker would hand those
+    /// messages out again after a restart).
+    async fn stop(
+        &self,
+        channel: &lapin::Channel,
+        consumer: &lapin::Consumer,
+    ) -> Result<Stop, lapin::Error> {
+        channel
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+            .await?;
+        let settled = self.permits.acquire_many(u32::from(self.prefetch)).await;
+        drop(settled);
+        Ok(Stop::SubscriberGone)
     }
 }
 

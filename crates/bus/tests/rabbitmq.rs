@@ -167,6 +167,47 @@ async fn a_batch_message_is_settled_payload_by_payload() {
 }
 
 #[tokio::test]
+async fn a_subscriber_leaving_mid_batch_keeps_what_it_finished_and_hands_back_the_rest() {
+    // One partition: the four payloads share one message; a prefetch of two hands out half.
+    let settings = RabbitSettings {
+        delivery_partitions: 1,
+        ..settings()
+    };
+    let bus = RabbitBus::start(settings.clone());
+    let payloads = (0..4).map(|i| Bytes::from(format!("m{i}"))).collect();
+    bus.publish(Queue::Deliveries, payloads).await.unwrap();
+    let mut sub = bus.subscribe(Queue::Deliveries, 2).await.unwrap();
+    let (m0, m1) = (next(&mut sub).await, next(&mut sub).await);
+    // The subscriber stops (as at a SIGTERM) while the two it holds are still running, and
+    // the consumer is waiting for room to hand out the third.
+    drop(sub);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    m0.ack().await.unwrap();
+    m1.ack().await.unwrap();
+
+    let mut sub = bus.subscribe(Queue::Deliveries, 10).await.unwrap();
+    let mut again = Vec::new();
+    for _ in 0..2 {
+        let d = next(&mut sub).await;
+        again.push(String::from_utf8(d.payload.to_vec()).unwrap());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(
+        again,
+        ["m2", "m3"],
+        "only what was never handed out comes back"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), sub.next())
+            .await
+            .is_err(),
+        "the finished payloads do not come back"
+    );
+    drop(sub);
+    settings.delete_topology().await.unwrap();
+}
+
+#[tokio::test]
 async fn dead_lettered_messages_park_on_the_dead_queue() {
     let settings = settings();
     let bus = RabbitBus::start(settings.clone());
