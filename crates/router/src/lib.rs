@@ -188,7 +188,7 @@ impl Router {
         let mut delay = Duration::from_millis(100);
         loop {
             match self.alerts.observe(Arc::clone(&observed)).await {
-                Ok(()) => return true,
+                Ok(_) => return true,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot note routed events in their alerts; retrying")
                 }
