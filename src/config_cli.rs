@@ -13,7 +13,7 @@ pub struct Remote {
     /// Base URL of the running Tocsin.
     #[arg(long, env = "TOCSIN_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// API client with the configuration scope.
+    /// API client with the scope the command needs (configuration; responder for alerts).
     #[arg(long, env = "TOCSIN_USER", default_value = "admin")]
     user: String,
     /// Its password.
