@@ -2,10 +2,13 @@
 //! (table and JSON, filters applied), `show` its timeline, `ack` with a comment and `resolve`
 //! change it (read back through the API), an act on a resolved alert or on an unknown key
 //! fails with the API's message. Then the alert metrics say exactly that: one alert resolved,
-//! one time to acknowledge and one to resolve, each act counted once on the `api` channel.
+//! one time to acknowledge and one to resolve, each act counted once on the `api` channel —
+//! and on a shared PostgreSQL store, another process counts the same alerts. On the embedded
+//! bus with SQLite, and on RabbitMQ with PostgreSQL.
 
-use crate::common::{cli, event, route_everything_to, Backend, Tocsin};
+use crate::common::{cli, event, postgres_schema, route_everything_to, Backend, Tocsin};
 use crate::observability::scrape_until;
+use crate::shared_store::shared_store;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -51,9 +54,39 @@ fn alerts_failing(tocsin: &Tocsin, args: &[&str]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_lists_shows_and_acts_on_alerts_and_the_metrics_count_it() {
+async fn the_cli_acts_on_alerts_and_the_metrics_count_it_embedded_and_sqlite() {
+    let tocsin = acted_on_through_the_cli(Backend::Embedded, &[]).await;
+    tocsin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_acts_on_alerts_and_the_metrics_count_it_rabbitmq_and_postgres() {
+    let url = postgres_schema().await;
+    let tocsin = acted_on_through_the_cli(Backend::Rabbitmq, &shared_store(&url)).await;
+    // Another process on the store counts the same alerts, and none of the acts: the process
+    // that folded them counted them.
+    let sibling = tocsin.sibling().await;
+    let scrape = scrape_until(&sibling, "the sibling counts the resolved alert", |s| {
+        s.value("tocsin_alerts{severity=\"FATAL\",state=\"resolved\"}") == 1.0
+    })
+    .await;
+    assert_eq!(
+        scrape.value("tocsin_alert_acts_total{channel=\"api\",kind=\"acknowledge\"}"),
+        0.0
+    );
+    assert_eq!(
+        scrape.value("tocsin_alert_time_to_resolve_seconds_count"),
+        0.0
+    );
+    sibling.shutdown().await;
+    tocsin.shutdown().await;
+}
+
+/// Opens an alert on `backend` (with `env`), lists, shows and acts on it through the CLI, and
+/// checks the metrics of the process that folded the acts; returns that process.
+async fn acted_on_through_the_cli(backend: Backend, env: &[(&str, &str)]) -> Tocsin {
     let store = json!({"name": "store", "type": "STORE", "state": "ENABLED"});
-    let tocsin = Tocsin::start(Backend::Embedded, &route_everything_to(vec![store]), &[]).await;
+    let tocsin = Tocsin::start(backend, &route_everything_to(vec![store]), env).await;
     let mut open = event("DiskFull", "disk-db-1");
     open["subject"] = json!("Disk full on db-1");
     open["severity"] = json!("FATAL");
@@ -189,5 +222,5 @@ async fn the_cli_lists_shows_and_acts_on_alerts_and_the_metrics_count_it() {
     ] {
         assert_eq!(scrape.value(series), expected, "{series}");
     }
-    tocsin.shutdown().await;
+    tocsin
 }
