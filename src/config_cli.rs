@@ -13,7 +13,7 @@ pub struct Remote {
     /// Base URL of the running Tocsin.
     #[arg(long, env = "TOCSIN_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// API client with the configuration scope.
+    /// API client with the scope the command needs (configuration; responder for alerts).
     #[arg(long, env = "TOCSIN_USER", default_value = "admin")]
     user: String,
     /// Its password.
@@ -134,8 +134,9 @@ fn read_json(file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))
 }
 
-/// `text` percent-encoded as one URL path segment.
-fn path_segment(text: &str) -> String {
+/// `text` percent-encoded as one URL path segment (the other commands that name something in
+/// a path use it too).
+pub fn path_segment(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {

@@ -1,7 +1,7 @@
 //! `tocsin dead-letters list|replay`: the dead-letters API of a running Tocsin
 //! ([`crate::dead_letters`]) from a shell or a runbook.
 
-use crate::config_cli::Remote;
+use crate::config_cli::{path_segment, Remote};
 use reqwest::Method;
 
 const DEAD_LETTERS: &str = "/tocsin/v1/dead-letters";
@@ -51,7 +51,7 @@ pub async fn run(command: DeadLettersCommand) -> anyhow::Result<()> {
         }
         DeadLettersCommand::Replay { remote, id, all: _ } => {
             let path = match &id {
-                Some(id) => format!("{DEAD_LETTERS}/{}/replay", encode_segment(id)),
+                Some(id) => format!("{DEAD_LETTERS}/{}/replay", path_segment(id)),
                 None => format!("{DEAD_LETTERS}/replay"),
             };
             let replayed = remote.send(remote.request(Method::POST, &path)).await?;
@@ -59,16 +59,4 @@ pub async fn run(command: DeadLettersCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// `id` as one URL path segment (ids are digits or hex, but a typo should not escape it).
-fn encode_segment(id: &str) -> String {
-    id.bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (byte as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }

@@ -1,8 +1,9 @@
 //! The `tocsin` command: parses the command line, sets up logging, and runs the chosen
-//! subcommand; those that need the settings load them (`config` and `dead-letters` need only
-//! their own options).
+//! subcommand; those that need the settings load them (`config`, `alerts` and `dead-letters`
+//! need only their own options).
 //! Errors end here, as `anyhow` reports with their causes.
 
+mod alerts_cli;
 mod check;
 mod config_cli;
 mod credentials;
@@ -62,6 +63,9 @@ enum Command {
     /// Export or import the configuration of a running Tocsin.
     #[command(subcommand)]
     Config(config_cli::ConfigCommand),
+    /// List, show and act on the alerts of a running Tocsin.
+    #[command(subcommand)]
+    Alerts(alerts_cli::AlertsCommand),
     /// List or replay the dead letters of a running Tocsin.
     #[command(subcommand)]
     DeadLetters(dead_letters_cli::DeadLettersCommand),
@@ -130,6 +134,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             server::serve(settings).await?;
         }
         Command::Config(command) => config_cli::run(command).await?,
+        Command::Alerts(command) => alerts_cli::run(command).await?,
         Command::DeadLetters(command) => dead_letters_cli::run(command).await?,
         Command::Check { ref routing } => {
             return Ok(check::run(cli.settings.as_deref(), routing.as_deref()).await)

@@ -2,8 +2,8 @@
 //! metrics every route reports, and the table of the server's routes that they are keyed by.
 //!
 //! Counters and histograms are updated by the components as they work; what is a state rather
-//! than an event — queue depths, delayed messages, dead letters, undelivered records, the bus
-//! connection — is sampled when `/metrics` is scraped ([`Probe::sample`]), through the `Bus`
+//! than an event — queue depths, delayed messages, dead letters, undelivered records, alerts by
+//! state and severity, the bus connection — is sampled when `/metrics` is scraped ([`Probe::sample`]), through the `Bus`
 //! trait whichever backend runs. `/metrics` needs a client with the consumer scope unless
 //! `metrics.public` is set. `/healthz`, `/readyz` and `/openapi.json` need
 //! nothing and reveal nothing about the installation beyond what is up.
@@ -11,10 +11,11 @@
 use bus::{Bus, Queue};
 use delivery::records::{RecordQuery, RecordStore};
 use metrics::{Metrics, RejectReason};
-use model::DeliveryStatus;
+use model::{DeliveryStatus, Severity};
 use router::store::ConfigStore;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
+use store::alerts::AlertState;
 use warp::filters::BoxedFilter;
 use warp::http::{header, StatusCode};
 use warp::reply::Response;
@@ -184,6 +185,19 @@ impl Probe {
             within(self.records.query(DeliveryStatus::Undelivered, undelivered)).await
         {
             metrics.set_undelivered_records(page.total);
+        }
+        if let Some(counts) = within(self.alerts.count_by_state_and_severity()).await {
+            // Every pair, so that a state or severity with no alert left reads 0.
+            for state in AlertState::ALL {
+                for severity in Severity::ALL {
+                    let alerts = counts
+                        .iter()
+                        .filter(|(s, name, _)| *s == state && name == severity.as_str())
+                        .map(|(_, _, count)| count)
+                        .sum();
+                    metrics.set_alerts(state.as_str(), severity.as_str(), alerts);
+                }
+            }
         }
     }
 

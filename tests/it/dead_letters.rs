@@ -4,7 +4,7 @@
 //! API, and is delivered once replayed after the cause is fixed. Then the CLI, against a
 //! running server.
 
-use crate::common::{route_everything_to, webhook, Backend, Destination, Tocsin, BACKENDS};
+use crate::common::{cli, route_everything_to, webhook, Backend, Destination, Tocsin, BACKENDS};
 use crate::observability::scrape_until;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -152,22 +152,6 @@ async fn a_poison_job_backs_off_reaches_the_dead_letters_and_replays_on_both_bac
     }
 }
 
-/// Runs `tocsin dead-letters ARGS` against `tocsin`; returns (success, stdout, stderr).
-fn cli(tocsin: &Tocsin, args: &[&str]) -> (bool, String, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tocsin"))
-        .arg("dead-letters")
-        .args(args)
-        .args(["--url", &tocsin.base, "--user", &tocsin.user])
-        .env("TOCSIN_PASSWORD", &tocsin.password)
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8(output.stdout).unwrap(),
-        String::from_utf8(output.stderr).unwrap(),
-    )
-}
-
 #[tokio::test]
 async fn the_cli_lists_and_replays_dead_letters_of_a_running_tocsin() {
     let destination = Destination::start(|_| 400).await;
@@ -178,7 +162,7 @@ async fn the_cli_lists_and_replays_dead_letters_of_a_running_tocsin() {
     }
     wait_for_dead_letters(&tocsin, 3).await;
 
-    let (ok, stdout, stderr) = cli(&tocsin, &["list", "--page-size", "2"]);
+    let (ok, stdout, stderr) = cli(&tocsin, &["dead-letters", "list", "--page-size", "2"]);
     assert!(ok, "{stderr}");
     assert!(stderr.contains("3 dead letters"), "{stderr}");
     let listed: Value = serde_json::from_str(&stdout).unwrap();
@@ -188,14 +172,14 @@ async fn the_cli_lists_and_replays_dead_letters_of_a_running_tocsin() {
 
     fix_records(&tocsin.records_db());
     destination.answer(200);
-    let (ok, _, stderr) = cli(&tocsin, &["replay", newest]);
+    let (ok, _, stderr) = cli(&tocsin, &["dead-letters", "replay", newest]);
     assert!(ok && stderr.contains("replayed 1"), "{stderr}");
     destination
         .wait_for("the replayed one delivered", |r| {
             r.iter().filter(|r| r.status == 200).count() == 1
         })
         .await;
-    let (ok, _, stderr) = cli(&tocsin, &["replay", "--all"]);
+    let (ok, _, stderr) = cli(&tocsin, &["dead-letters", "replay", "--all"]);
     assert!(ok && stderr.contains("replayed 2"), "{stderr}");
     destination
         .wait_for("all delivered", |r| {
@@ -203,9 +187,9 @@ async fn the_cli_lists_and_replays_dead_letters_of_a_running_tocsin() {
         })
         .await;
 
-    let (ok, _, stderr) = cli(&tocsin, &["replay", newest]);
+    let (ok, _, stderr) = cli(&tocsin, &["dead-letters", "replay", newest]);
     assert!(!ok && stderr.contains("404"), "{stderr}");
-    let (ok, _, stderr) = cli(&tocsin, &["replay"]);
+    let (ok, _, stderr) = cli(&tocsin, &["dead-letters", "replay"]);
     assert!(!ok && stderr.contains("--all"), "an id or --all: {stderr}");
     let bad = tocsin
         .get("/tocsin/v1/dead-letters?pageSize=0")

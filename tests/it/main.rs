@@ -2,6 +2,7 @@
 //! Each test runs the real `tocsin` binary against real things (see `common`).
 
 mod alerts;
+mod alerts_cli;
 mod auth_edges;
 mod b2c_incident_lifecycle;
 mod channels_end_to_end;

@@ -458,13 +458,17 @@ async fn promtool_accepts_the_exposition_and_the_dashboard_and_alerts_read_expor
         }
     }
     for needed in [
-        "tocsin_events_accepted_total",    // ingest rate
-        "tocsin_deliveries_total",         // delivery success ratio
-        "tocsin_delivery_latency_seconds", // latency percentiles
-        "tocsin_delivery_retry_backlog",   // retry backlog
-        "tocsin_undelivered_records",      // undelivered count
-        "tocsin_delivery_attempts_total",  // per-channel failures
-        "tocsin_dead_letters",             // dead letters
+        "tocsin_events_accepted_total",             // ingest rate
+        "tocsin_deliveries_total",                  // delivery success ratio
+        "tocsin_delivery_latency_seconds",          // latency percentiles
+        "tocsin_delivery_retry_backlog",            // retry backlog
+        "tocsin_undelivered_records",               // undelivered count
+        "tocsin_delivery_attempts_total",           // per-channel failures
+        "tocsin_dead_letters",                      // dead letters
+        "tocsin_alerts",                            // alerts firing by severity
+        "tocsin_alert_time_to_acknowledge_seconds", // MTTA
+        "tocsin_alert_time_to_resolve_seconds",     // MTTR
+        "tocsin_alert_acts_total",                  // people's acts
     ] {
         assert!(
             queried.contains(needed),

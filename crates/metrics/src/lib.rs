@@ -223,6 +223,35 @@ impl DeliveryOutcome {
     }
 }
 
+/// Through what a person acted on an alert (`tocsin_alert_acts_total{channel}`): the act's
+/// `via`, bounded here — chat and console join when they can act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActChannel {
+    /// The alerts API (the CLI acts through it).
+    Api,
+    /// A `via` this Tocsin does not know (an act queued by a newer process sharing the bus).
+    Other,
+}
+
+impl ActChannel {
+    pub const ALL: [ActChannel; 2] = [ActChannel::Api, ActChannel::Other];
+
+    /// The channel an act's `via` names.
+    pub fn from_via(via: &str) -> ActChannel {
+        match via {
+            "api" => ActChannel::Api,
+            _ => ActChannel::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActChannel::Api => "api",
+            ActChannel::Other => "other",
+        }
+    }
+}
+
 /// The registry and a handle on every metric.
 pub struct Metrics {
     registry: Registry,
@@ -249,6 +278,10 @@ pub struct Metrics {
     commit_writes: HistogramVec,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
+    alerts: IntGaugeVec,
+    time_to_acknowledge: Histogram,
+    time_to_resolve: Histogram,
+    alert_acts: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -262,6 +295,11 @@ const COMMIT_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 const WRITES_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+/// People take from seconds (a quick acknowledgement) to a day (a weekend's resolution).
+const RESPONSE_BUCKETS: &[f64] = &[
+    5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
+    86400.0,
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -283,6 +321,10 @@ impl Metrics {
         };
         let gauge = |name: &str, help: &str| {
             register(&registry, IntGauge::new(name, help).expect("valid gauge"))
+        };
+        let response_time = |name: &str, help: &str| {
+            let opts = HistogramOpts::new(name, help).buckets(RESPONSE_BUCKETS.to_vec());
+            register(&registry, Histogram::with_opts(opts).expect("valid"))
         };
         let build_info = register(
             &registry,
@@ -429,6 +471,30 @@ impl Metrics {
                 &["route"],
                 LATENCY_BUCKETS,
             ),
+            alerts: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tocsin_alerts",
+                        "Alerts in the store, by state and severity (the same in every process sharing it).",
+                    ),
+                    &["state", "severity"],
+                )
+                .expect("valid gauge"),
+            ),
+            time_to_acknowledge: response_time(
+                "tocsin_alert_time_to_acknowledge_seconds",
+                "From an alert starting to fire to a person acknowledging it.",
+            ),
+            time_to_resolve: response_time(
+                "tocsin_alert_time_to_resolve_seconds",
+                "From an alert starting to fire to its resolution (by a person or a closing event).",
+            ),
+            alert_acts: counter(
+                "tocsin_alert_acts_total",
+                "People's acts on alerts that took effect, by kind and channel.",
+                &["kind", "channel"],
+            ),
             registry,
         };
         for outcome in RouteOutcome::ALL {
@@ -570,6 +636,39 @@ impl Metrics {
     /// Undelivered events now on record.
     pub fn set_undelivered_records(&self, records: u64) {
         self.undelivered_records.set(gauge_value(records));
+    }
+
+    // --- alerts ---------------------------------------------------------------------------
+
+    /// Creates the series of an act `kind` (acknowledge, resolve…) at zero, on every channel.
+    pub fn register_alert_act(&self, kind: &'static str) {
+        for channel in ActChannel::ALL {
+            self.alert_acts.with_label_values(&[kind, channel.as_str()]);
+        }
+    }
+
+    /// A person's act of `kind` through `channel` took effect.
+    pub fn alert_act(&self, kind: &'static str, channel: ActChannel) {
+        self.alert_acts
+            .with_label_values(&[kind, channel.as_str()])
+            .inc();
+    }
+
+    /// An alert became acknowledged `after` it started firing.
+    pub fn alert_acknowledged(&self, after: Duration) {
+        self.time_to_acknowledge.observe(after.as_secs_f64());
+    }
+
+    /// An alert became resolved `after` it started firing.
+    pub fn alert_resolved(&self, after: Duration) {
+        self.time_to_resolve.observe(after.as_secs_f64());
+    }
+
+    /// `alerts` are now in `state` with `severity`.
+    pub fn set_alerts(&self, state: &'static str, severity: &'static str, alerts: u64) {
+        self.alerts
+            .with_label_values(&[state, severity])
+            .set(gauge_value(alerts));
     }
 
     // --- bus ------------------------------------------------------------------------------
@@ -844,6 +943,47 @@ mod tests {
         assert_eq!(
             value("tocsin_sqlite_commit_duration_seconds_count{database=\"records\"}"),
             Some(1.0)
+        );
+    }
+
+    #[test]
+    fn alert_acts_and_response_times() {
+        let metrics = Metrics::new();
+        metrics.register_alert_act("acknowledge");
+        metrics.register_alert_act("resolve");
+        metrics.alert_act("resolve", ActChannel::from_via("api"));
+        metrics.alert_act("resolve", ActChannel::from_via("carrier-pigeon"));
+        metrics.alert_acknowledged(Duration::from_secs(90));
+        metrics.set_alerts("firing", "FATAL", 3);
+        let text = metrics.render().unwrap();
+        let value = |series: &str| sample(&text, series);
+        assert_eq!(
+            value("tocsin_alert_acts_total{channel=\"api\",kind=\"acknowledge\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            value("tocsin_alert_acts_total{channel=\"api\",kind=\"resolve\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value("tocsin_alert_acts_total{channel=\"other\",kind=\"resolve\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value("tocsin_alert_time_to_acknowledge_seconds_bucket{le=\"60\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            value("tocsin_alert_time_to_acknowledge_seconds_bucket{le=\"120\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value("tocsin_alert_time_to_resolve_seconds_count"),
+            Some(0.0)
+        );
+        assert_eq!(
+            value("tocsin_alerts{severity=\"FATAL\",state=\"firing\"}"),
+            Some(3.0)
         );
     }
 

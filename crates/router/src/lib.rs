@@ -16,19 +16,20 @@
 //! order. A batch routed again after a crash folds nothing twice.
 //!
 //! It counts what it does: events routed by outcome and jobs queued once they are published,
-//! and each subscription's matches as they happen (an event routed again after a crash counts
-//! again there).
+//! each subscription's matches as they happen (an event routed again after a crash counts
+//! again there), and what the fold of alerts changed once it is committed — people's acts, the
+//! time to acknowledge and to resolve — which no fold counts twice.
 
 pub mod api;
 pub mod matcher;
 pub mod sealing;
 pub mod store;
 
-use ::store::alerts::{AlertStore, Observed};
+use ::store::alerts::{AlertStore, Change, HumanAction, Observed};
 use bus::{Bus, Delivery, Queue};
 use bytes::Bytes;
 use matcher::Matcher;
-use metrics::{Counter, Metrics, RouteOutcome};
+use metrics::{ActChannel, Counter, Metrics, RouteOutcome};
 use model::{Catalog, DeliveryJob, IngestedEvent, ResourceEvent};
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +81,9 @@ impl Router {
         metrics: Arc<Metrics>,
     ) -> Self {
         let compiled = Compiled::new(store.current(), &metrics);
+        for action in HumanAction::ALL {
+            metrics.register_alert_act(action.as_str());
+        }
         Router {
             config,
             bus,
@@ -188,7 +192,10 @@ impl Router {
         let mut delay = Duration::from_millis(100);
         loop {
             match self.alerts.observe(Arc::clone(&observed)).await {
-                Ok(()) => return true,
+                Ok(changes) => {
+                    self.count(changes);
+                    return true;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot note routed events in their alerts; retrying")
                 }
@@ -198,6 +205,22 @@ impl Router {
                 _ = shutdown.wait_for(|stop| *stop) => return false,
             }
             delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Counts what folding a batch into the alerts changed.
+    fn count(&self, changes: Vec<Change>) {
+        let took = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+        for change in changes {
+            match change {
+                Change::Acted { action, via } => self
+                    .metrics
+                    .alert_act(action.as_str(), ActChannel::from_via(&via)),
+                Change::Acknowledged { after_ms } => {
+                    self.metrics.alert_acknowledged(took(after_ms))
+                }
+                Change::Resolved { after_ms } => self.metrics.alert_resolved(took(after_ms)),
+            }
         }
     }
 

@@ -483,6 +483,22 @@ pub fn tocsin_command() -> Command {
     command
 }
 
+/// Runs `tocsin ARGS` (a command that talks to a running Tocsin) against `tocsin`, as its
+/// admin client; returns (success, stdout, stderr).
+pub fn cli(tocsin: &Tocsin, args: &[&str]) -> (bool, String, String) {
+    let output = run_to_end(
+        Command::new(env!("CARGO_BIN_EXE_tocsin"))
+            .args(args)
+            .args(["--url", &tocsin.base, "--user", &tocsin.user])
+            .env("TOCSIN_PASSWORD", &tocsin.password),
+    );
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
 /// The `message` of an error answer, which must have `status` and be JSON `{"message": …}`
 /// and nothing else.
 pub async fn error_message(response: reqwest::Response, status: u16) -> String {

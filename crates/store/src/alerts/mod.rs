@@ -10,6 +10,10 @@
 //! writer and one order. The rules are pure functions here ([`Alert::fold`], [`Alert::act`]);
 //! the two backends (`sqlite.rs`, `alerts.db`; `postgres.rs`, shared) only load and save rows,
 //! each change of one alert under a lock (SQLite's one writer, PostgreSQL's advisory locks).
+//! A batch's fold answers what it changed ([`Change`]: acts that took effect, alerts that
+//! became acknowledged or resolved), once committed, for the router to count; how many alerts
+//! are in each state is read from the store ([`AlertStore::count_by_state_and_severity`]), so
+//! that processes sharing it agree.
 
 mod postgres;
 mod sqlite;
@@ -219,6 +223,48 @@ impl Alert {
     }
 }
 
+/// What a fold changed that the metrics count — once, by the process whose fold it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A person's act took effect (not one already so, nor one on a resolved alert).
+    Acted { action: HumanAction, via: String },
+    /// The alert became acknowledged, `after_ms` after it started firing.
+    Acknowledged { after_ms: i64 },
+    /// The alert became resolved, `after_ms` after it started firing.
+    Resolved { after_ms: i64 },
+}
+
+/// [`Alert::fold`], noting in `changes` what the fold changed. An alert that starts resolved
+/// (its first event closes it) never fired here: no time to resolve.
+fn fold_noting(
+    before: Option<Alert>,
+    observed: &Observed,
+    changes: &mut Vec<Change>,
+) -> (Alert, Vec<Entry>) {
+    let was = before.as_ref().map(|a| (a.state, a.firing_since_ms));
+    let (after, entries) = Alert::fold(before, observed);
+    changes.extend(entries.iter().filter_map(|entry| match entry {
+        Entry::Action { action, via, .. } => Some(Change::Acted {
+            action: *action,
+            via: via.clone(),
+        }),
+        Entry::Event { .. } => None,
+    }));
+    if let Some((_, firing_since_ms)) = was.filter(|(state, _)| *state != after.state) {
+        // Clocks of different processes may disagree a little: never below zero.
+        let after_ms = observed
+            .accepted_at_ms
+            .saturating_sub(firing_since_ms)
+            .max(0);
+        match after.state {
+            AlertState::Acknowledged => changes.push(Change::Acknowledged { after_ms }),
+            AlertState::Resolved => changes.push(Change::Resolved { after_ms }),
+            AlertState::Firing => {}
+        }
+    }
+    (after, entries)
+}
+
 /// What became of a person's action.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Acted {
@@ -291,15 +337,15 @@ impl AlertStore {
         Ok(AlertStore { backend })
     }
 
-    /// Folds `events`, in order, into their alerts, in one transaction. An event already
-    /// folded in changes nothing.
+    /// Folds `events`, in order, into their alerts, in one transaction, and says what that
+    /// changed once it is committed. An event already folded in changes nothing.
     pub async fn observe(
         &self,
         events: impl Into<std::sync::Arc<[Observed]>>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Change>, StoreError> {
         let events = events.into();
         if events.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         match &self.backend {
             Backend::Sqlite(s) => Ok(s.observe(events).await?),
@@ -324,6 +370,17 @@ impl AlertStore {
         }
     }
 
+    /// How many alerts there are by state and severity (as stored): one row per pair that has
+    /// any. Read from the store, so that every process sharing it says the same.
+    pub async fn count_by_state_and_severity(
+        &self,
+    ) -> Result<Vec<(AlertState, String, u64)>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(s.count_by_state_and_severity().await?),
+            Backend::Postgres(p) => p.database.noted(p.count_by_state_and_severity().await),
+        }
+    }
+
     /// Deletes up to `batch` alerts resolved before `cutoff_ms`, with their timelines;
     /// returns how many alerts went.
     pub async fn purge_resolved_before(
@@ -338,6 +395,20 @@ impl AlertStore {
                 .noted(p.purge_resolved_before(cutoff_ms, batch).await),
         }
     }
+}
+
+/// The same on both backends: a count per state and severity present.
+const COUNT_BY_STATE_AND_SEVERITY: &str =
+    "SELECT state, severity, COUNT(*) FROM alerts GROUP BY state, severity";
+
+/// The rows of [`COUNT_BY_STATE_AND_SEVERITY`], states parsed (each backend only writes
+/// known ones).
+fn counts(rows: Vec<(String, String, i64)>) -> Vec<(AlertState, String, u64)> {
+    rows.into_iter()
+        .filter_map(|(state, severity, count)| {
+            Some((AlertState::parse(&state)?, severity, count.max(0) as u64))
+        })
+        .collect()
 }
 
 /// The timeline line of `observed`.

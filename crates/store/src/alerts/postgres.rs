@@ -3,7 +3,10 @@
 //! each other in a circle), reads their alerts, folds in Rust, and writes back — a routing
 //! batch in six round trips, whatever its size.
 
-use super::{Alert, AlertQuery, AlertState, Entry, Observed};
+use super::{
+    counts, fold_noting, Alert, AlertQuery, AlertState, Change, Entry, Observed,
+    COUNT_BY_STATE_AND_SEVERITY,
+};
 use crate::postgres::Postgres;
 use crate::StoreError;
 use deadpool_postgres::GenericClient;
@@ -62,7 +65,7 @@ impl PostgresAlerts {
     pub(super) async fn observe(
         &self,
         events: std::sync::Arc<[Observed]>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Change>, StoreError> {
         let mut client = self.database.client().await?;
         let transaction = client.transaction().await?;
         let keys: BTreeSet<&str> = events.iter().map(|o| o.event.alert_key()).collect();
@@ -81,12 +84,13 @@ impl PostgresAlerts {
         let mut alerts = load(&transaction, &keys).await?;
         let mut changed = BTreeSet::new();
         let mut entries = Vec::new();
+        let mut changes = Vec::new();
         for observed in events.iter() {
             if !seen.insert(observed.event.id.clone()) {
                 continue;
             }
             let key = observed.event.alert_key();
-            let (alert, added) = Alert::fold(alerts.remove(key), observed);
+            let (alert, added) = fold_noting(alerts.remove(key), observed, &mut changes);
             for entry in added {
                 let event_id =
                     matches!(entry, Entry::Event { .. }).then_some(observed.event.id.as_str());
@@ -99,7 +103,7 @@ impl PostgresAlerts {
         save(&transaction, &changed).await?;
         append(&transaction, &entries).await?;
         transaction.commit().await?;
-        Ok(())
+        Ok(changes)
     }
 
     pub(super) async fn get(&self, key: String) -> Result<Option<(Alert, Vec<Entry>)>, StoreError> {
@@ -160,6 +164,21 @@ impl PostgresAlerts {
             .map(row_to_alert)
             .collect();
         Ok((total as u64, alerts))
+    }
+
+    pub(super) async fn count_by_state_and_severity(
+        &self,
+    ) -> Result<Vec<(AlertState, String, u64)>, StoreError> {
+        let rows = self
+            .database
+            .client()
+            .await?
+            .query(COUNT_BY_STATE_AND_SEVERITY, &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        Ok(counts(rows))
     }
 
     pub(super) async fn purge_resolved_before(

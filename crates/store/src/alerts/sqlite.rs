@@ -2,7 +2,10 @@
 //! runs on the file's one writer, so reading an alert and writing it back is never interleaved
 //! with another change.
 
-use super::{Alert, AlertQuery, AlertState, Entry, Observed};
+use super::{
+    counts, fold_noting, Alert, AlertQuery, AlertState, Change, Entry, Observed,
+    COUNT_BY_STATE_AND_SEVERITY,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use storage::{Database, Durability, StorageError};
@@ -57,9 +60,10 @@ impl SqliteAlerts {
     pub(super) async fn observe(
         &self,
         events: std::sync::Arc<[Observed]>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Vec<Change>, StorageError> {
         self.db
             .write(move |c| {
+                let mut changes = Vec::new();
                 for observed in events.iter() {
                     let seen: Option<i64> = c
                         .prepare_cached("SELECT 1 FROM timeline WHERE event_id = ?1")?
@@ -69,7 +73,7 @@ impl SqliteAlerts {
                         continue;
                     }
                     let before = load(c, observed.event.alert_key())?;
-                    let (alert, entries) = Alert::fold(before, observed);
+                    let (alert, entries) = fold_noting(before, observed, &mut changes);
                     save(c, &alert)?;
                     for entry in &entries {
                         let event_id = matches!(entry, Entry::Event { .. })
@@ -77,7 +81,7 @@ impl SqliteAlerts {
                         append(c, &alert.key, entry, event_id)?;
                     }
                 }
-                Ok(())
+                Ok(changes)
             })
             .await
     }
@@ -133,6 +137,22 @@ impl SqliteAlerts {
                     .query_map(values, row_to_alert)?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
                 Ok((total as u64, alerts))
+            })
+            .await
+    }
+
+    pub(super) async fn count_by_state_and_severity(
+        &self,
+    ) -> Result<Vec<(AlertState, String, u64)>, StorageError> {
+        self.db
+            .read(|c| {
+                let mut statement = c.prepare_cached(COUNT_BY_STATE_AND_SEVERITY)?;
+                let rows = statement
+                    .query_map([], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get(1)?, r.get::<_, i64>(2)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(counts(rows))
             })
             .await
     }

@@ -211,3 +211,77 @@ async fn alerts_are_listed_newest_first_with_filters_and_purged_once_resolved() 
         assert_eq!(store.list(all).await.unwrap().0, 2);
     }
 }
+
+#[tokio::test]
+async fn folds_say_once_what_they_changed_and_alerts_are_counted_on_both_backends() {
+    let (stores, _dir) = stores().await;
+    for store in stores {
+        assert_eq!(store.count_by_state_and_severity().await.unwrap(), []);
+        let mut warning = observed("x1", "other", None, 1_500);
+        warning.event.severity = model::Severity::Warning;
+        let opened = vec![
+            observed("e1", "disk-db-1", None, 1_000),
+            warning,
+            // Closed by its first event: it never fired here, no time to resolve.
+            observed("c1", "closed-at-once", Some("CLOSE"), 1_600),
+        ];
+        assert_eq!(store.observe(opened).await.unwrap(), []);
+
+        let acks = vec![
+            act("a1", "disk-db-1", HumanAction::Acknowledge, None, 3_000),
+            act("a2", "disk-db-1", HumanAction::Acknowledge, None, 3_500),
+        ];
+        let acknowledged = [
+            Change::Acted {
+                action: HumanAction::Acknowledge,
+                via: "api".into(),
+            },
+            Change::Acknowledged { after_ms: 2_000 },
+        ];
+        assert_eq!(
+            store.observe(acks.clone()).await.unwrap(),
+            acknowledged,
+            "the second acknowledge is no change"
+        );
+        assert_eq!(store.observe(acks).await.unwrap(), [], "routed again");
+        let close = vec![observed("e2", "disk-db-1", Some("CLOSE"), 5_000)];
+        assert_eq!(
+            store.observe(close).await.unwrap(),
+            [Change::Resolved { after_ms: 4_000 }],
+            "time to resolve: from the first event, not from the acknowledgement"
+        );
+        let refused = vec![act(
+            "a3",
+            "disk-db-1",
+            HumanAction::Comment,
+            Some("?"),
+            5_500,
+        )];
+        assert_eq!(store.observe(refused).await.unwrap(), []);
+        // Reopened, then resolved by a person: timed from the reopening.
+        let again = vec![
+            observed("e3", "disk-db-1", None, 7_000),
+            act("r1", "disk-db-1", HumanAction::Resolve, None, 9_000),
+        ];
+        assert_eq!(
+            store.observe(again).await.unwrap(),
+            [
+                Change::Acted {
+                    action: HumanAction::Resolve,
+                    via: "api".into(),
+                },
+                Change::Resolved { after_ms: 2_000 },
+            ]
+        );
+
+        let mut counted = store.count_by_state_and_severity().await.unwrap();
+        counted.sort_by(|a, b| (a.0.as_str(), &a.1).cmp(&(b.0.as_str(), &b.1)));
+        assert_eq!(
+            counted,
+            [
+                (AlertState::Firing, "WARNING".to_owned(), 1),
+                (AlertState::Resolved, "FATAL".to_owned(), 2),
+            ]
+        );
+    }
+}
