@@ -12,7 +12,7 @@
 //! holders, who wait on destinations, never take the pool's connections that the records and
 //! the dedupe window need.
 
-use super::{Link, LinkState};
+use super::{Link, LinkState, Scoped};
 use crate::postgres::Postgres;
 use crate::StoreError;
 use deadpool_postgres::Object;
@@ -20,7 +20,8 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The schema, as migrations (append only).
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE links (
         scope TEXT NOT NULL,
         key TEXT NOT NULL,
@@ -30,7 +31,11 @@ const MIGRATIONS: &[&str] = &["
         updated BIGINT NOT NULL,
         PRIMARY KEY (scope, key)
     );
-"];
+",
+    "
+    CREATE INDEX links_by_key ON links (key);
+",
+];
 
 /// Keys locked (or waiting) at once per process: half the shared pool (16 connections).
 const MAX_HELD: usize = 8;
@@ -61,6 +66,25 @@ impl PostgresLinks {
             database: database.clone(),
             connections: Arc::new(Semaphore::new(MAX_HELD)),
         })
+    }
+
+    /// Every link of `keys`, on a pooled connection of its own (no lock taken).
+    pub(super) async fn of_keys(&self, keys: &[String]) -> Result<Vec<Scoped>, StoreError> {
+        let client = self.database.client().await?;
+        let select = client
+            .prepare_cached(
+                "SELECT scope, key, state, target, last_event FROM links WHERE key = ANY($1)",
+            )
+            .await?;
+        let rows = client.query(&select, &[&keys]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| Scoped {
+                scope: row.get(0),
+                key: row.get(1),
+                link: link_at(row, 2),
+            })
+            .collect())
     }
 
     /// Waits for (`scope`, `key`)'s advisory lock.
@@ -97,11 +121,7 @@ impl Locked {
             )
             .await?;
         let row = client.query_opt(&select, &[&scope, &key]).await?;
-        Ok(row.map(|row| Link {
-            state: LinkState::parse(row.get(0)),
-            target: row.get(1),
-            last_event: row.get(2),
-        }))
+        Ok(row.map(|row| link_at(&row, 0)))
     }
 
     pub(super) async fn put(&self, scope: &str, key: &str, link: &Link) -> Result<(), StoreError> {
@@ -128,6 +148,15 @@ impl Locked {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// The link in `row`'s columns `at..at + 3` (state, target, last event).
+fn link_at(row: &tokio_postgres::Row, at: usize) -> Link {
+    Link {
+        state: LinkState::parse(row.get(at)),
+        target: row.get(at + 1),
+        last_event: row.get(at + 2),
     }
 }
 

@@ -66,6 +66,28 @@ async fn links_are_kept_per_scope_and_key(links: &LinkStore) {
     drop(held);
     let other_scope = lock(links, "b", "k").await;
     assert_eq!(other_scope.get().await.unwrap(), None, "scopes are apart");
+    other_scope.put(&open("C1 1.2", "e2")).await.unwrap();
+    drop(other_scope);
+    lock(links, "b", "j")
+        .await
+        .put(&open("7", "e3"))
+        .await
+        .unwrap();
+    let scoped = |scope: &str, key: &str, link: Link| Scoped {
+        scope: scope.into(),
+        key: key.into(),
+        link,
+    };
+    assert_eq!(
+        links.of_keys(&["k", "none", "k"]).await.unwrap(),
+        [
+            scoped("a", "k", open("42", "e1")),
+            scoped("b", "k", open("C1 1.2", "e2"))
+        ],
+        "every scope's link of the keys asked, once each"
+    );
+    assert_eq!(links.of_keys(&["j"]).await.unwrap().len(), 1);
+    assert!(links.of_keys(&[]).await.unwrap().is_empty());
 }
 
 /// `first` holds a key: `second` waits for it, and not for other keys.
