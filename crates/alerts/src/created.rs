@@ -1,0 +1,212 @@
+//! What the stateful channels created for an alert — the Slack thread, the B2C incident, the
+//! ServiceNow record — as one alert's answer shows it, read from the link map
+//! ([`store::links`]) by the keys the channels file it under: the alert's key (B2C and
+//! ServiceNow: `ans:sourceEventId`) and its latest event's `ans:correlationId` (Slack threads
+//! by it first).
+//!
+//! A link's scope is `<action name>|<destination>`; only the action's name is shown, with its
+//! type from the catalog, never the destination (a URL may carry more than it should), and the
+//! target is read as the action's channel wrote it. An action removed since shows its raw
+//! target, an id.
+
+use model::{Action, ResourceEvent, SharedCatalog};
+use serde::Serialize;
+use store::alerts::Alert;
+use store::links::{LinkState, LinkStore, Scoped};
+use store::StoreError;
+
+/// One action's thing at its destination.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Destination {
+    pub action: String,
+    /// The action's type; absent when the action no longer exists.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub action_type: Option<String>,
+    /// The alert key the channel filed it under.
+    pub key: String,
+    /// `pending` (a create was sent, its answer never came), `open` or `closed`.
+    pub state: &'static str,
+    /// The last event of the alert the channel applied to it.
+    pub last_event_id: String,
+    /// What the destination holds; absent while a create is pending.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<Created>,
+}
+
+/// The destination's ids, by the channel that wrote them.
+#[derive(Debug, Serialize)]
+#[serde(untagged, rename_all_fields = "camelCase")]
+pub enum Created {
+    /// `SLACK_THREADED`: the thread's parent message (the channel writes `<channel> <ts>`).
+    SlackThread { channel: String, ts: String },
+    /// `ORACLE_B2C_INCIDENT`: the incident's id.
+    Incident { incident_id: i64 },
+    /// `SERVICE_NOW`: the record's `sys_id`.
+    Record { sys_id: String },
+    /// Any other (or a removed) action: the target as written.
+    Other { id: String },
+}
+
+impl Created {
+    /// `None` while pending: the target then is at most an earlier one, being replaced.
+    fn read(action_type: Option<&str>, state: LinkState, target: &str) -> Option<Created> {
+        if state == LinkState::Pending || target.is_empty() {
+            return None;
+        }
+        let created = match action_type {
+            Some("SLACK_THREADED") => {
+                target
+                    .split_once(' ')
+                    .map(|(channel, ts)| Created::SlackThread {
+                        channel: channel.to_owned(),
+                        ts: ts.to_owned(),
+                    })
+            }
+            Some("ORACLE_B2C_INCIDENT") => target
+                .parse()
+                .ok()
+                .map(|incident_id| Created::Incident { incident_id }),
+            Some("SERVICE_NOW") => Some(Created::Record {
+                sys_id: target.to_owned(),
+            }),
+            _ => None,
+        };
+        Some(created.unwrap_or_else(|| Created::Other {
+            id: target.to_owned(),
+        }))
+    }
+}
+
+/// Everything the stateful channels created for `alert`, by action.
+pub async fn of_alert(
+    links: &LinkStore,
+    catalog: &SharedCatalog,
+    alert: &Alert,
+) -> Result<Vec<Destination>, StoreError> {
+    let correlation = serde_json::from_str::<ResourceEvent>(&alert.latest_event)
+        .ok()
+        .and_then(|event| event.correlation_id().map(str::to_owned));
+    let mut keys = vec![alert.key.as_str()];
+    keys.extend(correlation.as_deref());
+    let found = links.of_keys(&keys).await?;
+    let catalog = catalog.load();
+    let actions = &catalog.configuration().actions;
+    Ok(found
+        .into_iter()
+        .map(|scoped| destination(actions, scoped))
+        .collect())
+}
+
+/// A link as shown, its action found among `actions` by the scope's name.
+fn destination(actions: &[Action], Scoped { scope, key, link }: Scoped) -> Destination {
+    // Names may hold `|`: the longest name the scope starts with is the action's.
+    let action = actions
+        .iter()
+        .filter(|a| {
+            scope
+                .strip_prefix(a.name.as_str())
+                .is_some_and(|rest| rest.starts_with('|'))
+        })
+        .max_by_key(|a| a.name.len());
+    let name = match action {
+        Some(action) => action.name.clone(),
+        None => scope
+            .split_once('|')
+            .map_or(&*scope, |(name, _)| name)
+            .to_owned(),
+    };
+    let action_type = action.map(|a| a.action_type.clone());
+    Destination {
+        created: Created::read(action_type.as_deref(), link.state, &link.target),
+        action: name,
+        action_type,
+        key,
+        state: match link.state {
+            LinkState::Pending => "pending",
+            LinkState::Open => "open",
+            LinkState::Closed => "closed",
+        },
+        last_event_id: link.last_event,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use store::links::Link;
+
+    fn action(name: &str, action_type: &str) -> Action {
+        serde_json::from_value(
+            serde_json::json!({"name": name, "type": action_type, "state": "ENABLED"}),
+        )
+        .unwrap()
+    }
+
+    fn shown(actions: &[Action], scope: &str, state: LinkState, target: &str) -> serde_json::Value {
+        let scoped = Scoped {
+            scope: scope.into(),
+            key: "k".into(),
+            link: Link {
+                state,
+                target: target.into(),
+                last_event: "e1".into(),
+            },
+        };
+        serde_json::to_value(destination(actions, scoped)).unwrap()
+    }
+
+    #[test]
+    fn each_channel_s_target_is_read_as_it_wrote_it_and_never_the_destination() {
+        let actions = [
+            action("slack", "SLACK_THREADED"),
+            action("b2c", "ORACLE_B2C_INCIDENT"),
+            action("b2c|eu", "ORACLE_B2C_INCIDENT"),
+            action("snow", "SERVICE_NOW"),
+        ];
+        let open = LinkState::Open;
+        assert_eq!(
+            shown(
+                &actions,
+                "slack|C0ALERTS",
+                open,
+                "C0ALERTS 1700000000.000001"
+            ),
+            serde_json::json!({"action": "slack", "type": "SLACK_THREADED", "key": "k",
+                "state": "open", "lastEventId": "e1",
+                "created": {"channel": "C0ALERTS", "ts": "1700000000.000001"}})
+        );
+        let b2c = shown(
+            &actions,
+            "b2c|eu|https://u:p@eu.example/",
+            LinkState::Closed,
+            "42",
+        );
+        assert_eq!(
+            b2c["action"], "b2c|eu",
+            "the longest name the scope starts with"
+        );
+        assert_eq!(b2c["created"], serde_json::json!({"incidentId": 42}));
+        assert!(!b2c.to_string().contains("example"), "{b2c}");
+        let snow = shown(
+            &actions,
+            "snow|https://x/api/now/table/incident",
+            open,
+            "9d3f",
+        );
+        assert_eq!(snow["created"], serde_json::json!({"sysId": "9d3f"}));
+        let pending = shown(&actions, "b2c|https://site/", LinkState::Pending, "41");
+        assert_eq!(pending["state"], "pending");
+        assert_eq!(
+            pending.get("created"),
+            None,
+            "an earlier incident, being replaced"
+        );
+        let gone = shown(&actions, "old|https://site/", open, "7");
+        assert_eq!(
+            gone,
+            serde_json::json!({"action": "old", "key": "k", "state": "open",
+                "lastEventId": "e1", "created": {"id": "7"}})
+        );
+    }
+}
