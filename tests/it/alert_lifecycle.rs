@@ -216,7 +216,7 @@ async fn lifecycle(backend: Backend, env: &[(&str, &str)]) {
                 "b2c".to_owned(),
                 "ORACLE_B2C_INCIDENT".to_owned(),
                 state.to_owned(),
-                json!({"incidentId": incident_id}),
+                json!({"incidentId": incident_id, "lookupName": format!("240101-{:06}", incident_id.unwrap())}),
             ),
             (
                 "slack-threads".to_owned(),

@@ -12,7 +12,7 @@
 use model::{Action, ResourceEvent, SharedCatalog};
 use serde::Serialize;
 use store::alerts::Alert;
-use store::links::{LinkState, LinkStore, Scoped};
+use store::links::{Link, LinkState, LinkStore, Scoped};
 use store::StoreError;
 
 /// One action's thing at its destination.
@@ -40,20 +40,31 @@ pub struct Destination {
 pub enum Created {
     /// `SLACK_THREADED`: the thread's parent message (the channel writes `<channel> <ts>`).
     SlackThread { channel: String, ts: String },
-    /// `ORACLE_B2C_INCIDENT`: the incident's id.
-    Incident { incident_id: i64 },
-    /// `SERVICE_NOW`: the record's `sys_id`.
-    Record { sys_id: String },
+    /// `ORACLE_B2C_INCIDENT`: the incident's id and reference number (`lookupName`), when the
+    /// site named it.
+    Incident {
+        incident_id: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        lookup_name: Option<String>,
+    },
+    /// `SERVICE_NOW`: the record's `sys_id` and number, when the instance named it.
+    Record {
+        sys_id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        number: Option<String>,
+    },
     /// Any other (or a removed) action: the target as written.
     Other { id: String },
 }
 
 impl Created {
     /// `None` while pending: the target then is at most an earlier one, being replaced.
-    fn read(action_type: Option<&str>, state: LinkState, target: &str) -> Option<Created> {
-        if state == LinkState::Pending || target.is_empty() {
+    fn read(action_type: Option<&str>, link: &Link) -> Option<Created> {
+        let target = link.target.as_str();
+        if link.state == LinkState::Pending || target.is_empty() {
             return None;
         }
+        let name = Some(link.name.clone()).filter(|name| !name.is_empty());
         let created = match action_type {
             Some("SLACK_THREADED") => {
                 target
@@ -63,12 +74,15 @@ impl Created {
                         ts: ts.to_owned(),
                     })
             }
-            Some("ORACLE_B2C_INCIDENT") => target
-                .parse()
-                .ok()
-                .map(|incident_id| Created::Incident { incident_id }),
+            Some("ORACLE_B2C_INCIDENT") => {
+                target.parse().ok().map(|incident_id| Created::Incident {
+                    incident_id,
+                    lookup_name: name,
+                })
+            }
             Some("SERVICE_NOW") => Some(Created::Record {
                 sys_id: target.to_owned(),
+                number: name,
             }),
             _ => None,
         };
@@ -118,7 +132,7 @@ fn destination(actions: &[Action], Scoped { scope, key, link }: Scoped) -> Desti
     };
     let action_type = action.map(|a| a.action_type.clone());
     Destination {
-        created: Created::read(action_type.as_deref(), link.state, &link.target),
+        created: Created::read(action_type.as_deref(), &link),
         action: name,
         action_type,
         key,
@@ -134,7 +148,6 @@ fn destination(actions: &[Action], Scoped { scope, key, link }: Scoped) -> Desti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use store::links::Link;
 
     fn action(name: &str, action_type: &str) -> Action {
         serde_json::from_value(
@@ -143,15 +156,11 @@ mod tests {
         .unwrap()
     }
 
-    fn shown(actions: &[Action], scope: &str, state: LinkState, target: &str) -> serde_json::Value {
+    fn shown(actions: &[Action], scope: &str, link: Link) -> serde_json::Value {
         let scoped = Scoped {
             scope: scope.into(),
             key: "k".into(),
-            link: Link {
-                state,
-                target: target.into(),
-                last_event: "e1".into(),
-            },
+            link,
         };
         serde_json::to_value(destination(actions, scoped)).unwrap()
     }
@@ -164,45 +173,46 @@ mod tests {
             action("b2c|eu", "ORACLE_B2C_INCIDENT"),
             action("snow", "SERVICE_NOW"),
         ];
+        let link = |state: LinkState, target: &str, name: &str| Link {
+            state,
+            target: target.into(),
+            last_event: "e1".into(),
+            name: name.into(),
+        };
         let open = LinkState::Open;
+        let slack = link(open, "C0ALERTS 1700000000.000001", "");
         assert_eq!(
-            shown(
-                &actions,
-                "slack|C0ALERTS",
-                open,
-                "C0ALERTS 1700000000.000001"
-            ),
+            shown(&actions, "slack|C0ALERTS", slack),
             serde_json::json!({"action": "slack", "type": "SLACK_THREADED", "key": "k",
                 "state": "open", "lastEventId": "e1",
                 "created": {"channel": "C0ALERTS", "ts": "1700000000.000001"}})
         );
-        let b2c = shown(
-            &actions,
-            "b2c|eu|https://u:p@eu.example/",
-            LinkState::Closed,
-            "42",
-        );
+        let incident = link(LinkState::Closed, "42", "240101-000042");
+        let b2c = shown(&actions, "b2c|eu|https://u:p@eu.example/", incident);
+        let longest = "the longest name the scope starts with";
+        assert_eq!(b2c["action"], "b2c|eu", "{longest}");
         assert_eq!(
-            b2c["action"], "b2c|eu",
-            "the longest name the scope starts with"
+            b2c["created"],
+            serde_json::json!({"incidentId": 42, "lookupName": "240101-000042"})
         );
-        assert_eq!(b2c["created"], serde_json::json!({"incidentId": 42}));
         assert!(!b2c.to_string().contains("example"), "{b2c}");
-        let snow = shown(
-            &actions,
-            "snow|https://x/api/now/table/incident",
-            open,
-            "9d3f",
-        );
-        assert_eq!(snow["created"], serde_json::json!({"sysId": "9d3f"}));
-        let pending = shown(&actions, "b2c|https://site/", LinkState::Pending, "41");
-        assert_eq!(pending["state"], "pending");
+        let unnamed = shown(&actions, "b2c|https://site/", link(open, "43", ""));
+        assert_eq!(unnamed["created"], serde_json::json!({"incidentId": 43}));
+        let record = link(open, "9d3f", "INC0010042");
+        let snow = shown(&actions, "snow|https://x/api/now/table/incident", record);
         assert_eq!(
-            pending.get("created"),
-            None,
-            "an earlier incident, being replaced"
+            snow["created"],
+            serde_json::json!({"sysId": "9d3f", "number": "INC0010042"})
         );
-        let gone = shown(&actions, "old|https://site/", open, "7");
+        let pending = shown(
+            &actions,
+            "b2c|https://site/",
+            link(LinkState::Pending, "41", ""),
+        );
+        assert_eq!(pending["state"], "pending");
+        let replaced = "an earlier incident, being replaced";
+        assert_eq!(pending.get("created"), None, "{replaced}");
+        let gone = shown(&actions, "old|https://site/", link(open, "7", ""));
         assert_eq!(
             gone,
             serde_json::json!({"action": "old", "key": "k", "state": "open",

@@ -70,6 +70,10 @@ pub struct Link {
     pub target: String,
     /// The id of the last event applied.
     pub last_event: String,
+    /// The destination's name for it as people use it — a B2C incident's lookup name, a
+    /// ServiceNow number — or empty when not known. Writing a link with the same target and
+    /// no name keeps the name on record: only the create that made the target hears it.
+    pub name: String,
 }
 
 impl Link {
@@ -79,6 +83,15 @@ impl Link {
             state,
             target: target.to_string(),
             last_event: event.id.clone(),
+            name: String::new(),
+        }
+    }
+
+    /// The link, with `name` as the destination's name for its target.
+    pub fn named(self, name: impl Into<String>) -> Link {
+        Link {
+            name: name.into(),
+            ..self
         }
     }
 }

@@ -35,6 +35,9 @@ const MIGRATIONS: &[&str] = &[
     "
     CREATE INDEX links_by_key ON links (key);
 ",
+    "
+    ALTER TABLE links ADD COLUMN name TEXT NOT NULL DEFAULT '';
+",
 ];
 
 /// Keys locked (or waiting) at once per process: half the shared pool (16 connections).
@@ -73,7 +76,7 @@ impl PostgresLinks {
         let client = self.database.client().await?;
         let select = client
             .prepare_cached(
-                "SELECT scope, key, state, target, last_event FROM links WHERE key = ANY($1)",
+                "SELECT scope, key, state, target, last_event, name FROM links WHERE key = ANY($1)",
             )
             .await?;
         let rows = client.query(&select, &[&keys]).await?;
@@ -117,7 +120,7 @@ impl Locked {
         let client = self.client();
         let select = client
             .prepare_cached(
-                "SELECT state, target, last_event FROM links WHERE scope = $1 AND key = $2",
+                "SELECT state, target, last_event, name FROM links WHERE scope = $1 AND key = $2",
             )
             .await?;
         let row = client.query_opt(&select, &[&scope, &key]).await?;
@@ -128,10 +131,12 @@ impl Locked {
         let client = self.client();
         let upsert = client
             .prepare_cached(
-                "INSERT INTO links (scope, key, state, target, last_event, updated) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope, key) DO UPDATE SET \
+                "INSERT INTO links (scope, key, state, target, last_event, updated, name) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (scope, key) DO UPDATE SET \
                  state = excluded.state, target = excluded.target, \
-                 last_event = excluded.last_event, updated = excluded.updated",
+                 last_event = excluded.last_event, updated = excluded.updated, \
+                 name = CASE WHEN excluded.name = '' AND excluded.target = links.target \
+                 THEN links.name ELSE excluded.name END",
             )
             .await?;
         client
@@ -144,6 +149,7 @@ impl Locked {
                     &link.target,
                     &link.last_event,
                     &clock::now_epoch_seconds(),
+                    &link.name,
                 ],
             )
             .await?;
@@ -151,12 +157,13 @@ impl Locked {
     }
 }
 
-/// The link in `row`'s columns `at..at + 3` (state, target, last event).
+/// The link in `row`'s columns `at..at + 4` (state, target, last event, name).
 fn link_at(row: &tokio_postgres::Row, at: usize) -> Link {
     Link {
         state: LinkState::parse(row.get(at)),
         target: row.get(at + 1),
         last_event: row.get(at + 2),
+        name: row.get(at + 3),
     }
 }
 

@@ -19,6 +19,9 @@ const MIGRATIONS: &[&str] = &[
     "
     CREATE INDEX links_by_key ON links (key);
 ",
+    "
+    ALTER TABLE links ADD COLUMN name TEXT NOT NULL DEFAULT '';
+",
 ];
 
 #[derive(Clone)]
@@ -38,7 +41,7 @@ impl SqliteLinks {
         self.db
             .read(move |c| {
                 let mut select = c.prepare_cached(
-                    "SELECT state, target, last_event FROM links WHERE scope = ?1 AND key = ?2",
+                    "SELECT state, target, last_event, name FROM links WHERE scope = ?1 AND key = ?2",
                 )?;
                 let mut rows = select.query((scope, key))?;
                 rows.next()?.map(|row| link_at(row, 0)).transpose()
@@ -50,7 +53,7 @@ impl SqliteLinks {
         self.db
             .read(move |c| {
                 let mut select = c.prepare_cached(
-                    "SELECT scope, key, state, target, last_event FROM links WHERE key = ?1",
+                    "SELECT scope, key, state, target, last_event, name FROM links WHERE key = ?1",
                 )?;
                 let mut found = Vec::new();
                 for key in &keys {
@@ -83,13 +86,16 @@ impl SqliteLinks {
             link.target.clone(),
             link.last_event.clone(),
             clock::now_epoch_seconds(),
+            link.name.clone(),
         );
         self.db
             .execute(
-                "INSERT INTO links (scope, key, state, target, last_event, updated) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (scope, key) DO UPDATE SET \
+                "INSERT INTO links (scope, key, state, target, last_event, updated, name) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (scope, key) DO UPDATE SET \
                  state = excluded.state, target = excluded.target, \
-                 last_event = excluded.last_event, updated = excluded.updated",
+                 last_event = excluded.last_event, updated = excluded.updated, \
+                 name = CASE WHEN excluded.name = '' AND excluded.target = links.target \
+                 THEN links.name ELSE excluded.name END",
                 row,
             )
             .await
@@ -97,11 +103,12 @@ impl SqliteLinks {
     }
 }
 
-/// The link in `row`'s columns `at..at + 3` (state, target, last event).
+/// The link in `row`'s columns `at..at + 4` (state, target, last event, name).
 fn link_at(row: &rusqlite::Row, at: usize) -> rusqlite::Result<Link> {
     Ok(Link {
         state: LinkState::parse(&row.get::<_, String>(at)?),
         target: row.get(at + 1)?,
         last_event: row.get(at + 2)?,
+        name: row.get(at + 3)?,
     })
 }
