@@ -7,13 +7,19 @@
 //! A link's scope is `<action name>|<destination>`; only the action's name is shown, with its
 //! type from the catalog, never the destination (a URL may carry more than it should), and the
 //! target is read as the action's channel wrote it. An action removed since shows its raw
-//! target, an id.
+//! target, an id. A link is the alert's only under the key its channel would file the alert
+//! under: a B2C incident filed under this alert's correlation id belongs to another alert
+//! (whose key that is), and so does a Slack thread filed under the alert key when the alert's
+//! threads go by a correlation id.
 
 use model::{Action, ResourceEvent, SharedCatalog};
 use serde::Serialize;
 use store::alerts::Alert;
 use store::links::{Link, LinkState, LinkStore, Scoped};
 use store::StoreError;
+
+/// The type of the only channel that files by the correlation id.
+const SLACK_THREADED: &str = "SLACK_THREADED";
 
 /// One action's thing at its destination.
 #[derive(Debug, Serialize)]
@@ -66,7 +72,7 @@ impl Created {
         }
         let name = Some(link.name.clone()).filter(|name| !name.is_empty());
         let created = match action_type {
-            Some("SLACK_THREADED") => {
+            Some(SLACK_THREADED) => {
                 target
                     .split_once(' ')
                     .map(|(channel, ts)| Created::SlackThread {
@@ -101,19 +107,35 @@ pub async fn of_alert(
     let correlation = serde_json::from_str::<ResourceEvent>(&alert.latest_event)
         .ok()
         .and_then(|event| event.correlation_id().map(str::to_owned));
-    let mut keys = vec![alert.key.as_str()];
-    keys.extend(correlation.as_deref());
-    let found = links.of_keys(&keys).await?;
+    let keys = Keys {
+        alert: &alert.key,
+        thread: correlation.as_deref().unwrap_or(&alert.key),
+    };
+    let found = links.of_keys(&[keys.alert, keys.thread]).await?;
     let catalog = catalog.load();
     let actions = &catalog.configuration().actions;
     Ok(found
         .into_iter()
-        .map(|scoped| destination(actions, scoped))
+        .filter_map(|scoped| destination(actions, keys, scoped))
         .collect())
 }
 
-/// A link as shown, its action found among `actions` by the scope's name.
-fn destination(actions: &[Action], Scoped { scope, key, link }: Scoped) -> Destination {
+/// The keys the channels file one alert's things under.
+#[derive(Clone, Copy)]
+struct Keys<'a> {
+    /// B2C and ServiceNow (and any other): the alert key.
+    alert: &'a str,
+    /// `SLACK_THREADED`: the correlation id, else the alert key.
+    thread: &'a str,
+}
+
+/// A link as shown, its action found among `actions` by the scope's name; `None` if it is
+/// another alert's (filed under a key its channel does not file this alert under).
+fn destination(
+    actions: &[Action],
+    keys: Keys,
+    Scoped { scope, key, link }: Scoped,
+) -> Option<Destination> {
     // Names may hold `|`: the longest name the scope starts with is the action's.
     let action = actions
         .iter()
@@ -131,7 +153,14 @@ fn destination(actions: &[Action], Scoped { scope, key, link }: Scoped) -> Desti
             .to_owned(),
     };
     let action_type = action.map(|a| a.action_type.clone());
-    Destination {
+    let filed_under = match action_type.as_deref() {
+        Some(SLACK_THREADED) => keys.thread,
+        _ => keys.alert,
+    };
+    if key != filed_under {
+        return None;
+    }
+    Some(Destination {
         created: Created::read(action_type.as_deref(), &link),
         action: name,
         action_type,
@@ -142,7 +171,7 @@ fn destination(actions: &[Action], Scoped { scope, key, link }: Scoped) -> Desti
             LinkState::Closed => "closed",
         },
         last_event_id: link.last_event,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -156,13 +185,18 @@ mod tests {
         .unwrap()
     }
 
+    /// The link as shown for alert `k`, whose Slack threads go by `k` too.
     fn shown(actions: &[Action], scope: &str, link: Link) -> serde_json::Value {
+        let keys = Keys {
+            alert: "k",
+            thread: "k",
+        };
         let scoped = Scoped {
             scope: scope.into(),
             key: "k".into(),
             link,
         };
-        serde_json::to_value(destination(actions, scoped)).unwrap()
+        serde_json::to_value(destination(actions, keys, scoped)).unwrap()
     }
 
     #[test]
@@ -212,6 +246,28 @@ mod tests {
         assert_eq!(pending["state"], "pending");
         let replaced = "an earlier incident, being replaced";
         assert_eq!(pending.get("created"), None, "{replaced}");
+        // Alert `k` whose threads go by correlation id `c`: the incident of alert `c` and a
+        // thread of correlation id `k` are others'.
+        let keys = Keys {
+            alert: "k",
+            thread: "c",
+        };
+        let filed = |scope: &str, key: &str| {
+            let scoped = Scoped {
+                scope: scope.into(),
+                key: key.into(),
+                link: link(open, "7", ""),
+            };
+            destination(&actions, keys, scoped).map(|d| d.key)
+        };
+        assert_eq!(filed("b2c|https://site/", "k").as_deref(), Some("k"));
+        assert_eq!(filed("b2c|https://site/", "c"), None, "alert c's incident");
+        assert_eq!(filed("slack|C0ALERTS", "c").as_deref(), Some("c"));
+        assert_eq!(
+            filed("slack|C0ALERTS", "k"),
+            None,
+            "correlation id k's thread"
+        );
         let gone = shown(&actions, "old|https://site/", link(open, "7", ""));
         assert_eq!(
             gone,
