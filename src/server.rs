@@ -213,8 +213,9 @@ fn api_routes(
         auth.require(Scope::Consumer),
         auth.require(Scope::Configuration),
     );
+    let catalog = config_store.catalog();
     let action_test = delivery::action_test::routes(
-        config_store.catalog(),
+        Arc::clone(&catalog),
         probe.channels.clone(),
         settings.body_limit_bytes,
         auth.require(Scope::Configuration),
@@ -225,9 +226,13 @@ fn api_routes(
         auth.require(Scope::Configuration),
     );
     let alerts = alerts::routes(
-        probe.alerts.clone(),
-        probe.records.clone(),
-        Arc::clone(&bus),
+        alerts::State {
+            alerts: probe.alerts.clone(),
+            records: probe.records.clone(),
+            links: probe.channels.links(),
+            catalog,
+            bus: Arc::clone(&bus),
+        },
         auth.identify(Scope::Responder),
     );
     // /healthz, /readyz, /openapi.json, and /metrics (consumer scope unless metrics.public).

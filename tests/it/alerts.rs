@@ -10,7 +10,7 @@ use crate::common::{
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-const CLIENTS: &str = r#"
+pub(crate) const CLIENTS: &str = r#"
 [[auth.clients]]
 name = "ops"
 password = "ops-password"
@@ -22,14 +22,15 @@ password = "oncall-password"
 scopes = ["responder"]
 "#;
 
-struct Client<'a> {
-    tocsin: &'a Tocsin,
-    name: &'static str,
-    password: &'static str,
+/// A client of `CLIENTS`, calling the API as itself.
+pub(crate) struct Client<'a> {
+    pub tocsin: &'a Tocsin,
+    pub name: &'static str,
+    pub password: &'static str,
 }
 
 impl Client<'_> {
-    async fn get(&self, path: &str) -> (u16, Value) {
+    pub async fn get(&self, path: &str) -> (u16, Value) {
         let response = self
             .tocsin
             .http
@@ -42,7 +43,7 @@ impl Client<'_> {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    async fn post(&self, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn post(&self, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut request = self
             .tocsin
             .http
@@ -57,20 +58,54 @@ impl Client<'_> {
     }
 
     /// Waits until the alert `key` is in `state`, and returns it with its timeline.
-    async fn wait_for_state(&self, key: &str, state: &str) -> Value {
+    pub async fn wait_for_state(&self, key: &str, state: &str) -> Value {
+        self.wait_for_alert(key, &format!("became {state}"), |found| {
+            found["alert"]["state"] == state
+        })
+        .await
+    }
+
+    /// Waits until the answer for alert `key` satisfies `done` (`what` says what it waits
+    /// for), and returns it.
+    pub async fn wait_for_alert(
+        &self,
+        key: &str,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let started = Instant::now();
         loop {
             let (status, found) = self.get(&format!("/tocsin/v1/alerts/{key}")).await;
-            if status == 200 && found["alert"]["state"] == state {
+            if status == 200 && done(&found) {
                 return found;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(30),
-                "alert {key} never became {state}: {status} {found}"
+                "alert {key} never {what}: {status} {found}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The timeline's events and acts, one line each: `event <ans:status>` or
+/// `<act> by <who>: <comment>`.
+pub(crate) fn stored_lines(found: &Value) -> Vec<String> {
+    found["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|line| line["kind"] != "delivery")
+        .map(|line| match line["kind"].as_str().unwrap() {
+            "event" => format!("event {}", line["status"].as_str().unwrap_or("-")),
+            _ => format!(
+                "{} by {}: {}",
+                line["action"].as_str().unwrap(),
+                line["who"].as_str().unwrap(),
+                line["comment"].as_str().unwrap_or("")
+            ),
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,21 +220,8 @@ async fn acknowledged_and_resolved(backend: Backend, env: &[(&str, &str)]) {
     // The timeline, in order: the events, the acts (each before the event that carried it)
     // and every delivery attempt of each event.
     let timeline = found["timeline"].as_array().unwrap();
-    let stored: Vec<String> = timeline
-        .iter()
-        .filter(|line| line["kind"] != "delivery")
-        .map(|line| match line["kind"].as_str().unwrap() {
-            "event" => format!("event {}", line["status"].as_str().unwrap_or("-")),
-            _ => format!(
-                "{} by {}: {}",
-                line["action"].as_str().unwrap(),
-                line["who"].as_str().unwrap(),
-                line["comment"].as_str().unwrap_or("")
-            ),
-        })
-        .collect();
     assert_eq!(
-        stored,
+        stored_lines(&found),
         [
             "event -",
             "event UPDATE",

@@ -7,14 +7,13 @@
 //! it with the mapped status. A create whose answer comes after Tocsin's request timeout is
 //! found again by its custom field: still exactly one incident for its key.
 
-use crate::common::{Backend, Tocsin};
+use crate::common::{stand_in, Backend, Tocsin};
 use crate::oci_notifications::fixture;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wiremock::matchers::any;
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+use wiremock::{MockServer, Request, Respond, ResponseTemplate};
 
 const API: &str = "/services/rest/connect/v1.4";
 const KEY_FIELD: &str = "oci_dedupe_key";
@@ -136,6 +135,12 @@ impl Respond for FakeB2c {
 }
 
 impl FakeB2c {
+    /// A fake site, served while the returned server is kept.
+    pub async fn serve() -> (MockServer, FakeB2c) {
+        let fake = FakeB2c::default();
+        (stand_in(fake.clone()).await, fake)
+    }
+
     /// Waits until `done` holds for the site.
     pub async fn wait_for(&self, what: &str, tocsin: &Tocsin, done: impl Fn(&Site) -> bool) {
         let started = Instant::now();
@@ -160,18 +165,23 @@ impl FakeB2c {
     }
 }
 
+/// The B2C action `b2c` to the fake site at `site` (its password: `agent-password`).
+pub(crate) fn b2c_action(site: &str) -> Value {
+    json!({
+        "name": "b2c", "type": "ORACLE_B2C_INCIDENT", "state": "ENABLED",
+        "properties": {
+            "baseUrl": site, "username": "agent", "password": "agent-password",
+            "primaryContactId": "635", "applicationContext": "Tocsin e2e",
+            "severity_CRITICAL": "1 - Most Severe", "severity_ERROR": "2 - Severe",
+            "severity_WARNING": "3 - Normal", "severity_INFO": "4 - Low",
+            "status_FIRING": "Unresolved", "status_OK": "Solved"
+        }
+    })
+}
+
 fn routing(site: &str) -> Value {
     json!({
-        "actions": [{
-            "name": "b2c", "type": "ORACLE_B2C_INCIDENT", "state": "ENABLED",
-            "properties": {
-                "baseUrl": site, "username": "agent", "password": "agent-password",
-                "primaryContactId": "635", "applicationContext": "Tocsin e2e",
-                "severity_CRITICAL": "1 - Most Severe", "severity_ERROR": "2 - Severe",
-                "severity_WARNING": "3 - Normal", "severity_INFO": "4 - Low",
-                "status_FIRING": "Unresolved", "status_OK": "Solved"
-            }
-        }],
+        "actions": [b2c_action(site)],
         "conditions": [
             {"name": "oci-alarms", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": "OCIAlarm"},
             {"name": "disk-events", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": "DiskFull"}
@@ -183,7 +193,7 @@ fn routing(site: &str) -> Value {
     })
 }
 
-async fn post_alarm(tocsin: &Tocsin, alarm: &Value) {
+pub(crate) async fn post_alarm(tocsin: &Tocsin, alarm: &Value) {
     let response = tocsin
         .post("/oci/v1/notifications", alarm)
         .header("X-OCI-NS-MessageType", "Notification")
@@ -202,16 +212,22 @@ pub(crate) fn disk_event(status: &str, body: &str) -> Value {
     })
 }
 
+/// The seed pair's OCI alarm messages, OK_TO_FIRING and FIRING_TO_OK, with a REPEAT of the
+/// firing five minutes on between them: (firing, repeat, ok).
+pub(crate) fn seed_pair_with_a_repeat() -> (Value, Value, Value) {
+    let firing = fixture("ok-to-firing.seed.json");
+    let mut repeat = firing.clone();
+    repeat["type"] = json!("REPEAT");
+    repeat["timestampEpochMillis"] = json!(1_597_101_300_000_i64);
+    (firing, repeat, fixture("firing-to-ok.seed.json"))
+}
+
 /// Posts the seed pair's firing, a REPEAT of it and its OK to the three processes in turn
 /// (each once the one before is on the site) and checks they made one incident with a thread
 /// each, in order, and the close's status; returns the incident.
 pub(crate) async fn seed_pair_is_one_incident(fake: &FakeB2c, to: [&Tocsin; 3]) -> Incident {
-    let firing = fixture("ok-to-firing.seed.json");
+    let (firing, repeat, ok) = seed_pair_with_a_repeat();
     let dedupe_key = firing["dedupeKey"].as_str().unwrap().to_owned();
-    let mut repeat = firing.clone();
-    repeat["type"] = json!("REPEAT");
-    repeat["timestampEpochMillis"] = json!(1_597_101_300_000_i64);
-    let ok = fixture("firing-to-ok.seed.json");
 
     post_alarm(to[0], &firing).await;
     fake.wait_for("the incident is created", to[0], |site| {
@@ -257,12 +273,7 @@ pub(crate) async fn seed_pair_is_one_incident(fake: &FakeB2c, to: [&Tocsin; 3]) 
 /// A fake site (served while the returned server is kept), and Tocsin on an embedded bus with
 /// `env`, delivering to it.
 pub(crate) async fn site_and_tocsin(env: &[(&str, &str)]) -> (MockServer, FakeB2c, Tocsin) {
-    let server = MockServer::start().await;
-    let fake = FakeB2c::default();
-    Mock::given(any())
-        .respond_with(fake.clone())
-        .mount(&server)
-        .await;
+    let (server, fake) = FakeB2c::serve().await;
     let tocsin = Tocsin::start(Backend::Embedded, &routing(&server.uri()), env).await;
     (server, fake, tocsin)
 }

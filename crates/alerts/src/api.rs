@@ -5,10 +5,11 @@ use bus::{Bus, Queue};
 use bytes::Bytes;
 use model::alert::{HumanAct, HumanAction};
 use model::consumer::ResponseMetadata;
-use model::IngestedEvent;
+use model::{IngestedEvent, SharedCatalog};
 use std::collections::HashMap;
 use std::sync::Arc;
 use store::alerts::{Acted, Alert, AlertQuery, AlertState, AlertStore, Entry};
+use store::links::LinkStore;
 use store::records::{Attempt, RecordStore};
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -27,24 +28,22 @@ const TIMELINE_ATTEMPTS_OF: usize = 200;
 
 /// Everything the routes need; cheap to clone.
 #[derive(Clone)]
-struct State {
-    alerts: AlertStore,
-    records: RecordStore,
-    bus: Arc<dyn Bus>,
+pub struct State {
+    pub alerts: AlertStore,
+    pub records: RecordStore,
+    /// What the stateful channels created per alert.
+    pub links: LinkStore,
+    /// The actions, to name the type of each link's action.
+    pub catalog: SharedCatalog,
+    pub bus: Arc<dyn Bus>,
 }
 
-/// The alerts API; `responder` yields the acting client's name (the `responder` scope).
+/// The alerts API over `state`; `responder` yields the acting client's name (the `responder`
+/// scope).
 pub fn routes(
-    alerts: AlertStore,
-    records: RecordStore,
-    bus: Arc<dyn Bus>,
+    state: State,
     responder: impl Filter<Extract = (String,), Error = Rejection> + Clone + Send + Sync + 'static,
 ) -> BoxedFilter<(Response,)> {
-    let state = State {
-        alerts,
-        records,
-        bus,
-    };
     let state = warp::any().map(move || state.clone());
     let base = warp::path("tocsin")
         .and(warp::path("v1"))
@@ -214,7 +213,16 @@ async fn one(key: String, state: State) -> Response {
     }
     // Stable: an event's line stays before the attempts that started in the same millisecond.
     timeline.sort_by_key(Line::at_ms);
-    warp::reply::json(&serde_json::json!({"alert": alert, "timeline": timeline})).into_response()
+    let destinations = match crate::created::of_alert(&state.links, &state.catalog, &alert).await {
+        Ok(destinations) => destinations,
+        Err(e) => return unavailable(e),
+    };
+    warp::reply::json(&serde_json::json!({
+        "alert": alert,
+        "destinations": destinations,
+        "timeline": timeline,
+    }))
+    .into_response()
 }
 
 async fn act(key: String, action: String, who: String, body: Bytes, state: State) -> Response {

@@ -3,7 +3,8 @@
 //!   `eventType`, `resourceName`, `since`/`until` (last seen, epoch seconds) and `q` (text in
 //!   the key or subject), paged like the consumer API;
 //! - `GET /tocsin/v1/alerts/{key}` — one alert and its timeline: every event of its chain, every
-//!   delivery attempt of each, every person's act;
+//!   delivery attempt of each, every person's act; and what each stateful destination created
+//!   for it ([`created`]: the Slack thread, the B2C incident, the ServiceNow record);
 //! - `POST /tocsin/v1/alerts/{key}/acknowledge|unacknowledge|resolve|comment` with an optional
 //!   `{"comment": "…"}` (required for `comment`).
 //!
@@ -16,6 +17,7 @@
 
 mod act;
 mod api;
+mod created;
 
 pub use act::act_event;
-pub use api::routes;
+pub use api::{routes, State};

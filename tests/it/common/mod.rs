@@ -836,6 +836,17 @@ impl BrokerProxy {
     }
 }
 
+/// A stateful stand-in (`respond` keeps what it was sent and answers from it) serving every
+/// request on loopback while the returned server is kept.
+pub async fn stand_in(respond: impl wiremock::Respond + 'static) -> wiremock::MockServer {
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::any())
+        .respond_with(respond)
+        .mount(&server)
+        .await;
+    server
+}
+
 /// A WEB_HOOK action to `url` with extra `properties`.
 pub fn webhook(name: &str, url: &str, properties: Value) -> Value {
     let mut all = json!({"destination": url});

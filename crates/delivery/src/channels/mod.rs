@@ -219,6 +219,7 @@ impl Tools {
 pub struct Channels {
     by_type: HashMap<&'static str, Arc<dyn Registered>>,
     http: Arc<Http>,
+    links: LinkStore,
 }
 
 impl Channels {
@@ -231,6 +232,7 @@ impl Channels {
     ) -> Result<Self, ::store::StoreError> {
         let tools = Tools::new(LinkStore::at(location).await?, settings);
         let http = Arc::clone(&tools.http);
+        let links = tools.links.clone();
         let all: Vec<Arc<dyn Registered>> = vec![
             Arc::new(store::StoreChannel::new(records)),
             Arc::new(webhook::WebhookChannel::new(tools.clone())),
@@ -246,7 +248,13 @@ impl Channels {
         Ok(Channels {
             by_type: all.into_iter().map(|c| (c.action_type(), c)).collect(),
             http,
+            links,
         })
+    }
+
+    /// The link map the stateful channels keep (for the alerts API to show what they created).
+    pub fn links(&self) -> LinkStore {
+        self.links.clone()
     }
 
     /// The action types served, sorted.

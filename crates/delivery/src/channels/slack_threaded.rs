@@ -202,11 +202,7 @@ impl Channel for SlackThreadedChannel {
                 }
             }
         };
-        let link = Link {
-            state,
-            target: format!("{} {}", thread.channel, thread.ts),
-            last_event: event.id.clone(),
-        };
+        let link = Link::new(state, format!("{} {}", thread.channel, thread.ts), event);
         locked
             .put(&link)
             .await

@@ -19,6 +19,10 @@
 //!   on a hash of (scope, key), held on one pooled connection for the guard's life, and the
 //!   guard reads and writes on that connection. A process that dies releases it with its
 //!   connection.
+//!
+//! The alerts API reads what was created for an alert with [`LinkStore::of_keys`]: every scope's
+//! link for the alert's keys, without a lock (a link being written shows as it was, or as it
+//! becomes).
 
 mod postgres;
 mod sqlite;
@@ -66,6 +70,10 @@ pub struct Link {
     pub target: String,
     /// The id of the last event applied.
     pub last_event: String,
+    /// The destination's name for it as people use it — a B2C incident's lookup name, a
+    /// ServiceNow number — or empty when not known. Writing a link with the same target and
+    /// no name keeps the name on record: only the create that made the target hears it.
+    pub name: String,
 }
 
 impl Link {
@@ -75,6 +83,15 @@ impl Link {
             state,
             target: target.to_string(),
             last_event: event.id.clone(),
+            name: String::new(),
+        }
+    }
+
+    /// The link, with `name` as the destination's name for its target.
+    pub fn named(self, name: impl Into<String>) -> Link {
+        Link {
+            name: name.into(),
+            ..self
         }
     }
 }
@@ -83,6 +100,15 @@ impl Link {
 enum Backend {
     Sqlite(sqlite::SqliteLinks),
     Postgres(postgres::PostgresLinks),
+}
+
+/// A link and where it belongs, as [`LinkStore::of_keys`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scoped {
+    /// The action's name and its destination, as the channel wrote it (`name|…`).
+    pub scope: String,
+    pub key: String,
+    pub link: Link,
 }
 
 /// The link map, on whichever backend; cheap to clone.
@@ -136,6 +162,21 @@ impl LinkStore {
             backend,
             local: Arc::default(),
         }
+    }
+
+    /// Every link of the alert keys `keys`, in any scope, ordered by scope then key; read
+    /// without a lock, for showing.
+    pub async fn of_keys(&self, keys: &[&str]) -> Result<Vec<Scoped>, StoreError> {
+        let mut keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        keys.sort();
+        keys.dedup();
+        let mut found = match &self.backend {
+            Backend::Sqlite(links) => links.of_keys(keys).await?,
+            Backend::Postgres(links) => links.database.noted(links.of_keys(&keys).await)?,
+        };
+        // Here, not in SQL: one order on both backends, whatever the database's collation.
+        found.sort_by(|a, b| (&a.scope, &a.key).cmp(&(&b.scope, &b.key)));
+        Ok(found)
     }
 
     /// Waits until no one else works on (`scope`, `key`) — on PostgreSQL, in any process — and

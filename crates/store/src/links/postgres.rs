@@ -12,7 +12,7 @@
 //! holders, who wait on destinations, never take the pool's connections that the records and
 //! the dedupe window need.
 
-use super::{Link, LinkState};
+use super::{Link, LinkState, Scoped};
 use crate::postgres::Postgres;
 use crate::StoreError;
 use deadpool_postgres::Object;
@@ -20,7 +20,8 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The schema, as migrations (append only).
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE links (
         scope TEXT NOT NULL,
         key TEXT NOT NULL,
@@ -30,7 +31,14 @@ const MIGRATIONS: &[&str] = &["
         updated BIGINT NOT NULL,
         PRIMARY KEY (scope, key)
     );
-"];
+",
+    "
+    CREATE INDEX links_by_key ON links (key);
+",
+    "
+    ALTER TABLE links ADD COLUMN name TEXT NOT NULL DEFAULT '';
+",
+];
 
 /// Keys locked (or waiting) at once per process: half the shared pool (16 connections).
 const MAX_HELD: usize = 8;
@@ -63,6 +71,25 @@ impl PostgresLinks {
         })
     }
 
+    /// Every link of `keys`, on a pooled connection of its own (no lock taken).
+    pub(super) async fn of_keys(&self, keys: &[String]) -> Result<Vec<Scoped>, StoreError> {
+        let client = self.database.client().await?;
+        let select = client
+            .prepare_cached(
+                "SELECT scope, key, state, target, last_event, name FROM links WHERE key = ANY($1)",
+            )
+            .await?;
+        let rows = client.query(&select, &[&keys]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| Scoped {
+                scope: row.get(0),
+                key: row.get(1),
+                link: link_at(row, 2),
+            })
+            .collect())
+    }
+
     /// Waits for (`scope`, `key`)'s advisory lock.
     pub(super) async fn lock(&self, scope: &str, key: &str) -> Result<Locked, StoreError> {
         // Made before the wait, so that a cancelled or failed wait still releases the session.
@@ -93,25 +120,23 @@ impl Locked {
         let client = self.client();
         let select = client
             .prepare_cached(
-                "SELECT state, target, last_event FROM links WHERE scope = $1 AND key = $2",
+                "SELECT state, target, last_event, name FROM links WHERE scope = $1 AND key = $2",
             )
             .await?;
         let row = client.query_opt(&select, &[&scope, &key]).await?;
-        Ok(row.map(|row| Link {
-            state: LinkState::parse(row.get(0)),
-            target: row.get(1),
-            last_event: row.get(2),
-        }))
+        Ok(row.map(|row| link_at(&row, 0)))
     }
 
     pub(super) async fn put(&self, scope: &str, key: &str, link: &Link) -> Result<(), StoreError> {
         let client = self.client();
         let upsert = client
             .prepare_cached(
-                "INSERT INTO links (scope, key, state, target, last_event, updated) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope, key) DO UPDATE SET \
+                "INSERT INTO links (scope, key, state, target, last_event, updated, name) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (scope, key) DO UPDATE SET \
                  state = excluded.state, target = excluded.target, \
-                 last_event = excluded.last_event, updated = excluded.updated",
+                 last_event = excluded.last_event, updated = excluded.updated, \
+                 name = CASE WHEN excluded.name = '' AND excluded.target = links.target \
+                 THEN links.name ELSE excluded.name END",
             )
             .await?;
         client
@@ -124,10 +149,21 @@ impl Locked {
                     &link.target,
                     &link.last_event,
                     &clock::now_epoch_seconds(),
+                    &link.name,
                 ],
             )
             .await?;
         Ok(())
+    }
+}
+
+/// The link in `row`'s columns `at..at + 4` (state, target, last event, name).
+fn link_at(row: &tokio_postgres::Row, at: usize) -> Link {
+    Link {
+        state: LinkState::parse(row.get(at)),
+        target: row.get(at + 1),
+        last_event: row.get(at + 2),
+        name: row.get(at + 3),
     }
 }
 

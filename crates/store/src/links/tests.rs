@@ -14,6 +14,7 @@ fn pending(event: &str) -> Link {
         state: LinkState::Pending,
         target: String::new(),
         last_event: event.into(),
+        name: String::new(),
     }
 }
 
@@ -22,6 +23,7 @@ fn open(target: &str, event: &str) -> Link {
         state: LinkState::Open,
         target: target.into(),
         last_event: event.into(),
+        name: String::new(),
     }
 }
 
@@ -66,6 +68,44 @@ async fn links_are_kept_per_scope_and_key(links: &LinkStore) {
     drop(held);
     let other_scope = lock(links, "b", "k").await;
     assert_eq!(other_scope.get().await.unwrap(), None, "scopes are apart");
+    other_scope.put(&open("C1 1.2", "e2")).await.unwrap();
+    drop(other_scope);
+    lock(links, "b", "j")
+        .await
+        .put(&open("7", "e3"))
+        .await
+        .unwrap();
+    let scoped = |scope: &str, key: &str, link: Link| Scoped {
+        scope: scope.into(),
+        key: key.into(),
+        link,
+    };
+    assert_eq!(
+        links.of_keys(&["k", "none", "k"]).await.unwrap(),
+        [
+            scoped("a", "k", open("42", "e1")),
+            scoped("b", "k", open("C1 1.2", "e2"))
+        ],
+        "every scope's link of the keys asked, once each"
+    );
+    assert_eq!(links.of_keys(&["j"]).await.unwrap().len(), 1);
+    assert!(links.of_keys(&[]).await.unwrap().is_empty());
+
+    // The name the create heard stays with its target.
+    let held = lock(links, "b", "j").await;
+    held.put(&open("7", "e3").named("240101-000007"))
+        .await
+        .unwrap();
+    held.put(&open("7", "e4")).await.unwrap();
+    let named = open("7", "e4").named("240101-000007");
+    assert_eq!(held.get().await.unwrap(), Some(named.clone()), "kept");
+    assert_eq!(links.of_keys(&["j"]).await.unwrap()[0].link, named);
+    held.put(&open("8", "e5")).await.unwrap();
+    assert_eq!(
+        held.get().await.unwrap(),
+        Some(open("8", "e5")),
+        "another target has a name of its own"
+    );
 }
 
 /// `first` holds a key: `second` waits for it, and not for other keys.

@@ -18,7 +18,7 @@
 //! - no incident yet, an opening or commenting event: **create** one (`POST incidents`: subject,
 //!   primary contact, severity, status `status_FIRING`, queue, the event as a thread, the key in
 //!   the custom field). The link is written `Pending` before the request and `Open` with the
-//!   new id after it;
+//!   new id (and the incident's `lookupName`, which the alerts API shows) after it;
 //! - a `Pending` link (a create whose answer never came): **look it up** by the custom field
 //!   (`GET queryResults` with ROQL) before anything else; found, it is the incident (and if it
 //!   was created for this very event, nothing more is sent); not found, create again;
@@ -100,11 +100,11 @@ impl B2cIncidentChannel {
         event: &ResourceEvent,
         previous: Option<i64>,
     ) -> Result<(), Failure> {
-        let pending = Link {
-            state: LinkState::Pending,
-            target: previous.map(|id| id.to_string()).unwrap_or_default(),
-            last_event: event.id.clone(),
-        };
+        let pending = Link::new(
+            LinkState::Pending,
+            previous.map(|id| id.to_string()).unwrap_or_default(),
+            event,
+        );
         self.record(locked, &pending).await?;
         let mut body = json!({
             "subject": incident.subject,
@@ -128,23 +128,23 @@ impl B2cIncidentChannel {
                 }
                 failure
             })?;
-        let id = serde_json::from_slice::<Value>(&reply.body)
-            .ok()
-            .and_then(|created| created.get("id")?.as_i64())
-            .ok_or_else(|| {
-                // It may exist all the same: the link stays pending, so a retry looks first.
-                Failure::transient(
-                    Code::BadAnswer,
-                    format!(
-                        "{} created an incident without saying its id: {}",
-                        reply.destination,
-                        reply.quote()
-                    ),
-                )
-            })?;
-        tracing::info!(event = %event.id, incident = id, "B2C incident created");
-        self.record(locked, &Link::new(LinkState::Open, id, event))
-            .await
+        let created = serde_json::from_slice::<Value>(&reply.body).unwrap_or(Value::Null);
+        let id = created["id"].as_i64().ok_or_else(|| {
+            // It may exist all the same: the link stays pending, so a retry looks first.
+            Failure::transient(
+                Code::BadAnswer,
+                format!(
+                    "{} created an incident without saying its id: {}",
+                    reply.destination,
+                    reply.quote()
+                ),
+            )
+        })?;
+        // The reference number people quote (`240101-000042`), for the alerts API to show.
+        let lookup_name = created["lookupName"].as_str().unwrap_or_default();
+        tracing::info!(event = %event.id, incident = id, lookup_name, "B2C incident created");
+        let link = Link::new(LinkState::Open, id, event).named(lookup_name);
+        self.record(locked, &link).await
     }
 
     /// Adds the thread to incident `id`, and sets its status if `status` is given.
@@ -345,6 +345,7 @@ impl Channel for B2cIncidentChannel {
                         state: LinkState::Open,
                         target: id.to_string(),
                         last_event: pending.last_event.clone(),
+                        name: String::new(),
                     };
                     self.record(&locked, &open).await?;
                     if pending.last_event == event.id {
@@ -357,6 +358,7 @@ impl Channel for B2cIncidentChannel {
                         state: LinkState::Closed,
                         target: id.to_string(),
                         last_event: pending.last_event,
+                        name: pending.name,
                     })
                 }
             }

@@ -20,7 +20,8 @@
 //! Under the key's lock, with the link map ([`crate::links`]) saying what the table holds:
 //! - nothing yet, an opening or commenting event: **create** (`POST`: short description,
 //!   description, urgency, impact, assignment group, caller, correlation id). The link is
-//!   written `Pending` before the request and `Open` with the new `sys_id` after it;
+//!   written `Pending` before the request and `Open` with the new `sys_id` (and its `number`,
+//!   which the alerts API shows) after it;
 //! - a `Pending` link (a create whose answer never came): **look it up** by `correlation_id`
 //!   (`GET ?sysparm_query=correlation_id=…^active=true`) before anything else; found, it is the
 //!   record (and if it was created for this very event, nothing more is sent); not found,
@@ -109,11 +110,7 @@ impl ServiceNowChannel {
         event: &ResourceEvent,
         previous: Option<&str>,
     ) -> Result<(), Failure> {
-        let pending = Link {
-            state: LinkState::Pending,
-            target: previous.unwrap_or_default().to_owned(),
-            last_event: event.id.clone(),
-        };
+        let pending = Link::new(LinkState::Pending, previous.unwrap_or_default(), event);
         self.record(locked, &pending).await?;
         let mut body = json!({
             "short_description": entry.short_description,
@@ -151,14 +148,11 @@ impl ServiceNowChannel {
                 ),
             ));
         };
-        tracing::info!(
-            event = %event.id,
-            number = created["number"].as_str().unwrap_or_default(),
-            sys_id,
-            "ServiceNow record created"
-        );
-        self.record(locked, &Link::new(LinkState::Open, sys_id, event))
-            .await
+        // The number people quote (`INC0010042`), for the alerts API to show.
+        let number = created["number"].as_str().unwrap_or_default();
+        tracing::info!(event = %event.id, number, sys_id, "ServiceNow record created");
+        let link = Link::new(LinkState::Open, sys_id, event).named(number);
+        self.record(locked, &link).await
     }
 
     /// Writes `fields` to record `sys_id`.
@@ -425,6 +419,7 @@ impl Channel for ServiceNowChannel {
                         state: LinkState::Open,
                         target: sys_id,
                         last_event: pending.last_event.clone(),
+                        name: String::new(),
                     };
                     self.record(&locked, &open).await?;
                     if pending.last_event == event.id {

@@ -120,6 +120,13 @@ async fn the_incident_follows_the_alert() {
     for job in [&firing, &repeat, &repeat, &comment, &ok, &again] {
         assert_eq!(attempt(&channel, job, &action).await, Ok(()));
     }
+    let linked = channel.tools.links.of_keys(&["db-1-disk"]).await.unwrap();
+    let link = &linked[0].link;
+    assert_eq!(
+        (link.state, link.target.as_str(), link.name.as_str()),
+        (LinkState::Open, SYS_ID, "INC0010001"),
+        "the number the create answered stays with the record through its updates"
+    );
 
     let sent = requests(&server).await;
     let record = format!("{TABLE}/{SYS_ID}");
