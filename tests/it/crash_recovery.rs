@@ -1,10 +1,10 @@
 //! Accepted means durably queued: a SIGKILL after the 202s and before routing finishes loses
-//! nothing and duplicates nothing, on both backends. And the converse: an event the bus cannot
-//! take (the broker gone) is answered 503 and not queued at all.
+//! nothing and duplicates nothing, on both backends — each event is stored once and reaches its
+//! webhook at least once. And the converse: an event the bus cannot take (the broker gone) is
+//! answered 503 and not queued at all.
 
 use crate::common::{
-    count_records, event, route_everything_to, store_configuration, webhook, Backend, BrokerProxy,
-    Destination, Tocsin,
+    count_records, event, route_everything_to, webhook, Backend, BrokerProxy, Destination, Tocsin,
 };
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -14,11 +14,22 @@ use std::time::{Duration, Instant};
 const EVENTS: usize = 400;
 
 async fn kill_after_accept_then_recover(backend: Backend) {
+    // Each event goes to the store and to a webhook that answers slowly, one request at a
+    // time, until the kill: by then events already recorded by the store still wait for their
+    // webhook request, which the records alone would not show lost.
+    let destination = Destination::start_holding(Duration::from_millis(100), |_| 200).await;
+    let configuration = route_everything_to(vec![
+        json!({"name": "to-store", "type": "STORE", "state": "ENABLED"}),
+        webhook("hook", &destination.url, json!({})),
+    ]);
     // A small router batch makes routing lag behind a burst, so the kill lands mid-routing.
     let mut tocsin = Tocsin::start(
         backend,
-        &store_configuration("Crash"),
-        &[("TOCSIN_ROUTER_PREFETCH", "1")],
+        &configuration,
+        &[
+            ("TOCSIN_ROUTER_PREFETCH", "1"),
+            ("TOCSIN_CHANNELS_MAX_IN_FLIGHT_PER_DESTINATION", "1"),
+        ],
     )
     .await;
     let accepted: Vec<String> = futures::stream::iter(0..EVENTS)
@@ -34,6 +45,8 @@ async fn kill_after_accept_then_recover(backend: Backend) {
         .await;
     tocsin.kill();
     let stored_before_kill = count_records(&tocsin.records_db(), "MATCHED");
+    let requested_before_kill = destination.received().len();
+    destination.answer(200);
     assert!(
         (stored_before_kill as usize) < EVENTS,
         "{backend:?}: the kill must interrupt routing (all {EVENTS} were already stored)"
@@ -68,8 +81,31 @@ async fn kill_after_accept_then_recover(backend: Backend) {
         stored, accepted,
         "{backend:?}: every accepted event stored exactly once"
     );
+    // And every one reached the webhook, at least once (a request in flight at the kill may
+    // be sent again).
+    let started = Instant::now();
+    let requests = loop {
+        let received = destination.received();
+        let reached: BTreeSet<String> = received
+            .iter()
+            .filter_map(|r| r.body["id"].as_str().map(str::to_owned))
+            .collect();
+        let missing: Vec<&String> = accepted.difference(&reached).collect();
+        if missing.is_empty() {
+            break received.len();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{backend:?}: {} of {EVENTS} accepted events never reached the webhook, e.g. {:?}\n{}",
+            missing.len(),
+            &missing[..missing.len().min(3)],
+            tocsin.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     eprintln!(
-        "{backend:?}: {stored_before_kill} of {EVENTS} stored before the kill, all after recovery"
+        "{backend:?}: {stored_before_kill} of {EVENTS} stored and {requested_before_kill} sent \
+         to the webhook before the kill, all after recovery; {requests} webhook requests"
     );
     tocsin.shutdown().await;
 }
