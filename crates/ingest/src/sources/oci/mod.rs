@@ -206,7 +206,7 @@ impl OciSource {
         let reader_guard = mount.reader.clone();
         let guard = match &self.config.credentials {
             Some(credentials) => basic_guard(credentials),
-            None => mount.producer.clone(),
+            None => mount.producer_guard(),
         };
         let body_limit = self.config.body_limit;
         let source = Arc::new(self);
