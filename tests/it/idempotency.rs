@@ -1,5 +1,6 @@
 //! Duplicates at the door, end to end on both stacks (the embedded bus with SQLite; RabbitMQ
-//! with two processes on one PostgreSQL database): a producer request repeated with the same
+//! with two processes on one PostgreSQL database, and two processes on PostgreSQL each with its
+//! own embedded bus): a producer request repeated with the same
 //! `Idempotency-Key` — to the same process or another — publishes once and gets the first
 //! answer again (the same event ids, `Idempotent-Replayed: true`); the same key with another
 //! body is 422; a refused request leaves its key free; without the header every request
@@ -283,6 +284,19 @@ async fn duplicates_at_the_door_on_the_embedded_bus_and_sqlite() {
 async fn duplicates_at_the_door_on_rabbitmq_and_postgres_across_two_processes() {
     let url = postgres_schema().await;
     let first = Tocsin::start(Backend::Rabbitmq, &store_everything(), &shared_store(&url)).await;
+    let second = first.sibling().await;
+    the_same_key_publishes_once(&first, &second).await;
+    alertmanager_resends_publish_once(&first, &second, 7).await;
+    second.shutdown().await;
+    first.shutdown().await;
+}
+
+/// The same across two processes on one PostgreSQL database, each on its own embedded bus:
+/// the window is all they share besides the records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_at_the_door_on_postgres_across_two_processes_with_their_own_buses() {
+    let url = postgres_schema().await;
+    let first = Tocsin::start(Backend::Embedded, &store_everything(), &shared_store(&url)).await;
     let second = first.sibling().await;
     the_same_key_publishes_once(&first, &second).await;
     alertmanager_resends_publish_once(&first, &second, 7).await;
