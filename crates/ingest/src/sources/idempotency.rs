@@ -284,6 +284,65 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    async fn body_of(response: Response) -> (u16, bool, String) {
+        let status = response.status().as_u16();
+        let replayed = response.headers().get(REPLAYED).is_some();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (status, replayed, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_published_nothing_gives_the_key_back_and_one_that_did_is_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::Sqlite(dir.path().to_owned());
+        let window = Idempotency::open(&location, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        let bus = Arc::new(bus::EmbeddedBus::open(&dir.path().join("queue.db"), None).unwrap());
+        let publisher = EventPublisher::new(bus, Arc::new(metrics::Metrics::new()), "ans");
+        let body = Bytes::from_static(b"{}");
+        let request = |body| Request {
+            key: Some("k".into()),
+            client: "c",
+            route: "resource-events",
+            variant: "ans",
+            body,
+        };
+        // The bus refused the event: 503, and nothing kept.
+        let unavailable = async { ApiError::unavailable("bus down").into_response().into() };
+        let answer = window.once(request(&body), &publisher, unavailable).await;
+        assert_eq!(body_of(answer).await.0, 503);
+        // The retry under the same key is handled, and its answer kept…
+        let published = async {
+            Outcome::Keep {
+                status: StatusCode::ACCEPTED,
+                body: br#"{"id":"e1"}"#.to_vec(),
+            }
+        };
+        let answer = window.once(request(&body), &publisher, published).await;
+        assert_eq!(
+            body_of(answer).await,
+            (202, false, r#"{"id":"e1"}"#.to_owned())
+        );
+        // …and given to the next repeat, which is not handled.
+        let answer = window
+            .once(request(&body), &publisher, async { unreachable!() })
+            .await;
+        assert_eq!(
+            body_of(answer).await,
+            (202, true, r#"{"id":"e1"}"#.to_owned())
+        );
+        let other = Bytes::from_static(b"{\"other\": 1}");
+        let answer = window
+            .once(request(&other), &publisher, async { unreachable!() })
+            .await;
+        assert_eq!(body_of(answer).await.0, 422);
+    }
 
     #[test]
     fn keys_are_visible_ascii_up_to_255() {
