@@ -8,6 +8,8 @@
 //! the [`crate::EventPublisher`] and answers only once they are durably queued. What every source
 //! needs for that last step — event ids, the 202/503 answers, tolerant text helpers — lives here,
 //! so that adding a source never touches another one.
+//! [`idempotency`] keeps the producer APIs from publishing a request sent again with its
+//! `Idempotency-Key`, or an Alertmanager alert re-sent unchanged, twice.
 
 pub mod alertmanager;
 pub mod ans;
