@@ -275,3 +275,21 @@ async fn postgres_a_claim_whose_process_died_is_void_once_stale() {
     );
     assert!(!is_new(&died, &["msg:lost"], true).await);
 }
+
+#[tokio::test]
+async fn sqlite_a_file_from_before_answers_keeps_its_keys_when_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("oci.db");
+    {
+        let db = Database::open(&path, &[SQLITE_SCHEMA], Durability::Normal, None).unwrap();
+        db.execute(
+            "INSERT INTO seen (key, seen_at_ms) VALUES ('msg:old', ?1)",
+            [clock::now_epoch_millis()],
+        )
+        .await
+        .unwrap();
+    }
+    let upgraded = sqlite(&dir, HOUR);
+    assert_eq!(claim_keeping(&upgraded, "msg:old", None).await, Some(None));
+    first_answers_are_kept(&upgraded).await;
+}
