@@ -15,6 +15,7 @@ use delivery::channels::Channels;
 use delivery::lanes::Lanes;
 use delivery::records::{RecordStore, Region};
 use delivery::{DeliveryConfig, DeliveryWorker};
+use ingest::sources::idempotency::Idempotency;
 use ingest::sources::oci::OciSource;
 use metrics::Metrics;
 use model::Configuration;
@@ -143,6 +144,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         &location,
     )
     .await?;
+    let idempotency = Idempotency::open(
+        &location,
+        Duration::from_secs(settings.sources.idempotency_window_seconds),
+    )
+    .await
+    .context("cannot open the idempotency window")?;
     let probe = Probe {
         bus: Arc::clone(&bus),
         records: records.clone(),
@@ -156,7 +163,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         &auth,
         &limiter,
         Arc::clone(&bus),
-        oci,
+        SourceState { oci, idempotency },
         config_store,
         probe,
     );
@@ -182,12 +189,18 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the sources keep between requests.
+struct SourceState {
+    oci: OciSource,
+    idempotency: Idempotency,
+}
+
 fn api_routes(
     settings: &Settings,
     auth: &Arc<Authenticator>,
     limiter: &Arc<RateLimiter>,
     bus: Arc<dyn Bus>,
-    oci: OciSource,
+    SourceState { oci, idempotency }: SourceState,
     config_store: Arc<ConfigStore>,
     probe: Probe,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone {
@@ -199,6 +212,7 @@ fn api_routes(
         body_limit: settings.body_limit_bytes,
         producer: limiter.guard(auth.identify(Scope::Producer)).boxed(),
         reader: auth.require(Scope::Configuration).boxed(),
+        idempotency,
     };
     let sources = ingest::sources::ans::mount(&mount)
         .or(oci.mount(&mount))

@@ -203,10 +203,24 @@ pub struct AuthSettings {
 
 // --- sources (issue 4) ---------------------------------------------------------------------
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SourcesSettings {
+    /// How long the producer APIs remember a request's `Idempotency-Key` (and its answer) and
+    /// an Alertmanager alert already published.
+    pub idempotency_window_seconds: u64,
     pub oci: OciSourceSettings,
+}
+
+impl Default for SourcesSettings {
+    fn default() -> Self {
+        SourcesSettings {
+            // A day: longer than any sender's retries, and than Alertmanager's repeat_interval
+            // (4 h by default).
+            idempotency_window_seconds: 24 * 3600,
+            oci: OciSourceSettings::default(),
+        }
+    }
 }
 
 /// `[sources.oci]`: the OCI Notifications endpoint, `POST /oci/v1/notifications`.

@@ -16,6 +16,7 @@ mod crash_recovery;
 mod dead_letters;
 mod docs_examples;
 mod https;
+mod idempotency;
 mod image;
 mod observability;
 mod oci_notifications;

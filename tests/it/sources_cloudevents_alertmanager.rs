@@ -127,7 +127,7 @@ async fn cloud_events_on_the_ans_producer_path() {
     tocsin.shutdown().await;
 }
 
-fn alert(status: &str, fingerprint: &str, name: &str) -> Value {
+pub(crate) fn alert(status: &str, fingerprint: &str, name: &str) -> Value {
     json!({
         "status": status,
         "labels": {"alertname": name, "instance": "db-1:9100", "job": "node", "severity": "critical"},
@@ -139,7 +139,7 @@ fn alert(status: &str, fingerprint: &str, name: &str) -> Value {
     })
 }
 
-fn webhook(status: &str, alerts: Vec<Value>) -> Value {
+pub(crate) fn webhook(status: &str, alerts: Vec<Value>) -> Value {
     json!({
         "version": "4", "groupKey": "{}:{job=\"node\"}", "truncatedAlerts": 0,
         "status": status, "receiver": "tocsin",

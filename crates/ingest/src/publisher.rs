@@ -38,6 +38,11 @@ impl EventPublisher {
             .events_accepted(self.source, events.len() as u64);
         Ok(())
     }
+
+    /// Counts `count` events sent again and not published again.
+    pub(crate) fn deduplicated(&self, count: u64) {
+        self.metrics.events_deduplicated(self.source, count);
+    }
 }
 
 #[cfg(test)]

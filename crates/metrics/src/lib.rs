@@ -257,6 +257,7 @@ pub struct Metrics {
     registry: Registry,
     events_accepted: IntCounterVec,
     events_rejected: IntCounterVec,
+    events_deduplicated: IntCounterVec,
     events_routed: IntCounterVec,
     delivery_jobs_queued: IntCounter,
     subscription_matches: IntCounterVec,
@@ -344,6 +345,12 @@ impl Metrics {
             events_accepted: counter(
                 "tocsin_events_accepted_total",
                 "Events accepted (durably queued), by source.",
+                &["source"],
+            ),
+            events_deduplicated: counter(
+                "tocsin_events_deduplicated_total",
+                "Events not published again, by source: a repeated Idempotency-Key request \
+                 answered with its first answer, an Alertmanager alert re-sent unchanged.",
                 &["source"],
             ),
             events_rejected: counter(
@@ -513,6 +520,7 @@ impl Metrics {
     /// Creates the series of a source at zero.
     pub fn register_source(&self, source: &'static str) {
         self.events_accepted.with_label_values(&[source]);
+        self.events_deduplicated.with_label_values(&[source]);
         for reason in RejectReason::ALL {
             self.events_rejected
                 .with_label_values(&[source, reason.as_str()]);
@@ -522,6 +530,13 @@ impl Metrics {
     /// `count` events from `source` are durably queued.
     pub fn events_accepted(&self, source: &'static str, count: u64) {
         self.events_accepted
+            .with_label_values(&[source])
+            .inc_by(count);
+    }
+
+    /// `count` events sent to `source` again were not published again.
+    pub fn events_deduplicated(&self, source: &'static str, count: u64) {
+        self.events_deduplicated
             .with_label_values(&[source])
             .inc_by(count);
     }

@@ -13,7 +13,8 @@
 //!   records, Slack threads), with a per-key lock that holds across processes on PostgreSQL;
 //! - [`lanes`]: the durable half of the ordering lanes — lanes whose head waits for a retry
 //!   and the jobs parked behind it — so that per-key order holds across processes;
-//! - [`dedupe`]: the OCI source's window of messages already published;
+//! - [`dedupe`]: windows of what was already published — OCI messages, and the producer APIs'
+//!   `Idempotency-Key` requests (with their first answer) and Alertmanager alerts;
 //! - [`subscriptions`]: the OCI subscriptions' confirmation outcomes.
 //!
 //! [`postgres`] holds what every PostgreSQL module shares: the connection pool and the

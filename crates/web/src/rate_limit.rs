@@ -78,18 +78,16 @@ impl RateLimiter {
     }
 
     /// `identify` (a filter that yields the authenticated client's name), then a token from
-    /// that client's bucket.
+    /// that client's bucket; yields the client's name.
     pub fn guard(
         self: &Arc<Self>,
         identify: impl Filter<Extract = (String,), Error = Rejection> + Clone,
-    ) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    ) -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
         let limiter = Arc::clone(self);
-        identify
-            .and_then(move |client: String| {
-                let admitted = limiter.admit(&client);
-                async move { admitted }
-            })
-            .untuple_one()
+        identify.and_then(move |client: String| {
+            let admitted = limiter.admit(&client).map(|()| client);
+            async move { admitted }
+        })
     }
 
     fn admit(&self, client: &str) -> Result<(), Rejection> {

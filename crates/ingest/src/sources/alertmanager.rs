@@ -23,8 +23,17 @@
 //! | `status`: firing → CREATE_OR_UPDATE, resolved → CLOSE | tag `ans:status` |
 //! | `generatorURL`, annotation `runbook_url` | tags `ans:detailsLink`, `ans:recommendedActionLink` |
 //! | every label; `receiver`, `externalURL` | tags `label:<name>`; `alertmanager:receiver`, `alertmanager:externalURL` |
+//!
+//! Re-sends: Alertmanager sends a group again on every `group_interval` that brings a change
+//! and every `repeat_interval` anyway, with all its alerts, firing and resolved. Each alert's
+//! occurrence — `fingerprint`, `status`, `startsAt`, `endsAt` (cleared on a firing alert) — is
+//! claimed in the producer APIs' dedupe window ([`super::idempotency`]); an alert already
+//! published within the window is left out, and the answer (202) lists what was published.
+//! A resolution, or a new firing of the same alert (a new `startsAt`), is a new occurrence.
+//! An `Idempotency-Key` header works as on the ANS routes.
 
-use super::{from_value, invalid, new_event_id, parse_json, publish, rfc3339_seconds};
+use super::idempotency::{self, Idempotency, Outcome, Request};
+use super::{from_value, invalid, new_event_id, parse_json, published_outcome, rfc3339_seconds};
 use crate::EventPublisher;
 use bytes::Bytes;
 use model::event::{TAG_CORRELATION_ID, TAG_SOURCE_EVENT_ID, TAG_STATUS};
@@ -48,24 +57,78 @@ pub const DESCRIPTION: super::Description = super::Description {
 /// `POST /alertmanager/v1/webhook`, behind the producer-scope credential check.
 pub fn mount(mount: &super::Mount) -> BoxedFilter<(Response,)> {
     let publisher = mount.publisher(&DESCRIPTION);
-    let publisher = warp::any().map(move || publisher.clone());
+    let idempotency = mount.idempotency.clone();
+    let context = warp::any().map(move || (publisher.clone(), idempotency.clone()));
     warp::path!("alertmanager" / "v1" / "webhook")
         .and(warp::post())
         .and(mount.producer.clone())
+        .and(warp::header::optional::<String>(idempotency::HEADER))
         .and(web::body::json(mount.body_limit))
-        .and(publisher)
-        .then(accept)
+        .and(context)
+        .then(
+            |client: String,
+             key: Option<String>,
+             body: Bytes,
+             (publisher, idempotency): (EventPublisher, Idempotency)| async move {
+                let request = Request {
+                    key,
+                    client: &client,
+                    route: "alertmanager/webhook",
+                    variant: "",
+                    body: &body,
+                };
+                let handle = accept(&client, &body, &publisher, &idempotency);
+                idempotency.once(request, &publisher, handle).await
+            },
+        )
         .boxed()
 }
 
-async fn accept(body: Bytes, publisher: EventPublisher) -> Response {
-    let events = match parse_json(&body)
-        .and_then(|value| normalize(&value, clock::now_epoch_seconds(), new_event_id))
+/// Publishes the alerts of the notification not published within the window.
+async fn accept(
+    client: &str,
+    body: &[u8],
+    publisher: &EventPublisher,
+    window: &Idempotency,
+) -> Outcome {
+    let alerts = match parse_json(body)
+        .and_then(|value| occurrences(&value, clock::now_epoch_seconds(), new_event_id))
     {
-        Ok(events) => events,
-        Err(e) => return ApiError::bad_request(e.message).into_response(),
+        Ok(alerts) => alerts,
+        Err(e) => return ApiError::bad_request(e.message).into_response().into(),
     };
-    publish(&publisher, &events).await
+    let keys: Vec<String> = alerts
+        .iter()
+        .map(|(_, occurrence)| format!("alertmanager:{client}:{occurrence}"))
+        .collect();
+    let tickets = match window.claim_each(&keys).await {
+        Ok(tickets) => tickets,
+        Err(e) => return idempotency::window_unavailable(e).into(),
+    };
+    let sent = alerts.len();
+    let (events, tickets): (Vec<ResourceEvent>, Vec<_>) = alerts
+        .into_iter()
+        .zip(tickets)
+        .filter_map(|((event, _), ticket)| Some((event, ticket?)))
+        .unzip();
+    if !events.is_empty() {
+        // On failure the tickets are dropped: the alerts are given back for the retry.
+        if let Err(e) = publisher.publish(&events).await {
+            return super::queue_unavailable(e).into();
+        }
+    }
+    for ticket in tickets {
+        idempotency::commit(ticket.commit());
+    }
+    let again = sent - events.len();
+    if again > 0 {
+        tracing::debug!(
+            again,
+            "Alertmanager re-sent alerts already published; not published again"
+        );
+        publisher.deduplicated(again as u64);
+    }
+    published_outcome(&events)
 }
 
 #[derive(Deserialize)]
@@ -98,8 +161,20 @@ struct Alert {
 pub fn normalize(
     value: &serde_json::Value,
     now: i64,
-    mut id: impl FnMut() -> String,
+    id: impl FnMut() -> String,
 ) -> Result<Vec<ResourceEvent>, ValidationError> {
+    Ok(occurrences(value, now, id)?
+        .into_iter()
+        .map(|(event, _)| event)
+        .collect())
+}
+
+/// [`normalize`], each event with its alert's occurrence: `fingerprint|status|startsAt|endsAt`.
+fn occurrences(
+    value: &serde_json::Value,
+    now: i64,
+    mut id: impl FnMut() -> String,
+) -> Result<Vec<(ResourceEvent, String)>, ValidationError> {
     if !value.is_object() {
         return Err(ValidationError {
             field: String::new(),
@@ -166,6 +241,11 @@ pub fn normalize(
             .fingerprint
             .filter(|f| !f.trim().is_empty())
             .unwrap_or_else(|| format!("{{{}}}", pairs.join(",")));
+        let occurrence = format!(
+            "{fingerprint}|{status}|{}|{}",
+            alert.starts_at.as_deref().unwrap_or_default(),
+            alert.ends_at.as_deref().unwrap_or_default()
+        );
 
         let mut tags = Tags::new();
         tags.insert(TAG_SOURCE_EVENT_ID.into(), fingerprint);
@@ -187,7 +267,7 @@ pub fn normalize(
             put(&format!("label:{name}"), Some(value));
         }
 
-        events.push(ResourceEvent {
+        let event = ResourceEvent {
             id: id(),
             severity: severity(label_of("severity").map(String::as_str)),
             category: Category::Alert,
@@ -205,7 +285,8 @@ pub fn normalize(
             event_type,
             priority: None,
             tags: Some(tags),
-        });
+        };
+        events.push((event, occurrence));
     }
     Ok(events)
 }

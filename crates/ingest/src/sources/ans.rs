@@ -9,7 +9,11 @@
 //! The query selects how the body reads ([`Schema`]): the native ANS event by default, or a
 //! CloudEvent with `?schema_definition=cloud_events&version=1.0` (ANS's CloudEvents variant),
 //! normalized by [`super::cloudevents`]. The handlers are the same for both.
+//!
+//! A request with an `Idempotency-Key` header is handled once per key ([`super::idempotency`]):
+//! sent again, it gets the first answer (the same event ids) and publishes nothing.
 
+use super::idempotency::{Idempotency, Outcome, Request};
 use super::{new_event_id, queue_unavailable};
 use crate::EventPublisher;
 use bytes::Bytes;
@@ -30,6 +34,9 @@ pub const DESCRIPTION: super::Description = super::Description {
     ],
 };
 
+/// The batch route's last path segment.
+const BATCH: &str = "resource-events-batch";
+
 /// The producer routes, behind the producer-scope credential check.
 pub fn mount(mount: &super::Mount) -> BoxedFilter<(Response,)> {
     let publisher = mount.publisher(&DESCRIPTION);
@@ -39,27 +46,62 @@ pub fn mount(mount: &super::Mount) -> BoxedFilter<(Response,)> {
     let base = web::platform()
         .and(warp::path("producer"))
         .and(warp::path("v1"));
-    let publisher = warp::any().map(move || publisher.clone());
-    let single = base
-        .clone()
-        .and(warp::path("resource-events"))
-        .and(warp::path::end())
-        .and(warp::post())
-        .and(guard.clone())
-        .and(warp::query::<SchemaQuery>())
-        .and(web::body::json(body_limit))
-        .and(publisher.clone())
-        .then(accept_one);
-    let batch = base
-        .and(warp::path("resource-events-batch"))
-        .and(warp::path::end())
-        .and(warp::post())
-        .and(guard)
-        .and(warp::query::<SchemaQuery>())
-        .and(web::body::json(body_limit))
-        .and(publisher)
-        .then(accept_batch);
+    let idempotency = mount.idempotency.clone();
+    let context = warp::any().map(move || (publisher.clone(), idempotency.clone()));
+    let route = move |name: &'static str| {
+        base.clone()
+            .and(warp::path(name))
+            .and(warp::path::end())
+            .and(warp::post())
+            .and(guard.clone())
+            .and(warp::header::optional::<String>(super::idempotency::HEADER))
+            .and(warp::query::<SchemaQuery>())
+            .and(web::body::json(body_limit))
+            .and(context.clone())
+            .then(
+                move |client: String,
+                      key: Option<String>,
+                      query: SchemaQuery,
+                      body: Bytes,
+                      (publisher, idempotency): (EventPublisher, Idempotency)| async move {
+                    let request = request(key, &client, name, &query, &body);
+                    if name == BATCH {
+                        let handle = accept_batch(&query, &body, &publisher);
+                        idempotency.once(request, &publisher, handle).await
+                    } else {
+                        let handle = accept_one(&query, &body, &publisher);
+                        idempotency.once(request, &publisher, handle).await
+                    }
+                },
+            )
+    };
+    let single = route("resource-events");
+    let batch = route(BATCH);
     single.or(batch).unify().boxed()
+}
+
+/// What identifies a producer request under its `Idempotency-Key`: its route (the key's
+/// namespace, the same on `cf` and `neo`), how its body reads, and the body.
+fn request<'a>(
+    key: Option<String>,
+    client: &'a str,
+    route: &'a str,
+    query: &SchemaQuery,
+    body: &'a Bytes,
+) -> Request<'a> {
+    let variant = match Schema::of(query) {
+        Ok(Schema::Ans) => "ans",
+        Ok(Schema::CloudEvents) => "cloud_events",
+        // Refused with 400 before anything is kept.
+        Err(_) => "",
+    };
+    Request {
+        key,
+        client,
+        route,
+        variant,
+        body,
+    }
 }
 
 /// The query parameters that select the body's format.
@@ -127,19 +169,18 @@ impl Schema {
     }
 }
 
-async fn accept_one(query: SchemaQuery, body: Bytes, publisher: EventPublisher) -> Response {
-    let schema = match Schema::of(&query) {
+async fn accept_one(query: &SchemaQuery, body: &[u8], publisher: &EventPublisher) -> Outcome {
+    let schema = match Schema::of(query) {
         Ok(schema) => schema,
-        Err(e) => return e.into_response(),
+        Err(e) => return e.into_response().into(),
     };
-    let event = match schema.parse_one(&body, new_event_id(), clock::now_epoch_seconds()) {
+    let event = match schema.parse_one(body, new_event_id(), clock::now_epoch_seconds()) {
         Ok(event) => event,
-        Err(e) => return ApiError::bad_request(e.message).into_response(),
+        Err(e) => return ApiError::bad_request(e.message).into_response().into(),
     };
     match publisher.publish(std::slice::from_ref(&event)).await {
-        Ok(()) => warp::reply::with_status(warp::reply::json(&event), StatusCode::ACCEPTED)
-            .into_response(),
-        Err(e) => queue_unavailable(e),
+        Ok(()) => Outcome::keep(StatusCode::ACCEPTED, &event),
+        Err(e) => queue_unavailable(e).into(),
     }
 }
 
@@ -150,14 +191,14 @@ struct BatchError<'a> {
     rejected: &'a [serde_json::Value],
 }
 
-async fn accept_batch(query: SchemaQuery, body: Bytes, publisher: EventPublisher) -> Response {
-    let schema = match Schema::of(&query) {
+async fn accept_batch(query: &SchemaQuery, body: &[u8], publisher: &EventPublisher) -> Outcome {
+    let schema = match Schema::of(query) {
         Ok(schema) => schema,
-        Err(e) => return e.into_response(),
+        Err(e) => return e.into_response().into(),
     };
-    let items = match model::parse_events(&body) {
+    let items = match model::parse_events(body) {
         Ok(items) => items,
-        Err(e) => return ApiError::bad_request(e.message).into_response(),
+        Err(e) => return ApiError::bad_request(e.message).into_response().into(),
     };
     let now = clock::now_epoch_seconds();
     let mut accepted = Vec::with_capacity(items.len());
@@ -173,20 +214,26 @@ async fn accept_batch(query: SchemaQuery, body: Bytes, publisher: EventPublisher
     }
     if !accepted.is_empty() {
         if let Err(e) = publisher.publish(&accepted).await {
-            return queue_unavailable(e);
+            return queue_unavailable(e).into();
         }
     }
     match first_error {
-        None => warp::reply::with_status(warp::reply::json(&accepted), StatusCode::ACCEPTED)
-            .into_response(),
+        None => Outcome::keep(StatusCode::ACCEPTED, &accepted),
         Some((index, error)) => {
             let body = BatchError {
                 message: &error.message,
                 accepted: &accepted,
                 rejected: &items[index..],
             };
-            warp::reply::with_status(warp::reply::json(&body), StatusCode::BAD_REQUEST)
-                .into_response()
+            if accepted.is_empty() {
+                // Nothing published: the key stays free for the corrected batch.
+                warp::reply::with_status(warp::reply::json(&body), StatusCode::BAD_REQUEST)
+                    .into_response()
+                    .into()
+            } else {
+                // The accepted part is queued: sent again, it must not be queued twice.
+                Outcome::keep(StatusCode::BAD_REQUEST, &body)
+            }
         }
     }
 }

@@ -8,10 +8,13 @@
 //! the [`crate::EventPublisher`] and answers only once they are durably queued. What every source
 //! needs for that last step — event ids, the 202/503 answers, tolerant text helpers — lives here,
 //! so that adding a source never touches another one.
+//! [`idempotency`] keeps the producer APIs from publishing a request sent again with its
+//! `Idempotency-Key`, or an Alertmanager alert re-sent unchanged, twice.
 
 pub mod alertmanager;
 pub mod ans;
 pub mod cloudevents;
+pub mod idempotency;
 pub mod oci;
 
 use crate::EventPublisher;
@@ -23,7 +26,7 @@ use std::sync::Arc;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::Reply;
+use warp::{Filter, Reply};
 use web::ApiError;
 
 /// A route a source serves, as the OpenAPI document writes it (`{platform}` is `cf` or `neo`).
@@ -63,13 +66,25 @@ pub struct Mount {
     pub metrics: Arc<Metrics>,
     /// Largest request body accepted, in bytes.
     pub body_limit: u64,
-    /// The credential check of the routes that take events (the producer scope).
-    pub producer: BoxedFilter<()>,
+    /// The credential check of the routes that take events (the producer scope); yields the
+    /// client's name.
+    pub producer: BoxedFilter<(String,)>,
     /// The credential check of the routes that show a source's state (the configuration scope).
     pub reader: BoxedFilter<()>,
+    /// The producer APIs' dedupe window (`Idempotency-Key`, Alertmanager re-sends).
+    pub idempotency: idempotency::Idempotency,
 }
 
 impl Mount {
+    /// The producer-scope check, for routes that need not know the client.
+    pub fn producer_guard(&self) -> BoxedFilter<()> {
+        self.producer
+            .clone()
+            .map(|_client: String| ())
+            .untuple_one()
+            .boxed()
+    }
+
     /// The publisher of `source`'s events, counted under its label.
     pub fn publisher(&self, source: &Description) -> EventPublisher {
         EventPublisher::new(
@@ -94,15 +109,16 @@ pub(crate) fn queue_unavailable(e: bus::BusError) -> Response {
 /// The answer of the non-ANS sources once their events are queued: 202
 /// `{"published": [events as queued]}`.
 pub(crate) fn published(events: &[ResourceEvent]) -> Response {
+    published_outcome(events).into_response()
+}
+
+/// [`published`], as an answer to keep for an `Idempotency-Key`.
+pub(crate) fn published_outcome(events: &[ResourceEvent]) -> idempotency::Outcome {
     #[derive(serde::Serialize)]
     struct Published<'a> {
         published: &'a [ResourceEvent],
     }
-    warp::reply::with_status(
-        warp::reply::json(&Published { published: events }),
-        StatusCode::ACCEPTED,
-    )
-    .into_response()
+    idempotency::Outcome::keep(StatusCode::ACCEPTED, &Published { published: events })
 }
 
 /// Publishes `events` and answers [`published`], or 503 if the bus refuses them.

@@ -1,24 +1,32 @@
-//! The window in PostgreSQL, shared by every process: one row per key, *pending* (`claim`
-//! holds the claiming copy's token) from claim to commit, then published (`claim` is NULL).
-//! Times are the database's clock, so that processes on hosts whose clocks differ agree.
+//! The window in PostgreSQL, shared by every process: one row per key in the window's own
+//! table, *pending* (`claim` holds the claiming copy's token) from claim to commit, then
+//! published (`claim` is NULL, with the answer kept if the commit gave one). Each window has
+//! its own table, so that each prunes by its own length. Times are the database's clock, so
+//! that processes on hosts whose clocks differ agree.
 //!
 //! Cost: a new message's claim is one statement (one round trip and one WAL flush) on the
 //! answer's path; its commit is another, off it. A redelivery's claim is two statements.
 
-use super::{Claim, Claimed, PendingClaims, Pruning, Ticket};
+use super::{Answer, Claim, Claimed, PendingClaims, Pruning, Ticket};
 use crate::postgres::Postgres;
 use crate::StoreError;
 use std::time::{Duration, Instant};
 
-/// The schema, as migrations (append only).
-const MIGRATIONS: &[&str] = &["
-    CREATE TABLE oci_dedupe (
+/// The schema of the window's table `{t}`, as migrations (append only); the table's name is
+/// the migrations' component.
+const MIGRATIONS: &[&str] = &[
+    "
+    CREATE TABLE {t} (
         key TEXT PRIMARY KEY,
         claim TEXT,
         at_ms BIGINT NOT NULL
     );
-    CREATE INDEX oci_dedupe_by_time ON oci_dedupe (at_ms);
-"];
+    CREATE INDEX {t}_by_time ON {t} (at_ms);
+",
+    // The first answer, kept by a commit that gives one.
+    "ALTER TABLE {t} ADD COLUMN fingerprint TEXT, ADD COLUMN status INTEGER, \
+     ADD COLUMN answer BYTEA;",
+];
 
 /// The database's clock in epoch milliseconds, as SQL.
 const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
@@ -29,6 +37,7 @@ const LOOK_AGAIN: Duration = Duration::from_millis(20);
 #[derive(Clone)]
 pub(super) struct PostgresWindow {
     pub(super) database: Postgres,
+    table: &'static str,
     window_ms: i64,
     stale_ms: i64,
     wait: Duration,
@@ -48,12 +57,16 @@ fn millis(duration: Duration) -> i64 {
 impl PostgresWindow {
     pub(super) async fn open(
         database: &Postgres,
+        table: &'static str,
         window: Duration,
         pending: PendingClaims,
     ) -> Result<PostgresWindow, StoreError> {
-        database.migrate("oci_dedupe", MIGRATIONS).await?;
+        let migrations: Vec<String> = MIGRATIONS.iter().map(|m| m.replace("{t}", table)).collect();
+        let migrations: Vec<&str> = migrations.iter().map(String::as_str).collect();
+        database.migrate(table, &migrations).await?;
         Ok(PostgresWindow {
             database: database.clone(),
+            table,
             window_ms: millis(window),
             stale_ms: millis(pending.stale_after),
             wait: pending.wait,
@@ -70,8 +83,8 @@ impl PostgresWindow {
                     token: Some(token),
                 }))));
             }
-            if self.published(&sorted).await? {
-                return Ok(Claim::Duplicate);
+            if let Some(answer) = self.published(&sorted).await? {
+                return Ok(Claim::Duplicate(answer));
             }
             // Another copy holds a fresh pending claim: wait for its commit or its release.
             if Instant::now() + LOOK_AGAIN > deadline {
@@ -85,14 +98,15 @@ impl PostgresWindow {
     /// statement; the claim's token if all were claimed, else `None` with nothing claimed.
     async fn try_claim(&self, sorted: &[String]) -> Result<Option<String>, StoreError> {
         let client = self.database.client().await?;
+        let t = self.table;
         let claim = client
             .prepare_cached(&format!(
                 "WITH this AS (SELECT {NOW_MS} AS ms, gen_random_uuid()::text AS token) \
-                 INSERT INTO oci_dedupe (key, claim, at_ms) \
+                 INSERT INTO {t} (key, claim, at_ms) \
                  SELECT key, this.token, this.ms FROM unnest($1::text[]) AS key, this \
                  ON CONFLICT (key) DO UPDATE SET claim = excluded.claim, at_ms = excluded.at_ms \
-                 WHERE (oci_dedupe.claim IS NULL AND oci_dedupe.at_ms < excluded.at_ms - $2::bigint) \
-                    OR (oci_dedupe.claim IS NOT NULL AND oci_dedupe.at_ms < excluded.at_ms - $3::bigint) \
+                 WHERE ({t}.claim IS NULL AND {t}.at_ms < excluded.at_ms - $2::bigint) \
+                    OR ({t}.claim IS NOT NULL AND {t}.at_ms < excluded.at_ms - $3::bigint) \
                  RETURNING claim"
             ))
             .await?;
@@ -106,48 +120,73 @@ impl PostgresWindow {
         if let Some(token) = token {
             // Some keys only: give them back, the message is not this copy's to publish.
             let release = client
-                .prepare_cached("DELETE FROM oci_dedupe WHERE claim = $1")
+                .prepare_cached(&format!("DELETE FROM {t} WHERE claim = $1"))
                 .await?;
             client.execute(&release, &[&token]).await?;
         }
         Ok(None)
     }
 
-    /// Whether one of `sorted` was published within the window.
-    async fn published(&self, sorted: &[String]) -> Result<bool, StoreError> {
+    /// Whether one of `sorted` was published within the window: `Some`, with the answer kept
+    /// for it if any.
+    async fn published(&self, sorted: &[String]) -> Result<Option<Option<Answer>>, StoreError> {
         let client = self.database.client().await?;
         let select = client
             .prepare_cached(&format!(
-                "SELECT EXISTS (SELECT 1 FROM oci_dedupe WHERE key = ANY($1) \
-                 AND claim IS NULL AND at_ms >= {NOW_MS} - $2::bigint)"
+                "SELECT fingerprint, status, answer FROM {} WHERE key = ANY($1) \
+                 AND claim IS NULL AND at_ms >= {NOW_MS} - $2::bigint \
+                 ORDER BY answer IS NULL LIMIT 1",
+                self.table
             ))
             .await?;
-        Ok(client
-            .query_one(&select, &[&sorted, &self.window_ms])
-            .await?
-            .get(0))
+        let row = client
+            .query_opt(&select, &[&sorted, &self.window_ms])
+            .await?;
+        Ok(row.map(
+            |row| match (row.get(0), row.get::<_, Option<i32>>(1), row.get(2)) {
+                (Some(fingerprint), Some(status), Some(body)) => Some(Answer {
+                    fingerprint,
+                    status: u16::try_from(status).unwrap_or_default(),
+                    body,
+                }),
+                _ => None,
+            },
+        ))
     }
 }
 
 impl PostgresTicket {
-    /// Marks the claim's keys published, and now and then deletes expired rows.
+    /// Marks the claim's keys published with `answer`, and now and then deletes expired rows.
     pub(super) fn commit(
         mut self,
+        answer: Option<Answer>,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
         let token = self.token.take();
         let window = self.window.clone();
         let publish = async move {
             let client = window.database.client().await?;
+            let t = window.table;
             let publish = client
                 .prepare_cached(&format!(
-                    "UPDATE oci_dedupe SET claim = NULL, at_ms = {NOW_MS} WHERE claim = $1"
+                    "UPDATE {t} SET claim = NULL, at_ms = {NOW_MS}, fingerprint = $2, \
+                     status = $3, answer = $4 WHERE claim = $1"
                 ))
                 .await?;
-            client.execute(&publish, &[&token]).await?;
+            let (fingerprint, status, body) = match &answer {
+                Some(a) => (
+                    Some(&a.fingerprint),
+                    Some(i32::from(a.status)),
+                    Some(&a.body),
+                ),
+                None => (None, None, None),
+            };
+            client
+                .execute(&publish, &[&token, &fingerprint, &status, &body])
+                .await?;
             if window.pruning.due(clock::now_epoch_millis()) {
                 let prune = client
                     .prepare_cached(&format!(
-                        "DELETE FROM oci_dedupe WHERE at_ms < {NOW_MS} - \
+                        "DELETE FROM {t} WHERE at_ms < {NOW_MS} - \
                          CASE WHEN claim IS NULL THEN $1::bigint ELSE $2::bigint END"
                     ))
                     .await?;
@@ -173,16 +212,17 @@ impl Drop for PostgresTicket {
             return; // the claim goes stale and is void after `stale_after`
         };
         let database = self.window.database.clone();
+        let table = self.window.table;
         runtime.spawn(async move {
             let released = async {
                 let client = database.client().await?;
                 client
-                    .execute("DELETE FROM oci_dedupe WHERE claim = $1", &[&token])
+                    .execute(&format!("DELETE FROM {table} WHERE claim = $1"), &[&token])
                     .await?;
                 Ok::<_, StoreError>(())
             };
             if let Err(e) = released.await {
-                tracing::warn!(error = %e, "cannot give back an OCI message's claim; it is void once stale");
+                tracing::warn!(error = %e, table, "cannot give back a claim; it is void once stale");
             }
         });
     }

@@ -6,7 +6,13 @@ const HOUR: Duration = Duration::from_secs(3600);
 
 fn sqlite(dir: &tempfile::TempDir, window: Duration) -> DedupeWindow {
     let path = dir.path().join("oci.db");
-    let db = Database::open(&path, &[SQLITE_SCHEMA], Durability::Normal, None).unwrap();
+    let db = Database::open(
+        &path,
+        &[SQLITE_SCHEMA, SQLITE_ANSWERS],
+        Durability::Normal,
+        None,
+    )
+    .unwrap();
     DedupeWindow::open(db, &path, window).unwrap()
 }
 
@@ -15,7 +21,7 @@ async fn postgres(database: &crate::postgres::Postgres, window: Duration) -> Ded
         stale_after: Duration::from_millis(1500),
         wait: Duration::from_millis(300),
     };
-    DedupeWindow::on_postgres(database, window, pending)
+    DedupeWindow::on_postgres(database, OCI_TABLE, window, pending)
         .await
         .unwrap()
 }
@@ -27,7 +33,7 @@ fn keys(list: &[&str]) -> Vec<String> {
 /// Whether the message is new; if so, committed (published) or not (the publish failed).
 async fn is_new(dedupe: &DedupeWindow, list: &[&str], commit: bool) -> bool {
     match dedupe.claim(keys(list)).await.unwrap() {
-        Claim::Duplicate => false,
+        Claim::Duplicate(_) => false,
         Claim::InFlight => panic!("{list:?} in flight"),
         Claim::New(ticket) => {
             if commit {
@@ -130,7 +136,7 @@ async fn concurrent_copies_publish_once(stores: &[DedupeWindow]) {
                         ticket.commit().await.unwrap();
                         1
                     }
-                    Claim::Duplicate => 0,
+                    Claim::Duplicate(_) => 0,
                     Claim::InFlight => panic!("the publish took 50 ms, well inside the wait"),
                 }
             })
@@ -142,6 +148,89 @@ async fn concurrent_copies_publish_once(stores: &[DedupeWindow]) {
     }
     assert_eq!(new, 1);
     assert!(stores.iter().all(no_lock_held));
+}
+
+fn answer(fingerprint: &str, status: u16, body: &str) -> Answer {
+    Answer {
+        fingerprint: fingerprint.into(),
+        status,
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+/// What a claim of `key` says: new (then committed with `keep`, if any), or a duplicate with
+/// the answer kept.
+async fn claim_keeping(
+    dedupe: &DedupeWindow,
+    key: &str,
+    keep: Option<Answer>,
+) -> Option<Option<Answer>> {
+    match dedupe.claim(keys(&[key])).await.unwrap() {
+        Claim::Duplicate(kept) => Some(kept),
+        Claim::InFlight => panic!("{key} in flight"),
+        Claim::New(ticket) => {
+            match keep {
+                Some(answer) => ticket.commit_answer(answer).await.unwrap(),
+                None => ticket.commit().await.unwrap(),
+            }
+            None
+        }
+    }
+}
+
+/// The first answer is kept and returned to every repeat; a commit without one keeps none.
+async fn first_answers_are_kept(dedupe: &DedupeWindow) {
+    let first = answer("sha:1", 202, r#"[{"id":"e1"}]"#);
+    assert_eq!(
+        claim_keeping(dedupe, "idempotency:a", Some(first.clone())).await,
+        None,
+        "new"
+    );
+    let second = Some(answer("sha:2", 202, "other"));
+    assert_eq!(
+        claim_keeping(dedupe, "idempotency:a", second.clone()).await,
+        Some(Some(first.clone())),
+        "a repeat gets the first answer back"
+    );
+    assert_eq!(
+        claim_keeping(dedupe, "idempotency:a", second).await,
+        Some(Some(first)),
+        "and keeps it"
+    );
+    assert_eq!(claim_keeping(dedupe, "msg:plain", None).await, None);
+    assert_eq!(
+        claim_keeping(dedupe, "msg:plain", None).await,
+        Some(None),
+        "no answer kept"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_the_first_answer_is_kept_and_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    first_answers_are_kept(&sqlite(&dir, HOUR)).await;
+    let reopened = sqlite(&dir, HOUR);
+    assert_eq!(
+        claim_keeping(&reopened, "idempotency:a", None).await,
+        Some(Some(answer("sha:1", 202, r#"[{"id":"e1"}]"#)))
+    );
+}
+
+#[tokio::test]
+async fn postgres_the_first_answer_is_kept_for_every_store() {
+    let database = crate::postgres::testing::scratch().await;
+    first_answers_are_kept(&postgres(&database, HOUR).await).await;
+    let elsewhere = postgres(&database, HOUR).await;
+    assert_eq!(
+        claim_keeping(&elsewhere, "idempotency:a", None).await,
+        Some(Some(answer("sha:1", 202, r#"[{"id":"e1"}]"#)))
+    );
+    // Another window's table is apart: neither its keys nor its length meet this one's.
+    let other =
+        DedupeWindow::on_postgres(&database, IDEMPOTENCY_TABLE, HOUR, PendingClaims::default())
+            .await
+            .unwrap();
+    assert_eq!(claim_keeping(&other, "idempotency:a", None).await, None);
 }
 
 #[tokio::test]
@@ -185,4 +274,22 @@ async fn postgres_a_claim_whose_process_died_is_void_once_stale() {
         "stale: OCI's next retry publishes"
     );
     assert!(!is_new(&died, &["msg:lost"], true).await);
+}
+
+#[tokio::test]
+async fn sqlite_a_file_from_before_answers_keeps_its_keys_when_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("oci.db");
+    {
+        let db = Database::open(&path, &[SQLITE_SCHEMA], Durability::Normal, None).unwrap();
+        db.execute(
+            "INSERT INTO seen (key, seen_at_ms) VALUES ('msg:old', ?1)",
+            [clock::now_epoch_millis()],
+        )
+        .await
+        .unwrap();
+    }
+    let upgraded = sqlite(&dir, HOUR);
+    assert_eq!(claim_keeping(&upgraded, "msg:old", None).await, Some(None));
+    first_answers_are_kept(&upgraded).await;
 }

@@ -167,7 +167,11 @@ impl OciSource {
                 let path = data_dir.join(DATABASE_FILE);
                 let db = Database::open(
                     &path,
-                    &[dedupe::SQLITE_SCHEMA, subscriptions::SQLITE_SCHEMA],
+                    &[
+                        dedupe::SQLITE_SCHEMA,
+                        subscriptions::SQLITE_SCHEMA,
+                        dedupe::SQLITE_ANSWERS,
+                    ],
                     Durability::Normal,
                     None,
                 )?;
@@ -177,8 +181,13 @@ impl OciSource {
                 )
             }
             Location::Postgres(database) => (
-                DedupeWindow::on_postgres(database, config.dedupe_window, PendingClaims::default())
-                    .await?,
+                DedupeWindow::on_postgres(
+                    database,
+                    dedupe::OCI_TABLE,
+                    config.dedupe_window,
+                    PendingClaims::default(),
+                )
+                .await?,
                 SubscriptionStore::on_postgres(database).await?,
             ),
         };
@@ -197,7 +206,7 @@ impl OciSource {
         let reader_guard = mount.reader.clone();
         let guard = match &self.config.credentials {
             Some(credentials) => basic_guard(credentials),
-            None => mount.producer.clone(),
+            None => mount.producer_guard(),
         };
         let body_limit = self.config.body_limit;
         let source = Arc::new(self);
@@ -395,7 +404,8 @@ async fn publish_once(
         return publish(publisher, std::slice::from_ref(&event)).await;
     }
     let ticket = match dedupe.claim(keys).await {
-        Ok(Claim::Duplicate) => {
+        // The OCI window keeps no answer: a redelivery's answer is always the same.
+        Ok(Claim::Duplicate(_)) => {
             tracing::debug!(source_event_id = ?event.source_event_id(), "OCI redelivery acknowledged, not published again");
             return duplicate();
         }
