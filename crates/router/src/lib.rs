@@ -158,6 +158,7 @@ impl Router {
                 event: ingested.event,
                 accepted_at_ms: ingested.accepted_at_ms,
                 by: ingested.by,
+                silenced_by: None,
             });
             routed.push(delivery);
         }

@@ -14,6 +14,7 @@
 //! - [`lanes`]: the durable half of the ordering lanes — lanes whose head waits for a retry
 //!   and the jobs parked behind it — so that per-key order holds across processes;
 //! - [`dedupe`]: the OCI source's window of messages already published;
+//! - [`silences`]: who silenced which events, from when until when, and which releases are done;
 //! - [`subscriptions`]: the OCI subscriptions' confirmation outcomes.
 //!
 //! [`postgres`] holds what every PostgreSQL module shares: the connection pool and the
@@ -30,6 +31,7 @@ pub mod lanes;
 pub mod links;
 pub mod postgres;
 pub mod records;
+pub mod silences;
 pub mod subscriptions;
 
 pub use availability::Availability;
