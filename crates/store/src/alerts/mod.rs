@@ -399,8 +399,17 @@ impl AlertStore {
     pub async fn has_unsilenced_event(&self, key: &str) -> Result<bool, StoreError> {
         let key = key.to_owned();
         match &self.backend {
-            Backend::Sqlite(s) => Ok(s.has_unsilenced_event(key).await?),
-            Backend::Postgres(p) => p.database.noted(p.has_unsilenced_event(key).await),
+            Backend::Sqlite(s) => Ok(s.exists(HAS_UNSILENCED_EVENT, key).await?),
+            Backend::Postgres(p) => p.database.noted(p.exists(HAS_UNSILENCED_EVENT, key).await),
+        }
+    }
+
+    /// Whether the event `event_id` was folded into its alert already.
+    pub async fn folded(&self, event_id: &str) -> Result<bool, StoreError> {
+        let id = event_id.to_owned();
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(s.exists(FOLDED, id).await?),
+            Backend::Postgres(p) => p.database.noted(p.exists(FOLDED, id).await),
         }
     }
 
@@ -469,7 +478,11 @@ const HELD_BACK_BY: &str = "SELECT {columns} FROM alerts WHERE state <> 'resolve
     SELECT t.key FROM {timeline} t WHERE t.silenced_by = {silence} AND t.id = ( \
         SELECT MAX(l.id) FROM {timeline} l WHERE l.key = t.key AND l.event_id IS NOT NULL))";
 
-/// [`HAS_UNSILENCED_EVENT`] or [`HELD_BACK_BY`] for one backend.
+/// The same on both backends (`{timeline}` names the table, `{key}` the one parameter, an
+/// event's id): whether the event was folded in.
+const FOLDED: &str = "SELECT EXISTS (SELECT 1 FROM {timeline} WHERE event_id = {key})";
+
+/// [`HAS_UNSILENCED_EVENT`], [`HELD_BACK_BY`] or [`FOLDED`] for one backend.
 fn sql(template: &str, timeline: &str, parameter: &str, columns: &str) -> String {
     template
         .replace("{timeline}", timeline)

@@ -5,7 +5,7 @@
 
 use super::{
     counts, fold_noting, sql, Alert, AlertQuery, AlertState, Change, Entry, Observed,
-    COUNT_BY_STATE_AND_SEVERITY, HAS_UNSILENCED_EVENT, HELD_BACK_BY,
+    COUNT_BY_STATE_AND_SEVERITY, HELD_BACK_BY,
 };
 use crate::postgres::Postgres;
 use crate::StoreError;
@@ -188,12 +188,17 @@ impl PostgresAlerts {
         Ok(counts(rows))
     }
 
-    pub(super) async fn has_unsilenced_event(&self, key: String) -> Result<bool, StoreError> {
+    /// Runs `query` ([`super::HAS_UNSILENCED_EVENT`] or [`super::FOLDED`]) with `value`.
+    pub(super) async fn exists(
+        &self,
+        query: &'static str,
+        value: String,
+    ) -> Result<bool, StoreError> {
         let client = self.database.client().await?;
         let statement = client
-            .prepare_cached(&sql(HAS_UNSILENCED_EVENT, "alert_timeline", "$1", COLUMNS))
+            .prepare_cached(&sql(query, "alert_timeline", "$1", COLUMNS))
             .await?;
-        Ok(client.query_one(&statement, &[&key]).await?.get(0))
+        Ok(client.query_one(&statement, &[&value]).await?.get(0))
     }
 
     pub(super) async fn held_back_by(&self, silence: String) -> Result<Vec<Alert>, StoreError> {

@@ -4,7 +4,7 @@
 
 use super::{
     counts, fold_noting, sql, Alert, AlertQuery, AlertState, Change, Entry, Observed,
-    COUNT_BY_STATE_AND_SEVERITY, HAS_UNSILENCED_EVENT, HELD_BACK_BY,
+    COUNT_BY_STATE_AND_SEVERITY, HELD_BACK_BY,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -163,11 +163,16 @@ impl SqliteAlerts {
             .await
     }
 
-    pub(super) async fn has_unsilenced_event(&self, key: String) -> Result<bool, StorageError> {
+    /// Runs `query` ([`super::HAS_UNSILENCED_EVENT`] or [`super::FOLDED`]) with `value`.
+    pub(super) async fn exists(
+        &self,
+        query: &'static str,
+        value: String,
+    ) -> Result<bool, StorageError> {
         self.db
             .read(move |c| {
-                c.prepare_cached(&sql(HAS_UNSILENCED_EVENT, "timeline", "?1", COLUMNS))?
-                    .query_row([&key], |r| r.get(0))
+                c.prepare_cached(&sql(query, "timeline", "?1", COLUMNS))?
+                    .query_row([&value], |r| r.get(0))
             })
             .await
     }

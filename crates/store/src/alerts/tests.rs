@@ -325,6 +325,8 @@ async fn silenced_events_are_noted_and_the_alerts_a_silence_held_back_are_found_
         assert!(store.has_unsilenced_event("a").await.unwrap());
         assert!(!store.has_unsilenced_event("b").await.unwrap());
         assert!(!store.has_unsilenced_event("nope").await.unwrap());
+        assert!(store.folded("a2").await.unwrap());
+        assert!(!store.folded("a3").await.unwrap());
         let (_, timeline) = store.get("a").await.unwrap().unwrap();
         let marks: Vec<Option<&str>> = timeline.iter().map(|e| e.silenced_by()).collect();
         assert_eq!(marks, [None, Some("s")]);
