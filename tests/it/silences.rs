@@ -4,7 +4,8 @@
 //! before the silence still gets through; bad silences are refused naming the field; expiring
 //! the silence early delivers each alert it held back that still fires exactly once, in its
 //! latest state (checked once the bus is idle), and not the one that closed while silenced;
-//! `tocsin_events_silenced_total` counts what was held back. On the embedded bus with SQLite,
+//! `tocsin_events_silenced_total` counts what was held back; a silence that ends on its own
+//! releases what it held back at its end. On the embedded bus with SQLite,
 //! and on RabbitMQ with PostgreSQL — there with a second process on the same store and broker,
 //! which expires the silence the first one created.
 
@@ -296,6 +297,24 @@ async fn silenced_and_released(backend: Backend, env: &[(&str, &str)]) {
         .await;
     hook.wait_for("the CLOSE after the silence", |r| r.len() == 8)
         .await;
+
+    // A silence that ends on its own releases what it held back then.
+    let short = json!({
+        "matchers": [{"propertyKey": "resource.resourceName", "predicate": "EQUALS", "propertyValue": "db-2"}],
+        "endsAtMs": clock::now_epoch_millis() + 1_500
+    });
+    let short = create(&tocsin, &short).await;
+    tocsin
+        .send(&alert_event("db2", "db-2", "FATAL", None))
+        .await;
+    tocsin.wait_until_idle().await;
+    assert_eq!(hook.received().len(), 8, "held back while it lasts");
+    let released = hook.wait_for("released at its end", |r| r.len() == 9).await;
+    assert_eq!(released[8].body["subject"], "db2 OPEN");
+    assert!(
+        clock::now_epoch_millis() >= short["endsAtMs"].as_i64().unwrap(),
+        "not before its end"
+    );
     if let Some(sibling) = sibling {
         sibling.shutdown().await;
     }
