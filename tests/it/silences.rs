@@ -7,10 +7,11 @@
 //! `tocsin_events_silenced_total` counts what was held back; a silence that ends on its own
 //! releases what it held back at its end. On the embedded bus with SQLite,
 //! and on RabbitMQ with PostgreSQL — there with a second process on the same store and broker,
-//! which expires the silence the first one created.
+//! which expires the silence the first one created. And `tocsin silence add|list|expire`
+//! through the real binary.
 
 use crate::common::{
-    error_message, event, postgres_schema, route_everything_to, webhook, Backend, Destination,
+    cli, error_message, event, postgres_schema, route_everything_to, webhook, Backend, Destination,
     Received, Tocsin,
 };
 use crate::shared_store::shared_store;
@@ -318,5 +319,67 @@ async fn silenced_and_released(backend: Backend, env: &[(&str, &str)]) {
     if let Some(sibling) = sibling {
         sibling.shutdown().await;
     }
+    tocsin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_adds_lists_and_expires_silences() {
+    let hook = Destination::start(|_| 200).await;
+    let routing = route_everything_to(vec![webhook("hook", &hook.url, json!({}))]);
+    let tocsin = Tocsin::start(Backend::Embedded, &routing, &[]).await;
+    let silence = |args: &[&str]| {
+        let args: Vec<&str> = std::iter::once("silence")
+            .chain(args.iter().copied())
+            .collect();
+        cli(&tocsin, &args)
+    };
+    let (ok, stdout, stderr) = silence(&[
+        "add",
+        "resource.resourceName=db-1",
+        "severity=~FATAL|ERROR",
+        "--for",
+        "2h",
+        "-c",
+        "disk swap",
+    ]);
+    assert!(ok, "{stderr}");
+    let id = stdout.split_whitespace().next().unwrap().to_owned();
+    assert!(stdout.contains("(active until "), "{stdout}");
+    let found = tocsin.page(&format!("/tocsin/v1/silences/{id}")).await;
+    let ends = found["endsAtMs"].as_i64().unwrap() - found["startsAtMs"].as_i64().unwrap();
+    assert!(
+        (7_199_000..=7_200_000).contains(&ends),
+        "two hours: {found}"
+    );
+    assert_eq!(found["matchers"][1]["predicate"], "MATCHES_REGEX");
+    assert_eq!(found["comment"], "disk swap");
+
+    let (ok, stdout, stderr) = silence(&["list", "--state", "active"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("ID "), "{stdout}");
+    assert!(
+        stdout.contains(&id) && stdout.contains("resource.resourceName=db-1 severity=~FATAL|ERROR"),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = silence(&["list", "--state", "expired", "--output", "json"]);
+    assert!(ok);
+    let listed: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(listed["results"], json!([]));
+
+    // The server's refusal, with its message.
+    let (ok, _, stderr) = silence(&["add", "severity=~(", "--for", "1h"]);
+    assert!(!ok);
+    assert!(stderr.contains("not a valid regex"), "{stderr}");
+    let (ok, _, stderr) = silence(&["add", "severity=FATAL"]);
+    assert!(!ok, "--for or --until is required");
+    assert!(stderr.contains("--for"), "{stderr}");
+
+    let (ok, stdout, stderr) = silence(&["expire", &id]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with(&format!("{id} expired at ")), "{stdout}");
+    let (ok, stdout, _) = silence(&["list", "--state", "expired"]);
+    assert!(ok && stdout.contains(&id), "{stdout}");
+    let (ok, _, stderr) = silence(&["expire", "nope"]);
+    assert!(!ok && stderr.contains("404"), "{stderr}");
     tocsin.shutdown().await;
 }
