@@ -141,10 +141,19 @@ async fn silenced_and_released(backend: Backend, env: &[(&str, &str)]) {
         assert!(message.contains(field), "{field}: {message}");
     }
 
+    // On RabbitMQ with PostgreSQL a second process shares the store and the broker: it creates
+    // and ends the silences, while the first one routes (its router hears of them only from
+    // the store).
+    let sibling = match backend {
+        Backend::Rabbitmq => Some(tocsin.sibling().await),
+        Backend::Embedded => None,
+    };
+    let other = sibling.as_ref().unwrap_or(&tocsin);
+
     // A pending silence, and the one that holds db-1's FATAL and ERROR events back for an hour.
     let pending =
         json!({"matchers": [matcher], "startsAtMs": now + 3_600_000, "endsAtMs": now + 7_200_000});
-    let pending = create(&tocsin, &pending).await;
+    let pending = create(other, &pending).await;
     assert_eq!(pending["state"], "pending");
     let silence = json!({
         "matchers": [
@@ -154,11 +163,13 @@ async fn silenced_and_released(backend: Backend, env: &[(&str, &str)]) {
         "endsAtMs": now + 3_600_000,
         "comment": "disk swap"
     });
-    let silence = create(&tocsin, &silence).await;
+    let silence = create(other, &silence).await;
     assert_eq!(silence["state"], "active", "{silence}");
-    assert_eq!(silence["createdBy"], tocsin.user);
+    assert_eq!(silence["createdBy"], other.user);
     assert_eq!(silence["comment"], "disk swap");
     let id = silence["id"].as_str().unwrap().to_owned();
+    let one = tocsin.page(&format!("/tocsin/v1/silences/{id}")).await;
+    assert_eq!(one["state"], "active", "{one}");
     let listed = tocsin.page("/tocsin/v1/silences?state=active").await;
     assert_eq!(listed["results"].as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed["results"][0]["id"], id.as_str());
@@ -169,16 +180,6 @@ async fn silenced_and_released(backend: Backend, env: &[(&str, &str)]) {
         "newest first: {listed}"
     );
     assert_eq!(listed["results"][1]["id"], pending["id"]);
-
-    // On RabbitMQ with PostgreSQL a second process shares the store and the broker: whichever
-    // routes, the silence is in force, and it ends the silence below.
-    let sibling = match backend {
-        Backend::Rabbitmq => Some(tocsin.sibling().await),
-        Backend::Embedded => None,
-    };
-    let ender = sibling.as_ref().unwrap_or(&tocsin);
-    let one = ender.page(&format!("/tocsin/v1/silences/{id}")).await;
-    assert_eq!(one["state"], "active", "{one}");
 
     tocsin
         .send(&alert_event("disk", "db-1", "FATAL", Some("UPDATE")))
@@ -244,14 +245,14 @@ async fn silenced_and_released(backend: Backend, env: &[(&str, &str)]) {
     // Ending it early: each alert it held back that still fires is delivered once, in its
     // latest state; `swap` closed while silenced and stays quiet.
     let expired = json_of(
-        delete(ender, &format!("/tocsin/v1/silences/{id}")).await,
+        delete(other, &format!("/tocsin/v1/silences/{id}")).await,
         200,
     )
     .await;
     assert_eq!(expired["state"], "expired", "{expired}");
     assert!(expired["endsAtMs"].as_i64().unwrap() <= clock::now_epoch_millis());
     let again = json_of(
-        delete(&tocsin, &format!("/tocsin/v1/silences/{id}")).await,
+        delete(other, &format!("/tocsin/v1/silences/{id}")).await,
         200,
     )
     .await;
@@ -259,7 +260,7 @@ async fn silenced_and_released(backend: Backend, env: &[(&str, &str)]) {
         again["endsAtMs"], expired["endsAtMs"],
         "expiring twice is once"
     );
-    let message = error_message(delete(&tocsin, "/tocsin/v1/silences/nope").await, 404).await;
+    let message = error_message(delete(other, "/tocsin/v1/silences/nope").await, 404).await;
     assert!(message.contains("`nope`"), "{message}");
     hook.wait_for("the alerts released", |r| r.len() >= 7).await;
     tocsin.wait_until_idle().await;

@@ -221,6 +221,10 @@ impl Router {
         }
         let event = &ingested.event;
         let id = silences.silencing(event, ingested.accepted_at_ms)?;
+        if ingested.released_by.as_deref() == Some(id) {
+            // The silence released it: it ended, whatever a set read a moment ago says.
+            return None;
+        }
         if Transition::of(event) != Transition::Close {
             return Some(id.to_owned());
         }
