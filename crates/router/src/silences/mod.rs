@@ -8,8 +8,9 @@
 //! matches exactly as a condition would) or with an anchored regex.
 //!
 //! Across processes: every change moves one version in the store. Before each batch the
-//! router reads it ([`Silences::refresh`], one single-row read) and reloads the silences when
-//! it moved — the configuration's way, without the `LISTEN` (a silence only matters to the
+//! router reads it ([`Silences::refresh`], one single-row read; none with SQLite, where every
+//! change goes through this process, which reloads as it makes it) and reloads the silences
+//! when it moved — the configuration's way, without the `LISTEN` (a silence only matters to the
 //! router, and the router reads the version anyway). A change that returned was committed
 //! before the events accepted after it, and those are routed in a batch read after them, so it
 //! is in force for them whichever process routes. (With SQLite each process has its own
@@ -27,7 +28,7 @@ use arc_swap::ArcSwap;
 use model::config::{limits, PropertyKey};
 use model::ResourceEvent;
 use regex::Regex;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use store::silences::{MatchPredicate, Silence, SilenceMatcher, SilenceStore};
 use store::StoreError;
@@ -247,6 +248,10 @@ pub struct Silences {
     reloading: Mutex<()>,
     /// Wakes the releaser when the set changed.
     changed: Notify,
+    /// Whether the set may lag the store without anyone reading the version: always on
+    /// PostgreSQL (other processes change it); on SQLite, where every change goes through this
+    /// process and reloads at once, only after such a reload failed.
+    stale: AtomicBool,
 }
 
 impl Silences {
@@ -258,6 +263,7 @@ impl Silences {
             version: AtomicI64::new(-1),
             reloading: Mutex::new(()),
             changed: Notify::new(),
+            stale: AtomicBool::new(false),
         };
         silences.reload().await?;
         Ok(silences)
@@ -272,11 +278,23 @@ impl Silences {
         self.set.load_full()
     }
 
-    /// Reloads the silences if the store's version moved. Failures are logged: the silences
-    /// in memory stay in force.
+    /// Reloads the silences if the store's version moved: one single-row read, none on SQLite
+    /// unless a reload after a change failed. Failures are logged: the silences in memory stay
+    /// in force.
     pub async fn refresh(&self) {
-        if let Err(e) = self.reload().await {
-            tracing::error!(error = %e, "cannot read the silences; those in memory stay in force");
+        if self.store.is_shared() || self.stale.load(Ordering::SeqCst) {
+            self.reload_now().await;
+        }
+    }
+
+    /// Reloads the silences if the store's version moved, whatever the backend.
+    async fn reload_now(&self) {
+        match self.reload().await {
+            Ok(()) => self.stale.store(false, Ordering::SeqCst),
+            Err(e) => {
+                self.stale.store(true, Ordering::SeqCst);
+                tracing::error!(error = %e, "cannot read the silences; those in memory stay in force");
+            }
         }
     }
 
@@ -297,7 +315,7 @@ impl Silences {
     /// next batch is routed).
     pub async fn create(&self, silence: &Silence) -> Result<(), StoreError> {
         self.store.create(silence).await?;
-        self.refresh().await;
+        self.reload_now().await;
         Ok(())
     }
 
@@ -308,7 +326,7 @@ impl Silences {
         now_ms: i64,
     ) -> Result<Option<store::silences::Expired>, StoreError> {
         let expired = self.store.expire(id, now_ms).await?;
-        self.refresh().await;
+        self.reload_now().await;
         Ok(expired)
     }
 }

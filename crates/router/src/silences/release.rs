@@ -119,7 +119,7 @@ async fn release(
     }
     store.mark_released(id, now_ms).await?;
     tracing::info!(silence = %id, alerts = held.len(), "a silence ended; the alerts it held back are released");
-    silences.refresh().await;
+    silences.reload_now().await;
     Ok(true)
 }
 
