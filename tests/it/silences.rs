@@ -309,13 +309,28 @@ async fn silenced_and_released(backend: Backend, env: &[(&str, &str)]) {
     tocsin
         .send(&alert_event("db2", "db-2", "FATAL", None))
         .await;
-    tocsin.wait_until_idle().await;
-    assert_eq!(hook.received().len(), 8, "held back while it lasts");
     let released = hook.wait_for("released at its end", |r| r.len() == 9).await;
-    assert_eq!(released[8].body["subject"], "db2 OPEN");
+    let ends_at_ms = short["endsAtMs"].as_i64().unwrap();
     assert!(
-        clock::now_epoch_millis() >= short["endsAtMs"].as_i64().unwrap(),
+        clock::now_epoch_millis() >= ends_at_ms,
         "not before its end"
+    );
+    assert_eq!(released[8].body["subject"], "db2 OPEN");
+    // Held back first (whenever the test got to look), then released as a copy.
+    let db2 = tocsin.page("/tocsin/v1/alerts/db2").await;
+    let events: Vec<&Value> = db2["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|line| line["kind"] == "event")
+        .collect();
+    assert_eq!(events.len(), 2, "{db2}");
+    assert_eq!(events[0]["silencedBy"], short["id"], "{db2}");
+    assert_eq!(events[1]["silencedBy"], Value::Null, "{db2}");
+    let released_at_ms = events[1]["atMs"].as_i64().unwrap();
+    assert!(
+        (ends_at_ms..ends_at_ms + 5_000).contains(&released_at_ms),
+        "at its end, not at some later look: {db2}"
     );
     if let Some(sibling) = sibling {
         sibling.shutdown().await;
