@@ -15,7 +15,7 @@ use store::alerts::{AlertState, HumanAction};
 
 const ALERTS: &str = "/tocsin/v1/alerts";
 
-/// How `list` and `show` print their answer.
+/// How `list` and `show` print their answer (and `tocsin silence list`).
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum Output {
     /// A table, times in UTC.
@@ -217,7 +217,7 @@ fn severity(text: &str) -> Result<&'static str, String> {
         .ok_or_else(|| "one of INFO, NOTICE, WARNING, ERROR, FATAL".to_owned())
 }
 
-fn print_json(answer: &Value) -> anyhow::Result<()> {
+pub(crate) fn print_json(answer: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(answer)?);
     Ok(())
 }
@@ -325,7 +325,7 @@ fn timeline_line(line: &Value) -> String {
 }
 
 /// `header` and `rows` in aligned columns (the last one as it is), on stdout.
-fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+pub(crate) fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -351,12 +351,12 @@ fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
 }
 
 /// The items of a JSON array (none if it is not one).
-fn items(array: &Value) -> impl Iterator<Item = &Value> {
+pub(crate) fn items(array: &Value) -> impl Iterator<Item = &Value> {
     array.as_array().into_iter().flatten()
 }
 
 /// A JSON value as text: strings as they are, numbers written out, nothing as `-`.
-fn text(value: &Value) -> String {
+pub(crate) fn text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
         Value::Null => "-".to_owned(),
@@ -365,7 +365,7 @@ fn text(value: &Value) -> String {
 }
 
 /// Epoch milliseconds as a UTC time; nothing as `-`.
-fn time(value: &Value) -> String {
+pub(crate) fn time(value: &Value) -> String {
     value
         .as_i64()
         .map_or_else(|| "-".to_owned(), |ms| datetime(ms.div_euclid(1000)))

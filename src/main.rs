@@ -1,6 +1,6 @@
 //! The `tocsin` command: parses the command line, sets up logging, and runs the chosen
-//! subcommand; those that need the settings load them (`config`, `alerts` and `dead-letters`
-//! need only their own options).
+//! subcommand; those that need the settings load them (`config`, `alerts`, `silence` and
+//! `dead-letters` need only their own options).
 //! Errors end here, as `anyhow` reports with their causes.
 
 mod alerts_cli;
@@ -14,6 +14,7 @@ mod listener;
 mod observability;
 mod server;
 mod settings;
+mod silence_cli;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -66,6 +67,9 @@ enum Command {
     /// List, show and act on the alerts of a running Tocsin.
     #[command(subcommand)]
     Alerts(alerts_cli::AlertsCommand),
+    /// Add, list and expire the silences of a running Tocsin.
+    #[command(subcommand)]
+    Silence(silence_cli::SilenceCommand),
     /// List or replay the dead letters of a running Tocsin.
     #[command(subcommand)]
     DeadLetters(dead_letters_cli::DeadLettersCommand),
@@ -135,6 +139,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Config(command) => config_cli::run(command).await?,
         Command::Alerts(command) => alerts_cli::run(command).await?,
+        Command::Silence(command) => silence_cli::run(command).await?,
         Command::DeadLetters(command) => dead_letters_cli::run(command).await?,
         Command::Check { ref routing } => {
             return Ok(check::run(cli.settings.as_deref(), routing.as_deref()).await)

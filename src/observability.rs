@@ -82,6 +82,8 @@ const OTHER_ROUTES: &[Route] = &[
     route("/tocsin/v1/alerts", &["GET"]),
     route("/tocsin/v1/alerts/{key}", &["GET"]),
     route("/tocsin/v1/alerts/{key}/{act}", &["POST"]),
+    route("/tocsin/v1/silences", &["GET", "POST"]),
+    route("/tocsin/v1/silences/{id}", &["GET", "DELETE"]),
     route("/tocsin/v1/dead-letters", &["GET"]),
     route("/tocsin/v1/dead-letters/{id}/replay", &["POST"]),
     route("/tocsin/v1/dead-letters/replay", &["POST"]),

@@ -19,6 +19,7 @@ use ingest::sources::idempotency::Idempotency;
 use ingest::sources::oci::OciSource;
 use metrics::Metrics;
 use model::Configuration;
+use router::silences::Silences;
 use router::store::ConfigStore;
 use router::{Router, RouterConfig};
 use std::sync::Arc;
@@ -107,6 +108,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     ));
 
     let alerts = store::alerts::AlertStore::open(&location).await?;
+    let silences = Arc::new(
+        Silences::open(store::silences::SilenceStore::open(&location).await?)
+            .await
+            .context("cannot read the silences")?,
+    );
     let (stop_pipeline, pipeline_stopping) = watch::channel(false);
     let router = Router::new(
         RouterConfig {
@@ -115,9 +121,16 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         Arc::clone(&bus),
         Arc::clone(&config_store),
         alerts.clone(),
+        Arc::clone(&silences),
         Arc::clone(&metrics),
     );
     let router = tokio::spawn(router.run(pipeline_stopping.clone()));
+    let releaser = tokio::spawn(router::silences::release::run(
+        Arc::clone(&silences),
+        alerts.clone(),
+        Arc::clone(&bus),
+        pipeline_stopping.clone(),
+    ));
     let worker = DeliveryWorker::new(
         DeliveryConfig {
             prefetch: settings.delivery.prefetch,
@@ -164,7 +177,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         &limiter,
         Arc::clone(&bus),
         SourceState { oci, idempotency },
-        config_store,
+        silences,
         probe,
     );
     let certificate = listener::Certificate::open(&settings.tls)?;
@@ -183,6 +196,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     stop_pipeline.send_replace(true);
     refresher.abort();
     router.await?.context("router")?;
+    releaser.await?;
     worker.await?.context("delivery")?;
     retention.await?;
     tracing::info!("stopped cleanly");
@@ -201,10 +215,11 @@ fn api_routes(
     limiter: &Arc<RateLimiter>,
     bus: Arc<dyn Bus>,
     SourceState { oci, idempotency }: SourceState,
-    config_store: Arc<ConfigStore>,
+    silences: Arc<Silences>,
     probe: Probe,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone {
     let metrics = Arc::clone(&probe.metrics);
+    let config_store = Arc::clone(&probe.config);
     // The alarm sources, each with its own routes.
     let mount = ingest::sources::Mount {
         bus: Arc::clone(&bus),
@@ -249,6 +264,7 @@ fn api_routes(
         },
         auth.identify(Scope::Responder),
     );
+    let silences = router::silences::api::routes(silences, auth.identify(Scope::Responder));
     // /healthz, /readyz, /openapi.json, and /metrics (consumer scope unless metrics.public).
     let metrics_guard = if settings.metrics.public {
         warp::any().boxed()
@@ -263,6 +279,7 @@ fn api_routes(
         .or(action_test)
         .or(configuration)
         .or(alerts)
+        .or(silences)
         .or(crate::dead_letters::routes(Arc::clone(&bus), auth))
         .or(health)
         .recover(web::recover)

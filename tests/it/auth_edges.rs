@@ -273,6 +273,10 @@ const SCOPES: &[(&str, &str, &str)] = &[
     ("GET", "/tocsin/v1/alerts", "responder"),
     ("GET", "/tocsin/v1/alerts/{key}", "responder"),
     ("POST", "/tocsin/v1/alerts/{key}/{act}", "responder"),
+    ("GET", "/tocsin/v1/silences", "responder"),
+    ("POST", "/tocsin/v1/silences", "responder"),
+    ("GET", "/tocsin/v1/silences/{id}", "responder"),
+    ("DELETE", "/tocsin/v1/silences/{id}", "responder"),
 ];
 
 /// Operations anyone may call (health, the document itself) or that take a client's own

@@ -25,6 +25,7 @@ mod outbound_policy;
 mod sap_client;
 mod settings_strict;
 mod shared_store;
+mod silences;
 mod sources_cloudevents_alertmanager;
 mod store_and_forward;
 mod store_end_to_end;

@@ -271,6 +271,7 @@ async fn act(key: String, action: String, who: String, body: Bytes, state: State
         event,
         accepted_at_ms: now,
         by: Some(by),
+        released_by: None,
     };
     let payload = Bytes::from(serde_json::to_vec(&ingested).expect("events serialize"));
     if let Err(e) = state.bus.publish(Queue::Events, vec![payload]).await {

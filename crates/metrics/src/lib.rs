@@ -260,6 +260,7 @@ pub struct Metrics {
     events_deduplicated: IntCounterVec,
     events_routed: IntCounterVec,
     delivery_jobs_queued: IntCounter,
+    events_silenced: IntCounter,
     subscription_matches: IntCounterVec,
     /// Subscriptions with a `subscription_matches` series.
     subscriptions: Mutex<HashSet<String>>,
@@ -368,6 +369,14 @@ impl Metrics {
                 IntCounter::new(
                     "tocsin_delivery_jobs_queued_total",
                     "Delivery jobs (one per event and action) the router queued.",
+                )
+                .expect("valid counter"),
+            ),
+            events_silenced: register(
+                &registry,
+                IntCounter::new(
+                    "tocsin_events_silenced_total",
+                    "Matched events a silence held back from their destinations.",
                 )
                 .expect("valid counter"),
             ),
@@ -560,6 +569,11 @@ impl Metrics {
     /// The router queued `count` delivery jobs.
     pub fn delivery_jobs_queued(&self, count: u64) {
         self.delivery_jobs_queued.inc_by(count);
+    }
+
+    /// A silence held `count` matched events back from their destinations.
+    pub fn events_silenced(&self, count: u64) {
+        self.events_silenced.inc_by(count);
     }
 
     /// The match counters of the subscriptions named `names`, in that order. The series of

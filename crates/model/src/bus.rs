@@ -18,6 +18,10 @@ pub struct IngestedEvent {
     /// The person's act this event carries, for events the alerts API made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<HumanAct>,
+    /// For a copy of an alert's latest event that the end of a silence released: the
+    /// silence. The router routes such a copy once, however often it is queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_by: Option<String>,
 }
 
 impl IngestedEvent {
@@ -160,6 +164,7 @@ mod tests {
                 event: event(),
                 accepted_at_ms: 7,
                 by: None,
+                released_by: None,
             }
         );
         let job: DeliveryJob =

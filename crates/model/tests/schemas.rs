@@ -109,6 +109,7 @@ fn emitted_events_and_pages_match_their_schemas() {
         event: event.clone(),
         accepted_at_ms: 5,
         by: None,
+        released_by: None,
     };
     assert_valid(
         &validator("bus-ingested-event.json"),

@@ -15,6 +15,12 @@
 //! a person's act (an event the alerts API made) changes the alert's state here, in that same
 //! order. A batch routed again after a crash folds nothing twice.
 //!
+//! A matched event that an active silence covers ([`silences`]) is folded as usual, its
+//! timeline line naming the silence, but no job is published for it — except a `CLOSE` of an
+//! alert that has an event no silence held back: what was told the alert opened is told it
+//! closed. A copy released when a silence ended is routed once: if it was folded before (it
+//! was queued again after a crash), it publishes nothing.
+//!
 //! It counts what it does: events routed by outcome and jobs queued once they are published,
 //! each subscription's matches as they happen (an event routed again after a crash counts
 //! again there), and what the fold of alerts changed once it is committed — people's acts, the
@@ -23,6 +29,7 @@
 pub mod api;
 pub mod matcher;
 pub mod sealing;
+pub mod silences;
 pub mod store;
 
 use ::store::alerts::{AlertStore, Change, HumanAction, Observed};
@@ -30,7 +37,9 @@ use bus::{Bus, Delivery, Queue};
 use bytes::Bytes;
 use matcher::Matcher;
 use metrics::{ActChannel, Counter, Metrics, RouteOutcome};
+use model::event::Transition;
 use model::{Catalog, DeliveryJob, IngestedEvent, ResourceEvent};
+use silences::{SilenceSet, Silences};
 use std::sync::Arc;
 use std::time::Duration;
 use store::ConfigStore;
@@ -48,6 +57,7 @@ pub struct Router {
     bus: Arc<dyn Bus>,
     store: Arc<ConfigStore>,
     alerts: AlertStore,
+    silences: Arc<Silences>,
     metrics: Arc<Metrics>,
     compiled: Compiled,
 }
@@ -78,6 +88,7 @@ impl Router {
         bus: Arc<dyn Bus>,
         store: Arc<ConfigStore>,
         alerts: AlertStore,
+        silences: Arc<Silences>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let compiled = Compiled::new(store.current(), &metrics);
@@ -89,6 +100,7 @@ impl Router {
             bus,
             store,
             alerts,
+            silences,
             metrics,
             compiled,
         }
@@ -105,6 +117,7 @@ impl Router {
             // Changes made through other processes are waiting in our update queue by now if
             // they returned before these events were accepted: take them first.
             self.store.refresh().await;
+            self.silences.refresh().await;
             self.route(batch, &mut shutdown).await;
         }
         tracing::info!("router stopped");
@@ -122,11 +135,13 @@ impl Router {
 
     async fn route(&mut self, batch: Vec<Delivery>, shutdown: &mut watch::Receiver<bool>) {
         let now = clock::now_epoch_seconds();
+        let silences = self.silences.current();
         let mut jobs = Vec::new();
-        let mut observed = Vec::with_capacity(batch.len());
+        let mut observed: Vec<Observed> = Vec::with_capacity(batch.len());
         let mut routed = Vec::with_capacity(batch.len());
         let mut unmatched = 0;
         let mut queued = 0;
+        let mut silenced = 0;
         for delivery in batch {
             let ingested: IngestedEvent = match serde_json::from_slice(&delivery.payload) {
                 Ok(ingested) => ingested,
@@ -139,13 +154,22 @@ impl Router {
                     continue;
                 }
             };
+            let mut silenced_by = self.silenced_by(&silences, &ingested, &observed).await;
+            let repeat = self.released_before(&ingested, &observed).await;
             let compiled = self.compiled();
-            let actions = compiled
+            let mut actions = compiled
                 .matcher
                 .select_reporting(&ingested.event, now, |n| compiled.matches[n].inc());
-            tracing::debug!(event = %ingested.event.id, actions = ?actions, "routed");
+            tracing::debug!(event = %ingested.event.id, actions = ?actions, silenced_by = ?silenced_by, "routed");
             if actions.is_empty() {
                 unmatched += 1;
+                // Nothing was held back: it would have gone nowhere.
+                silenced_by = None;
+            } else if silenced_by.is_some() {
+                silenced += 1;
+                actions.clear();
+            } else if repeat {
+                actions.clear();
             }
             if let Some((first, also)) = actions.split_first() {
                 queued += actions.len() as u64;
@@ -158,6 +182,7 @@ impl Router {
                 event: ingested.event,
                 accepted_at_ms: ingested.accepted_at_ms,
                 by: ingested.by,
+                silenced_by,
             });
             routed.push(delivery);
         }
@@ -169,6 +194,7 @@ impl Router {
             return;
         }
         self.metrics.delivery_jobs_queued(queued);
+        self.metrics.events_silenced(silenced);
         let matched = routed.len() as u64 - unmatched;
         self.metrics.events_routed(RouteOutcome::Matched, matched);
         self.metrics
@@ -179,6 +205,58 @@ impl Router {
                 tracing::warn!(error = %e, "cannot ack a routed event; it will be routed again");
             }
         }
+    }
+
+    /// The silence that holds `ingested` back, if one is active at its acceptance and it is
+    /// not the `CLOSE` of an alert whose destinations heard of it (an event no silence held
+    /// back, earlier in this batch or before). With no silence: one length check.
+    async fn silenced_by(
+        &self,
+        silences: &SilenceSet,
+        ingested: &IngestedEvent,
+        batch: &[Observed],
+    ) -> Option<String> {
+        if silences.is_empty() {
+            return None;
+        }
+        let event = &ingested.event;
+        let id = silences.silencing(event, ingested.accepted_at_ms)?;
+        if ingested.released_by.as_deref() == Some(id) {
+            // The silence released it: it ended, whatever a set read a moment ago says.
+            return None;
+        }
+        if Transition::of(event) != Transition::Close {
+            return Some(id.to_owned());
+        }
+        let key = event.alert_key();
+        let heard_in_batch = batch
+            .iter()
+            .any(|o| o.silenced_by.is_none() && o.event.alert_key() == key);
+        let heard = heard_in_batch
+            || self
+                .alerts
+                .has_unsilenced_event(key)
+                .await
+                .unwrap_or_else(|e| {
+                    // Telling a destination twice that an alert closed beats never telling it.
+                    tracing::warn!(error = %e, alert = %key, "cannot tell whether a silenced CLOSE was heard of; delivering it");
+                    true
+                });
+        (!heard).then(|| id.to_owned())
+    }
+
+    /// Whether `ingested` is a released copy routed before (queued again by a release that
+    /// was claimed again after a crash): then it publishes nothing.
+    async fn released_before(&self, ingested: &IngestedEvent, batch: &[Observed]) -> bool {
+        if ingested.released_by.is_none() {
+            return false;
+        }
+        let id = &ingested.event.id;
+        batch.iter().any(|o| &o.event.id == id)
+            || self.alerts.folded(id).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, event = %id, "cannot tell whether a released event was routed before; routing it");
+                false
+            })
     }
 
     /// Folds `observed` into their alerts, retrying while the store cannot; false if shutdown
@@ -276,6 +354,7 @@ mod tests {
             event,
             accepted_at_ms: 0,
             by: None,
+            released_by: None,
         };
         Bytes::from(serde_json::to_vec(&ingested).unwrap())
     }
@@ -327,11 +406,17 @@ mod tests {
             ::store::alerts::AlertStore::open(&::store::Location::Sqlite(dir.path().to_owned()))
                 .await
                 .unwrap();
+        let silences = ::store::silences::SilenceStore::open(&::store::Location::Sqlite(
+            dir.path().to_owned(),
+        ))
+        .await
+        .unwrap();
         let router = Router::new(
             RouterConfig { prefetch: 16 },
             Arc::clone(&bus),
             Arc::new(store),
             alerts,
+            Arc::new(Silences::open(silences).await.unwrap()),
             Arc::clone(&metrics),
         );
         // Series exist from the start, at zero.

@@ -16,17 +16,34 @@ use model::{Catalog, ResourceEvent};
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-/// A condition compiled for evaluation.
+/// A condition compiled for evaluation: which property, and how it compares.
 #[derive(Debug, Clone)]
 struct Test {
     key: usize,
+    comparison: Comparison,
+}
+
+/// How a condition compares a property's value: its predicate and `propertyValue`, the value
+/// read as a number once. Silences compare event properties with it too.
+#[derive(Debug, Clone)]
+pub(crate) struct Comparison {
     predicate: Predicate,
     value: String,
     number: Option<f64>,
 }
 
-impl Test {
-    fn holds(&self, actual: Option<&str>) -> bool {
+impl Comparison {
+    pub(crate) fn new(predicate: Predicate, value: String) -> Self {
+        let number = value.trim().parse().ok();
+        Comparison {
+            predicate,
+            value,
+            number,
+        }
+    }
+
+    /// Whether the property's value (`None`: the event has none) satisfies the predicate.
+    pub(crate) fn holds(&self, actual: Option<&str>) -> bool {
         let Some(actual) = actual else {
             // No value: only the negative predicates hold (nothing does not contain "x").
             return matches!(
@@ -108,12 +125,9 @@ impl Matcher {
             if condition.predicate == Predicate::Equals {
                 matcher.equals[key].entry(value).or_default().push(slot);
             } else {
-                let number = value.trim().parse().ok();
                 let test = Test {
                     key,
-                    predicate: condition.predicate,
-                    value,
-                    number,
+                    comparison: Comparison::new(condition.predicate, value),
                 };
                 matcher.tests.push((slot, test));
             }
@@ -203,7 +217,7 @@ impl Matcher {
             }
         }
         for (slot, test) in &self.tests {
-            holds[*slot] = test.holds(values[test.key].as_deref());
+            holds[*slot] = test.comparison.holds(values[test.key].as_deref());
         }
         let mut chosen = vec![false; self.actions.len()];
         for (number, subscription) in self.subscriptions.iter().enumerate() {

@@ -15,6 +15,7 @@
 //!   and the jobs parked behind it — so that per-key order holds across processes;
 //! - [`dedupe`]: windows of what was already published — OCI messages, and the producer APIs'
 //!   `Idempotency-Key` requests (with their first answer) and Alertmanager alerts;
+//! - [`silences`]: who silenced which events, from when until when, and which releases are done;
 //! - [`subscriptions`]: the OCI subscriptions' confirmation outcomes.
 //!
 //! [`postgres`] holds what every PostgreSQL module shares: the connection pool and the
@@ -31,6 +32,7 @@ pub mod lanes;
 pub mod links;
 pub mod postgres;
 pub mod records;
+pub mod silences;
 pub mod subscriptions;
 
 pub use availability::Availability;

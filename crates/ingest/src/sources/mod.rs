@@ -181,8 +181,9 @@ pub(crate) fn scalar_text(value: &Value) -> Option<String> {
 }
 
 /// Epoch seconds of an RFC 3339 timestamp (`2023-05-17T15:34:23.852Z`), if it is one at or
-/// after the epoch (ANS event timestamps cannot be negative).
-pub(crate) fn rfc3339_seconds(text: &str) -> Option<i64> {
+/// after the epoch (ANS event timestamps cannot be negative; `tocsin silence` reads its times
+/// with it too).
+pub fn rfc3339_seconds(text: &str) -> Option<i64> {
     let time =
         time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     Some(time.unix_timestamp()).filter(|seconds| *seconds >= 0)

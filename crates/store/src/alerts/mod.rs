@@ -94,6 +94,9 @@ pub enum Entry {
         #[serde(skip_serializing_if = "Option::is_none")]
         status: Option<String>,
         subject: String,
+        /// The silence that held it back from its destinations, if one did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        silenced_by: Option<String>,
     },
     /// A person acted.
     Action {
@@ -112,6 +115,14 @@ impl Entry {
             Entry::Event { at_ms, .. } | Entry::Action { at_ms, .. } => *at_ms,
         }
     }
+
+    /// The silence that held this event back, if one did.
+    fn silenced_by(&self) -> Option<&str> {
+        match self {
+            Entry::Event { silenced_by, .. } => silenced_by.as_deref(),
+            Entry::Action { .. } => None,
+        }
+    }
 }
 
 /// An accepted event, as the router hands it over.
@@ -121,6 +132,8 @@ pub struct Observed {
     pub accepted_at_ms: i64,
     /// The person's act the event carries, if the alerts API made it.
     pub by: Option<HumanAct>,
+    /// The silence that held the event back from its destinations, if one did.
+    pub silenced_by: Option<String>,
 }
 
 impl Alert {
@@ -381,6 +394,35 @@ impl AlertStore {
         }
     }
 
+    /// Whether the alert `key` has an event that no silence held back: one that went to its
+    /// destinations, whose `CLOSE` must go there too.
+    pub async fn has_unsilenced_event(&self, key: &str) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(s.exists(HAS_UNSILENCED_EVENT, key).await?),
+            Backend::Postgres(p) => p.database.noted(p.exists(HAS_UNSILENCED_EVENT, key).await),
+        }
+    }
+
+    /// Whether the event `event_id` was folded into its alert already.
+    pub async fn folded(&self, event_id: &str) -> Result<bool, StoreError> {
+        let id = event_id.to_owned();
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(s.exists(FOLDED, id).await?),
+            Backend::Postgres(p) => p.database.noted(p.exists(FOLDED, id).await),
+        }
+    }
+
+    /// The alerts not resolved whose latest event the silence `silence_id` held back: what
+    /// its end releases.
+    pub async fn held_back_by(&self, silence_id: &str) -> Result<Vec<Alert>, StoreError> {
+        let silence_id = silence_id.to_owned();
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(s.held_back_by(silence_id).await?),
+            Backend::Postgres(p) => p.database.noted(p.held_back_by(silence_id).await),
+        }
+    }
+
     /// Deletes up to `batch` alerts resolved before `cutoff_ms`, with their timelines;
     /// returns how many alerts went.
     pub async fn purge_resolved_before(
@@ -421,7 +463,32 @@ fn event_entry(observed: &Observed) -> Entry {
             .tag(model::event::TAG_STATUS)
             .map(str::to_owned),
         subject: observed.event.subject.clone(),
+        silenced_by: observed.silenced_by.clone(),
     }
+}
+
+/// The same on both backends (`{timeline}` names the table, `{key}` the one parameter):
+/// whether the alert has an event that no silence held back.
+const HAS_UNSILENCED_EVENT: &str = "SELECT EXISTS (SELECT 1 FROM {timeline} \
+    WHERE key = {key} AND event_id IS NOT NULL AND silenced_by IS NULL)";
+
+/// The same on both backends (`{timeline}` names the table, `{silence}` the one parameter):
+/// the alerts not resolved whose latest event the silence held back.
+const HELD_BACK_BY: &str = "SELECT {columns} FROM alerts WHERE state <> 'resolved' AND key IN ( \
+    SELECT t.key FROM {timeline} t WHERE t.silenced_by = {silence} AND t.id = ( \
+        SELECT MAX(l.id) FROM {timeline} l WHERE l.key = t.key AND l.event_id IS NOT NULL))";
+
+/// The same on both backends (`{timeline}` names the table, `{key}` the one parameter, an
+/// event's id): whether the event was folded in.
+const FOLDED: &str = "SELECT EXISTS (SELECT 1 FROM {timeline} WHERE event_id = {key})";
+
+/// [`HAS_UNSILENCED_EVENT`], [`HELD_BACK_BY`] or [`FOLDED`] for one backend.
+fn sql(template: &str, timeline: &str, parameter: &str, columns: &str) -> String {
+    template
+        .replace("{timeline}", timeline)
+        .replace("{key}", parameter)
+        .replace("{silence}", parameter)
+        .replace("{columns}", columns)
 }
 
 /// The timeline line of a person's act.

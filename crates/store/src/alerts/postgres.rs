@@ -4,8 +4,8 @@
 //! batch in six round trips, whatever its size.
 
 use super::{
-    counts, fold_noting, Alert, AlertQuery, AlertState, Change, Entry, Observed,
-    COUNT_BY_STATE_AND_SEVERITY,
+    counts, fold_noting, sql, Alert, AlertQuery, AlertState, Change, Entry, Observed,
+    COUNT_BY_STATE_AND_SEVERITY, HELD_BACK_BY,
 };
 use crate::postgres::Postgres;
 use crate::StoreError;
@@ -13,7 +13,8 @@ use deadpool_postgres::GenericClient;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use tokio_postgres::Row;
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE alerts (
         key TEXT PRIMARY KEY,
         state TEXT NOT NULL,
@@ -40,7 +41,13 @@ const MIGRATIONS: &[&str] = &["
         entry TEXT NOT NULL
     );
     CREATE INDEX alert_timeline_by_alert ON alert_timeline (key, id);
-"];
+",
+    "
+    ALTER TABLE alert_timeline ADD COLUMN silenced_by TEXT;
+    CREATE INDEX alert_timeline_by_silence ON alert_timeline (silenced_by)
+        WHERE silenced_by IS NOT NULL;
+",
+];
 
 /// The advisory lock class of alert keys (`alrt`), apart from other modules' locks.
 const LOCK_CLASS: i32 = 0x616c_7274;
@@ -181,6 +188,32 @@ impl PostgresAlerts {
         Ok(counts(rows))
     }
 
+    /// Runs `query` ([`super::HAS_UNSILENCED_EVENT`] or [`super::FOLDED`]) with `value`.
+    pub(super) async fn exists(
+        &self,
+        query: &'static str,
+        value: String,
+    ) -> Result<bool, StoreError> {
+        let client = self.database.client().await?;
+        let statement = client
+            .prepare_cached(&sql(query, "alert_timeline", "$1", COLUMNS))
+            .await?;
+        Ok(client.query_one(&statement, &[&value]).await?.get(0))
+    }
+
+    pub(super) async fn held_back_by(&self, silence: String) -> Result<Vec<Alert>, StoreError> {
+        let client = self.database.client().await?;
+        Ok(client
+            .query(
+                &sql(HELD_BACK_BY, "alert_timeline", "$1", COLUMNS),
+                &[&silence],
+            )
+            .await?
+            .iter()
+            .map(row_to_alert)
+            .collect())
+    }
+
     pub(super) async fn purge_resolved_before(
         &self,
         cutoff_ms: i64,
@@ -294,13 +327,14 @@ async fn append(
         .iter()
         .map(|(_, e, _)| serde_json::to_string(e).expect("entries serialize"))
         .collect();
+    let silenced: Vec<Option<&str>> = entries.iter().map(|(_, e, _)| e.silenced_by()).collect();
     client
         .execute(
-            "INSERT INTO alert_timeline (key, at_ms, event_id, entry) \
-             SELECT key, at_ms, event_id, entry \
-             FROM unnest($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[]) \
-             WITH ORDINALITY AS t(key, at_ms, event_id, entry, n) ORDER BY n",
-            &[&keys, &at, &ids, &json],
+            "INSERT INTO alert_timeline (key, at_ms, event_id, entry, silenced_by) \
+             SELECT key, at_ms, event_id, entry, silenced_by \
+             FROM unnest($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[]) \
+             WITH ORDINALITY AS t(key, at_ms, event_id, entry, silenced_by, n) ORDER BY n",
+            &[&keys, &at, &ids, &json, &silenced],
         )
         .await?;
     Ok(())

@@ -3,14 +3,15 @@
 //! with another change.
 
 use super::{
-    counts, fold_noting, Alert, AlertQuery, AlertState, Change, Entry, Observed,
-    COUNT_BY_STATE_AND_SEVERITY,
+    counts, fold_noting, sql, Alert, AlertQuery, AlertState, Change, Entry, Observed,
+    COUNT_BY_STATE_AND_SEVERITY, HELD_BACK_BY,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use storage::{Database, Durability, StorageError};
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE alerts (
         key TEXT PRIMARY KEY,
         state TEXT NOT NULL,
@@ -37,7 +38,12 @@ const MIGRATIONS: &[&str] = &["
         entry TEXT NOT NULL
     );
     CREATE INDEX timeline_by_alert ON timeline (key, id);
-"];
+",
+    "
+    ALTER TABLE timeline ADD COLUMN silenced_by TEXT;
+    CREATE INDEX timeline_by_silence ON timeline (silenced_by) WHERE silenced_by IS NOT NULL;
+",
+];
 
 const COLUMNS: &str = "key, state, severity, event_type, subject, resource_name, resource_type, \
     first_seen_ms, last_seen_ms, firing_since_ms, acknowledged_at_ms, resolved_at_ms, events, \
@@ -157,6 +163,30 @@ impl SqliteAlerts {
             .await
     }
 
+    /// Runs `query` ([`super::HAS_UNSILENCED_EVENT`] or [`super::FOLDED`]) with `value`.
+    pub(super) async fn exists(
+        &self,
+        query: &'static str,
+        value: String,
+    ) -> Result<bool, StorageError> {
+        self.db
+            .read(move |c| {
+                c.prepare_cached(&sql(query, "timeline", "?1", COLUMNS))?
+                    .query_row([&value], |r| r.get(0))
+            })
+            .await
+    }
+
+    pub(super) async fn held_back_by(&self, silence: String) -> Result<Vec<Alert>, StorageError> {
+        self.db
+            .read(move |c| {
+                c.prepare_cached(&sql(HELD_BACK_BY, "timeline", "?1", COLUMNS))?
+                    .query_map([&silence], row_to_alert)?
+                    .collect()
+            })
+            .await
+    }
+
     pub(super) async fn purge_resolved_before(
         &self,
         cutoff_ms: i64,
@@ -219,13 +249,17 @@ fn append(
     entry: &Entry,
     event_id: Option<&str>,
 ) -> rusqlite::Result<()> {
-    c.prepare_cached("INSERT INTO timeline (key, at_ms, event_id, entry) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![
-            key,
-            entry.at_ms(),
-            event_id,
-            serde_json::to_string(entry).expect("entries serialize")
-        ])?;
+    c.prepare_cached(
+        "INSERT INTO timeline (key, at_ms, event_id, entry, silenced_by) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        key,
+        entry.at_ms(),
+        event_id,
+        serde_json::to_string(entry).expect("entries serialize"),
+        entry.silenced_by(),
+    ])?;
     Ok(())
 }
 

@@ -17,6 +17,7 @@ fn observed(id: &str, key: &str, status: Option<&str>, at: i64) -> Observed {
         event,
         accepted_at_ms: at,
         by: None,
+        silenced_by: None,
     }
 }
 
@@ -283,5 +284,51 @@ async fn folds_say_once_what_they_changed_and_alerts_are_counted_on_both_backend
                 (AlertState::Resolved, "FATAL".to_owned(), 2),
             ]
         );
+    }
+}
+
+#[tokio::test]
+async fn silenced_events_are_noted_and_the_alerts_a_silence_held_back_are_found_on_both_backends() {
+    let silenced = |id: &str, key: &str, status: Option<&str>, at: i64, by: &str| Observed {
+        silenced_by: Some(by.to_owned()),
+        ..observed(id, key, status, at)
+    };
+    let (stores, _dir) = stores().await;
+    for store in stores {
+        store
+            .observe(vec![
+                // Delivered, then held back: released when `s` ends.
+                observed("a1", "a", None, 1_000),
+                silenced("a2", "a", Some("UPDATE"), 2_000, "s"),
+                // Held back from the start: released too.
+                silenced("b1", "b", None, 1_000, "s"),
+                // Held back, then delivered (another property changed): nothing to release.
+                silenced("c1", "c", None, 1_000, "s"),
+                observed("c2", "c", Some("UPDATE"), 2_000),
+                // Held back, then closed quietly: nothing to release.
+                silenced("d1", "d", None, 1_000, "s"),
+                silenced("d2", "d", Some("CLOSE"), 2_000, "s"),
+                // Held back by another silence.
+                silenced("e1", "e", None, 1_000, "t"),
+            ])
+            .await
+            .unwrap();
+        let mut held: Vec<String> = store
+            .held_back_by("s")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.key)
+            .collect();
+        held.sort();
+        assert_eq!(held, ["a", "b"]);
+        assert!(store.has_unsilenced_event("a").await.unwrap());
+        assert!(!store.has_unsilenced_event("b").await.unwrap());
+        assert!(!store.has_unsilenced_event("nope").await.unwrap());
+        assert!(store.folded("a2").await.unwrap());
+        assert!(!store.folded("a3").await.unwrap());
+        let (_, timeline) = store.get("a").await.unwrap().unwrap();
+        let marks: Vec<Option<&str>> = timeline.iter().map(|e| e.silenced_by()).collect();
+        assert_eq!(marks, [None, Some("s")]);
     }
 }
