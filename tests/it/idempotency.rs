@@ -64,14 +64,16 @@ fn ids(body: &Value) -> Vec<String> {
         .collect()
 }
 
-/// What the processes have stored, once every one's bus is idle.
-async fn stored(processes: &[&Tocsin]) -> u64 {
+/// Asserts that the processes have stored `expected` records: as many arrive (records are
+/// written after their jobs are taken, so an idle bus alone is no proof under load), and no
+/// more once every process's bus is idle.
+async fn assert_stored(processes: &[&Tocsin], expected: u64) {
+    processes[0].wait_for_count(MATCHED, expected).await;
     for tocsin in processes {
         tocsin.wait_until_idle().await;
     }
-    processes[0].page(MATCHED).await["responseMetadata"]["totalResultsCount"]
-        .as_u64()
-        .unwrap()
+    let total = processes[0].page(MATCHED).await["responseMetadata"]["totalResultsCount"].as_u64();
+    assert_eq!(total, Some(expected), "records once every bus is idle");
 }
 
 /// `tocsin_events_deduplicated_total{source}`, summed over the processes.
@@ -205,7 +207,7 @@ async fn the_same_key_publishes_once(first: &Tocsin, second: &Tocsin) {
     }
 
     // Published: key-1 (1), its batch (2), key-4 (1), without a key (2), key-6 (1).
-    assert_eq!(stored(&processes).await, 7);
+    assert_stored(&processes, 7).await;
     let replayed_events = 2 + 2 + answers.iter().filter(|a| a.replayed).count() as u64;
     assert_eq!(deduplicated(&processes, "ans").await, replayed_events);
     let found = first.page(&format!("{MATCHED}?sourceEventId=idem-1")).await;
@@ -252,7 +254,7 @@ async fn alertmanager_resends_publish_once(first: &Tocsin, second: &Tocsin, befo
     let again = post(first, WEBHOOK, None, &resolved).await;
     assert_eq!(again.body, json!({"published": []}));
 
-    assert_eq!(stored(&processes).await, before + 3);
+    assert_stored(&processes, before + 3).await;
     // 2 + 2 alerts re-sent unchanged, then 1, then 2.
     assert_eq!(deduplicated(&processes, "alertmanager").await, 7);
 }
@@ -276,7 +278,7 @@ async fn duplicates_at_the_door_on_the_embedded_bus_and_sqlite() {
     )
     .await;
     assert_eq!(again.body, json!({"published": []}));
-    assert_eq!(stored(&[&tocsin]).await, 10);
+    assert_stored(&[&tocsin], 10).await;
     tocsin.shutdown().await;
 }
 
