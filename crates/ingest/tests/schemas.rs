@@ -25,7 +25,7 @@ fn sample(name: &str) -> Value {
 }
 
 fn fixture(name: &str) -> Value {
-    read(&crate_dir().join("../../../shared/fixtures/oci").join(name))
+    read(&crate_dir().join("../../tests/fixtures/oci").join(name))
 }
 
 /// A validator for `schemas/<name>`, every schema registered for `$ref` (documents without an

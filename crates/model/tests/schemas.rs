@@ -191,11 +191,11 @@ fn configurations_round_trip_through_the_schema() {
 
 #[test]
 fn every_oci_fixture_matches_its_schema() {
-    let fixtures = repo().join("../shared/fixtures/oci");
+    let fixtures = repo().join("tests/fixtures/oci");
     let alarm = validator("oci-alarm-message.json");
     let confirmation = validator("oci-subscription-confirmation.json");
     let mut checked = 0;
-    for entry in std::fs::read_dir(&fixtures).expect("shared fixtures beside the repo") {
+    for entry in std::fs::read_dir(&fixtures).expect("the OCI fixtures in tests/fixtures") {
         let path = entry.unwrap().path();
         if path.extension().is_none_or(|e| e != "json") {
             continue;
