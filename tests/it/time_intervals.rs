@@ -113,8 +113,14 @@ async fn muted_and_inactive_subscriptions_deliver_nothing_and_bad_intervals_are_
             unknown_zone,
             "time interval `another-month`: `intervals[0].location`",
         ),
-        (unknown_name, "time interval `nights`"),
-        (removed, "time interval `always`"),
+        (
+            unknown_name,
+            "subscription `muted`: `muteTimeIntervals` names time interval `nights`",
+        ),
+        (
+            removed,
+            "subscription `muted`: `muteTimeIntervals` names time interval `always`",
+        ),
     ] {
         let response = tocsin.post(PATH, &body).send().await.unwrap();
         let message = error_message(response, 400).await;

@@ -542,12 +542,7 @@ impl Configuration {
                 .conditions
                 .iter()
                 .map(|n| ("condition", n, &conditions)))
-            .chain(subscription.actions.iter().map(|n| ("action", n, &actions)))
-            .chain(
-                (subscription.mute_time_intervals.iter())
-                    .chain(&subscription.active_time_intervals)
-                    .map(|n| ("time interval", n, &intervals)),
-            );
+            .chain(subscription.actions.iter().map(|n| ("action", n, &actions)));
             for (kind, name, known) in references {
                 if !known.contains(name.as_str()) {
                     return Err(ConfigurationError::Missing {
@@ -555,6 +550,20 @@ impl Configuration {
                         kind,
                         name: name.clone(),
                     });
+                }
+            }
+            let named = [
+                ("muteTimeIntervals", &subscription.mute_time_intervals),
+                ("activeTimeIntervals", &subscription.active_time_intervals),
+            ];
+            for (field, names) in named {
+                if let Some(name) = names.iter().find(|n| !intervals.contains(n.as_str())) {
+                    return Err(ConfigurationError::invalid(
+                        "subscription",
+                        &subscription.name,
+                        field,
+                        format!("names time interval `{name}`, which does not exist"),
+                    ));
                 }
             }
         }
