@@ -30,3 +30,4 @@ mod sources_cloudevents_alertmanager;
 mod store_and_forward;
 mod store_end_to_end;
 mod store_outage;
+mod time_intervals;

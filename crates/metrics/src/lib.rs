@@ -261,6 +261,7 @@ pub struct Metrics {
     events_routed: IntCounterVec,
     delivery_jobs_queued: IntCounter,
     events_silenced: IntCounter,
+    events_muted: IntCounter,
     subscription_matches: IntCounterVec,
     /// Subscriptions with a `subscription_matches` series.
     subscriptions: Mutex<HashSet<String>>,
@@ -377,6 +378,14 @@ impl Metrics {
                 IntCounter::new(
                     "tocsin_events_silenced_total",
                     "Matched events a silence held back from their destinations.",
+                )
+                .expect("valid counter"),
+            ),
+            events_muted: register(
+                &registry,
+                IntCounter::new(
+                    "tocsin_events_muted_total",
+                    "Events a time interval kept from at least one subscription whose conditions they met.",
                 )
                 .expect("valid counter"),
             ),
@@ -574,6 +583,11 @@ impl Metrics {
     /// A silence held `count` matched events back from their destinations.
     pub fn events_silenced(&self, count: u64) {
         self.events_silenced.inc_by(count);
+    }
+
+    /// A time interval kept `count` events from at least one subscription each.
+    pub fn events_muted(&self, count: u64) {
+        self.events_muted.inc_by(count);
     }
 
     /// The match counters of the subscriptions named `names`, in that order. The series of

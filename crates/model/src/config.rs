@@ -4,6 +4,7 @@
 
 use crate::action_types::ActionTypeError;
 use crate::event::wire_enum;
+use crate::intervals::TimeInterval;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -144,13 +145,20 @@ pub struct Subscription {
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
+    /// Tocsin extension: names of time intervals during which the subscription selects nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mute_time_intervals: Vec<String>,
+    /// Tocsin extension: names of time intervals outside all of which the subscription selects
+    /// nothing; empty means always active.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active_time_intervals: Vec<String>,
     #[serde(flatten)]
     pub meta: EntityMeta,
 }
 
 /// The import/export document.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Configuration {
     #[serde(default)]
     pub actions: Vec<Action>,
@@ -158,6 +166,9 @@ pub struct Configuration {
     pub conditions: Vec<Condition>,
     #[serde(default)]
     pub subscriptions: Vec<Subscription>,
+    /// Tocsin extension, left out when empty so that an ANS document round-trips unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub time_intervals: Vec<TimeInterval>,
 }
 
 /// Documented limits on what a configuration may hold (docs/src/routing.md lists them): beyond
@@ -291,7 +302,7 @@ pub enum ConfigurationError {
 }
 
 impl ConfigurationError {
-    fn invalid(
+    pub(crate) fn invalid(
         kind: &'static str,
         name: &str,
         field: impl Into<String>,
@@ -306,7 +317,7 @@ impl ConfigurationError {
     }
 }
 
-fn check_name(kind: &'static str, name: &str) -> Result<(), ConfigurationError> {
+pub(crate) fn check_name(kind: &'static str, name: &str) -> Result<(), ConfigurationError> {
     if name.trim().is_empty() {
         return Err(ConfigurationError::invalid(
             kind,
@@ -515,6 +526,13 @@ impl Configuration {
             .try_for_each(Subscription::check)?;
         let actions = unique("action", self.actions.iter().map(|a| a.name.as_str()))?;
         let conditions = unique("condition", self.conditions.iter().map(|c| c.name.as_str()))?;
+        for interval in &self.time_intervals {
+            interval.compile()?;
+        }
+        let intervals = unique(
+            "time interval",
+            self.time_intervals.iter().map(|i| i.name.as_str()),
+        )?;
         unique(
             "subscription",
             self.subscriptions.iter().map(|s| s.name.as_str()),
@@ -532,6 +550,20 @@ impl Configuration {
                         kind,
                         name: name.clone(),
                     });
+                }
+            }
+            let named = [
+                ("muteTimeIntervals", &subscription.mute_time_intervals),
+                ("activeTimeIntervals", &subscription.active_time_intervals),
+            ];
+            for (field, names) in named {
+                if let Some(name) = names.iter().find(|n| !intervals.contains(n.as_str())) {
+                    return Err(ConfigurationError::invalid(
+                        "subscription",
+                        &subscription.name,
+                        field,
+                        format!("names time interval `{name}`, which does not exist"),
+                    ));
                 }
             }
         }

@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod config;
 pub mod consumer;
 pub mod event;
+pub mod intervals;
 pub mod secrets;
 pub mod validate;
 
@@ -28,4 +29,5 @@ pub use consumer::{
     ResponseMetadata,
 };
 pub use event::{AffectedResource, Category, ResourceEvent, Severity, Tags};
+pub use intervals::{CompiledTimeInterval, TimeInterval};
 pub use validate::{parse_event, parse_events, ValidationError};

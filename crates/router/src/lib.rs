@@ -142,6 +142,7 @@ impl Router {
         let mut unmatched = 0;
         let mut queued = 0;
         let mut silenced = 0;
+        let mut muted = 0;
         for delivery in batch {
             let ingested: IngestedEvent = match serde_json::from_slice(&delivery.payload) {
                 Ok(ingested) => ingested,
@@ -157,9 +158,15 @@ impl Router {
             let mut silenced_by = self.silenced_by(&silences, &ingested, &observed).await;
             let repeat = self.released_before(&ingested, &observed).await;
             let compiled = self.compiled();
-            let mut actions = compiled
-                .matcher
-                .select_reporting(&ingested.event, now, |n| compiled.matches[n].inc());
+            let mut was_muted = false;
+            let mut actions = compiled.matcher.select_reporting(
+                &ingested.event,
+                now,
+                ingested.accepted_at_ms,
+                |n| compiled.matches[n].inc(),
+                |_| was_muted = true,
+            );
+            muted += u64::from(was_muted);
             tracing::debug!(event = %ingested.event.id, actions = ?actions, silenced_by = ?silenced_by, "routed");
             if actions.is_empty() {
                 unmatched += 1;
@@ -195,6 +202,7 @@ impl Router {
         }
         self.metrics.delivery_jobs_queued(queued);
         self.metrics.events_silenced(silenced);
+        self.metrics.events_muted(muted);
         let matched = routed.len() as u64 - unmatched;
         self.metrics.events_routed(RouteOutcome::Matched, matched);
         self.metrics

@@ -4,17 +4,23 @@
 //! conditions hold — every `mandatory` condition must hold; the other conditions are grouped by
 //! property key, a group holds when any of its conditions holds (OR), and every group must hold
 //! (AND). A subscription without conditions fires for every event. The event goes to the
-//! enabled actions of every subscription that fires, each action once.
+//! enabled actions of every subscription that fires, each action once. A subscription whose
+//! conditions hold but that is muted at the event's acceptance — one of its `muteTimeIntervals`
+//! contains that instant, or none of its `activeTimeIntervals` does — does not fire; it is
+//! reported as muted instead.
 //!
 //! How it is fast: a configuration is compiled once. Each distinct condition is evaluated once
 //! per event however many subscriptions share it; `EQUALS` conditions — the common case — are
 //! not evaluated at all but looked up by the event's value in a hash index; the event's
-//! properties are read once per key. Subscriptions then only test bits.
+//! properties are read once per key. Subscriptions then only test bits. Time intervals are
+//! parsed once per configuration, and asked about an instant only for a subscription that names
+//! them and whose conditions hold.
 
 use model::config::{Predicate, PropertyKey, State};
-use model::{Catalog, ResourceEvent};
+use model::{Catalog, CompiledTimeInterval, ResourceEvent};
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A condition compiled for evaluation: which property, and how it compares.
 #[derive(Debug, Clone)]
@@ -85,6 +91,18 @@ struct CompiledSubscription {
     groups: Vec<Vec<usize>>,
     /// Indexes into `Matcher::actions`.
     actions: Vec<usize>,
+    /// Muted while any of these contains the instant.
+    mute: Vec<Arc<CompiledTimeInterval>>,
+    /// When not empty, muted while none of these contains the instant.
+    active: Vec<Arc<CompiledTimeInterval>>,
+}
+
+impl CompiledSubscription {
+    /// Whether the subscription is muted at `at_ms` (epoch milliseconds).
+    fn muted_at(&self, at_ms: i64) -> bool {
+        self.mute.iter().any(|i| i.contains(at_ms))
+            || (!self.active.is_empty() && !self.active.iter().any(|i| i.contains(at_ms)))
+    }
 }
 
 /// A configuration compiled for matching.
@@ -132,6 +150,18 @@ impl Matcher {
                 matcher.tests.push((slot, test));
             }
         }
+        // The configuration was checked: every interval compiles.
+        let intervals: HashMap<&str, Arc<CompiledTimeInterval>> = configuration
+            .time_intervals
+            .iter()
+            .filter_map(|i| Some((i.name.as_str(), Arc::new(i.compile().ok()?))))
+            .collect();
+        let resolve = |names: &[String]| -> Vec<Arc<CompiledTimeInterval>> {
+            names
+                .iter()
+                .filter_map(|n| intervals.get(n.as_str()).cloned())
+                .collect()
+        };
         let mut action_index: HashMap<&str, usize> = HashMap::new();
         let conditions: HashMap<&str, &model::Condition> = configuration
             .conditions
@@ -149,6 +179,8 @@ impl Matcher {
                 mandatory: Vec::new(),
                 groups: Vec::new(),
                 actions: Vec::new(),
+                mute: resolve(&subscription.mute_time_intervals),
+                active: resolve(&subscription.active_time_intervals),
             };
             let mut group_of_key: HashMap<&str, usize> = HashMap::new();
             for name in &subscription.conditions {
@@ -189,9 +221,10 @@ impl Matcher {
         matcher
     }
 
-    /// The names of the actions `event` goes to, each once.
+    /// The names of the actions `event` goes to, each once, with `now` (epoch seconds) as both
+    /// the time snoozes and time intervals are compared with.
     pub fn select(&self, event: &ResourceEvent, now: i64) -> Vec<&str> {
-        self.select_reporting(event, now, |_| {})
+        self.select_reporting(event, now, now * 1000, |_| {}, |_| {})
     }
 
     /// The subscriptions that can fire (enabled, with an enabled action), in the order
@@ -200,12 +233,16 @@ impl Matcher {
         self.subscriptions.iter().map(|s| s.name.as_str()).collect()
     }
 
-    /// [`Matcher::select`], calling `fired` with the number of each subscription that fires.
+    /// [`Matcher::select`] with time intervals compared with `at_ms` (the event's acceptance,
+    /// epoch milliseconds), calling `fired` with the number of each subscription that fires and
+    /// `muted` with that of each whose conditions hold but that a time interval mutes.
     pub fn select_reporting(
         &self,
         event: &ResourceEvent,
         now: i64,
+        at_ms: i64,
         mut fired: impl FnMut(usize),
+        mut muted: impl FnMut(usize),
     ) -> Vec<&str> {
         let values: Vec<Option<Cow<'_, str>>> = self.keys.iter().map(|k| k.value(event)).collect();
         let mut holds = vec![false; self.slots];
@@ -227,7 +264,9 @@ impl Matcher {
                     .groups
                     .iter()
                     .all(|group| group.iter().any(|&slot| holds[slot]));
-            if fires {
+            if fires && subscription.muted_at(at_ms) {
+                muted(number);
+            } else if fires {
                 fired(number);
                 for &action in &subscription.actions {
                     chosen[action] = true;

@@ -225,11 +225,68 @@ fn states_snoozes_and_empty_condition_lists() {
     let names = matcher.subscription_names();
     assert_eq!(names, ["everything", "snoozed"]);
     let mut fired = Vec::new();
-    matcher.select_reporting(&e, 99, |n| fired.push(names[n]));
+    matcher.select_reporting(&e, 99, 99_000, |n| fired.push(names[n]), |_| {});
     assert_eq!(fired, ["everything"]);
     fired.clear();
-    matcher.select_reporting(&e, 100, |n| fired.push(names[n]));
+    matcher.select_reporting(&e, 100, 100_000, |n| fired.push(names[n]), |_| {});
     assert_eq!(fired, ["everything", "snoozed"]);
+}
+
+#[test]
+fn time_intervals_mute_and_activate_subscriptions() {
+    let catalog = catalog(serde_json::from_value::<Configuration>(json!({
+        "actions": [
+            {"name": "always", "type": "STORE", "state": "ENABLED"},
+            {"name": "muted-at-night", "type": "STORE", "state": "ENABLED"},
+            {"name": "office-only", "type": "STORE", "state": "ENABLED"}
+        ],
+        "subscriptions": [
+            {"name": "a", "state": "ENABLED", "actions": ["always"]},
+            {"name": "m", "state": "ENABLED", "actions": ["muted-at-night"], "muteTimeIntervals": ["night"]},
+            {"name": "o", "state": "ENABLED", "actions": ["office-only"], "activeTimeIntervals": ["office", "night"]}
+        ],
+        "timeIntervals": [
+            {"name": "night", "intervals": [{"times": [{"startTime": "00:00", "endTime": "06:00"}]}]},
+            {"name": "office", "intervals": [{"weekdays": ["monday:friday"], "times": [{"startTime": "09:00", "endTime": "17:00"}], "location": "Europe/Berlin"}]}
+        ]
+    })).unwrap()).unwrap();
+    let matcher = Matcher::new(&catalog);
+    let names = matcher.subscription_names();
+    let e = event(None, json!({}));
+    let at = |text: &str| text.parse::<jiff::Timestamp>().unwrap().as_millisecond();
+    let select = |at_ms: i64| {
+        let (mut fired, mut muted) = (Vec::new(), Vec::new());
+        let mut actions = matcher.select_reporting(
+            &e,
+            0,
+            at_ms,
+            |n| fired.push(names[n]),
+            |n| muted.push(names[n]),
+        );
+        actions.sort();
+        (actions, fired, muted)
+    };
+    // Monday 2026-06-01, 03:00 UTC: night.
+    assert_eq!(
+        select(at("2026-06-01T03:00:00Z")),
+        (vec!["always", "office-only"], vec!["a", "o"], vec!["m"])
+    );
+    // 10:00 in Berlin: office hours.
+    assert_eq!(
+        select(at("2026-06-01T08:00:00Z")),
+        (
+            vec!["always", "muted-at-night", "office-only"],
+            vec!["a", "m", "o"],
+            vec![]
+        )
+    );
+    // 19:00 in Berlin: neither.
+    assert_eq!(
+        select(at("2026-06-01T17:00:00Z")),
+        (vec!["always", "muted-at-night"], vec!["a", "m"], vec!["o"])
+    );
+    // Saturday at 10:00 in Berlin: not office hours.
+    assert_eq!(select(at("2026-06-06T08:00:00Z")).2, ["o"]);
 }
 
 // ---- property test -------------------------------------------------------------------------
