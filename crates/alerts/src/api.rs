@@ -45,9 +45,7 @@ pub fn routes(
     responder: impl Filter<Extract = (String,), Error = Rejection> + Clone + Send + Sync + 'static,
 ) -> BoxedFilter<(Response,)> {
     let state = warp::any().map(move || state.clone());
-    let base = warp::path("tocsin")
-        .and(warp::path("v1"))
-        .and(warp::path("alerts"));
+    let base = web::tocsin_api("alerts");
     let list = base
         .and(warp::path::end())
         .and(warp::get())

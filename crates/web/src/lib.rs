@@ -19,6 +19,13 @@ pub fn platform() -> impl Filter<Extract = (), Error = Rejection> + Clone {
     warp::path("cf").or(warp::path("neo")).unify()
 }
 
+/// The root of one of Tocsin's own APIs: `/tocsin/v1/{resource}`.
+pub fn tocsin_api(resource: &'static str) -> impl Filter<Extract = (), Error = Rejection> + Copy {
+    warp::path("tocsin")
+        .and(warp::path("v1"))
+        .and(warp::path(resource))
+}
+
 /// A path segment, percent-decoded: clients put names and ids in paths unencoded, and HTTP
 /// stacks encode spaces and non-ASCII on the way (`a b` arrives as `a%20b`).
 pub fn segment() -> impl Filter<Extract = (String,), Error = Rejection> + Clone {

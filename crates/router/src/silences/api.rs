@@ -47,9 +47,7 @@ pub fn routes(
     responder: impl Filter<Extract = (String,), Error = Rejection> + Clone + Send + Sync + 'static,
 ) -> BoxedFilter<(Response,)> {
     let state = warp::any().map(move || Arc::clone(&silences));
-    let base = warp::path("tocsin")
-        .and(warp::path("v1"))
-        .and(warp::path("silences"));
+    let base = web::tocsin_api("silences");
     let list = base
         .and(warp::path::end())
         .and(warp::get())
