@@ -168,7 +168,7 @@ impl Channel for SlackThreadedChannel {
         let Some(key) = event.correlation_id().or(event.source_event_id()) else {
             return self.post(to, &payload, None, false).await.map(drop);
         };
-        let scope = format!("{}|{}", action.name, to.channel);
+        let scope = store::links::scope(&action.name, &to.channel);
         let (locked, thread) =
             crate::links::lock_and_get(&self.tools.links, &scope, key, "the Slack thread map")
                 .await?;

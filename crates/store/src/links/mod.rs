@@ -102,6 +102,13 @@ enum Backend {
     Postgres(postgres::PostgresLinks),
 }
 
+/// The scope of the links `action` keeps for `destination`: `{action}|{destination}`. Every
+/// stateful channel files its links so, and the alerts API reads the action's name back from
+/// it (the longest action name the scope starts with, since names may hold `|`).
+pub fn scope(action: &str, destination: impl std::fmt::Display) -> String {
+    format!("{action}|{destination}")
+}
+
 /// A link and where it belongs, as [`LinkStore::of_keys`] finds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scoped {

@@ -325,7 +325,7 @@ impl Channel for B2cIncidentChannel {
         let incident = self.incident(job, action, &config.rules)?;
         let event = &job.event;
         let key = event.source_event_id().unwrap_or(&event.id);
-        let scope = format!("{}|{}", action.name, site.base);
+        let scope = store::links::scope(&action.name, &site.base);
         let (locked, mut link) =
             links::lock_and_get(&self.tools.links, &scope, key, "the incident link map").await?;
         if let Some(known) = &link {

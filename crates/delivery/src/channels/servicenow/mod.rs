@@ -401,7 +401,7 @@ impl Channel for ServiceNowChannel {
         let entry = self.entry(job, action, rules)?;
         let event = &job.event;
         let key = event.source_event_id().unwrap_or(&event.id);
-        let scope = format!("{}|{}", action.name, instance.table_url);
+        let scope = store::links::scope(&action.name, &instance.table_url);
         let (locked, mut link) =
             links::lock_and_get(&self.tools.links, &scope, key, "the ServiceNow link map").await?;
         if let Some(known) = &link {
