@@ -88,6 +88,16 @@ impl Client<'_> {
     }
 }
 
+/// How many delivery attempts in the alert's timeline delivered.
+fn delivered(found: &Value) -> usize {
+    found["timeline"].as_array().map_or(0, |timeline| {
+        timeline
+            .iter()
+            .filter(|line| line["kind"] == "delivery" && line["outcome"] == "delivered")
+            .count()
+    })
+}
+
 /// The timeline's events and acts, one line each: `event <ans:status>` or
 /// `<act> by <who>: <comment>`.
 pub(crate) fn stored_lines(found: &Value) -> Vec<String> {
@@ -213,7 +223,12 @@ async fn acknowledged_and_resolved(backend: Backend, env: &[(&str, &str)]) {
         received[3].body["body"],
         "Resolved by oncall (api): swapped the disk"
     );
-    let found = oncall.wait_for_state("disk-db-1", "resolved").await;
+    // The hook answered; the attempts are recorded after the answers, so wait for them too.
+    let found = oncall
+        .wait_for_alert("disk-db-1", "resolved with its 8 deliveries", |found| {
+            found["alert"]["state"] == "resolved" && delivered(found) == 8
+        })
+        .await;
     let alert = &found["alert"];
     assert_eq!(alert["events"], 4, "{found}");
     assert!(alert["acknowledgedAtMs"].as_i64().unwrap() <= alert["resolvedAtMs"].as_i64().unwrap());
@@ -232,11 +247,7 @@ async fn acknowledged_and_resolved(backend: Backend, env: &[(&str, &str)]) {
         ],
         "{found}"
     );
-    let deliveries = timeline
-        .iter()
-        .filter(|line| line["kind"] == "delivery" && line["outcome"] == "delivered")
-        .count();
-    assert_eq!(deliveries, 8, "4 events × (hook, store): {found}");
+    assert_eq!(delivered(&found), 8, "4 events × (hook, store): {found}");
     let times: Vec<i64> = timeline
         .iter()
         .map(|l| l["atMs"].as_i64().unwrap())
