@@ -10,7 +10,7 @@
 //! Slack is a stateful stand-in of the Web API on loopback (`chat.postMessage` answers a new
 //! `ts`, `chat.update` ok), B2C the fake site of [`crate::b2c_incident_lifecycle`].
 
-use crate::alerts::{stored_lines, Client, CLIENTS};
+use crate::alerts::{delivered, stored_lines, Client, CLIENTS};
 use crate::b2c_incident_lifecycle::{
     b2c_action, disk_event, post_alarm, seed_pair_with_a_repeat, FakeB2c, Incident,
 };
@@ -271,7 +271,13 @@ async fn lifecycle(backend: Backend, env: &[(&str, &str)]) {
         .rfind(|line| line["kind"] == "event")
         .map(|line| line["eventId"].as_str().unwrap().to_owned())
         .unwrap();
-    let found = applied_everywhere(&oncall, &key, &close).await;
+    applied_everywhere(&oncall, &key, &close).await;
+    // The attempts are recorded after the destinations answered: wait for all eight.
+    let found = oncall
+        .wait_for_alert(&key, "its 8 deliveries recorded", |found| {
+            delivered(found) == 8
+        })
+        .await;
     assert_eq!(
         stored_lines(&found),
         [
@@ -284,13 +290,7 @@ async fn lifecycle(backend: Backend, env: &[(&str, &str)]) {
         "{found}"
     );
     assert_eq!(destinations(&found), both("closed"), "{found}");
-    let deliveries = found["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| l["kind"] == "delivery" && l["outcome"] == "delivered")
-        .count();
-    assert_eq!(deliveries, 8, "4 events × (Slack, B2C): {found}");
+    assert_eq!(delivered(&found), 8, "4 events × (Slack, B2C): {found}");
     let text = found.to_string();
     for secret in [
         SLACK_TOKEN,

@@ -89,7 +89,7 @@ impl Client<'_> {
 }
 
 /// How many delivery attempts in the alert's timeline delivered.
-fn delivered(found: &Value) -> usize {
+pub(crate) fn delivered(found: &Value) -> usize {
     found["timeline"].as_array().map_or(0, |timeline| {
         timeline
             .iter()
