@@ -131,6 +131,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         Arc::clone(&bus),
         pipeline_stopping.clone(),
     ));
+    let unmuter = tokio::spawn(router::mutes::release::run(
+        Arc::clone(&config_store),
+        alerts.clone(),
+        Arc::clone(&bus),
+        pipeline_stopping.clone(),
+    ));
     let worker = DeliveryWorker::new(
         DeliveryConfig {
             prefetch: settings.delivery.prefetch,
@@ -197,6 +203,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     refresher.abort();
     router.await?.context("router")?;
     releaser.await?;
+    unmuter.await?;
     worker.await?.context("delivery")?;
     retention.await?;
     tracing::info!("stopped cleanly");

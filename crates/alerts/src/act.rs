@@ -60,6 +60,7 @@ mod tests {
             resolved_at_ms: None,
             events: 1,
             latest_event: latest.to_string(),
+            muted_for: Vec::new(),
         };
         let by = HumanAct {
             action: HumanAction::Resolve,

@@ -18,10 +18,40 @@ pub struct IngestedEvent {
     /// The person's act this event carries, for events the alerts API made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<HumanAct>,
-    /// For a copy of an alert's latest event that the end of a silence released: the
-    /// silence. The router routes such a copy once, however often it is queued.
+    /// For a copy of an alert's latest event that the end of a silence or of a mute window
+    /// released: which. The router routes such a copy once, however often it is queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub released_by: Option<String>,
+    pub released_by: Option<Released>,
+}
+
+/// What released a copy of an alert's latest event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged, rename_all_fields = "camelCase", deny_unknown_fields)]
+pub enum Released {
+    /// The end of this silence (its id, as the bus has always carried it): the copy is routed
+    /// as any event.
+    Silence(String),
+    /// The end of a time interval that muted this subscription: the copy goes to that
+    /// subscription's actions only, the others having had the alert already.
+    MuteWindow { subscription: String },
+}
+
+impl Released {
+    /// The silence that released the copy, if a silence did.
+    pub fn silence(&self) -> Option<&str> {
+        match self {
+            Released::Silence(id) => Some(id),
+            Released::MuteWindow { .. } => None,
+        }
+    }
+
+    /// The subscription whose mute window released the copy, if one did.
+    pub fn subscription(&self) -> Option<&str> {
+        match self {
+            Released::Silence(_) => None,
+            Released::MuteWindow { subscription } => Some(subscription),
+        }
+    }
 }
 
 impl IngestedEvent {

@@ -18,8 +18,11 @@
 //! A matched event that an active silence covers ([`silences`]) is folded as usual, its
 //! timeline line naming the silence, but no job is published for it — except a `CLOSE` of an
 //! alert that has an event no silence held back: what was told the alert opened is told it
-//! closed. A copy released when a silence ended is routed once: if it was folded before (it
-//! was queued again after a crash), it publishes nothing.
+//! closed. A subscription a time interval mutes fires for nothing, but the alert remembers it
+//! lacks the alert's latest state, and a `CLOSE` reaches it if it heard the alert ([`mutes`]).
+//! A copy released when a silence or a mute window ended is routed once: if it was folded
+//! before (it was queued again after a crash), it publishes nothing; a window's copy goes to
+//! its subscription's actions only.
 //!
 //! It counts what it does: events routed by outcome and jobs queued once they are published,
 //! each subscription's matches as they happen (an event routed again after a crash counts
@@ -28,6 +31,8 @@
 
 pub mod api;
 pub mod matcher;
+pub mod mutes;
+pub mod released;
 pub mod sealing;
 pub mod silences;
 pub mod store;
@@ -37,8 +42,10 @@ use bus::{Bus, Delivery, Queue};
 use bytes::Bytes;
 use matcher::Matcher;
 use metrics::{ActChannel, Counter, Metrics, RouteOutcome};
+use model::bus::Released;
 use model::event::Transition;
 use model::{Catalog, DeliveryJob, IngestedEvent, ResourceEvent};
+use mutes::Muting;
 use silences::{SilenceSet, Silences};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,7 +66,7 @@ pub struct Router {
     alerts: AlertStore,
     silences: Arc<Silences>,
     metrics: Arc<Metrics>,
-    compiled: Compiled,
+    compiled: Arc<Compiled>,
 }
 
 /// A configuration compiled for routing, with the match counter of each subscription that can
@@ -91,7 +98,7 @@ impl Router {
         silences: Arc<Silences>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let compiled = Compiled::new(store.current(), &metrics);
+        let compiled = Arc::new(Compiled::new(store.current(), &metrics));
         for action in HumanAction::ALL {
             metrics.register_alert_act(action.as_str());
         }
@@ -124,18 +131,20 @@ impl Router {
         Ok(())
     }
 
-    /// The configuration as it is now, recompiled only when it changed.
-    fn compiled(&mut self) -> &Compiled {
+    /// The configuration as it is now (refreshed before each batch), recompiled only when it
+    /// changed.
+    fn compiled(&mut self) -> Arc<Compiled> {
         let current = self.store.current();
         if !Arc::ptr_eq(&current, &self.compiled.catalog) {
-            self.compiled = Compiled::new(current, &self.metrics);
+            self.compiled = Arc::new(Compiled::new(current, &self.metrics));
         }
-        &self.compiled
+        Arc::clone(&self.compiled)
     }
 
     async fn route(&mut self, batch: Vec<Delivery>, shutdown: &mut watch::Receiver<bool>) {
         let now = clock::now_epoch_seconds();
         let silences = self.silences.current();
+        let compiled = self.compiled();
         let mut jobs = Vec::new();
         let mut observed: Vec<Observed> = Vec::with_capacity(batch.len());
         let mut routed = Vec::with_capacity(batch.len());
@@ -157,17 +166,41 @@ impl Router {
             };
             let mut silenced_by = self.silenced_by(&silences, &ingested, &observed).await;
             let repeat = self.released_before(&ingested, &observed).await;
-            let compiled = self.compiled();
-            let mut was_muted = false;
-            let mut actions = compiled.matcher.select_reporting(
+            // Only subscriptions with time intervals are noted: none, nothing allocated.
+            let (mut fired, mut muted_in) = (Vec::new(), Vec::new());
+            let matcher = &compiled.matcher;
+            let mut actions = matcher.select_reporting(
                 &ingested.event,
                 now,
                 ingested.accepted_at_ms,
-                |n| compiled.matches[n].inc(),
-                |_| was_muted = true,
+                |n| {
+                    compiled.matches[n].inc();
+                    if matcher.timed(n) {
+                        fired.push(n);
+                    }
+                },
+                |n| muted_in.push(n),
             );
-            muted += u64::from(was_muted);
-            tracing::debug!(event = %ingested.event.id, actions = ?actions, silenced_by = ?silenced_by, "routed");
+            muted += u64::from(!muted_in.is_empty());
+            let mut muting = Muting::of(matcher, &fired, &muted_in);
+            let released_to = ingested
+                .released_by
+                .as_ref()
+                .and_then(Released::subscription);
+            if let Some(subscription) = released_to {
+                actions = muting.released_to(matcher, subscription);
+            } else if Transition::of(&ingested.event) == Transition::Close {
+                let key = ingested.event.alert_key();
+                for action in muting
+                    .pass_close(matcher, &self.alerts, key, &observed)
+                    .await
+                {
+                    if !actions.contains(&action) {
+                        actions.push(action);
+                    }
+                }
+            }
+            tracing::debug!(event = %ingested.event.id, actions = ?actions, silenced_by = ?silenced_by, muted_for = ?muting.muted_for, "routed");
             if actions.is_empty() {
                 unmatched += 1;
                 // Nothing was held back: it would have gone nowhere.
@@ -175,6 +208,7 @@ impl Router {
             } else if silenced_by.is_some() {
                 silenced += 1;
                 actions.clear();
+                muting.heard_nothing();
             } else if repeat {
                 actions.clear();
             }
@@ -190,6 +224,8 @@ impl Router {
                 accepted_at_ms: ingested.accepted_at_ms,
                 by: ingested.by,
                 silenced_by,
+                muted_for: muting.muted_for,
+                heard_by: muting.heard_by,
             });
             routed.push(delivery);
         }
@@ -229,7 +265,7 @@ impl Router {
         }
         let event = &ingested.event;
         let id = silences.silencing(event, ingested.accepted_at_ms)?;
-        if ingested.released_by.as_deref() == Some(id) {
+        if ingested.released_by.as_ref().and_then(Released::silence) == Some(id) {
             // The silence released it: it ended, whatever a set read a moment ago says.
             return None;
         }

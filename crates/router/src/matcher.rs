@@ -233,6 +233,35 @@ impl Matcher {
         self.subscriptions.iter().map(|s| s.name.as_str()).collect()
     }
 
+    /// Whether subscription `number` names time intervals: only such a one is ever muted.
+    pub fn timed(&self, number: usize) -> bool {
+        let subscription = &self.subscriptions[number];
+        !subscription.mute.is_empty() || !subscription.active.is_empty()
+    }
+
+    /// The name of subscription `number`.
+    pub fn subscription_name(&self, number: usize) -> &str {
+        &self.subscriptions[number].name
+    }
+
+    /// The number of the subscription called `name`, if it can fire.
+    pub fn subscription_number(&self, name: &str) -> Option<usize> {
+        self.subscriptions.iter().position(|s| s.name == name)
+    }
+
+    /// The enabled actions of subscription `number`.
+    pub fn actions_of(&self, number: usize) -> impl Iterator<Item = &str> {
+        self.subscriptions[number]
+            .actions
+            .iter()
+            .map(|&action| self.actions[action].as_str())
+    }
+
+    /// Whether subscription `number` is muted at `at_ms` (epoch milliseconds).
+    pub fn muted_at(&self, number: usize, at_ms: i64) -> bool {
+        self.subscriptions[number].muted_at(at_ms)
+    }
+
     /// [`Matcher::select`] with time intervals compared with `at_ms` (the event's acceptance,
     /// epoch milliseconds), calling `fired` with the number of each subscription that fires and
     /// `muted` with that of each whose conditions hold but that a time interval mutes.

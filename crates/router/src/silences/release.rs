@@ -15,14 +15,14 @@
 //! another silence is active (that one releases it when it ends).
 
 use super::Silences;
-use bus::{Bus, BusError, Queue};
+use crate::released::{self, ReleaseError};
+use bus::{Bus, Queue};
 use bytes::Bytes;
-use model::{IngestedEvent, ResourceEvent};
+use model::bus::Released;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use store::alerts::{Alert, AlertStore};
-use store::StoreError;
+use store::alerts::AlertStore;
 use tokio::sync::watch;
 
 /// How long a release is claimed: far above the time to queue the copies.
@@ -33,14 +33,6 @@ pub const CLAIM_FOR: Duration = Duration::from_secs(30);
 pub const LOOK_EVERY: Duration = Duration::from_secs(10);
 /// How long a failed release waits before the next try.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReleaseError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("cannot queue the released events: {0}")]
-    Bus(#[from] BusError),
-}
 
 /// Releases what ended silences held back, until `shutdown` turns true.
 pub async fn run(
@@ -112,7 +104,7 @@ async fn release(
     let held = alerts.held_back_by(id).await?;
     let copies: Vec<Bytes> = held
         .iter()
-        .filter_map(|alert| released_copy(alert, id, now_ms))
+        .filter_map(|alert| released::copy(alert, Released::Silence(id.to_owned()), now_ms))
         .collect();
     if !copies.is_empty() {
         bus.publish(Queue::Events, copies).await?;
@@ -121,22 +113,4 @@ async fn release(
     tracing::info!(silence = %id, alerts = held.len(), "a silence ended; the alerts it held back are released");
     silences.reload_now().await;
     Ok(true)
-}
-
-/// The copy of `alert`'s latest event that the end of silence `id` releases, as queued. Its id
-/// is the same wherever and however often it is made.
-fn released_copy(alert: &Alert, silence: &str, now_ms: i64) -> Option<Bytes> {
-    let mut event: ResourceEvent = serde_json::from_str(&alert.latest_event)
-        .map_err(|e| tracing::error!(alert = %alert.key, error = %e, "the latest event of an alert cannot be read; not released"))
-        .ok()?;
-    event.id = format!("{}~{silence}", event.id);
-    let ingested = IngestedEvent {
-        event,
-        accepted_at_ms: now_ms,
-        by: None,
-        released_by: Some(silence.to_owned()),
-    };
-    Some(Bytes::from(
-        serde_json::to_vec(&ingested).expect("events serialize"),
-    ))
 }

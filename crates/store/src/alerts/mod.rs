@@ -76,6 +76,10 @@ pub struct Alert {
     /// from.
     #[serde(skip)]
     pub latest_event: String,
+    /// The subscriptions a time interval kept from hearing its latest state, while it is not
+    /// resolved: the end of their mute windows delivers it to them (`mutes` in the router).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub muted_for: Vec<String>,
 }
 
 /// One line of an alert's timeline (kept as its JSON).
@@ -97,6 +101,9 @@ pub enum Entry {
         /// The silence that held it back from its destinations, if one did.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         silenced_by: Option<String>,
+        /// The subscriptions a time interval muted for it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        muted_for: Vec<String>,
     },
     /// A person acted.
     Action {
@@ -134,12 +141,41 @@ pub struct Observed {
     pub by: Option<HumanAct>,
     /// The silence that held the event back from its destinations, if one did.
     pub silenced_by: Option<String>,
+    /// The subscriptions with time intervals whose conditions held for the event but that a
+    /// time interval muted (none without time intervals: nothing allocated).
+    pub muted_for: Vec<String>,
+    /// The subscriptions with time intervals that the event went to: they heard the alert's
+    /// latest state.
+    pub heard_by: Vec<String>,
 }
 
 impl Alert {
     /// The alert after `observed`, given what it was (`None`: the event starts it), and the
     /// lines it adds to the timeline: the person's act, if it changed anything, then the event.
     pub fn fold(before: Option<Alert>, observed: &Observed) -> (Alert, Vec<Entry>) {
+        let (mut alert, entries) = Alert::fold_state(before, observed);
+        alert.note_mutes(observed);
+        (alert, entries)
+    }
+
+    /// Which subscriptions still lack the alert's latest state after `observed`: those a time
+    /// interval muted for it or before, less those it went to — none once it is resolved
+    /// (a muted `CLOSE` of an alert they never heard of tells them nothing).
+    fn note_mutes(&mut self, observed: &Observed) {
+        if self.state == AlertState::Resolved {
+            self.muted_for.clear();
+            return;
+        }
+        for subscription in &observed.muted_for {
+            if !self.muted_for.contains(subscription) {
+                self.muted_for.push(subscription.clone());
+            }
+        }
+        self.muted_for.retain(|s| !observed.heard_by.contains(s));
+    }
+
+    /// [`Alert::fold`] but for the mutes.
+    fn fold_state(before: Option<Alert>, observed: &Observed) -> (Alert, Vec<Entry>) {
         let event = event_entry(observed);
         let (Some(by), Some(alert)) = (&observed.by, &before) else {
             return (Alert::observe(before, observed), vec![event]);
@@ -180,6 +216,7 @@ impl Alert {
             resolved_at_ms: None,
             events: 0,
             latest_event: String::new(),
+            muted_for: Vec::new(),
         });
         alert.events += 1;
         alert.last_seen_ms = alert.last_seen_ms.max(at);
@@ -423,6 +460,43 @@ impl AlertStore {
         }
     }
 
+    /// The alert `key` without its timeline.
+    pub async fn alert(&self, key: &str) -> Result<Option<Alert>, StoreError> {
+        let key = key.to_owned();
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(s.alert(key).await?),
+            Backend::Postgres(p) => p.database.noted(p.alert(key).await),
+        }
+    }
+
+    /// Up to `limit` alerts not resolved that some subscription a time interval muted has not
+    /// heard in their latest state ([`Alert::muted_for`]).
+    pub async fn muted(&self, limit: u32) -> Result<Vec<Alert>, StoreError> {
+        let limit = i64::from(limit);
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(s.muted(limit).await?),
+            Backend::Postgres(p) => p.database.noted(p.muted(limit).await),
+        }
+    }
+
+    /// Claims the release of what mute windows held back of alert `key` for `for_ms`: true
+    /// if this caller has it (no one else claimed it, or their claim lapsed) — so that of
+    /// the processes sharing the store one releases it.
+    pub async fn claim_mute_release(
+        &self,
+        key: &str,
+        now_ms: i64,
+        for_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(s.claim_mute_release(key, now_ms, for_ms).await?),
+            Backend::Postgres(p) => p
+                .database
+                .noted(p.claim_mute_release(key, now_ms, for_ms).await),
+        }
+    }
+
     /// Deletes up to `batch` alerts resolved before `cutoff_ms`, with their timelines;
     /// returns how many alerts went.
     pub async fn purge_resolved_before(
@@ -464,6 +538,7 @@ fn event_entry(observed: &Observed) -> Entry {
             .map(str::to_owned),
         subject: observed.event.subject.clone(),
         silenced_by: observed.silenced_by.clone(),
+        muted_for: observed.muted_for.clone(),
     }
 }
 
@@ -477,6 +552,24 @@ const HAS_UNSILENCED_EVENT: &str = "SELECT EXISTS (SELECT 1 FROM {timeline} \
 const HELD_BACK_BY: &str = "SELECT {columns} FROM alerts WHERE state <> 'resolved' AND key IN ( \
     SELECT t.key FROM {timeline} t WHERE t.silenced_by = {silence} AND t.id = ( \
         SELECT MAX(l.id) FROM {timeline} l WHERE l.key = t.key AND l.event_id IS NOT NULL))";
+
+/// The same on both backends (`?1` the limit): alerts not resolved with mutes to release,
+/// oldest first.
+const MUTED: &str = "SELECT {columns} FROM alerts \
+    WHERE muted_for IS NOT NULL AND state <> 'resolved' ORDER BY last_seen_ms LIMIT ?1";
+
+/// [`Alert::muted_for`] as its column: a JSON array, NULL when empty (so that the partial
+/// index holds only the alerts with something to release).
+fn muted_for_column(muted_for: &[String]) -> Option<String> {
+    (!muted_for.is_empty()).then(|| serde_json::to_string(muted_for).expect("strings serialize"))
+}
+
+/// [`Alert::muted_for`] from its column.
+fn muted_for_from_column(column: Option<String>) -> Vec<String> {
+    column
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .unwrap_or_default()
+}
 
 /// The same on both backends (`{timeline}` names the table, `{key}` the one parameter, an
 /// event's id): whether the event was folded in.

@@ -4,8 +4,8 @@
 //! batch in six round trips, whatever its size.
 
 use super::{
-    counts, fold_noting, sql, Alert, AlertQuery, AlertState, Change, Entry, Observed,
-    COUNT_BY_STATE_AND_SEVERITY, HELD_BACK_BY,
+    counts, fold_noting, muted_for_column, muted_for_from_column, sql, Alert, AlertQuery,
+    AlertState, Change, Entry, Observed, COUNT_BY_STATE_AND_SEVERITY, HELD_BACK_BY, MUTED,
 };
 use crate::postgres::Postgres;
 use crate::StoreError;
@@ -47,6 +47,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX alert_timeline_by_silence ON alert_timeline (silenced_by)
         WHERE silenced_by IS NOT NULL;
 ",
+    "
+    ALTER TABLE alerts ADD COLUMN muted_for TEXT;
+    ALTER TABLE alerts ADD COLUMN mute_claimed_until_ms BIGINT;
+    CREATE INDEX alerts_muted ON alerts (key) WHERE muted_for IS NOT NULL;
+",
 ];
 
 /// The advisory lock class of alert keys (`alrt`), apart from other modules' locks.
@@ -54,7 +59,7 @@ const LOCK_CLASS: i32 = 0x616c_7274;
 
 const COLUMNS: &str = "key, state, severity, event_type, subject, resource_name, resource_type, \
     first_seen_ms, last_seen_ms, firing_since_ms, acknowledged_at_ms, resolved_at_ms, events, \
-    latest_event";
+    latest_event, muted_for";
 
 #[derive(Clone)]
 pub(super) struct PostgresAlerts {
@@ -214,6 +219,41 @@ impl PostgresAlerts {
             .collect())
     }
 
+    pub(super) async fn alert(&self, key: String) -> Result<Option<Alert>, StoreError> {
+        let client = self.database.client().await?;
+        Ok(load(&client, &[key.as_str()]).await?.remove(&key))
+    }
+
+    pub(super) async fn muted(&self, limit: i64) -> Result<Vec<Alert>, StoreError> {
+        let client = self.database.client().await?;
+        Ok(client
+            .query(
+                &MUTED.replace("{columns}", COLUMNS).replace("?1", "$1"),
+                &[&limit],
+            )
+            .await?
+            .iter()
+            .map(row_to_alert)
+            .collect())
+    }
+
+    pub(super) async fn claim_mute_release(
+        &self,
+        key: String,
+        now_ms: i64,
+        for_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let client = self.database.client().await?;
+        let claimed = client
+            .execute(
+                "UPDATE alerts SET mute_claimed_until_ms = $2 WHERE key = $1 \
+                 AND (mute_claimed_until_ms IS NULL OR mute_claimed_until_ms <= $3)",
+                &[&key, &(now_ms + for_ms), &now_ms],
+            )
+            .await?;
+        Ok(claimed == 1)
+    }
+
     pub(super) async fn purge_resolved_before(
         &self,
         cutoff_ms: i64,
@@ -282,7 +322,7 @@ async fn save(client: &impl GenericClient, alerts: &[&Alert]) -> Result<(), Stor
                 "INSERT INTO alerts ({COLUMNS}) SELECT * FROM unnest($1::TEXT[], $2::TEXT[], \
                  $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::BIGINT[], \
                  $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::BIGINT[], \
-                 $14::TEXT[]) \
+                 $14::TEXT[], $15::TEXT[]) \
                  ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state, \
                  severity = EXCLUDED.severity, event_type = EXCLUDED.event_type, \
                  subject = EXCLUDED.subject, resource_name = EXCLUDED.resource_name, \
@@ -290,7 +330,7 @@ async fn save(client: &impl GenericClient, alerts: &[&Alert]) -> Result<(), Stor
                  last_seen_ms = EXCLUDED.last_seen_ms, firing_since_ms = EXCLUDED.firing_since_ms, \
                  acknowledged_at_ms = EXCLUDED.acknowledged_at_ms, \
                  resolved_at_ms = EXCLUDED.resolved_at_ms, events = EXCLUDED.events, \
-                 latest_event = EXCLUDED.latest_event"
+                 latest_event = EXCLUDED.latest_event, muted_for = EXCLUDED.muted_for"
             ),
             &[
                 &column(|a| &a.key),
@@ -307,6 +347,10 @@ async fn save(client: &impl GenericClient, alerts: &[&Alert]) -> Result<(), Stor
                 &maybe(|a| a.resolved_at_ms),
                 &number(|a| a.events),
                 &column(|a| &a.latest_event),
+                &alerts
+                    .iter()
+                    .map(|a| muted_for_column(&a.muted_for))
+                    .collect::<Vec<_>>(),
             ],
         )
         .await?;
@@ -356,5 +400,6 @@ fn row_to_alert(r: &Row) -> Alert {
         resolved_at_ms: r.get(11),
         events: r.get(12),
         latest_event: r.get(13),
+        muted_for: muted_for_from_column(r.get(14)),
     }
 }

@@ -3,8 +3,8 @@
 //! with another change.
 
 use super::{
-    counts, fold_noting, sql, Alert, AlertQuery, AlertState, Change, Entry, Observed,
-    COUNT_BY_STATE_AND_SEVERITY, HELD_BACK_BY,
+    counts, fold_noting, muted_for_column, muted_for_from_column, sql, Alert, AlertQuery,
+    AlertState, Change, Entry, Observed, COUNT_BY_STATE_AND_SEVERITY, HELD_BACK_BY, MUTED,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -43,11 +43,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE timeline ADD COLUMN silenced_by TEXT;
     CREATE INDEX timeline_by_silence ON timeline (silenced_by) WHERE silenced_by IS NOT NULL;
 ",
+    "
+    ALTER TABLE alerts ADD COLUMN muted_for TEXT;
+    ALTER TABLE alerts ADD COLUMN mute_claimed_until_ms INTEGER;
+    CREATE INDEX alerts_muted ON alerts (key) WHERE muted_for IS NOT NULL;
+",
 ];
 
 const COLUMNS: &str = "key, state, severity, event_type, subject, resource_name, resource_type, \
     first_seen_ms, last_seen_ms, firing_since_ms, acknowledged_at_ms, resolved_at_ms, events, \
-    latest_event";
+    latest_event, muted_for";
 
 #[derive(Clone)]
 pub(super) struct SqliteAlerts {
@@ -187,6 +192,39 @@ impl SqliteAlerts {
             .await
     }
 
+    pub(super) async fn alert(&self, key: String) -> Result<Option<Alert>, StorageError> {
+        self.db.read(move |c| load(c, &key)).await
+    }
+
+    pub(super) async fn muted(&self, limit: i64) -> Result<Vec<Alert>, StorageError> {
+        self.db
+            .read(move |c| {
+                c.prepare_cached(&MUTED.replace("{columns}", COLUMNS))?
+                    .query_map([limit], row_to_alert)?
+                    .collect()
+            })
+            .await
+    }
+
+    pub(super) async fn claim_mute_release(
+        &self,
+        key: String,
+        now_ms: i64,
+        for_ms: i64,
+    ) -> Result<bool, StorageError> {
+        self.db
+            .write(move |c| {
+                let claimed = c
+                    .prepare_cached(
+                        "UPDATE alerts SET mute_claimed_until_ms = ?2 WHERE key = ?1 \
+                         AND (mute_claimed_until_ms IS NULL OR mute_claimed_until_ms <= ?3)",
+                    )?
+                    .execute(params![key, now_ms + for_ms, now_ms])?;
+                Ok(claimed == 1)
+            })
+            .await
+    }
+
     pub(super) async fn purge_resolved_before(
         &self,
         cutoff_ms: i64,
@@ -222,7 +260,7 @@ fn load(c: &Connection, key: &str) -> rusqlite::Result<Option<Alert>> {
 fn save(c: &Connection, a: &Alert) -> rusqlite::Result<()> {
     c.prepare_cached(&format!(
         "INSERT OR REPLACE INTO alerts ({COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
     ))?
     .execute(params![
         a.key,
@@ -239,6 +277,7 @@ fn save(c: &Connection, a: &Alert) -> rusqlite::Result<()> {
         a.resolved_at_ms,
         a.events,
         a.latest_event,
+        muted_for_column(&a.muted_for),
     ])?;
     Ok(())
 }
@@ -280,5 +319,6 @@ fn row_to_alert(r: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
         resolved_at_ms: r.get(11)?,
         events: r.get(12)?,
         latest_event: r.get(13)?,
+        muted_for: muted_for_from_column(r.get(14)?),
     })
 }

@@ -18,6 +18,8 @@ fn observed(id: &str, key: &str, status: Option<&str>, at: i64) -> Observed {
         accepted_at_ms: at,
         by: None,
         silenced_by: None,
+        muted_for: Vec::new(),
+        heard_by: Vec::new(),
     }
 }
 
@@ -330,5 +332,53 @@ async fn silenced_events_are_noted_and_the_alerts_a_silence_held_back_are_found_
         let (_, timeline) = store.get("a").await.unwrap().unwrap();
         let marks: Vec<Option<&str>> = timeline.iter().map(|e| e.silenced_by()).collect();
         assert_eq!(marks, [None, Some("s")]);
+    }
+}
+
+#[tokio::test]
+async fn alerts_remember_which_muted_subscriptions_lack_their_latest_state_on_both_backends() {
+    let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let routed =
+        |id: &str, key: &str, status: Option<&str>, muted: &[&str], heard: &[&str]| Observed {
+            muted_for: names(muted),
+            heard_by: names(heard),
+            ..observed(id, key, status, 1_000)
+        };
+    let (stores, _dir) = stores().await;
+    for store in stores {
+        store
+            .observe(vec![
+                // Muted for two, then heard by one of them: the other still lacks it.
+                routed("a1", "a", None, &["night", "weekend"], &[]),
+                routed("a2", "a", Some("UPDATE"), &[], &["night"]),
+                // Muted, then closed: a resolved alert has nothing to release.
+                routed("b1", "b", None, &["night"], &[]),
+                routed("b2", "b", Some("CLOSE"), &["night"], &[]),
+                // Never muted.
+                routed("c1", "c", None, &[], &["night"]),
+            ])
+            .await
+            .unwrap();
+        let muted: Vec<(String, Vec<String>)> = store
+            .muted(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.key, a.muted_for))
+            .collect();
+        assert_eq!(muted, [("a".to_owned(), names(&["weekend"]))]);
+        assert_eq!(
+            store.alert("b").await.unwrap().unwrap().muted_for,
+            Vec::<String>::new()
+        );
+        let (_, timeline) = store.get("a").await.unwrap().unwrap();
+        let Entry::Event { muted_for, .. } = &timeline[0] else {
+            panic!("an event first: {timeline:?}");
+        };
+        assert_eq!(muted_for, &names(&["night", "weekend"]));
+        // One process claims the release; the claim holds until it lapses.
+        assert!(store.claim_mute_release("a", 5_000, 30_000).await.unwrap());
+        assert!(!store.claim_mute_release("a", 6_000, 30_000).await.unwrap());
+        assert!(store.claim_mute_release("a", 35_000, 30_000).await.unwrap());
     }
 }
