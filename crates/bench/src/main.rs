@@ -90,6 +90,10 @@ struct Args {
     /// the load is posted to them in turn.
     #[arg(long, default_value_t = 1)]
     processes: usize,
+    /// In pipeline mode, make the sink action group by these event property keys
+    /// (comma-separated, e.g. `eventType`), waiting 1 s per group and between digests.
+    #[arg(long)]
+    group_by: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
@@ -169,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
                 events: args.events,
                 concurrency: args.concurrency,
                 event_type: args.event_type.clone(),
+                group_by: args.group_by.clone(),
             };
             if args.processes > 1 && matches!(args.backend, Backend::Embedded) {
                 bail!("--processes above 1 needs --backend rabbitmq");

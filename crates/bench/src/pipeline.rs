@@ -7,7 +7,8 @@
 //! it, so a stalled Tocsin cannot hide its stall (no coordinated omission). At the end the tool
 //! waits for stragglers and reports accepted/s, delivered/s, the latency percentiles, Tocsin's
 //! peak RSS, the HTTP errors, and the events lost: accepted but neither delivered nor on record
-//! as undelivered.
+//! as undelivered. With `--group-by` the sink action groups (`groupWaitSeconds` and
+//! `groupIntervalSeconds` 1): the sink receives digests, and counts every event each names.
 
 use crate::Target;
 use anyhow::Context;
@@ -27,13 +28,15 @@ struct Sink {
 /// What precedes an event's index in the body Tocsin delivers (the event, compact JSON).
 const KEY_MARKER: &str = "\"ans:sourceEventId\":\"p-";
 
-/// The index of the bench event in a delivered body. A substring search, not a JSON parse:
-/// the sink shares the machine with Tocsin and should cost it as little as possible.
-fn event_index(body: &[u8]) -> Option<usize> {
-    let text = std::str::from_utf8(body).ok()?;
-    let digits = &text[text.find(KEY_MARKER)? + KEY_MARKER.len()..];
-    let end = digits.find('"')?;
-    digits[..end].parse().ok()
+/// The indexes of the bench events in a delivered body: one event, or a digest's. A substring
+/// search, not a JSON parse: the sink shares the machine with Tocsin and should cost it as
+/// little as possible.
+fn event_indexes(body: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let text = std::str::from_utf8(body).unwrap_or("");
+    text.split(KEY_MARKER).skip(1).filter_map(|after| {
+        let end = after.find('"')?;
+        after[..end].parse().ok()
+    })
 }
 
 /// Starts the sink on loopback; returns its URL.
@@ -41,8 +44,8 @@ async fn start_sink(sink: Arc<Sink>) -> anyhow::Result<String> {
     let route = warp::post()
         .and(warp::body::bytes())
         .map(move |body: Bytes| {
-            if let Some(slot) = event_index(&body).and_then(|i| sink.received_at.get(i)) {
-                let at = sink.started.elapsed().as_micros().max(1) as u64;
+            let at = sink.started.elapsed().as_micros().max(1) as u64;
+            for slot in event_indexes(&body).filter_map(|i| sink.received_at.get(i)) {
                 if slot
                     .compare_exchange(0, at, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
@@ -58,12 +61,19 @@ async fn start_sink(sink: Arc<Sink>) -> anyhow::Result<String> {
     Ok(url)
 }
 
-/// The routing: every bench event to the sink (WEB_HOOK) and to STORE.
-pub fn routing(event_type: &str, sink_url: &str) -> serde_json::Value {
+/// The routing: every bench event to the sink (WEB_HOOK, grouped by `group_by` if given)
+/// and to STORE.
+pub fn routing(event_type: &str, sink_url: &str, group_by: Option<&str>) -> serde_json::Value {
+    let mut sink = serde_json::json!({"destination": sink_url});
+    if let Some(keys) = group_by {
+        sink["groupBy"] = keys.into();
+        sink["groupWaitSeconds"] = "1".into();
+        sink["groupIntervalSeconds"] = "1".into();
+    }
     serde_json::json!({
         "actions": [
             {"name": "bench-store", "type": "STORE", "state": "ENABLED"},
-            {"name": "bench-sink", "type": "WEB_HOOK", "state": "ENABLED", "properties": {"destination": sink_url}}
+            {"name": "bench-sink", "type": "WEB_HOOK", "state": "ENABLED", "properties": sink}
         ],
         "conditions": [{"name": "bench-type", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": event_type}],
         "subscriptions": [{"name": "bench", "state": "ENABLED", "conditions": ["bench-type"], "actions": ["bench-store", "bench-sink"]}]
@@ -76,6 +86,8 @@ pub struct Load {
     pub events: usize,
     pub concurrency: usize,
     pub event_type: String,
+    /// The sink action's `groupBy`, if it groups.
+    pub group_by: Option<String>,
 }
 
 /// Runs `load` against the Tocsins `start` starts, posting to each in turn. With a
@@ -96,7 +108,8 @@ pub async fn run(
         started: Instant::now(),
     });
     let sink_url = start_sink(Arc::clone(&sink)).await?;
-    let targets = start(routing(&load.event_type, &sink_url)).await?;
+    let routing = routing(&load.event_type, &sink_url, load.group_by.as_deref());
+    let targets = start(routing).await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(load.concurrency)
         .build()?;
@@ -196,8 +209,12 @@ pub async fn run(
         let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
         latencies[index] as f64 / 1000.0
     };
+    let grouped = match &load.group_by {
+        Some(keys) => format!(", sink grouped by {keys}"),
+        None => String::new(),
+    };
     println!(
-        "mode:          pipeline (WEB_HOOK to a local sink + STORE), {} connections, {} process(es)",
+        "mode:          pipeline (WEB_HOOK to a local sink + STORE{grouped}), {} connections, {} process(es)",
         load.concurrency,
         targets.len()
     );
@@ -311,7 +328,13 @@ mod tests {
         // What Tocsin delivers: the event as accepted, with fields of its own.
         let delivered = serde_json::json!({"id": "e", "eventType": "BenchStore",
             "tags": {"ans:correlationId": "x", "ans:sourceEventId": "p-4711"}});
-        assert_eq!(event_index(delivered.to_string().as_bytes()), Some(4711));
-        assert_eq!(event_index(b"{}"), None);
+        let indexes = |body: &serde_json::Value| {
+            event_indexes(body.to_string().as_bytes()).collect::<Vec<_>>()
+        };
+        assert_eq!(indexes(&delivered), [4711]);
+        assert_eq!(indexes(&serde_json::json!({})), Vec::<usize>::new());
+        let digest = serde_json::json!({"type": "tocsin.digest", "events": [delivered,
+            {"id": "f", "tags": {"ans:sourceEventId": "p-12"}}]});
+        assert_eq!(indexes(&digest), [4711, 12]);
     }
 }
