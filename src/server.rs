@@ -152,6 +152,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let retention = tokio::spawn(delivery::retention::run(
         records.clone(),
         alerts.clone(),
+        silences.store().clone(),
         Duration::from_secs(settings.delivery.retention_hours * 3600),
         Duration::from_secs(settings.delivery.retention_sweep_seconds.max(1)),
         pipeline_stopping.clone(),

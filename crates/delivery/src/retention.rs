@@ -1,11 +1,13 @@
 //! Retention: matched and undelivered records and delivery attempts older than the retention
-//! time are deleted, and so are alerts resolved before it (with their timelines), a small batch
-//! at a time, so that the API never waits behind a big delete.
+//! time are deleted, and so are alerts resolved before it (with their timelines) and silences
+//! that ended before it once their release is done, a small batch at a time, so that the API
+//! never waits behind a big delete.
 
 use crate::records::RecordStore;
 use std::future::Future;
 use std::time::Duration;
 use store::alerts::AlertStore;
+use store::silences::SilenceStore;
 use store::StoreError;
 use tokio::sync::watch;
 
@@ -16,6 +18,7 @@ const BATCH: u32 = 500;
 pub async fn run(
     records: RecordStore,
     alerts: AlertStore,
+    silences: SilenceStore,
     keep: Duration,
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -33,6 +36,10 @@ pub async fn run(
         .await;
         in_batches("alerts resolved long ago", || {
             alerts.purge_resolved_before(cutoff.saturating_mul(1000), BATCH)
+        })
+        .await;
+        in_batches("silences ended long ago", || {
+            silences.purge_released_before(cutoff.saturating_mul(1000), BATCH)
         })
         .await;
     }

@@ -222,6 +222,10 @@ enum Backend {
 }
 
 /// The silences, on whichever backend; cheap to clone.
+/// The same on both backends (`?1` the cutoff, `?2` the batch).
+const PURGE_RELEASED_BEFORE: &str = "DELETE FROM silences WHERE id IN (SELECT id FROM silences \
+    WHERE released_at_ms IS NOT NULL AND ends_at_ms < ?1 ORDER BY ends_at_ms LIMIT ?2)";
+
 #[derive(Clone)]
 pub struct SilenceStore {
     backend: Backend,
@@ -317,6 +321,21 @@ impl SilenceStore {
             Backend::Postgres(p) => p
                 .database
                 .noted(p.claim_release(id, now_ms, lease_ms).await),
+        }
+    }
+
+    /// Deletes up to `batch` silences that ended before `cutoff_ms` and whose release is done;
+    /// returns how many went. (None is in a router's memory: nothing else changes.)
+    pub async fn purge_released_before(
+        &self,
+        cutoff_ms: i64,
+        batch: u32,
+    ) -> Result<usize, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(s.purge_released_before(cutoff_ms, batch).await?),
+            Backend::Postgres(p) => p
+                .database
+                .noted(p.purge_released_before(cutoff_ms, batch).await),
         }
     }
 

@@ -2,7 +2,7 @@
 //! in its own transaction, so a router that reads the version after a change returned sees it
 //! moved; a release is claimed by a conditional update, which one process wins.
 
-use super::{matchers_json, parse_matchers, Expired, Silence};
+use super::{matchers_json, parse_matchers, Expired, Silence, PURGE_RELEASED_BEFORE};
 use crate::postgres::Postgres;
 use crate::StoreError;
 use deadpool_postgres::GenericClient;
@@ -136,6 +136,20 @@ impl PostgresSilences {
             )
             .await?;
         Ok(claimed == 1)
+    }
+
+    pub(super) async fn purge_released_before(
+        &self,
+        cutoff_ms: i64,
+        batch: u32,
+    ) -> Result<usize, StoreError> {
+        let client = self.database.client().await?;
+        let sql = PURGE_RELEASED_BEFORE
+            .replace("?1", "$1")
+            .replace("?2", "$2");
+        Ok(client
+            .execute(&sql, &[&cutoff_ms, &i64::from(batch)])
+            .await? as usize)
     }
 
     pub(super) async fn mark_released(&self, id: String, now_ms: i64) -> Result<(), StoreError> {

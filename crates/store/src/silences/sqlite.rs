@@ -1,6 +1,6 @@
 //! The silences in SQLite: `silences.db` in the data directory, this process's alone.
 
-use super::{matchers_json, parse_matchers, Expired, Silence};
+use super::{matchers_json, parse_matchers, Expired, Silence, PURGE_RELEASED_BEFORE};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use storage::{Database, Durability, StorageError};
@@ -144,6 +144,19 @@ impl SqliteSilences {
                     )?
                     .execute(params![id, now_ms, lease_ms])?;
                 Ok(claimed == 1)
+            })
+            .await
+    }
+
+    pub(super) async fn purge_released_before(
+        &self,
+        cutoff_ms: i64,
+        batch: u32,
+    ) -> Result<usize, StorageError> {
+        self.db
+            .write(move |c| {
+                c.prepare_cached(PURGE_RELEASED_BEFORE)?
+                    .execute(params![cutoff_ms, batch])
             })
             .await
     }

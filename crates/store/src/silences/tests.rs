@@ -118,6 +118,11 @@ async fn a_release_is_claimed_once_and_again_after_its_claim_lapses_on_both_back
         );
         assert_eq!(ids(&store.unreleased().await.unwrap()), ["t"]);
         assert!(store.get("s").await.unwrap().is_some(), "kept for the list");
+        // Retention takes the released silences that ended before its cutoff, and no other.
+        assert_eq!(store.purge_released_before(5_000, 10).await.unwrap(), 0);
+        assert_eq!(store.purge_released_before(10_000, 10).await.unwrap(), 1);
+        assert!(store.get("s").await.unwrap().is_none());
+        assert!(store.get("t").await.unwrap().is_some(), "not released yet");
     }
 }
 
