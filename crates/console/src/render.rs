@@ -117,6 +117,23 @@ fn html_response(html: String, status: StatusCode) -> Response {
     response
 }
 
+/// A page that may show what was wrong with the form just sent: `error` goes into the
+/// context, and makes the answer a 400.
+pub fn form_page(
+    template: &str,
+    viewer: &Viewer,
+    mut context: serde_json::Value,
+    error: Option<String>,
+) -> Response {
+    let status = if error.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    context["error"] = error.into();
+    page(template, Some(viewer), context, status)
+}
+
 /// After a form: see `location` (303, so the browser GETs it).
 pub fn see_other(location: &str) -> Response {
     let mut response = StatusCode::SEE_OTHER.into_response();

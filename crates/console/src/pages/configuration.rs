@@ -8,7 +8,7 @@
 //! above the form and next to every field it names (`` `predicate` ``).
 
 use super::Pages;
-use crate::render::{encoded, page, see_other};
+use crate::render::{encoded, form_page, page, see_other};
 use crate::session::{Form, Viewer};
 use model::{Action, Condition, Subscription};
 use router::api::{self as config_api, Entity};
@@ -322,16 +322,11 @@ async fn overview(
     let store = &pages.console.config;
     store.refresh().await;
     let exported = config_api::exported(store);
-    let status = if error.is_some() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
-    page(
+    form_page(
         "configuration.html",
-        Some(viewer),
-        serde_json::json!({"title": "Configuration", "configuration": exported, "notice": notice, "error": error}),
-        status,
+        viewer,
+        serde_json::json!({"title": "Configuration", "configuration": exported, "notice": notice}),
+        error,
     )
 }
 

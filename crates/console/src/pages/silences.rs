@@ -4,7 +4,7 @@
 //! configuration, read-only (they are configured in the configuration import).
 
 use super::Pages;
-use crate::render::{page, see_other};
+use crate::render::{form_page, see_other};
 use crate::session::{Form, Viewer};
 use router::silences::{check, NewSilence};
 use std::collections::HashMap;
@@ -99,16 +99,11 @@ async fn list(
         .configuration()
         .time_intervals
         .clone();
-    let status = if error.is_some() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
-    page(
+    form_page(
         "silences.html",
-        Some(viewer),
-        serde_json::json!({"title": "Silences", "silences": silences, "draft": draft, "intervals": intervals, "notice": notice, "error": error}),
-        status,
+        viewer,
+        serde_json::json!({"title": "Silences", "silences": silences, "draft": draft, "intervals": intervals, "notice": notice}),
+        error,
     )
 }
 

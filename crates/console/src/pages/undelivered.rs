@@ -3,7 +3,7 @@
 //! operator API's redelivery (`configuration` scope: fix the destination, then send again).
 
 use super::Pages;
-use crate::render::{page, see_other};
+use crate::render::{form_page, see_other};
 use crate::session::{Form, Viewer};
 use delivery::operator_api::{redeliver, MAX_REDELIVERIES};
 use model::DeliveryStatus;
@@ -85,16 +85,11 @@ async fn list(
         .iter()
         .map(|a| a.name.clone())
         .collect();
-    let status = if error.is_some() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
-    page(
+    form_page(
         "undelivered.html",
-        Some(viewer),
-        serde_json::json!({"title": "Undelivered events", "events": events, "total": found.total, "page": page_number, "next": ((page_number + 1) * PAGE_SIZE < found.total).then_some(page_number + 1), "actions": actions, "redelivered": query.get("redelivered"), "error": error}),
-        status,
+        viewer,
+        serde_json::json!({"title": "Undelivered events", "events": events, "total": found.total, "page": page_number, "next": ((page_number + 1) * PAGE_SIZE < found.total).then_some(page_number + 1), "actions": actions, "redelivered": query.get("redelivered")}),
+        error,
     )
 }
 
