@@ -10,8 +10,14 @@
 //! a form without its anti-forgery token or from another site, a client without the scope, a
 //! session after sign-out. Needs `npm ci --prefix tests/console` first (`scripts/test` does it)
 //! and Debian's `chromium`.
+//!
+//! And on RabbitMQ with PostgreSQL: a session signed in on one process works on another that
+//! shares the signing key — pages, and a form with the session's token.
 
-use crate::common::{event, refusing_address, stand_in, webhook, Backend, Tocsin};
+use crate::common::{
+    event, postgres_schema, refusing_address, route_everything_to, stand_in, webhook, Backend,
+    Tocsin,
+};
 use reqwest::header::{COOKIE, LOCATION, ORIGIN, SET_COOKIE};
 use serde_json::json;
 use std::process::Command;
@@ -59,6 +65,15 @@ impl Visitor {
             http,
             base: tocsin.base.clone(),
             cookie: set_cookie.split(';').next().unwrap().to_owned(),
+        }
+    }
+
+    /// The same session, visiting `tocsin`.
+    fn on(&self, tocsin: &Tocsin) -> Visitor {
+        Visitor {
+            http: self.http.clone(),
+            base: tocsin.base.clone(),
+            cookie: self.cookie.clone(),
         }
     }
 
@@ -272,4 +287,68 @@ async fn refusals(tocsin: &Tocsin) {
     );
     let (status, _) = oncall.get("/ui/alerts").await;
     assert_eq!(status, 200, "another session goes on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_works_on_every_process_sharing_the_key_rabbitmq_and_postgres() {
+    let url = postgres_schema().await;
+    let mut env = crate::shared_store::shared_store(&url).to_vec();
+    env.push((
+        "TOCSIN_AUTH_TOKEN_SECRET",
+        "console-test-shared-signing-key",
+    ));
+    let store = json!({"name": "store", "type": "STORE", "state": "ENABLED"});
+    let first = Tocsin::start_with_settings(
+        Backend::Rabbitmq,
+        &route_everything_to(vec![store]),
+        CLIENTS,
+        &env,
+    )
+    .await;
+    let second = first.sibling().await;
+    let sent = first
+        .http
+        .post(first.url("/cf/producer/v1/resource-events"))
+        .basic_auth("ops", Some("ops-password"))
+        .json(&event("DiskFull", "shared-disk"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+    let on_first = Visitor::sign_in(&first, "oncall", "oncall-password").await;
+    let on_second = on_first.on(&second);
+    let started = Instant::now();
+    loop {
+        let (status, page) = on_second.get("/ui/alerts/shared-disk").await;
+        if status == 200 {
+            assert!(
+                page.contains("Signed in as <strong>oncall</strong>"),
+                "{page}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{status}: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let csrf = on_first.csrf().await;
+    let act = [("act", "acknowledge"), ("csrf", csrf.as_str())];
+    let (status, page) = on_second.post("/ui/alerts/shared-disk", &act, None).await;
+    assert_eq!(
+        status, 303,
+        "the first process's token is good on the second: {page}"
+    );
+    let started = Instant::now();
+    loop {
+        let (_, page) = on_first.get("/ui/alerts/shared-disk").await;
+        if page.contains("oncall</strong> acknowledge via console") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    second.shutdown().await;
+    first.shutdown().await;
 }
