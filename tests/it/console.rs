@@ -219,8 +219,78 @@ async fn an_on_call_session_in_a_real_browser_embedded_and_sqlite() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    the_other_forms(&tocsin, &fixed).await;
     refusals(&tocsin).await;
     tocsin.shutdown().await;
+}
+
+/// Export, import, the test event and redelivery of a whole action, as plain requests.
+async fn the_other_forms(tocsin: &Tocsin, fixed: &wiremock::MockServer) {
+    let ops = Visitor::sign_in(tocsin, "ops", "ops-password").await;
+    let csrf = ops.csrf().await;
+    let export = ops
+        .http
+        .get(tocsin.url("/ui/configuration/export"))
+        .header(COOKIE, &ops.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(export.status(), 200);
+    assert!(export.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .starts_with("attachment"));
+    let exported = export.text().await.unwrap();
+    let configuration: serde_json::Value = serde_json::from_str(&exported).unwrap();
+    assert_eq!(configuration["actions"][0]["name"], "hook");
+    assert!(
+        !exported.contains("B000/console"),
+        "the Slack webhook URL is a secret: {exported}"
+    );
+
+    let (status, page) = ops
+        .post(
+            "/ui/configuration/import",
+            &[("csrf", &csrf), ("document", "{not json")],
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("malformed JSON"), "{page}");
+    let (status, _) = ops.get("/ui/configuration/action/hook").await;
+    assert_eq!(status, 200, "a refused import changed nothing");
+
+    let before = fixed.received_requests().await.unwrap().len();
+    let (status, page) = ops
+        .post(
+            "/ui/configuration/action/hook/test",
+            &[("csrf", &csrf)],
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("id=\"test-outcome\""), "{page}");
+    assert!(
+        page.contains(": \n  delivered") || page.contains("delivered,"),
+        "{page}"
+    );
+    assert_eq!(fixed.received_requests().await.unwrap().len(), before + 1);
+
+    let all = [
+        ("csrf", csrf.as_str()),
+        ("action", "hook"),
+        ("since", "yesterday"),
+    ];
+    let (status, page) = ops.post("/ui/undelivered/redeliver", &all, None).await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("`since` must be a date and time"), "{page}");
+    let all = [
+        ("csrf", csrf.as_str()),
+        ("action", "hook"),
+        ("since", "2020-01-01T00:00"),
+    ];
+    let (status, _) = ops.post("/ui/undelivered/redeliver", &all, None).await;
+    assert_eq!(status, 303, "nothing left to redeliver is no error");
 }
 
 /// Forms without the session's token or from another site, and clients without the scope,
