@@ -270,7 +270,6 @@ fn api_routes(
             config: Arc::clone(&probe.config),
             channels: probe.channels.clone(),
             silences: Arc::clone(&silences),
-            limiter: Arc::clone(limiter),
             metrics: Arc::clone(&metrics),
             body_limit: CONFIGURATION_BODY_LIMIT,
         },

@@ -357,6 +357,31 @@ async fn refusals(tocsin: &Tocsin) {
     );
     let (status, _) = oncall.get("/ui/alerts").await;
     assert_eq!(status, 200, "another session goes on");
+
+    // Guessing a client's secret: ten tries at once, then one every ten seconds.
+    let mut statuses = Vec::new();
+    for secret in (0..10)
+        .map(|n| format!("guess-{n}"))
+        .chain(["oncall-password".into()])
+    {
+        let (status, page) = oncall
+            .post(
+                "/ui/sign-in",
+                &[("client", "oncall"), ("secret", &secret)],
+                None,
+            )
+            .await;
+        if status == 429 {
+            assert!(page.contains("Too many attempts"), "{page}");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses.last(),
+        Some(&429),
+        "even the right secret waits: {statuses:?}"
+    );
+    assert!(statuses[..9].iter().all(|s| *s == 401), "{statuses:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,7 +27,14 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
-use web::{Authenticator, RateLimiter};
+use web::{Authenticator, RateLimit, RateLimiter};
+
+/// Sign-in attempts per client: ten at once, then one every ten seconds — enough for people,
+/// too few to guess a secret.
+const SIGN_IN_LIMIT: RateLimit = RateLimit {
+    per_second: 0.1,
+    burst: 10,
+};
 
 /// `[console]`: the web console's sessions.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -57,8 +64,6 @@ pub struct Console {
     pub config: Arc<ConfigStore>,
     pub channels: Channels,
     pub silences: Arc<Silences>,
-    /// Sign-in attempts per client, as the API's rate limit counts requests.
-    pub limiter: Arc<RateLimiter>,
     pub metrics: Arc<metrics::Metrics>,
     /// The largest form accepted (a configuration import is the largest).
     pub body_limit: u64,
@@ -72,6 +77,7 @@ pub fn routes(
     settings: &ConsoleSettings,
     tls: bool,
 ) -> BoxedFilter<(Response,)> {
+    let sign_ins = Arc::new(RateLimiter::new(Some(SIGN_IN_LIMIT), auth.client_names()));
     let sessions = Arc::new(Sessions::new(
         Arc::clone(auth),
         settings.session_minutes.saturating_mul(60) as i64,
@@ -80,7 +86,7 @@ pub fn routes(
     // Recovering inside `/ui` only: every other path stays the APIs' to answer.
     warp::path("ui")
         .and(
-            pages::routes(Arc::new(console), sessions)
+            pages::routes(Arc::new(console), sessions, sign_ins)
                 .recover(recover)
                 .unify(),
         )

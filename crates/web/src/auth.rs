@@ -242,6 +242,11 @@ impl Authenticator {
             .map(scopes_of_bits)
     }
 
+    /// The names of the configured clients.
+    pub fn client_names(&self) -> impl Iterator<Item = &str> {
+        self.clients.keys().map(String::as_str)
+    }
+
     /// The scopes client `name` has now; `None` once it is no longer configured.
     pub fn scopes_of(&self, name: &str) -> Option<Vec<Scope>> {
         self.clients.get(name).map(|c| scopes_of_bits(c.scopes))

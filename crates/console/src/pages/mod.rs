@@ -16,13 +16,15 @@ use warp::filters::BoxedFilter;
 use warp::http::header;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
-use web::Scope;
+use web::{RateLimiter, Scope};
 
 /// The console's state and its session checks, shared by the page modules.
 #[derive(Clone)]
 pub(crate) struct Pages {
     pub console: Arc<Console>,
     pub sessions: Arc<Sessions>,
+    /// Sign-in attempts per client.
+    pub sign_ins: Arc<RateLimiter>,
 }
 
 impl Pages {
@@ -50,8 +52,16 @@ impl Pages {
     }
 }
 
-pub(crate) fn routes(console: Arc<Console>, sessions: Arc<Sessions>) -> BoxedFilter<(Response,)> {
-    let pages = Pages { console, sessions };
+pub(crate) fn routes(
+    console: Arc<Console>,
+    sessions: Arc<Sessions>,
+    sign_ins: Arc<RateLimiter>,
+) -> BoxedFilter<(Response,)> {
+    let pages = Pages {
+        console,
+        sessions,
+        sign_ins,
+    };
     assets()
         .or(sign_in::routes(&pages))
         .unify()

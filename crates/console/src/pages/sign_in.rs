@@ -1,5 +1,5 @@
-//! Signing in with a client's name and secret (checked by the API's authenticator, counted
-//! against the client's rate limit), and signing out.
+//! Signing in with a client's name and secret (checked by the API's authenticator, a few
+//! attempts per client and minute — see `SIGN_IN_LIMIT`), and signing out.
 
 use super::Pages;
 use crate::render::{page, see_other};
@@ -53,7 +53,7 @@ async fn sign_in(form: Form, pages: Pages) -> Response {
             status,
         )
     };
-    if pages.console.limiter.take(&client, Instant::now()).is_err() {
+    if pages.sign_ins.take(&client, Instant::now()).is_err() {
         return refuse(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many attempts for this client: wait a little and try again.",
