@@ -132,6 +132,14 @@ try {
     document.querySelector("main").textContent.includes("Nothing is undelivered."));
   await go("/ui/alerts");
   await look("alerts");
+  // htmx: choosing a state refreshes the list in place (the page stays; its URL follows).
+  await page.evaluate(() => (window.stayed = true));
+  await page.select("#state", "resolved");
+  await page.waitForFunction(() => location.search.includes("state=resolved") &&
+    document.querySelector("#results").textContent.includes("No alert matches."));
+  if (!(await page.evaluate(() => window.stayed === true))) fail("filtering reloaded the whole page");
+  ok("htmx refreshes the alert list in place as a filter changes");
+  await go("/ui/alerts");
   const alertLink = await page.$eval("#results tbody a", (a) => a.getAttribute("href"));
   await until(alertLink, "the redelivered attempt on the timeline", () =>
     [...document.querySelectorAll(".line-delivery")].some((li) =>
