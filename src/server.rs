@@ -262,15 +262,28 @@ fn api_routes(
         CONFIGURATION_BODY_LIMIT,
         auth.require(Scope::Configuration),
     );
-    let alerts = alerts::routes(
-        alerts::State {
-            alerts: probe.alerts.clone(),
+    let alerts_state = alerts::State {
+        alerts: probe.alerts.clone(),
+        records: probe.records.clone(),
+        links: probe.channels.links(),
+        catalog,
+        bus: Arc::clone(&bus),
+    };
+    let alerts = alerts::routes(alerts_state.clone(), auth.identify(Scope::Responder));
+    let console = console::routes(
+        console::Console {
+            alerts: alerts_state,
             records: probe.records.clone(),
-            links: probe.channels.links(),
-            catalog,
             bus: Arc::clone(&bus),
+            config: Arc::clone(&probe.config),
+            channels: probe.channels.clone(),
+            silences: Arc::clone(&silences),
+            metrics: Arc::clone(&metrics),
+            body_limit: CONFIGURATION_BODY_LIMIT,
         },
-        auth.identify(Scope::Responder),
+        auth,
+        &settings.console,
+        matches!(settings.tls.files(), Ok(Some(_))),
     );
     let silences = router::silences::api::routes(silences, auth.identify(Scope::Responder));
     // /healthz, /readyz, /openapi.json, and /metrics (consumer scope unless metrics.public).
@@ -288,6 +301,7 @@ fn api_routes(
         .or(configuration)
         .or(alerts)
         .or(silences)
+        .or(console)
         .or(crate::dead_letters::routes(Arc::clone(&bus), auth))
         .or(health)
         .recover(web::recover)

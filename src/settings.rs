@@ -42,6 +42,8 @@ pub struct Settings {
     pub rate_limit: RateLimitSettings,
     /// HTTPS instead of plain HTTP.
     pub tls: TlsSettings,
+    /// The web console at `/ui/`.
+    pub console: console::ConsoleSettings,
 }
 
 /// `[store]`: where Tocsin keeps its state, and how the stored configuration is sealed at rest.
@@ -310,6 +312,7 @@ impl Default for Settings {
             store: StoreSettings::default(),
             rate_limit: RateLimitSettings::default(),
             tls: TlsSettings::default(),
+            console: console::ConsoleSettings::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ mod clients;
 mod common;
 mod config_at_rest;
 mod configuration_api;
+mod console;
 mod crash_recovery;
 mod dead_letters;
 mod docs_examples;

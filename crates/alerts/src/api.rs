@@ -94,24 +94,30 @@ fn optional_body() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone
 }
 
 async fn list(params: HashMap<String, String>, state: State) -> Response {
-    let query = match parse_query(&params) {
-        Ok(query) => query,
-        Err(e) => return e.into_response(),
-    };
-    let (page, page_size) = (query.page, query.page_size);
-    match state.alerts.list(query).await {
-        Ok((total, results)) => warp::reply::json(&serde_json::json!({
-            "responseMetadata": ResponseMetadata {
-                page,
-                page_size,
-                total_pages: total.div_ceil(page_size),
-                total_results_count: total,
-            },
-            "results": results,
-        }))
-        .into_response(),
-        Err(e) => unavailable(e),
+    match list_page(&params, &state).await {
+        Ok(page) => warp::reply::json(&page).into_response(),
+        Err(e) => e.into_response(),
     }
+}
+
+/// The page of alerts the query `params` ask for, as the API answers it (the console shows
+/// the same page).
+pub async fn list_page(
+    params: &HashMap<String, String>,
+    state: &State,
+) -> Result<serde_json::Value, ApiError> {
+    let query = parse_query(params)?;
+    let (page, page_size) = (query.page, query.page_size);
+    let (total, results) = state.alerts.list(query).await.map_err(unavailable)?;
+    Ok(serde_json::json!({
+        "responseMetadata": ResponseMetadata {
+            page,
+            page_size,
+            total_pages: total.div_ceil(page_size),
+            total_results_count: total,
+        },
+        "results": results,
+    }))
 }
 
 /// Reads the list's query parameters, naming the one at fault. Unknown ones are ignored.
@@ -184,10 +190,19 @@ impl Line {
 }
 
 async fn one(key: String, state: State) -> Response {
-    let (alert, entries) = match state.alerts.get(&key).await {
+    match alert_with_timeline(&key, &state).await {
+        Ok(found) => warp::reply::json(&found).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Alert `key` with what the destinations made for it and its timeline (its events, the
+/// persons' acts and the delivery attempts, in order), as the API answers it.
+pub async fn alert_with_timeline(key: &str, state: &State) -> Result<serde_json::Value, ApiError> {
+    let (alert, entries) = match state.alerts.get(key).await {
         Ok(Some(found)) => found,
-        Ok(None) => return not_found(&key),
-        Err(e) => return unavailable(e),
+        Ok(None) => return Err(not_found(key)),
+        Err(e) => return Err(unavailable(e)),
     };
     let events: Vec<String> = entries
         .iter()
@@ -199,28 +214,28 @@ async fn one(key: String, state: State) -> Response {
     let mut timeline: Vec<Line> = entries.into_iter().map(Line::Stored).collect();
     let shown = events.len().saturating_sub(TIMELINE_ATTEMPTS_OF);
     for event_id in &events[shown..] {
-        match state.records.attempts(event_id).await {
-            Ok(attempts) => timeline.extend(attempts.into_iter().map(|attempt| Line::Delivery {
-                kind: "delivery",
-                at_ms: attempt.started_at_ms,
-                event_id: event_id.clone(),
-                attempt,
-            })),
-            Err(e) => return unavailable(e),
-        }
+        let attempts = state
+            .records
+            .attempts(event_id)
+            .await
+            .map_err(unavailable)?;
+        timeline.extend(attempts.into_iter().map(|attempt| Line::Delivery {
+            kind: "delivery",
+            at_ms: attempt.started_at_ms,
+            event_id: event_id.clone(),
+            attempt,
+        }));
     }
     // Stable: an event's line stays before the attempts that started in the same millisecond.
     timeline.sort_by_key(Line::at_ms);
-    let destinations = match crate::created::of_alert(&state.links, &state.catalog, &alert).await {
-        Ok(destinations) => destinations,
-        Err(e) => return unavailable(e),
-    };
-    warp::reply::json(&serde_json::json!({
+    let destinations = crate::created::of_alert(&state.links, &state.catalog, &alert)
+        .await
+        .map_err(unavailable)?;
+    Ok(serde_json::json!({
         "alert": alert,
         "destinations": destinations,
         "timeline": timeline,
     }))
-    .into_response()
 }
 
 async fn act(key: String, action: String, who: String, body: Bytes, state: State) -> Response {
@@ -230,40 +245,69 @@ async fn act(key: String, action: String, who: String, body: Bytes, state: State
         ))
         .into_response();
     };
-    let comment = match read_comment(&body, action) {
+    let comment = match read_comment(&body) {
         Ok(comment) => comment,
         Err(e) => return e.into_response(),
     };
-    let alert = match state.alerts.get(&key).await {
+    match perform(&state, &key, action, who, "api", comment).await {
+        Ok(Performed::Done { alert, event_id }) => {
+            answer(StatusCode::ACCEPTED, &alert, Some(&event_id))
+        }
+        Ok(Performed::Unchanged(alert)) => answer(StatusCode::OK, &alert, None),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// What a person's act did to an alert.
+pub enum Performed {
+    /// The alert changed (or took the comment): the event that carries the act is queued.
+    Done { alert: Alert, event_id: String },
+    /// The alert already was as the act would leave it.
+    Unchanged(Alert),
+}
+
+/// The one path of a person's act on alert `key`, whatever the surface (`via`: the API, the
+/// console): checks the comment, applies the act to the alert and queues the event that
+/// carries it, so that it reaches the destinations and the timeline says who did it where.
+pub async fn perform(
+    state: &State,
+    key: &str,
+    action: HumanAction,
+    who: String,
+    via: &str,
+    comment: Option<String>,
+) -> Result<Performed, ApiError> {
+    let comment = check_comment(comment, action)?;
+    let alert = match state.alerts.get(key).await {
         Ok(Some((alert, _))) => alert,
-        Ok(None) => return not_found(&key),
-        Err(e) => return unavailable(e),
+        Ok(None) => return Err(not_found(key)),
+        Err(e) => return Err(unavailable(e)),
     };
     let now = clock::now_epoch_millis();
     let after = match alert.act(action, now) {
         Acted::Done(after) => after,
-        Acted::Unchanged(alert) => return answer(StatusCode::OK, &alert, None),
+        Acted::Unchanged(alert) => return Ok(Performed::Unchanged(alert)),
         Acted::Refused(alert) => {
-            return ApiError::new(
+            return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 format!(
                 "alert `{key}` is {}: it can no longer be acted on (a new firing event reopens it)",
                 alert.state.as_str()
             ),
-            )
-            .into_response()
+            ))
         }
     };
     let by = HumanAct {
         action,
         who,
-        via: "api".into(),
+        via: via.into(),
         comment,
     };
     let id = uuid::Uuid::now_v7().to_string();
     let Some(event) = act_event(&alert, &by, id, now) else {
-        return ApiError::internal(format!("the latest event of alert `{key}` cannot be read"))
-            .into_response();
+        return Err(ApiError::internal(format!(
+            "the latest event of alert `{key}` cannot be read"
+        )));
     };
     let ingested = IngestedEvent {
         event,
@@ -274,31 +318,39 @@ async fn act(key: String, action: String, who: String, body: Bytes, state: State
     let payload = Bytes::from(serde_json::to_vec(&ingested).expect("events serialize"));
     if let Err(e) = state.bus.publish(Queue::Events, vec![payload]).await {
         tracing::warn!(error = %e, "cannot queue a person's act");
-        return ApiError::unavailable(format!("the act was not accepted, retry later: {e}"))
-            .into_response();
+        return Err(ApiError::unavailable(format!(
+            "the act was not accepted, retry later: {e}"
+        )));
     }
-    tracing::info!(alert = %key, action = action.as_str(), who = %ingested.by.as_ref().map_or("", |b| b.who.as_str()), "a person acted on an alert");
-    answer(StatusCode::ACCEPTED, &after, Some(&ingested.event.id))
+    tracing::info!(alert = %key, action = action.as_str(), who = %ingested.by.as_ref().map_or("", |b| b.who.as_str()), via, "a person acted on an alert");
+    Ok(Performed::Done {
+        alert: after,
+        event_id: ingested.event.id,
+    })
 }
 
-/// The act's comment, from `{"comment": "…"}`; required for a comment.
-fn read_comment(body: &[u8], action: HumanAction) -> Result<Option<String>, ApiError> {
+/// The act's comment, from `{"comment": "…"}`.
+fn read_comment(body: &[u8]) -> Result<Option<String>, ApiError> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Body {
         comment: Option<String>,
     }
-    let comment = if body.is_empty() {
-        None
-    } else {
-        serde_json::from_slice::<Body>(body)
-            .map_err(|e| {
-                ApiError::bad_request(format!("the body must be {{\"comment\": \"…\"}}: {e}"))
-            })?
-            .comment
-            .map(|c| c.trim().to_owned())
-            .filter(|c| !c.is_empty())
-    };
+    if body.is_empty() {
+        return Ok(None);
+    }
+    Ok(serde_json::from_slice::<Body>(body)
+        .map_err(|e| {
+            ApiError::bad_request(format!("the body must be {{\"comment\": \"…\"}}: {e}"))
+        })?
+        .comment)
+}
+
+/// The comment trimmed, none if blank; within bounds, and present for a comment.
+fn check_comment(comment: Option<String>, action: HumanAction) -> Result<Option<String>, ApiError> {
+    let comment = comment
+        .map(|c| c.trim().to_owned())
+        .filter(|c| !c.is_empty());
     if comment
         .as_ref()
         .is_some_and(|c| c.chars().count() > MAX_COMMENT)
@@ -320,11 +372,11 @@ fn answer(status: StatusCode, alert: &Alert, event_id: Option<&str>) -> Response
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
-fn not_found(key: &str) -> Response {
-    ApiError::not_found(format!("alert `{key}` does not exist")).into_response()
+fn not_found(key: &str) -> ApiError {
+    ApiError::not_found(format!("alert `{key}` does not exist"))
 }
 
-fn unavailable(e: store::StoreError) -> Response {
+fn unavailable(e: store::StoreError) -> ApiError {
     tracing::error!(error = %e, "cannot read the alerts");
-    ApiError::unavailable("cannot read the alerts now, retry later").into_response()
+    ApiError::unavailable("cannot read the alerts now, retry later")
 }

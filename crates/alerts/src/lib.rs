@@ -20,4 +20,4 @@ mod api;
 mod created;
 
 pub use act::act_event;
-pub use api::{routes, State};
+pub use api::{alert_with_timeline, list_page, perform, routes, Performed, State};

@@ -21,7 +21,7 @@ use warp::{Filter, Rejection, Reply};
 use web::ApiError;
 
 /// Redeliveries in one call at most; call again for more.
-const MAX_REDELIVERIES: u32 = 10_000;
+pub const MAX_REDELIVERIES: u32 = 10_000;
 
 pub fn routes(
     records: RecordStore,
@@ -121,8 +121,9 @@ fn accepted(count: usize) -> Response {
     .into_response()
 }
 
-/// Queues a fresh job for every selected undelivered record, then removes the records.
-async fn redeliver(
+/// Queues a fresh job for every selected undelivered record, then removes the records; how
+/// many went (the API and the console both redeliver through here).
+pub async fn redeliver(
     records: &RecordStore,
     bus: &dyn Bus,
     selection: Selection,

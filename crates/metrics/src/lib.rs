@@ -229,17 +229,20 @@ impl DeliveryOutcome {
 pub enum ActChannel {
     /// The alerts API (the CLI acts through it).
     Api,
+    /// The web console.
+    Console,
     /// A `via` this Tocsin does not know (an act queued by a newer process sharing the bus).
     Other,
 }
 
 impl ActChannel {
-    pub const ALL: [ActChannel; 2] = [ActChannel::Api, ActChannel::Other];
+    pub const ALL: [ActChannel; 3] = [ActChannel::Api, ActChannel::Console, ActChannel::Other];
 
     /// The channel an act's `via` names.
     pub fn from_via(via: &str) -> ActChannel {
         match via {
             "api" => ActChannel::Api,
+            "console" => ActChannel::Console,
             _ => ActChannel::Other,
         }
     }
@@ -247,6 +250,7 @@ impl ActChannel {
     pub fn as_str(self) -> &'static str {
         match self {
             ActChannel::Api => "api",
+            ActChannel::Console => "console",
             ActChannel::Other => "other",
         }
     }
@@ -659,6 +663,24 @@ impl Metrics {
                 .with_label_values(&[channel])
                 .observe(latency);
         }
+    }
+
+    /// Jobs that ended for good as `outcome` in this process since it started, over every
+    /// channel (the console's delivery success ratio).
+    pub fn deliveries_finished(&self, outcome: DeliveryOutcome) -> u64 {
+        use prometheus::core::Collector;
+        self.deliveries
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .filter(|metric| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|l| l.name() == "outcome" && l.value() == outcome.as_str())
+            })
+            .map(|metric| metric.get_counter().get_value() as u64)
+            .sum()
     }
 
     /// Jobs now waiting for a retry.

@@ -254,30 +254,8 @@ fn entity_routes<E: Entity>(
         .and(web::body::json(body_limit))
         .and(store.clone())
         .then(|body: bytes::Bytes, store: Arc<ConfigStore>| async move {
-            let outcome = async {
-                let mut entity: E = parse(E::KIND, &body)?;
-                store
-                    .change(move |configuration, types| {
-                        if E::all(configuration)
-                            .iter()
-                            .any(|e| e.name() == entity.name())
-                        {
-                            return Err(ChangeError::Conflict(format!(
-                                "{} `{}` already exists",
-                                E::KIND,
-                                entity.name()
-                            )));
-                        }
-                        entity.prepare(None, types)?;
-                        *entity.meta_mut() =
-                            EntityMeta::stamped(None, clock::now_epoch_seconds(), new_id);
-                        E::all_mut(configuration).push(entity.clone());
-                        Ok(entity)
-                    })
-                    .await
-            };
-            match outcome.await {
-                Ok(entity) => json_reply(StatusCode::CREATED, &entity.shown(store.action_types())),
+            match create::<E>(&store, &body).await {
+                Ok(entity) => json_reply(StatusCode::CREATED, &entity),
                 Err(e) => error_reply(e),
             }
         });
@@ -289,66 +267,15 @@ fn entity_routes<E: Entity>(
         .and(store.clone())
         .then(
             |name: String, body: bytes::Bytes, store: Arc<ConfigStore>| async move {
-                let outcome = async {
-                    let mut entity: E = parse(E::KIND, &body)?;
-                    if entity.name() != name {
-                        return Err(ChangeError::BadRequest(format!(
-                            "`name` in the body (`{}`) must be the name in the path (`{name}`)",
-                            entity.name()
-                        )));
-                    }
-                    store
-                        .change(move |configuration, types| {
-                            let all = E::all_mut(configuration);
-                            let Some(stored) = all.iter_mut().find(|e| e.name() == name) else {
-                                return Err(ChangeError::NotFound {
-                                    kind: E::KIND,
-                                    name,
-                                });
-                            };
-                            entity.prepare(Some(stored), types)?;
-                            let previous = stored.meta_mut().clone();
-                            *entity.meta_mut() = EntityMeta::stamped(
-                                Some(&previous),
-                                clock::now_epoch_seconds(),
-                                new_id,
-                            );
-                            *stored = entity.clone();
-                            Ok(entity)
-                        })
-                        .await
-                };
-                match outcome.await {
-                    Ok(entity) => json_reply(StatusCode::OK, &entity.shown(store.action_types())),
+                match update::<E>(&store, name, &body).await {
+                    Ok(entity) => json_reply(StatusCode::OK, &entity),
                     Err(e) => error_reply(e),
                 }
             },
         );
     let delete = member.and(warp::delete()).and(guard).and(store).then(
         |name: String, store: Arc<ConfigStore>| async move {
-            let outcome = store
-                .change(|configuration, _| {
-                    let users = E::used_by(configuration, &name);
-                    if !users.is_empty() {
-                        return Err(ChangeError::Conflict(format!(
-                            "{} `{name}` is used by {}",
-                            E::KIND,
-                            users.join(", ")
-                        )));
-                    }
-                    let all = E::all_mut(configuration);
-                    let before = all.len();
-                    all.retain(|e| e.name() != name);
-                    if all.len() == before {
-                        return Err(ChangeError::NotFound {
-                            kind: E::KIND,
-                            name: name.clone(),
-                        });
-                    }
-                    Ok(())
-                })
-                .await;
-            match outcome {
+            match delete::<E>(&store, name).await {
                 Ok(()) => StatusCode::NO_CONTENT.into_response(),
                 Err(e) => error_reply(e),
             }
@@ -363,6 +290,92 @@ fn entity_routes<E: Entity>(
         .or(delete)
         .unify()
         .boxed()
+}
+
+/// Creates the entity in `body` (JSON as the API takes it), checked with the whole
+/// configuration; the entity as answers show it. The API and the console create through here,
+/// so both say the same about what is wrong.
+pub async fn create<E: Entity>(store: &ConfigStore, body: &[u8]) -> Result<E, ChangeError> {
+    let mut entity: E = parse(E::KIND, body)?;
+    let created = store
+        .change(move |configuration, types| {
+            if E::all(configuration)
+                .iter()
+                .any(|e| e.name() == entity.name())
+            {
+                return Err(ChangeError::Conflict(format!(
+                    "{} `{}` already exists",
+                    E::KIND,
+                    entity.name()
+                )));
+            }
+            entity.prepare(None, types)?;
+            *entity.meta_mut() = EntityMeta::stamped(None, clock::now_epoch_seconds(), new_id);
+            E::all_mut(configuration).push(entity.clone());
+            Ok(entity)
+        })
+        .await?;
+    Ok(created.shown(store.action_types()))
+}
+
+/// Replaces the entity `name` with the one in `body` (masked secrets keep their stored
+/// values); the entity as answers show it.
+pub async fn update<E: Entity>(
+    store: &ConfigStore,
+    name: String,
+    body: &[u8],
+) -> Result<E, ChangeError> {
+    let mut entity: E = parse(E::KIND, body)?;
+    if entity.name() != name {
+        return Err(ChangeError::BadRequest(format!(
+            "`name` in the body (`{}`) must be the name in the path (`{name}`)",
+            entity.name()
+        )));
+    }
+    let updated = store
+        .change(move |configuration, types| {
+            let all = E::all_mut(configuration);
+            let Some(stored) = all.iter_mut().find(|e| e.name() == name) else {
+                return Err(ChangeError::NotFound {
+                    kind: E::KIND,
+                    name,
+                });
+            };
+            entity.prepare(Some(stored), types)?;
+            let previous = stored.meta_mut().clone();
+            *entity.meta_mut() =
+                EntityMeta::stamped(Some(&previous), clock::now_epoch_seconds(), new_id);
+            *stored = entity.clone();
+            Ok(entity)
+        })
+        .await?;
+    Ok(updated.shown(store.action_types()))
+}
+
+/// Deletes the entity `name`, unless another one uses it.
+pub async fn delete<E: Entity>(store: &ConfigStore, name: String) -> Result<(), ChangeError> {
+    store
+        .change(|configuration, _| {
+            let users = E::used_by(configuration, &name);
+            if !users.is_empty() {
+                return Err(ChangeError::Conflict(format!(
+                    "{} `{name}` is used by {}",
+                    E::KIND,
+                    users.join(", ")
+                )));
+            }
+            let all = E::all_mut(configuration);
+            let before = all.len();
+            all.retain(|e| e.name() != name);
+            if all.len() == before {
+                return Err(ChangeError::NotFound {
+                    kind: E::KIND,
+                    name: name.clone(),
+                });
+            }
+            Ok(())
+        })
+        .await
 }
 
 #[derive(Serialize)]
@@ -420,7 +433,7 @@ fn list<E: Entity>(query: &HashMap<String, String>, store: &ConfigStore) -> Resp
 }
 
 /// The configuration as export shows it: secrets masked.
-fn exported(store: &ConfigStore) -> Configuration {
+pub fn exported(store: &ConfigStore) -> Configuration {
     let current = store.current();
     let configuration = current.configuration();
     Configuration {
@@ -477,6 +490,16 @@ pub fn replace(
     Ok(())
 }
 
+/// Imports the configuration in `body`, replacing everything (see [`replace`]); the
+/// configuration as export shows it.
+pub async fn import(store: &ConfigStore, body: &[u8]) -> Result<Configuration, ChangeError> {
+    let incoming: Configuration = parse("configuration", body)?;
+    store
+        .change(|configuration, types| replace(configuration, incoming, types))
+        .await?;
+    Ok(exported(store))
+}
+
 fn configuration_routes(
     store: &Arc<ConfigStore>,
     body_limit: u64,
@@ -505,14 +528,7 @@ fn configuration_routes(
         .then(move |body: bytes::Bytes| {
             let store = Arc::clone(&import_store);
             async move {
-                let outcome = async {
-                    let incoming: Configuration = parse("configuration", &body)?;
-                    store
-                        .change(|configuration, types| replace(configuration, incoming, types))
-                        .await?;
-                    Ok::<_, ChangeError>(exported(&store))
-                };
-                match outcome.await {
+                match import(&store, &body).await {
                     Ok(configuration) => json_reply(StatusCode::CREATED, &configuration),
                     Err(e) => error_reply(e),
                 }

@@ -235,6 +235,33 @@ impl Authenticator {
         equal.then_some(client.scopes)
     }
 
+    /// The scopes of client `name` if `password` is its password: the console's sign-in.
+    pub async fn sign_in(&self, name: &str, password: &str) -> Option<Vec<Scope>> {
+        self.check_password(name, password)
+            .await
+            .map(scopes_of_bits)
+    }
+
+    /// The names of the configured clients.
+    pub fn client_names(&self) -> impl Iterator<Item = &str> {
+        self.clients.keys().map(String::as_str)
+    }
+
+    /// The scopes client `name` has now; `None` once it is no longer configured.
+    pub fn scopes_of(&self, name: &str) -> Option<Vec<Scope>> {
+        self.clients.get(name).map(|c| scopes_of_bits(c.scopes))
+    }
+
+    /// A key for `purpose`, derived from the token signing key: what else Tocsin signs (the
+    /// console's sessions) works across the processes that share the key, and can never pass
+    /// for a token.
+    pub fn derived_key(&self, purpose: &str) -> Vec<u8> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.token_key).expect("any key length");
+        mac.update(b"tocsin derived key|");
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
     /// Whether `password` matches the hash `phc`, checked on the blocking pool, a few at once.
     async fn argon2_verify(&self, phc: &Arc<str>, password: &str) -> bool {
         let Ok(_slot) = self.argon2_checks.acquire().await else {
@@ -271,9 +298,8 @@ impl Authenticator {
             access_token: token,
             token_type: "bearer",
             expires_in: self.token_lifetime.as_secs(),
-            scope: Scope::ALL
+            scope: scopes_of_bits(scopes)
                 .iter()
-                .filter(|s| scopes & s.bit() != 0)
                 .map(|s| s.as_str())
                 .collect::<Vec<_>>()
                 .join(" "),
@@ -433,6 +459,13 @@ impl Authenticator {
             ),
         }
     }
+}
+
+fn scopes_of_bits(bits: u8) -> Vec<Scope> {
+    Scope::ALL
+        .into_iter()
+        .filter(|s| bits & s.bit() != 0)
+        .collect()
 }
 
 /// RFC 6749 error body, with `message` too so that ANS-style clients show something useful.

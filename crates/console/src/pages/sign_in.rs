@@ -1,0 +1,84 @@
+//! Signing in with a client's name and secret (checked by the API's authenticator, a few
+//! attempts per client and minute — see `SIGN_IN_LIMIT`), and signing out.
+
+use super::Pages;
+use crate::render::{page, see_other};
+use crate::session::{self, Form, Viewer};
+use std::time::Instant;
+use warp::filters::BoxedFilter;
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::Filter;
+
+/// The sign-in form's body at most.
+const FORM_LIMIT: u64 = 8 * 1024;
+
+pub(super) fn routes(pages: &Pages) -> BoxedFilter<(Response,)> {
+    let path = warp::path("sign-in").and(warp::path::end());
+    let form = path.and(warp::get()).map(|| {
+        page(
+            "sign_in.html",
+            None,
+            serde_json::json!({"title": "Sign in"}),
+            StatusCode::OK,
+        )
+    });
+    let with_pages = {
+        let pages = pages.clone();
+        warp::any().map(move || pages.clone())
+    };
+    let sign_in = path
+        .and(session::form(FORM_LIMIT))
+        .and(with_pages)
+        .then(sign_in);
+    let sign_out = warp::path("sign-out")
+        .and(warp::path::end())
+        .and(pages.act(None))
+        .map(|viewer: Viewer, _: Form, pages: Pages| {
+            pages.sessions.end(&viewer);
+            tracing::info!(client = %viewer.client, "signed out of the console");
+            with_cookie(see_other("/ui/sign-in"), &pages.sessions.cleared())
+        });
+    form.or(sign_in).unify().or(sign_out).unify().boxed()
+}
+
+async fn sign_in(form: Form, pages: Pages) -> Response {
+    let client = form.get("client").unwrap_or_default().to_owned();
+    let refuse = |status: StatusCode, error: &str| {
+        let client = &client;
+        page(
+            "sign_in.html",
+            None,
+            serde_json::json!({"title": "Sign in", "client": client, "error": error}),
+            status,
+        )
+    };
+    if pages.sign_ins.take(&client, Instant::now()).is_err() {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many attempts for this client: wait a little and try again.",
+        );
+    }
+    let secret = form
+        .fields()
+        .iter()
+        .find(|(name, _)| name == "secret")
+        .map(|(_, secret)| secret.as_str())
+        .unwrap_or_default();
+    let authenticator = pages.sessions.authenticator();
+    match authenticator.sign_in(&client, secret).await {
+        Some(_) => {
+            tracing::info!(client = %client, "signed in to the console");
+            let cookie = pages.sessions.start(&client, clock::now_epoch_seconds());
+            with_cookie(see_other("/ui/"), &cookie)
+        }
+        None => refuse(StatusCode::UNAUTHORIZED, "Unknown client or wrong secret."),
+    }
+}
+
+fn with_cookie(mut response: Response, cookie: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
