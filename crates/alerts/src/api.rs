@@ -1,14 +1,15 @@
 //! The routes of the alerts API (see the crate's doc), and how each answer is made.
 
-use crate::act::act_event;
-use bus::{Bus, Queue};
+use crate::act::{perform, Performed};
+use crate::paging::{page_of, Params};
+use bus::Bus;
 use bytes::Bytes;
 use model::alert::{HumanAct, HumanAction};
-use model::consumer::ResponseMetadata;
-use model::{IngestedEvent, SharedCatalog};
+use model::SharedCatalog;
 use std::collections::HashMap;
 use std::sync::Arc;
-use store::alerts::{Acted, Alert, AlertQuery, AlertState, AlertStore, Entry};
+use store::alerts::{Alert, AlertQuery, AlertState, AlertStore, Entry};
+use store::audit::AuditLog;
 use store::links::LinkStore;
 use store::records::{Attempt, RecordStore};
 use warp::filters::BoxedFilter;
@@ -17,8 +18,6 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 use web::ApiError;
 
-const DEFAULT_PAGE_SIZE: u64 = 100;
-const MAX_PAGE_SIZE: u64 = 1000;
 /// The longest comment a person may leave, in characters.
 const MAX_COMMENT: usize = 4096;
 /// The act's body (a comment) at most, in bytes.
@@ -36,6 +35,8 @@ pub struct State {
     /// The actions, to name the type of each link's action.
     pub catalog: SharedCatalog,
     pub bus: Arc<dyn Bus>,
+    /// Where every act is recorded, and once-only acts are claimed.
+    pub audit: AuditLog,
 }
 
 /// The alerts API over `state`; `responder` yields the acting client's name (the `responder`
@@ -94,41 +95,21 @@ fn optional_body() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone
 }
 
 async fn list(params: HashMap<String, String>, state: State) -> Response {
-    let query = match parse_query(&params) {
+    let query = match parse_query(&Params(&params)) {
         Ok(query) => query,
         Err(e) => return e.into_response(),
     };
     let (page, page_size) = (query.page, query.page_size);
     match state.alerts.list(query).await {
-        Ok((total, results)) => warp::reply::json(&serde_json::json!({
-            "responseMetadata": ResponseMetadata {
-                page,
-                page_size,
-                total_pages: total.div_ceil(page_size),
-                total_results_count: total,
-            },
-            "results": results,
-        }))
-        .into_response(),
+        Ok((total, results)) => page_of(page, page_size, total, &results),
         Err(e) => unavailable(e),
     }
 }
 
-/// Reads the list's query parameters, naming the one at fault. Unknown ones are ignored.
-fn parse_query(params: &HashMap<String, String>) -> Result<AlertQuery, ApiError> {
-    let text = |key: &str| params.get(key).filter(|v| !v.is_empty()).cloned();
-    let number = |key: &str| -> Result<Option<u64>, ApiError> {
-        text(key)
-            .map(|v| {
-                v.parse().map_err(|_| {
-                    ApiError::bad_request(format!(
-                        "`{key}` must be a non-negative integer, got `{v}`"
-                    ))
-                })
-            })
-            .transpose()
-    };
-    let state = text("state")
+/// Reads the list's query parameters, naming the one at fault.
+fn parse_query(params: &Params) -> Result<AlertQuery, ApiError> {
+    let state = params
+        .text("state")
         .map(|s| {
             AlertState::parse(&s).ok_or_else(|| {
                 ApiError::bad_request(format!(
@@ -137,23 +118,16 @@ fn parse_query(params: &HashMap<String, String>) -> Result<AlertQuery, ApiError>
             })
         })
         .transpose()?;
-    let page_size = number("pageSize")?.unwrap_or(DEFAULT_PAGE_SIZE);
-    if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
-        return Err(ApiError::bad_request(format!(
-            "`pageSize` must be between 1 and {MAX_PAGE_SIZE}, got {page_size}"
-        )));
-    }
-    let millis =
-        |seconds: Option<u64>| seconds.map(|s| s.saturating_mul(1000).min(i64::MAX as u64) as i64);
+    let (page, page_size) = params.page()?;
     Ok(AlertQuery {
         state,
-        severity: text("severity"),
-        event_type: text("eventType"),
-        resource_name: text("resourceName"),
-        since_ms: millis(number("since")?),
-        until_ms: millis(number("until")?),
-        text: text("q"),
-        page: number("page")?.unwrap_or(0),
+        severity: params.text("severity"),
+        event_type: params.text("eventType"),
+        resource_name: params.text("resourceName"),
+        since_ms: params.millis("since")?,
+        until_ms: params.millis("until")?,
+        text: params.text("q"),
+        page,
         page_size,
     })
 }
@@ -186,7 +160,7 @@ impl Line {
 async fn one(key: String, state: State) -> Response {
     let (alert, entries) = match state.alerts.get(&key).await {
         Ok(Some(found)) => found,
-        Ok(None) => return not_found(&key),
+        Ok(None) => return crate::act::ActError::NotFound(key).into_response(),
         Err(e) => return unavailable(e),
     };
     let events: Vec<String> = entries
@@ -234,51 +208,21 @@ async fn act(key: String, action: String, who: String, body: Bytes, state: State
         Ok(comment) => comment,
         Err(e) => return e.into_response(),
     };
-    let alert = match state.alerts.get(&key).await {
-        Ok(Some((alert, _))) => alert,
-        Ok(None) => return not_found(&key),
-        Err(e) => return unavailable(e),
-    };
-    let now = clock::now_epoch_millis();
-    let after = match alert.act(action, now) {
-        Acted::Done(after) => after,
-        Acted::Unchanged(alert) => return answer(StatusCode::OK, &alert, None),
-        Acted::Refused(alert) => {
-            return ApiError::new(
-                StatusCode::CONFLICT,
-                format!(
-                "alert `{key}` is {}: it can no longer be acted on (a new firing event reopens it)",
-                alert.state.as_str()
-            ),
-            )
-            .into_response()
-        }
-    };
     let by = HumanAct {
         action,
         who,
         via: "api".into(),
         comment,
     };
-    let id = uuid::Uuid::now_v7().to_string();
-    let Some(event) = act_event(&alert, &by, id, now) else {
-        return ApiError::internal(format!("the latest event of alert `{key}` cannot be read"))
-            .into_response();
-    };
-    let ingested = IngestedEvent {
-        event,
-        accepted_at_ms: now,
-        by: Some(by),
-        released_by: None,
-    };
-    let payload = Bytes::from(serde_json::to_vec(&ingested).expect("events serialize"));
-    if let Err(e) = state.bus.publish(Queue::Events, vec![payload]).await {
-        tracing::warn!(error = %e, "cannot queue a person's act");
-        return ApiError::unavailable(format!("the act was not accepted, retry later: {e}"))
-            .into_response();
+    match perform(&state, &key, by, None).await {
+        Ok(Performed::Done { alert, event_id }) => {
+            answer(StatusCode::ACCEPTED, &alert, Some(&event_id))
+        }
+        Ok(Performed::Unchanged(alert) | Performed::Repeated(alert)) => {
+            answer(StatusCode::OK, &alert, None)
+        }
+        Err(e) => e.into_response(),
     }
-    tracing::info!(alert = %key, action = action.as_str(), who = %ingested.by.as_ref().map_or("", |b| b.who.as_str()), "a person acted on an alert");
-    answer(StatusCode::ACCEPTED, &after, Some(&ingested.event.id))
 }
 
 /// The act's comment, from `{"comment": "…"}`; required for a comment.
@@ -318,10 +262,6 @@ fn answer(status: StatusCode, alert: &Alert, event_id: Option<&str>) -> Response
     let body =
         serde_json::json!({"alert": alert, "eventId": event_id, "changed": event_id.is_some()});
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
-}
-
-fn not_found(key: &str) -> Response {
-    ApiError::not_found(format!("alert `{key}` does not exist")).into_response()
 }
 
 fn unavailable(e: store::StoreError) -> Response {
