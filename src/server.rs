@@ -108,6 +108,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     ));
 
     let alerts = store::alerts::AlertStore::open(&location).await?;
+    let audit = store::audit::AuditLog::open(&location).await?;
     let silences = Arc::new(
         Silences::open(store::silences::SilenceStore::open(&location).await?)
             .await
@@ -178,8 +179,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         Arc::clone(&bus),
         SourceState { oci, idempotency },
         silences,
+        audit,
         probe,
-    );
+    )?;
     let certificate = listener::Certificate::open(&settings.tls)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -216,8 +218,11 @@ fn api_routes(
     bus: Arc<dyn Bus>,
     SourceState { oci, idempotency }: SourceState,
     silences: Arc<Silences>,
+    audit: store::audit::AuditLog,
     probe: Probe,
-) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone {
+) -> anyhow::Result<
+    impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone,
+> {
     let metrics = Arc::clone(&probe.metrics);
     let config_store = Arc::clone(&probe.config);
     // The alarm sources, each with its own routes.
@@ -254,16 +259,17 @@ fn api_routes(
         CONFIGURATION_BODY_LIMIT,
         auth.require(Scope::Configuration),
     );
-    let alerts = alerts::routes(
-        alerts::State {
-            alerts: probe.alerts.clone(),
-            records: probe.records.clone(),
-            links: probe.channels.links(),
-            catalog,
-            bus: Arc::clone(&bus),
-        },
-        auth.identify(Scope::Responder),
-    );
+    let acts = alerts::State {
+        alerts: probe.alerts.clone(),
+        records: probe.records.clone(),
+        links: probe.channels.links(),
+        catalog,
+        bus: Arc::clone(&bus),
+        audit: audit.clone(),
+    };
+    let alerts = alerts::routes(acts.clone(), auth.identify(Scope::Responder));
+    let audit = alerts::audit::routes(audit, auth.require(Scope::Configuration));
+    let chat = chat::Chat::new(&settings.chat, acts, Arc::clone(&silences))?;
     let silences = router::silences::api::routes(silences, auth.identify(Scope::Responder));
     // /healthz, /readyz, /openapi.json, and /metrics (consumer scope unless metrics.public).
     let metrics_guard = if settings.metrics.public {
@@ -272,7 +278,8 @@ fn api_routes(
         auth.require(Scope::Consumer).boxed()
     };
     let health = observability::routes(probe, metrics_guard);
-    auth.token_endpoint()
+    Ok(auth
+        .token_endpoint()
         .or(sources)
         .or(consumer)
         .or(operator)
@@ -280,10 +287,12 @@ fn api_routes(
         .or(configuration)
         .or(alerts)
         .or(silences)
+        .or(audit)
+        .or(chat::slack::routes(chat))
         .or(crate::dead_letters::routes(Arc::clone(&bus), auth))
         .or(health)
         .recover(web::recover)
-        .with(observability::instrument(metrics))
+        .with(observability::instrument(metrics)))
 }
 
 /// The configuration file to import at start, if one is set.

@@ -42,6 +42,8 @@ pub struct Settings {
     pub rate_limit: RateLimitSettings,
     /// HTTPS instead of plain HTTP.
     pub tls: TlsSettings,
+    /// Control from chat: the Slack app, who may act (`chat::settings`).
+    pub chat: chat::settings::ChatSettings,
 }
 
 /// `[store]`: where Tocsin keeps its state, and how the stored configuration is sealed at rest.
@@ -310,6 +312,7 @@ impl Default for Settings {
             store: StoreSettings::default(),
             rate_limit: RateLimitSettings::default(),
             tls: TlsSettings::default(),
+            chat: Default::default(),
         }
     }
 }
