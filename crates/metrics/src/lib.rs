@@ -229,17 +229,20 @@ impl DeliveryOutcome {
 pub enum ActChannel {
     /// The alerts API (the CLI acts through it).
     Api,
+    /// Slack's buttons and slash command (the `chat` crate).
+    Slack,
     /// A `via` this Tocsin does not know (an act queued by a newer process sharing the bus).
     Other,
 }
 
 impl ActChannel {
-    pub const ALL: [ActChannel; 2] = [ActChannel::Api, ActChannel::Other];
+    pub const ALL: [ActChannel; 3] = [ActChannel::Api, ActChannel::Slack, ActChannel::Other];
 
     /// The channel an act's `via` names.
     pub fn from_via(via: &str) -> ActChannel {
         match via {
             "api" => ActChannel::Api,
+            "slack" => ActChannel::Slack,
             _ => ActChannel::Other,
         }
     }
@@ -247,6 +250,7 @@ impl ActChannel {
     pub fn as_str(self) -> &'static str {
         match self {
             ActChannel::Api => "api",
+            ActChannel::Slack => "slack",
             ActChannel::Other => "other",
         }
     }
