@@ -178,8 +178,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         &limiter,
         Arc::clone(&bus),
         SourceState { oci, idempotency },
-        silences,
-        audit,
+        ActState { silences, audit },
         probe,
     )?;
     let certificate = listener::Certificate::open(&settings.tls)?;
@@ -211,14 +210,19 @@ struct SourceState {
     idempotency: Idempotency,
 }
 
+/// What people's acts go through besides the alerts: the silences, and the audit log.
+struct ActState {
+    silences: Arc<Silences>,
+    audit: store::audit::AuditLog,
+}
+
 fn api_routes(
     settings: &Settings,
     auth: &Arc<Authenticator>,
     limiter: &Arc<RateLimiter>,
     bus: Arc<dyn Bus>,
     SourceState { oci, idempotency }: SourceState,
-    silences: Arc<Silences>,
-    audit: store::audit::AuditLog,
+    ActState { silences, audit }: ActState,
     probe: Probe,
 ) -> anyhow::Result<
     impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone,
