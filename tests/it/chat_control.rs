@@ -21,6 +21,7 @@ use crate::common::{postgres_schema, Backend, Destination, Tocsin};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
+use wiremock::MockServer;
 
 const SECRET: &str = "e2e-slack-signing-secret";
 const TEAM: &str = "T0TEAM";
@@ -136,6 +137,42 @@ async fn audit_of(ops: &Client<'_>, target: &str) -> Vec<Value> {
     page["results"].as_array().unwrap().clone()
 }
 
+/// The stand-ins (Slack's Web API, the B2C site) and Tocsin routing every event to both,
+/// with chat control on; requests as `ops` (producer).
+struct Stage {
+    _slack_server: MockServer,
+    slack: FakeSlack,
+    _site_server: MockServer,
+    site: FakeB2c,
+    tocsin: Tocsin,
+}
+
+impl Stage {
+    async fn start(backend: Backend, env: &[(&str, &str)]) -> Stage {
+        let (slack_server, slack) = FakeSlack::serve().await;
+        let (site_server, site) = FakeB2c::serve().await;
+        let routing = routing(&slack_server.uri(), &site_server.uri());
+        let mut tocsin = Tocsin::start_with_settings(backend, &routing, &settings(), env).await;
+        (tocsin.user, tocsin.password) = ("ops".into(), "ops-password".into());
+        Stage {
+            _slack_server: slack_server,
+            slack,
+            _site_server: site_server,
+            site,
+            tocsin,
+        }
+    }
+}
+
+/// The on-call client of `CLIENTS` (scope `responder`).
+fn oncall(tocsin: &Tocsin) -> Client<'_> {
+    Client {
+        tocsin,
+        name: "oncall",
+        password: "oncall-password",
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slack_click_acknowledges_once_and_forgeries_are_refused_embedded_and_sqlite() {
     clicks(Backend::Embedded, &[]).await;
@@ -148,26 +185,23 @@ async fn a_slack_click_acknowledges_once_and_forgeries_are_refused_rabbitmq_and_
 }
 
 async fn clicks(backend: Backend, env: &[(&str, &str)]) {
-    let (slack_server, slack) = FakeSlack::serve().await;
-    let (site_server, site) = FakeB2c::serve().await;
+    let Stage {
+        slack,
+        site,
+        tocsin,
+        ..
+    } = &Stage::start(backend, env).await;
     let hook = Destination::start(|_| 200).await;
-    let routing = routing(&slack_server.uri(), &site_server.uri());
-    let mut tocsin = Tocsin::start_with_settings(backend, &routing, &settings(), env).await;
-    (tocsin.user, tocsin.password) = ("ops".into(), "ops-password".into());
     let ops = Client {
-        tocsin: &tocsin,
+        tocsin,
         name: "ops",
         password: "ops-password",
     };
-    let oncall = Client {
-        tocsin: &tocsin,
-        name: "oncall",
-        password: "oncall-password",
-    };
+    let oncall = oncall(tocsin);
     let (firing, _, _) = seed_pair_with_a_repeat();
     let key = firing["dedupeKey"].as_str().unwrap().to_owned();
-    post_alarm(&tocsin, &firing).await;
-    let calls = slack.wait_for("the thread's parent", 1, &tocsin).await;
+    post_alarm(tocsin, &firing).await;
+    let calls = slack.wait_for("the thread's parent", 1, tocsin).await;
     let controls = calls[0].body["attachments"][0]["blocks"]
         .as_array()
         .unwrap()
@@ -177,7 +211,7 @@ async fn clicks(backend: Backend, env: &[(&str, &str)]) {
         .unwrap_or_else(|| panic!("no controls on the parent: {}", calls[0].body));
     assert_eq!(controls["elements"][0]["action_id"], "tocsin_acknowledge");
     assert_eq!(controls["elements"][0]["value"], key.as_str());
-    incident(&site, "the incident is created", &tocsin, &key, |_| true).await;
+    incident(site, "the incident is created", tocsin, &key, |_| true).await;
 
     // Forged, stale, unsigned: 401, and nothing changes.
     let alice = click(
@@ -192,7 +226,7 @@ async fn clicks(backend: Backend, env: &[(&str, &str)]) {
     let ts = now_s();
     let forged = sign("not-the-secret", ts, &alice);
     let (status, refused) =
-        post_signed(&tocsin, "/slack/v1/interactions", &alice, ts, &forged).await;
+        post_signed(tocsin, "/slack/v1/interactions", &alice, ts, &forged).await;
     assert_eq!(status, 401, "{refused}");
     assert!(
         refused["message"].as_str().unwrap().contains("signature"),
@@ -200,7 +234,7 @@ async fn clicks(backend: Backend, env: &[(&str, &str)]) {
     );
     let stale = ts - 600;
     let (status, _) = post_signed(
-        &tocsin,
+        tocsin,
         "/slack/v1/interactions",
         &alice,
         stale,
@@ -210,7 +244,7 @@ async fn clicks(backend: Backend, env: &[(&str, &str)]) {
     assert_eq!(status, 401, "more than five minutes old");
     let tampered = alice.replace("U0ALICE", "U0EVE00");
     let (status, _) = post_signed(
-        &tocsin,
+        tocsin,
         "/slack/v1/interactions",
         &tampered,
         ts,
@@ -218,7 +252,7 @@ async fn clicks(backend: Backend, env: &[(&str, &str)]) {
     )
     .await;
     assert_eq!(status, 401, "a body that is not the one signed");
-    let (status, _) = post_signed(&tocsin, "/slack/v1/interactions", &alice, ts, "").await;
+    let (status, _) = post_signed(tocsin, "/slack/v1/interactions", &alice, ts, "").await;
     assert_eq!(status, 401, "unsigned");
 
     // Refused, ephemerally, saying why: unmapped, without the scope, elsewhere.
@@ -238,7 +272,7 @@ async fn clicks(backend: Backend, env: &[(&str, &str)]) {
             "2.000001",
             &hook.url,
         );
-        let (status, _) = post(&tocsin, "/slack/v1/interactions", &body).await;
+        let (status, _) = post(tocsin, "/slack/v1/interactions", &body).await;
         assert_eq!(status, 200, "Slack is answered");
         let got = hook.wait_for(why, |r| r.len() > before).await;
         let told = &got[before].body;
@@ -258,7 +292,7 @@ async fn clicks(backend: Backend, env: &[(&str, &str)]) {
     let before = hook.received().len();
     let ts = now_s();
     let signature = sign(SECRET, ts, &alice);
-    let (status, _) = post_signed(&tocsin, "/slack/v1/interactions", &alice, ts, &signature).await;
+    let (status, _) = post_signed(tocsin, "/slack/v1/interactions", &alice, ts, &signature).await;
     assert_eq!(status, 200);
     let found = oncall.wait_for_state(&key, "acknowledged").await;
     let updated = hook
@@ -289,14 +323,14 @@ async fn clicks(backend: Backend, env: &[(&str, &str)]) {
         (&json!("alice"), &json!("slack"))
     );
     let calls = slack
-        .wait_for("the acknowledgement's reply", 2, &tocsin)
+        .wait_for("the acknowledgement's reply", 2, tocsin)
         .await;
     assert!(
         calls[1].body.to_string().contains("Acknowledged by alice"),
         "the thread hears of it: {:?}",
         calls[1]
     );
-    let on_site = incident(&site, "the acknowledgement's thread", &tocsin, &key, |i| {
+    let on_site = incident(site, "the acknowledgement's thread", tocsin, &key, |i| {
         i.threads.len() == 2
     })
     .await;
@@ -307,11 +341,11 @@ async fn clicks(backend: Backend, env: &[(&str, &str)]) {
     );
 
     // The same request again is a replay; the same click re-sent (re-signed) acts once.
-    let (status, _) = post_signed(&tocsin, "/slack/v1/interactions", &alice, ts, &signature).await;
+    let (status, _) = post_signed(tocsin, "/slack/v1/interactions", &alice, ts, &signature).await;
     assert_eq!(status, 401, "a replayed signature");
     let before = hook.received().len();
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // another timestamp
-    let (status, _) = post(&tocsin, "/slack/v1/interactions", &alice).await;
+    let (status, _) = post(tocsin, "/slack/v1/interactions", &alice).await;
     assert_eq!(status, 200);
     let again = hook
         .wait_for("the repeat's answer", |r| r.len() > before)
@@ -362,33 +396,30 @@ async fn slash_commands_do_what_they_say_rabbitmq_and_postgres() {
 }
 
 async fn commands(backend: Backend, env: &[(&str, &str)]) {
-    let (slack_server, slack) = FakeSlack::serve().await;
-    let (site_server, site) = FakeB2c::serve().await;
-    let routing = routing(&slack_server.uri(), &site_server.uri());
-    let mut tocsin = Tocsin::start_with_settings(backend, &routing, &settings(), env).await;
-    (tocsin.user, tocsin.password) = ("ops".into(), "ops-password".into());
-    let oncall = Client {
-        tocsin: &tocsin,
-        name: "oncall",
-        password: "oncall-password",
-    };
+    let Stage {
+        slack,
+        site,
+        tocsin,
+        ..
+    } = &Stage::start(backend, env).await;
+    let oncall = oncall(tocsin);
     let (firing, repeat, _) = seed_pair_with_a_repeat();
     let key = firing["dedupeKey"].as_str().unwrap().to_owned();
-    post_alarm(&tocsin, &firing).await;
-    slack.wait_for("the thread's parent", 1, &tocsin).await;
+    post_alarm(tocsin, &firing).await;
+    slack.wait_for("the thread's parent", 1, tocsin).await;
     oncall.wait_for_state(&key, "firing").await;
     let run = |text: &str, trigger: &str| command("U0ALICE", CHANNEL, text, trigger);
 
-    let (status, help) = post(&tocsin, "/slack/v1/commands", &run("help", "t-help")).await;
+    let (status, help) = post(tocsin, "/slack/v1/commands", &run("help", "t-help")).await;
     assert_eq!(status, 200);
     assert!(
         help["text"].as_str().unwrap().contains("/tocsin silence"),
         "{help}"
     );
-    let (_, status_line) = post(&tocsin, "/slack/v1/commands", &run("status", "t-status")).await;
+    let (_, status_line) = post(tocsin, "/slack/v1/commands", &run("status", "t-status")).await;
     let text = status_line["text"].as_str().unwrap();
     assert!(text.contains("*1* firing") && text.contains(&key), "{text}");
-    let (_, wrong) = post(&tocsin, "/slack/v1/commands", &run("reboot db-1", "t-x")).await;
+    let (_, wrong) = post(tocsin, "/slack/v1/commands", &run("reboot db-1", "t-x")).await;
     assert!(
         wrong["text"]
             .as_str()
@@ -397,7 +428,7 @@ async fn commands(backend: Backend, env: &[(&str, &str)]) {
         "{wrong}"
     );
     let (_, refused) = post(
-        &tocsin,
+        tocsin,
         "/slack/v1/commands",
         &command("U0EVE", CHANNEL, &format!("ack {key}"), "t-eve"),
     )
@@ -407,7 +438,7 @@ async fn commands(backend: Backend, env: &[(&str, &str)]) {
         "{refused}"
     );
     let (status, _) = post_signed(
-        &tocsin,
+        tocsin,
         "/slack/v1/commands",
         &run(&format!("ack {key}"), "t-forged"),
         now_s(),
@@ -418,7 +449,7 @@ async fn commands(backend: Backend, env: &[(&str, &str)]) {
 
     // ack: once per command, even if Slack sends it twice.
     let ack = run(&format!("ack {key}"), "t-ack");
-    let (_, acked) = post(&tocsin, "/slack/v1/commands", &ack).await;
+    let (_, acked) = post(tocsin, "/slack/v1/commands", &ack).await;
     assert!(
         acked["text"]
             .as_str()
@@ -428,7 +459,7 @@ async fn commands(backend: Backend, env: &[(&str, &str)]) {
     );
     oncall.wait_for_state(&key, "acknowledged").await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let (_, twice) = post(&tocsin, "/slack/v1/commands", &ack).await;
+    let (_, twice) = post(tocsin, "/slack/v1/commands", &ack).await;
     assert!(
         twice["text"].as_str().unwrap().contains("done already"),
         "{twice}"
@@ -436,7 +467,7 @@ async fn commands(backend: Backend, env: &[(&str, &str)]) {
 
     // silence: the alert's next event is held back from its destinations.
     let (_, silenced) = post(
-        &tocsin,
+        tocsin,
         "/slack/v1/commands",
         &run(&format!("silence {key} 1h disk swap"), "t-silence"),
     )
@@ -453,7 +484,7 @@ async fn commands(backend: Backend, env: &[(&str, &str)]) {
     let silence = &silences["results"][0];
     assert_eq!(silence["createdBy"], "alice");
     assert_eq!(silence["comment"], "disk swap");
-    post_alarm(&tocsin, &repeat).await;
+    post_alarm(tocsin, &repeat).await;
     let found = oncall
         .wait_for_alert(&key, "had the repeat", |found| {
             found["timeline"]
@@ -475,7 +506,7 @@ async fn commands(backend: Backend, env: &[(&str, &str)]) {
 
     // resolve: the incident is solved.
     let (_, resolved) = post(
-        &tocsin,
+        tocsin,
         "/slack/v1/commands",
         &run(&format!("resolve {key}"), "t-resolve"),
     )
@@ -488,7 +519,7 @@ async fn commands(backend: Backend, env: &[(&str, &str)]) {
         "{resolved}"
     );
     oncall.wait_for_state(&key, "resolved").await;
-    site.wait_for("the incident is solved", &tocsin, |s| {
+    site.wait_for("the incident is solved", tocsin, |s| {
         s.incidents
             .values()
             .any(|i| i.key == key && i.status != "Unresolved")
