@@ -17,7 +17,9 @@
 use crate::alert_lifecycle::{incident, routing, FakeSlack};
 use crate::alerts::{Client, CLIENTS};
 use crate::b2c_incident_lifecycle::{post_alarm, seed_pair_with_a_repeat, FakeB2c};
-use crate::common::{postgres_schema, Backend, Destination, Tocsin};
+use crate::common::{
+    event, postgres_schema, route_everything_to, webhook, Backend, Destination, Tocsin,
+};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -525,4 +527,81 @@ async fn commands(backend: Backend, env: &[(&str, &str)]) {
             .any(|i| i.key == key && i.status != "Unresolved")
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undelivered_events_are_listed_and_sent_again_from_slack_embedded_and_sqlite() {
+    redelivery(Backend::Embedded, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undelivered_events_are_listed_and_sent_again_from_slack_rabbitmq_and_postgres() {
+    let url = postgres_schema().await;
+    redelivery(Backend::Rabbitmq, &crate::shared_store::shared_store(&url)).await;
+}
+
+async fn redelivery(backend: Backend, env: &[(&str, &str)]) {
+    let hook = Destination::start(|_| 500).await;
+    let routing = route_everything_to(vec![webhook(
+        "to-hook",
+        &hook.url,
+        json!({"retryMaxAttempts": "1"}),
+    )]);
+    let mut tocsin = Tocsin::start_with_settings(backend, &routing, &settings(), env).await;
+    (tocsin.user, tocsin.password) = ("ops".into(), "ops-password".into());
+    let tocsin = &tocsin;
+    tocsin.send(&event("DiskFull", "disk-1")).await;
+    tocsin
+        .wait_for_count("/cf/consumer/v1/undelivered-events", 1)
+        .await;
+    let run = |user: &str, text: &str, trigger: &str| command(user, CHANNEL, text, trigger);
+
+    let (_, refused) = post(
+        tocsin,
+        "/slack/v1/commands",
+        &run("U0BOB", "undelivered", "t-bob"),
+    )
+    .await;
+    let refused = refused["text"].as_str().unwrap().to_owned();
+    assert!(
+        refused.contains("lacks the `configuration` scope"),
+        "{refused}"
+    );
+    let (_, listed) = post(
+        tocsin,
+        "/slack/v1/commands",
+        &run("U0ALICE", "undelivered", "t-list"),
+    )
+    .await;
+    let listed = listed["text"].as_str().unwrap().to_owned();
+    assert!(listed.contains("`to-hook`: 1"), "{listed}");
+
+    hook.answer(200);
+    let redeliver = run("U0ALICE", "redeliver to-hook since 1h", "t-redeliver");
+    let (_, sent) = post(tocsin, "/slack/v1/commands", &redeliver).await;
+    let sent = sent["text"].as_str().unwrap().to_owned();
+    assert!(
+        sent.contains("Sent 1 undelivered event(s) of `to-hook`"),
+        "{sent}"
+    );
+    hook.wait_for("the redelivery", |r| r.iter().any(|got| got.status == 200))
+        .await;
+    tocsin
+        .wait_for_count("/cf/consumer/v1/undelivered-events", 0)
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (_, twice) = post(tocsin, "/slack/v1/commands", &redeliver).await;
+    let twice = twice["text"].as_str().unwrap().to_owned();
+    assert!(twice.contains("done already"), "{twice}");
+    let ops = Client {
+        tocsin,
+        name: "ops",
+        password: "ops-password",
+    };
+    let audit = audit_of(&ops, "to-hook").await;
+    assert_eq!(audit.len(), 1, "{audit:#?}");
+    assert_eq!(
+        (&audit[0]["who"], &audit[0]["action"], &audit[0]["outcome"]),
+        (&json!("alice"), &json!("redeliver"), &json!("done"))
+    );
 }

@@ -1,7 +1,9 @@
 //! What a chat user may ask for, carried out through Tocsin's own paths: an alert act through
 //! [`alerts::perform`] (audited, once-only by the request's key), a silence through the
-//! silences' own check and store (audited here with its once-only key first). The answer is
-//! a line for the chat user, and whether the alert's message should show it.
+//! silences' own check and store, a redelivery through the operator API's
+//! ([`delivery::operator_api::redeliver`]) — the last two audited here with their once-only
+//! key first. The answer is a line for the chat user, and whether the alert's message should
+//! show it.
 
 use crate::{Caller, Chat};
 use model::alert::{HumanAct, HumanAction};
@@ -20,6 +22,18 @@ pub enum Ask {
         for_ms: i64,
         comment: Option<String>,
     },
+    /// Send again the undelivered events of `action` stored in the last `within_ms`.
+    Redeliver { action: String, within_ms: i64 },
+}
+
+impl Ask {
+    /// The scope a chat user needs for it.
+    pub fn needs(&self) -> web::Scope {
+        match self {
+            Ask::Act(..) | Ask::Silence { .. } => web::Scope::Responder,
+            Ask::Redeliver { .. } => web::Scope::Configuration,
+        }
+    }
 }
 
 /// How an ask ended, as the chat user reads it.
@@ -51,6 +65,69 @@ impl Chat {
             } => {
                 self.silence(caller, who, matchers, for_ms, comment, once)
                     .await
+            }
+            Ask::Redeliver { action, within_ms } => {
+                self.redeliver(who, &action, within_ms, once).await
+            }
+        }
+    }
+
+    /// Claims `entry`'s once-only key in the audit log: `Err` with what to tell the user if it
+    /// was taken or cannot be recorded.
+    async fn claim(&self, entry: &AuditEntry, what: &str) -> Result<(), Outcome> {
+        match self.alerts.audit.record(entry).await {
+            Ok(Recorded::New) => Ok(()),
+            Ok(Recorded::Duplicate) => Err(Outcome::Told(format!("This {what} was done already."))),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record an act from chat");
+                Err(Outcome::Told(format!(
+                    "Not done ({what}): the store cannot be reached; retry later."
+                )))
+            }
+        }
+    }
+
+    /// Gives back the claim of an act that failed, so that its retry can act.
+    async fn give_back(&self, entry: &AuditEntry) {
+        if let Err(e) = self.alerts.audit.forget(&entry.id).await {
+            tracing::warn!(error = %e, "cannot give back an act's audit entry");
+        }
+    }
+
+    async fn redeliver(&self, who: &str, action: &str, within_ms: i64, once: String) -> Outcome {
+        let now = clock::now_epoch_millis();
+        let entry = AuditEntry {
+            id: uuid::Uuid::now_v7().to_string(),
+            at_ms: now,
+            who: who.to_owned(),
+            via: "slack".into(),
+            action: "redeliver".into(),
+            target: action.to_owned(),
+            outcome: "done".into(),
+            detail: Some(format!("stored in the last {} min", within_ms / 60_000)),
+            dedupe_key: Some(once),
+        };
+        if let Err(told) = self.claim(&entry, "redelivery").await {
+            return told;
+        }
+        let selection = store::records::Selection {
+            event_id: None,
+            action: Some(action.to_owned()),
+            since: Some((now - within_ms) / 1000),
+            limit: REDELIVER_AT_MOST,
+        };
+        let records = &self.alerts.records;
+        match delivery::operator_api::redeliver(records, self.alerts.bus.as_ref(), selection).await
+        {
+            Ok(count) => {
+                tracing::info!(action, count, by = %who, via = "slack", "undelivered events sent again");
+                Outcome::Changed(format!(
+                    "Sent {count} undelivered event(s) of `{action}` again (as `{who}`)."
+                ))
+            }
+            Err(e) => {
+                self.give_back(&entry).await;
+                Outcome::Told(format!("Not redelivered: {}.", e.message))
             }
         }
     }
@@ -116,23 +193,12 @@ impl Chat {
             detail: Some(serde_json::to_string(&silence.matchers).expect("matchers serialize")),
             dedupe_key: Some(once),
         };
-        match self.alerts.audit.record(&entry).await {
-            Ok(Recorded::New) => {}
-            Ok(Recorded::Duplicate) => {
-                return Outcome::Told("This silence was made already.".into())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot record a silence from chat");
-                return Outcome::Told(
-                    "Not silenced: the store cannot be reached; retry later.".into(),
-                );
-            }
+        if let Err(told) = self.claim(&entry, "silence").await {
+            return told;
         }
         if let Err(e) = self.silences.create(&silence).await {
             tracing::error!(error = %e, "cannot keep a silence from chat");
-            if let Err(e) = self.alerts.audit.forget(&entry.id).await {
-                tracing::warn!(error = %e, "cannot give back a silence's audit entry");
-            }
+            self.give_back(&entry).await;
             return Outcome::Told("Not silenced: the store cannot be reached; retry later.".into());
         }
         tracing::info!(silence = %silence.id, by = %who, via = "slack", "silence created");
@@ -143,6 +209,9 @@ impl Chat {
         ))
     }
 }
+
+/// Undelivered events one redelivery sends at most; the command can be given again.
+const REDELIVER_AT_MOST: u32 = 1000;
 
 fn done_word(action: HumanAction) -> &'static str {
     match action {

@@ -121,8 +121,9 @@ fn accepted(count: usize) -> Response {
     .into_response()
 }
 
-/// Queues a fresh job for every selected undelivered record, then removes the records.
-async fn redeliver(
+/// Queues a fresh job for every selected undelivered record, then removes the records; how
+/// many. The one way of redelivering: this API's and the chat command's.
+pub async fn redeliver(
     records: &RecordStore,
     bus: &dyn Bus,
     selection: Selection,

@@ -5,10 +5,14 @@
 //! - `ack <alert>`, `resolve <alert>` — acts on the alert with that key;
 //! - `silence <matchers> <duration> [comment]` — a silence: `<matchers>` is an alert key, or
 //!   `property=value` / `property=~regex` pairs joined by `,` (`resource.resourceName=db-1`),
-//!   `<duration>` like `30m`, `2h`, `1d`.
+//!   `<duration>` like `30m`, `2h`, `1d`;
+//! - `undelivered` — how many undelivered events each action has;
+//! - `redeliver <action> since <duration>` — sends that action's undelivered events of that
+//!   time again.
 //!
-//! Every command but `help` is admitted like a click ([`Chat::admit`], scope `responder`),
-//! and an act is once-only per command (its `trigger_id`). The answer is ephemeral JSON, sent
+//! Every command but `help` is admitted like a click ([`Chat::admit`]: scope `responder`, or
+//! `configuration` for `undelivered` and `redeliver`), and an act is once-only per command
+//! (its `trigger_id`). The answer is ephemeral JSON, sent
 //! at once: every command is a store read or one act, well within Slack's three seconds.
 
 use crate::acts::Ask;
@@ -25,6 +29,8 @@ use web::Scope;
 
 /// The longest silence a command makes.
 const MAX_SILENCE_MS: i64 = 30 * 24 * 3_600_000;
+/// Undelivered records `undelivered` counts at most.
+const UNDELIVERED_COUNTS: u32 = 10_000;
 /// Firing alerts `status` lists.
 const STATUS_LISTS: u64 = 10;
 
@@ -34,6 +40,8 @@ const HELP: &str = "*/tocsin* — control Tocsin from Slack:\n\
 • `/tocsin resolve <alert>` — resolve an alert\n\
 • `/tocsin silence <matchers> <duration> [comment]` — silence an alert key, or \
 `property=value`/`property=~regex` pairs joined by `,`, for e.g. `30m`, `2h`, `1d`\n\
+• `/tocsin undelivered` — the undelivered events per action\n\
+• `/tocsin redeliver <action> since <duration>` — send an action's undelivered events again\n\
 • `/tocsin help` — this";
 
 /// A command line, read.
@@ -41,7 +49,19 @@ const HELP: &str = "*/tocsin* — control Tocsin from Slack:\n\
 enum Command {
     Help,
     Status,
+    Undelivered,
     Do(Ask),
+}
+
+impl Command {
+    /// The scope it needs (`help` needs none).
+    fn needs(&self) -> Scope {
+        match self {
+            Command::Help | Command::Status => Scope::Responder,
+            Command::Undelivered => Scope::Configuration,
+            Command::Do(ask) => ask.needs(),
+        }
+    }
 }
 
 pub(super) async fn handle(chat: Arc<Chat>, form: HashMap<String, String>) -> Response {
@@ -58,13 +78,14 @@ pub(super) async fn handle(chat: Arc<Chat>, form: HashMap<String, String>) -> Re
     if command == Command::Help {
         return answer(HELP);
     }
-    let identity = match chat.admit(&caller, Scope::Responder, "command").await {
+    let identity = match chat.admit(&caller, command.needs(), "command").await {
         Ok(identity) => identity,
         Err(reason) => return answer(&reason),
     };
     match command {
         Command::Help => answer(HELP),
         Command::Status => answer(&chat.status().await),
+        Command::Undelivered => answer(&chat.undelivered().await),
         Command::Do(ask) => {
             let once = format!(
                 "slack:{}/{}/command/{}",
@@ -97,6 +118,14 @@ fn read(text: &str) -> Result<Command, String> {
     match verb {
         "" | "help" => Ok(Command::Help),
         "status" => Ok(Command::Status),
+        "undelivered" => Ok(Command::Undelivered),
+        "redeliver" => match rest.split_whitespace().collect::<Vec<_>>()[..] {
+            [action, "since", duration] => Ok(Command::Do(Ask::Redeliver {
+                action: action.to_owned(),
+                within_ms: read_duration(duration)?,
+            })),
+            _ => Err("`redeliver` takes `<action> since <duration>`".into()),
+        },
         "ack" | "acknowledge" => Ok(Command::Do(Ask::Act(
             HumanAction::Acknowledge,
             one_key(verb)?,
@@ -203,6 +232,35 @@ impl Chat {
     }
 }
 
+impl Chat {
+    /// `/tocsin undelivered`: the undelivered events per action (of the latest ones).
+    async fn undelivered(&self) -> String {
+        let selection = store::records::Selection {
+            limit: UNDELIVERED_COUNTS,
+            ..Default::default()
+        };
+        let found = match self.alerts.records.undelivered(selection).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the undelivered records for /tocsin undelivered");
+                return "The undelivered events cannot be read now; retry later.".into();
+            }
+        };
+        if found.is_empty() {
+            return "No undelivered events.".into();
+        }
+        let mut per_action = std::collections::BTreeMap::<&str, usize>::new();
+        for undelivered in &found {
+            *per_action.entry(&undelivered.action).or_default() += 1;
+        }
+        let mut text = String::from("Undelivered events:");
+        for (action, count) in per_action {
+            text.push_str(&format!("\n• `{action}`: {count}"));
+        }
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +299,17 @@ mod tests {
             panic!("a silence of one alert");
         };
         assert_eq!(matchers, [equals("tags.ans:sourceEventId", "disk-db-1")]);
+        assert_eq!(read("undelivered"), Ok(Command::Undelivered));
+        let redeliver = read("redeliver to-hook since 2h").unwrap();
+        assert_eq!(
+            redeliver,
+            Command::Do(Ask::Redeliver {
+                action: "to-hook".into(),
+                within_ms: 7_200_000
+            })
+        );
+        assert_eq!(redeliver.needs(), Scope::Configuration);
+        assert_eq!(Command::Status.needs(), Scope::Responder);
         for (line, problem) in [
             ("ack", "one alert key"),
             ("ack a b", "one alert key"),
@@ -249,6 +318,8 @@ mod tests {
             ("silence disk-db-1 0m", "not a duration"),
             ("silence a=b,c 1h", "`c` is not"),
             ("reboot db-1", "unknown command `reboot`"),
+            ("redeliver to-hook 1h", "<action> since <duration>"),
+            ("redeliver to-hook since 1y", "not a duration"),
         ] {
             let err = read(line).unwrap_err();
             assert!(err.contains(problem), "{line}: {err}");
