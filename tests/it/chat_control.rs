@@ -412,6 +412,17 @@ async fn commands(backend: Backend, env: &[(&str, &str)]) {
     oncall.wait_for_state(&key, "firing").await;
     let run = |text: &str, trigger: &str| command("U0ALICE", CHANNEL, text, trigger);
 
+    let (_, elsewhere) = post(
+        tocsin,
+        "/slack/v1/commands",
+        &command("U0ALICE", "C0OTHER", "help", "t-elsewhere"),
+    )
+    .await;
+    let elsewhere = elsewhere["text"].as_str().unwrap().to_owned();
+    assert!(
+        elsewhere.contains("no commands in this channel"),
+        "not even help: {elsewhere}"
+    );
     let (status, help) = post(tocsin, "/slack/v1/commands", &run("help", "t-help")).await;
     assert_eq!(status, 200);
     assert!(
@@ -603,5 +614,36 @@ async fn redelivery(backend: Backend, env: &[(&str, &str)]) {
     assert_eq!(
         (&audit[0]["who"], &audit[0]["action"], &audit[0]["outcome"]),
         (&json!("alice"), &json!("redeliver"), &json!("done"))
+    );
+}
+
+/// The rate limit is per process and per identity (in memory): one stack shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_chat_is_refused() {
+    let tocsin = &Tocsin::start_with_settings(
+        Backend::Embedded,
+        &serde_json::Value::Null,
+        &settings(),
+        &[("TOCSIN_CHAT_ACTS_PER_MINUTE", "2")],
+    )
+    .await;
+    let status = |user: &'static str, n: u32| async move {
+        let body = command(user, CHANNEL, "status", &format!("t-{user}-{n}"));
+        let (code, answer) = post(tocsin, "/slack/v1/commands", &body).await;
+        assert_eq!(code, 200);
+        answer["text"].as_str().unwrap().to_owned()
+    };
+    for n in 0..2 {
+        let text = status("U0ALICE", n).await;
+        assert!(text.contains("firing"), "{text}");
+    }
+    let third = status("U0ALICE", 2).await;
+    assert!(
+        third.contains("`alice` is acting too fast; retry in"),
+        "{third}"
+    );
+    assert!(
+        tocsin.log().contains("a chat request was refused"),
+        "the refusal is logged"
     );
 }

@@ -87,38 +87,50 @@ impl Chat {
         needs: Scope,
         what: &str,
     ) -> Result<Identity, String> {
-        let refusal = if !self.slack.allowed_teams.contains(&caller.team) {
-            Some(format!(
-                "This Slack workspace ({}) may not control Tocsin.",
-                caller.team
-            ))
-        } else if !self.slack.allowed_channels.contains(&caller.channel) {
-            Some(format!(
-                "Tocsin takes no commands in this channel ({}); use an allowed private channel.",
-                caller.channel
-            ))
-        } else {
-            match self.directory.slack_user(&caller.team, &caller.user) {
-                None => Some(format!(
+        let refusal = match self.served(caller) {
+            Err(refusal) => refusal,
+            Ok(()) => match self.directory.slack_user(&caller.team, &caller.user) {
+                None => format!(
                     "Your Slack user ({}) is not mapped to a Tocsin identity; ask a Tocsin administrator to add it to `chat.identities`.",
                     caller.user
-                )),
-                Some(identity) if !identity.scopes.contains(&needs) => Some(format!(
+                ),
+                Some(identity) if !identity.scopes.contains(&needs) => format!(
                     "`{}` lacks the `{}` scope that this needs.",
                     identity.name,
                     needs.as_str()
-                )),
+                ),
                 Some(identity) => match self.limiter.take(&identity.name, Instant::now()) {
                     Ok(()) => return Ok(identity.clone()),
-                    Err(wait) => Some(format!(
+                    Err(wait) => format!(
                         "`{}` is acting too fast; retry in {} s.",
                         identity.name,
                         web::rate_limit::retry_after_seconds(wait)
-                    )),
+                    ),
                 },
-            }
+            },
         };
-        let reason = refusal.expect("every other way returned");
+        Err(self.refused(caller, what, refusal).await)
+    }
+
+    /// Whether Tocsin serves `caller`'s workspace and channel at all; else why not.
+    pub(crate) fn served(&self, caller: &Caller) -> Result<(), String> {
+        if !self.slack.allowed_teams.contains(&caller.team) {
+            return Err(format!(
+                "This Slack workspace ({}) may not control Tocsin.",
+                caller.team
+            ));
+        }
+        if !self.slack.allowed_channels.contains(&caller.channel) {
+            return Err(format!(
+                "Tocsin takes no commands in this channel ({}); use an allowed private channel.",
+                caller.channel
+            ));
+        }
+        Ok(())
+    }
+
+    /// Logs and audits the refusal of `caller`'s `what`, and gives the reason back for the user.
+    pub(crate) async fn refused(&self, caller: &Caller, what: &str, reason: String) -> String {
         tracing::warn!(who = %caller.slack_name(), channel = %caller.channel, what, %reason, "a chat request was refused");
         self.audit(AuditEntry {
             id: uuid::Uuid::now_v7().to_string(),
@@ -132,7 +144,7 @@ impl Chat {
             dedupe_key: None,
         })
         .await;
-        Err(reason)
+        reason
     }
 
     /// Records `entry`; a failure is logged (the refusal stands either way).

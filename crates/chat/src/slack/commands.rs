@@ -10,7 +10,8 @@
 //! - `redeliver <action> since <duration>` — sends that action's undelivered events of that
 //!   time again.
 //!
-//! Every command but `help` is admitted like a click ([`Chat::admit`]: scope `responder`, or
+//! Only allow-listed workspaces and channels are answered at all; every command but `help` is
+//! admitted like a click ([`Chat::admit`]: scope `responder`, or
 //! `configuration` for `undelivered` and `redeliver`), and an act is once-only per command
 //! (its `trigger_id`). The answer is ephemeral JSON, sent
 //! at once: every command is a store read or one act, well within Slack's three seconds.
@@ -71,6 +72,10 @@ pub(super) async fn handle(chat: Arc<Chat>, form: HashMap<String, String>) -> Re
         channel: field("channel_id"),
         user: field("user_id"),
     };
+    // Not even `help` outside the allowed workspaces and channels.
+    if let Err(reason) = chat.served(&caller) {
+        return answer(&chat.refused(&caller, "command", reason).await);
+    }
     let command = match read(&field("text")) {
         Ok(command) => command,
         Err(problem) => return answer(&format!("{problem}\n\n{HELP}")),
