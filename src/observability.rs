@@ -84,6 +84,7 @@ const OTHER_ROUTES: &[Route] = &[
     route("/tocsin/v1/alerts/{key}/{act}", &["POST"]),
     route("/tocsin/v1/silences", &["GET", "POST"]),
     route("/tocsin/v1/silences/{id}", &["GET", "DELETE"]),
+    route("/tocsin/v1/audit", &["GET"]),
     route("/tocsin/v1/dead-letters", &["GET"]),
     route("/tocsin/v1/dead-letters/{id}/replay", &["POST"]),
     route("/tocsin/v1/dead-letters/replay", &["POST"]),

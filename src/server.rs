@@ -108,6 +108,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     ));
 
     let alerts = store::alerts::AlertStore::open(&location).await?;
+    let audit = store::audit::AuditLog::open(&location).await?;
     let silences = Arc::new(
         Silences::open(store::silences::SilenceStore::open(&location).await?)
             .await
@@ -184,9 +185,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         &limiter,
         Arc::clone(&bus),
         SourceState { oci, idempotency },
-        silences,
+        ActState { silences, audit },
         probe,
-    );
+    )?;
     let certificate = listener::Certificate::open(&settings.tls)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -217,15 +218,23 @@ struct SourceState {
     idempotency: Idempotency,
 }
 
+/// What people's acts go through besides the alerts: the silences, and the audit log.
+struct ActState {
+    silences: Arc<Silences>,
+    audit: store::audit::AuditLog,
+}
+
 fn api_routes(
     settings: &Settings,
     auth: &Arc<Authenticator>,
     limiter: &Arc<RateLimiter>,
     bus: Arc<dyn Bus>,
     SourceState { oci, idempotency }: SourceState,
-    silences: Arc<Silences>,
+    ActState { silences, audit }: ActState,
     probe: Probe,
-) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone {
+) -> anyhow::Result<
+    impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone,
+> {
     let metrics = Arc::clone(&probe.metrics);
     let config_store = Arc::clone(&probe.config);
     // The alarm sources, each with its own routes.
@@ -262,17 +271,19 @@ fn api_routes(
         CONFIGURATION_BODY_LIMIT,
         auth.require(Scope::Configuration),
     );
-    let alerts_state = alerts::State {
+    let acts = alerts::State {
         alerts: probe.alerts.clone(),
         records: probe.records.clone(),
         links: probe.channels.links(),
         catalog,
         bus: Arc::clone(&bus),
+        audit: audit.clone(),
     };
-    let alerts = alerts::routes(alerts_state.clone(), auth.identify(Scope::Responder));
+    let alerts = alerts::routes(acts.clone(), auth.identify(Scope::Responder));
+    let audit = alerts::audit::routes(audit, auth.require(Scope::Configuration));
     let console = console::routes(
         console::Console {
-            alerts: alerts_state,
+            alerts: acts.clone(),
             records: probe.records.clone(),
             bus: Arc::clone(&bus),
             config: Arc::clone(&probe.config),
@@ -285,6 +296,7 @@ fn api_routes(
         &settings.console,
         matches!(settings.tls.files(), Ok(Some(_))),
     );
+    let chat = chat::Chat::new(&settings.chat, acts, Arc::clone(&silences))?;
     let silences = router::silences::api::routes(silences, auth.identify(Scope::Responder));
     // /healthz, /readyz, /openapi.json, and /metrics (consumer scope unless metrics.public).
     let metrics_guard = if settings.metrics.public {
@@ -293,7 +305,8 @@ fn api_routes(
         auth.require(Scope::Consumer).boxed()
     };
     let health = observability::routes(probe, metrics_guard);
-    auth.token_endpoint()
+    Ok(auth
+        .token_endpoint()
         .or(sources)
         .or(consumer)
         .or(operator)
@@ -301,11 +314,13 @@ fn api_routes(
         .or(configuration)
         .or(alerts)
         .or(silences)
+        .or(audit)
+        .or(chat::slack::routes(chat))
         .or(console)
         .or(crate::dead_letters::routes(Arc::clone(&bus), auth))
         .or(health)
         .recover(web::recover)
-        .with(observability::instrument(metrics))
+        .with(observability::instrument(metrics)))
 }
 
 /// The configuration file to import at start, if one is set.

@@ -44,6 +44,8 @@ pub struct Settings {
     pub tls: TlsSettings,
     /// The web console at `/ui/`.
     pub console: console::ConsoleSettings,
+    /// Control from chat: the Slack app, who may act (`chat::settings`).
+    pub chat: chat::settings::ChatSettings,
 }
 
 /// `[store]`: where Tocsin keeps its state, and how the stored configuration is sealed at rest.
@@ -313,6 +315,7 @@ impl Default for Settings {
             rate_limit: RateLimitSettings::default(),
             tls: TlsSettings::default(),
             console: console::ConsoleSettings::default(),
+            chat: Default::default(),
         }
     }
 }

@@ -25,14 +25,14 @@ const SLACK_CHANNEL: &str = "C0ALERTS";
 
 /// One Web API call the Slack stand-in got: the method and its JSON body.
 #[derive(Debug, Clone)]
-struct Call {
-    method: String,
-    body: Value,
+pub(crate) struct Call {
+    pub method: String,
+    pub body: Value,
 }
 
 /// The Slack stand-in: keeps every call; `chat.postMessage` answers ts `1700000000.00000N`.
 #[derive(Clone, Default)]
-struct FakeSlack(Arc<Mutex<Vec<Call>>>);
+pub(crate) struct FakeSlack(Arc<Mutex<Vec<Call>>>);
 
 impl Respond for FakeSlack {
     fn respond(&self, request: &Request) -> ResponseTemplate {
@@ -61,13 +61,13 @@ impl Respond for FakeSlack {
 }
 
 impl FakeSlack {
-    async fn serve() -> (MockServer, FakeSlack) {
+    pub async fn serve() -> (MockServer, FakeSlack) {
         let fake = FakeSlack::default();
         (stand_in(fake.clone()).await, fake)
     }
 
     /// Waits until the calls number `count`, and returns them.
-    async fn wait_for(&self, what: &str, count: usize, tocsin: &Tocsin) -> Vec<Call> {
+    pub async fn wait_for(&self, what: &str, count: usize, tocsin: &Tocsin) -> Vec<Call> {
         let started = Instant::now();
         loop {
             let calls = self.0.lock().unwrap().clone();
@@ -85,7 +85,7 @@ impl FakeSlack {
 }
 
 /// Everything goes to a Slack thread per alert and to a B2C incident.
-fn routing(slack: &str, site: &str) -> Value {
+pub(crate) fn routing(slack: &str, site: &str) -> Value {
     route_everything_to(vec![
         json!({"name": "slack-threads", "type": "SLACK_THREADED", "state": "ENABLED", "properties": {
             "token": SLACK_TOKEN, "channel": SLACK_CHANNEL, "apiUrl": format!("{slack}/api/")
@@ -95,7 +95,7 @@ fn routing(slack: &str, site: &str) -> Value {
 }
 
 /// The one incident of the site, once `done` holds for it.
-async fn incident(
+pub(crate) async fn incident(
     fake: &FakeB2c,
     what: &str,
     tocsin: &Tocsin,

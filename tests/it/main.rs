@@ -7,6 +7,7 @@ mod alerts_cli;
 mod auth_edges;
 mod b2c_incident_lifecycle;
 mod channels_end_to_end;
+mod chat_control;
 mod circuit_breaker;
 mod clients;
 mod common;

@@ -1,14 +1,15 @@
 //! The routes of the alerts API (see the crate's doc), and how each answer is made.
 
-use crate::act::act_event;
-use bus::{Bus, Queue};
+use crate::act::{perform, ActError, Performed};
+use crate::paging::{page_json, Params};
+use bus::Bus;
 use bytes::Bytes;
 use model::alert::{HumanAct, HumanAction};
-use model::consumer::ResponseMetadata;
-use model::{IngestedEvent, SharedCatalog};
+use model::SharedCatalog;
 use std::collections::HashMap;
 use std::sync::Arc;
-use store::alerts::{Acted, Alert, AlertQuery, AlertState, AlertStore, Entry};
+use store::alerts::{Alert, AlertQuery, AlertState, AlertStore, Entry};
+use store::audit::AuditLog;
 use store::links::LinkStore;
 use store::records::{Attempt, RecordStore};
 use warp::filters::BoxedFilter;
@@ -17,8 +18,6 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 use web::ApiError;
 
-const DEFAULT_PAGE_SIZE: u64 = 100;
-const MAX_PAGE_SIZE: u64 = 1000;
 /// The longest comment a person may leave, in characters.
 const MAX_COMMENT: usize = 4096;
 /// The act's body (a comment) at most, in bytes.
@@ -36,6 +35,8 @@ pub struct State {
     /// The actions, to name the type of each link's action.
     pub catalog: SharedCatalog,
     pub bus: Arc<dyn Bus>,
+    /// Where every act is recorded, and once-only acts are claimed.
+    pub audit: AuditLog,
 }
 
 /// The alerts API over `state`; `responder` yields the acting client's name (the `responder`
@@ -106,35 +107,16 @@ pub async fn list_page(
     params: &HashMap<String, String>,
     state: &State,
 ) -> Result<serde_json::Value, ApiError> {
-    let query = parse_query(params)?;
+    let query = parse_query(&Params(params))?;
     let (page, page_size) = (query.page, query.page_size);
     let (total, results) = state.alerts.list(query).await.map_err(unavailable)?;
-    Ok(serde_json::json!({
-        "responseMetadata": ResponseMetadata {
-            page,
-            page_size,
-            total_pages: total.div_ceil(page_size),
-            total_results_count: total,
-        },
-        "results": results,
-    }))
+    Ok(page_json(page, page_size, total, &results))
 }
 
-/// Reads the list's query parameters, naming the one at fault. Unknown ones are ignored.
-fn parse_query(params: &HashMap<String, String>) -> Result<AlertQuery, ApiError> {
-    let text = |key: &str| params.get(key).filter(|v| !v.is_empty()).cloned();
-    let number = |key: &str| -> Result<Option<u64>, ApiError> {
-        text(key)
-            .map(|v| {
-                v.parse().map_err(|_| {
-                    ApiError::bad_request(format!(
-                        "`{key}` must be a non-negative integer, got `{v}`"
-                    ))
-                })
-            })
-            .transpose()
-    };
-    let state = text("state")
+/// Reads the list's query parameters, naming the one at fault.
+fn parse_query(params: &Params) -> Result<AlertQuery, ApiError> {
+    let state = params
+        .text("state")
         .map(|s| {
             AlertState::parse(&s).ok_or_else(|| {
                 ApiError::bad_request(format!(
@@ -143,23 +125,16 @@ fn parse_query(params: &HashMap<String, String>) -> Result<AlertQuery, ApiError>
             })
         })
         .transpose()?;
-    let page_size = number("pageSize")?.unwrap_or(DEFAULT_PAGE_SIZE);
-    if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
-        return Err(ApiError::bad_request(format!(
-            "`pageSize` must be between 1 and {MAX_PAGE_SIZE}, got {page_size}"
-        )));
-    }
-    let millis =
-        |seconds: Option<u64>| seconds.map(|s| s.saturating_mul(1000).min(i64::MAX as u64) as i64);
+    let (page, page_size) = params.page()?;
     Ok(AlertQuery {
         state,
-        severity: text("severity"),
-        event_type: text("eventType"),
-        resource_name: text("resourceName"),
-        since_ms: millis(number("since")?),
-        until_ms: millis(number("until")?),
-        text: text("q"),
-        page: number("page")?.unwrap_or(0),
+        severity: params.text("severity"),
+        event_type: params.text("eventType"),
+        resource_name: params.text("resourceName"),
+        since_ms: params.millis("since")?,
+        until_ms: params.millis("until")?,
+        text: params.text("q"),
+        page,
         page_size,
     })
 }
@@ -201,7 +176,7 @@ async fn one(key: String, state: State) -> Response {
 pub async fn alert_with_timeline(key: &str, state: &State) -> Result<serde_json::Value, ApiError> {
     let (alert, entries) = match state.alerts.get(key).await {
         Ok(Some(found)) => found,
-        Ok(None) => return Err(not_found(key)),
+        Ok(None) => return Err(ActError::NotFound(key.to_owned()).into()),
         Err(e) => return Err(unavailable(e)),
     };
     let events: Vec<String> = entries
@@ -245,109 +220,52 @@ async fn act(key: String, action: String, who: String, body: Bytes, state: State
         ))
         .into_response();
     };
-    let comment = match read_comment(&body) {
+    let comment = match read_comment(&body, action) {
         Ok(comment) => comment,
         Err(e) => return e.into_response(),
-    };
-    match perform(&state, &key, action, who, "api", comment).await {
-        Ok(Performed::Done { alert, event_id }) => {
-            answer(StatusCode::ACCEPTED, &alert, Some(&event_id))
-        }
-        Ok(Performed::Unchanged(alert)) => answer(StatusCode::OK, &alert, None),
-        Err(e) => e.into_response(),
-    }
-}
-
-/// What a person's act did to an alert.
-pub enum Performed {
-    /// The alert changed (or took the comment): the event that carries the act is queued.
-    Done { alert: Alert, event_id: String },
-    /// The alert already was as the act would leave it.
-    Unchanged(Alert),
-}
-
-/// The one path of a person's act on alert `key`, whatever the surface (`via`: the API, the
-/// console): checks the comment, applies the act to the alert and queues the event that
-/// carries it, so that it reaches the destinations and the timeline says who did it where.
-pub async fn perform(
-    state: &State,
-    key: &str,
-    action: HumanAction,
-    who: String,
-    via: &str,
-    comment: Option<String>,
-) -> Result<Performed, ApiError> {
-    let comment = check_comment(comment, action)?;
-    let alert = match state.alerts.get(key).await {
-        Ok(Some((alert, _))) => alert,
-        Ok(None) => return Err(not_found(key)),
-        Err(e) => return Err(unavailable(e)),
-    };
-    let now = clock::now_epoch_millis();
-    let after = match alert.act(action, now) {
-        Acted::Done(after) => after,
-        Acted::Unchanged(alert) => return Ok(Performed::Unchanged(alert)),
-        Acted::Refused(alert) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!(
-                "alert `{key}` is {}: it can no longer be acted on (a new firing event reopens it)",
-                alert.state.as_str()
-            ),
-            ))
-        }
     };
     let by = HumanAct {
         action,
         who,
-        via: via.into(),
+        via: "api".into(),
         comment,
     };
-    let id = uuid::Uuid::now_v7().to_string();
-    let Some(event) = act_event(&alert, &by, id, now) else {
-        return Err(ApiError::internal(format!(
-            "the latest event of alert `{key}` cannot be read"
-        )));
-    };
-    let ingested = IngestedEvent {
-        event,
-        accepted_at_ms: now,
-        by: Some(by),
-        released_by: None,
-    };
-    let payload = Bytes::from(serde_json::to_vec(&ingested).expect("events serialize"));
-    if let Err(e) = state.bus.publish(Queue::Events, vec![payload]).await {
-        tracing::warn!(error = %e, "cannot queue a person's act");
-        return Err(ApiError::unavailable(format!(
-            "the act was not accepted, retry later: {e}"
-        )));
+    match perform(&state, &key, by, None).await {
+        Ok(Performed::Done { alert, event_id }) => {
+            answer(StatusCode::ACCEPTED, &alert, Some(&event_id))
+        }
+        Ok(Performed::Unchanged(alert) | Performed::Repeated(alert)) => {
+            answer(StatusCode::OK, &alert, None)
+        }
+        Err(e) => e.into_response(),
     }
-    tracing::info!(alert = %key, action = action.as_str(), who = %ingested.by.as_ref().map_or("", |b| b.who.as_str()), via, "a person acted on an alert");
-    Ok(Performed::Done {
-        alert: after,
-        event_id: ingested.event.id,
-    })
 }
 
-/// The act's comment, from `{"comment": "…"}`.
-fn read_comment(body: &[u8]) -> Result<Option<String>, ApiError> {
+/// The act's comment, from `{"comment": "…"}`, checked ([`check_comment`]).
+fn read_comment(body: &[u8], action: HumanAction) -> Result<Option<String>, ApiError> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Body {
         comment: Option<String>,
     }
-    if body.is_empty() {
-        return Ok(None);
-    }
-    Ok(serde_json::from_slice::<Body>(body)
-        .map_err(|e| {
-            ApiError::bad_request(format!("the body must be {{\"comment\": \"…\"}}: {e}"))
-        })?
-        .comment)
+    let comment = if body.is_empty() {
+        None
+    } else {
+        serde_json::from_slice::<Body>(body)
+            .map_err(|e| {
+                ApiError::bad_request(format!("the body must be {{\"comment\": \"…\"}}: {e}"))
+            })?
+            .comment
+    };
+    check_comment(comment, action)
 }
 
-/// The comment trimmed, none if blank; within bounds, and present for a comment.
-fn check_comment(comment: Option<String>, action: HumanAction) -> Result<Option<String>, ApiError> {
+/// The comment trimmed, none if blank; within bounds, and present for a comment — from the
+/// API's body or the console's form alike.
+pub fn check_comment(
+    comment: Option<String>,
+    action: HumanAction,
+) -> Result<Option<String>, ApiError> {
     let comment = comment
         .map(|c| c.trim().to_owned())
         .filter(|c| !c.is_empty());
@@ -370,10 +288,6 @@ fn answer(status: StatusCode, alert: &Alert, event_id: Option<&str>) -> Response
     let body =
         serde_json::json!({"alert": alert, "eventId": event_id, "changed": event_id.is_some()});
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
-}
-
-fn not_found(key: &str) -> ApiError {
-    ApiError::not_found(format!("alert `{key}` does not exist"))
 }
 
 fn unavailable(e: store::StoreError) -> ApiError {

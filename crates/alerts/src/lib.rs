@@ -13,11 +13,15 @@
 //! of the alert's chain carrying the act ([`act`]): `202` once it is queued. The router folds
 //! the act into the alert's state as it routes the event, and the subscriptions carry the event
 //! to the destinations — the incident gets the note and is solved, the Slack thread the reply.
-//! Reading and acting both need the `responder` scope.
+//! Reading and acting both need the `responder` scope. Every act is audited ([`audit`]:
+//! `GET /tocsin/v1/audit`, `configuration` scope) by the one act path every way of acting
+//! takes ([`perform`]).
 
 mod act;
 mod api;
+pub mod audit;
 mod created;
+mod paging;
 
-pub use act::act_event;
-pub use api::{alert_with_timeline, list_page, perform, routes, Performed, State};
+pub use act::{act_event, perform, ActError, Performed};
+pub use api::{alert_with_timeline, check_comment, list_page, routes, State};

@@ -122,7 +122,7 @@ fn accepted(count: usize) -> Response {
 }
 
 /// Queues a fresh job for every selected undelivered record, then removes the records; how
-/// many went (the API and the console both redeliver through here).
+/// many went. The one way of redelivering: the API's, the console's and the chat command's.
 pub async fn redeliver(
     records: &RecordStore,
     bus: &dyn Bus,

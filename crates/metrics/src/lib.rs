@@ -231,18 +231,26 @@ pub enum ActChannel {
     Api,
     /// The web console.
     Console,
+    /// Slack's buttons and slash command (the `chat` crate).
+    Slack,
     /// A `via` this Tocsin does not know (an act queued by a newer process sharing the bus).
     Other,
 }
 
 impl ActChannel {
-    pub const ALL: [ActChannel; 3] = [ActChannel::Api, ActChannel::Console, ActChannel::Other];
+    pub const ALL: [ActChannel; 4] = [
+        ActChannel::Api,
+        ActChannel::Console,
+        ActChannel::Slack,
+        ActChannel::Other,
+    ];
 
     /// The channel an act's `via` names.
     pub fn from_via(via: &str) -> ActChannel {
         match via {
             "api" => ActChannel::Api,
             "console" => ActChannel::Console,
+            "slack" => ActChannel::Slack,
             _ => ActChannel::Other,
         }
     }
@@ -251,6 +259,7 @@ impl ActChannel {
         match self {
             ActChannel::Api => "api",
             ActChannel::Console => "console",
+            ActChannel::Slack => "slack",
             ActChannel::Other => "other",
         }
     }

@@ -60,3 +60,39 @@ pub struct HumanAct {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
 }
+
+/// A control a chat message carries for its alert (Slack buttons): what the chat endpoints
+/// do when it is used. Its action id is the contract between the message and the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Acknowledge,
+    Resolve,
+    /// Silence the alert for an hour.
+    SilenceHour,
+}
+
+impl Control {
+    pub const ALL: [Control; 3] = [Control::Acknowledge, Control::Resolve, Control::SilenceHour];
+
+    /// The Block Kit `action_id` (≤ 255 characters).
+    pub fn action_id(self) -> &'static str {
+        match self {
+            Control::Acknowledge => "tocsin_acknowledge",
+            Control::Resolve => "tocsin_resolve",
+            Control::SilenceHour => "tocsin_silence_1h",
+        }
+    }
+
+    /// The button's text (≤ 75 characters).
+    pub fn label(self) -> &'static str {
+        match self {
+            Control::Acknowledge => "Acknowledge",
+            Control::Resolve => "Resolve",
+            Control::SilenceHour => "Silence 1 h",
+        }
+    }
+
+    pub fn parse(action_id: &str) -> Option<Control> {
+        Self::ALL.into_iter().find(|c| c.action_id() == action_id)
+    }
+}

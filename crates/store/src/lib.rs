@@ -5,6 +5,8 @@
 //! Each concern is a module with one narrow interface and its two implementations side by side
 //! (`sqlite.rs`, `postgres.rs`); the pipeline uses the interface and never knows the backend:
 //! - [`alerts`]: each alert's state and timeline, behind the alerts API;
+//! - [`audit`]: who did what to which alert, through what — and which clicks and links were
+//!   used, so that each acts once;
 //! - [`config`]: the configuration document (sealed by its owner) and its version, changed
 //!   one change at a time across every process;
 //! - [`records`]: the matched and undelivered records and the delivery attempts, behind the
@@ -23,6 +25,7 @@
 //! together apply each once.
 
 pub mod alerts;
+pub mod audit;
 mod availability;
 pub mod config;
 pub mod dedupe;

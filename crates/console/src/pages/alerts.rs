@@ -5,7 +5,7 @@
 use super::Pages;
 use crate::render::{encoded, page, see_other};
 use crate::session::{Form, Viewer};
-use model::alert::HumanAction;
+use model::alert::{HumanAct, HumanAction};
 use std::collections::HashMap;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -105,24 +105,24 @@ async fn act(key: String, viewer: Viewer, form: Form, pages: Pages) -> Response 
             ApiError::bad_request("`act` must be acknowledge, unacknowledge, resolve or comment");
         return one(&key, &viewer, &pages, None, Some(error)).await;
     };
-    let comment = form.get("comment").map(str::to_owned);
-    match alerts::perform(
-        &pages.console.alerts,
-        &key,
+    let comment = match alerts::check_comment(form.get("comment").map(str::to_owned), action) {
+        Ok(comment) => comment,
+        Err(e) => return one(&key, &viewer, &pages, None, Some(e)).await,
+    };
+    let by = HumanAct {
         action,
-        viewer.client.clone(),
-        "console",
+        who: viewer.client.clone(),
+        via: "console".into(),
         comment,
-    )
-    .await
-    {
+    };
+    match alerts::perform(&pages.console.alerts, &key, by, None).await {
         Ok(performed) => {
             let notice = match performed {
                 alerts::Performed::Done { .. } => action.as_str(),
-                alerts::Performed::Unchanged(_) => "unchanged",
+                alerts::Performed::Unchanged(_) | alerts::Performed::Repeated(_) => "unchanged",
             };
             see_other(&format!("/ui/alerts/{}?notice={notice}", encoded(&key)))
         }
-        Err(e) => one(&key, &viewer, &pages, None, Some(e)).await,
+        Err(e) => one(&key, &viewer, &pages, None, Some(e.into())).await,
     }
 }

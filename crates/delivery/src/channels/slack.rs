@@ -16,7 +16,7 @@ use super::{Channel, ChatWebhook, Tools};
 use crate::failure::Failure;
 use crate::lifecycle::Transition;
 use crate::properties::{Properties, PropertyError};
-use crate::templates::{datetime, event_links, mrkdwn, MessageTemplates, Scope};
+use crate::templates::{datetime, event_links, limit, mrkdwn, MessageTemplates, Scope};
 use model::{Action, DeliveryJob, Severity};
 use serde_json::{json, Value};
 
@@ -71,7 +71,8 @@ pub(super) fn message(
     let event = &job.event;
     let resolved = Transition::of(event) == Transition::Close;
     let mut blocks = vec![
-        json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*{subject}*\n{body}")}}),
+        // Slack refuses a section over 3000 characters and a message text over 4000.
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": limit(&format!("*{subject}*\n{body}"), 3000)}}),
         json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
             "{} · {} ({}) · {} · {}",
             event.severity,
@@ -91,7 +92,7 @@ pub(super) fn message(
         blocks.push(json!({"type": "actions", "elements": buttons}));
     }
     Ok(json!({
-        "text": format!("[{}] {subject}", event.severity),
+        "text": limit(&format!("[{}] {subject}", event.severity), 4000),
         "attachments": [{"color": colour(event.severity, resolved), "blocks": blocks}]
     }))
 }

@@ -2,8 +2,10 @@
 //! `chat.update` with a bot token.
 //!
 //! Properties: `token` (the bot token, `xoxb-…`, scope `chat:write`; a secret), `channel`
-//! (the channel ID), `apiUrl` (default `https://slack.com/api/`), and the message templates of
-//! `SLACK` (`subjectTemplate`, `bodyTemplate`, or `payloadTemplate`; see [`super::slack`]).
+//! (the channel ID), `apiUrl` (default `https://slack.com/api/`), `controls` (default `true`:
+//! a new thread's parent carries the Acknowledge, Resolve and Silence 1 h buttons that Tocsin's
+//! Slack app serves, see the `chat` crate), and the message templates of `SLACK`
+//! (`subjectTemplate`, `bodyTemplate`, or `payloadTemplate`; see [`super::slack`]).
 //!
 //! The alert is the event's `ans:correlationId` (else its `ans:sourceEventId`; with neither,
 //! each event is a message of its own). Under the alert's lock, with the link map
@@ -28,9 +30,13 @@ use crate::lifecycle::Transition;
 use crate::links::{Link, LinkState};
 use crate::properties::{Properties, PropertyError};
 use crate::templates::MessageTemplates;
+use model::alert::Control;
 use model::{Action, DeliveryJob};
 use reqwest::{Method, Url};
-use serde_json::Value;
+use serde_json::{json, Value};
+
+/// Slack's limit on a button's `value` (the alert key): a longer key gets no buttons.
+const MAX_BUTTON_VALUE: usize = 2000;
 
 /// Slack errors that a later attempt can get past.
 const RETRYABLE: &[&str] = &[
@@ -51,6 +57,8 @@ pub struct Conversation {
     api: Url,
     token: String,
     channel: String,
+    /// Whether a new thread's parent carries the alert's controls.
+    controls: bool,
     templates: MessageTemplates,
 }
 
@@ -135,6 +143,7 @@ impl Channel for SlackThreadedChannel {
         "token",
         "channel",
         "apiUrl",
+        "controls",
         "subjectTemplate",
         "bodyTemplate",
         "payloadTemplate",
@@ -152,6 +161,7 @@ impl Channel for SlackThreadedChannel {
             api,
             token: p.required("token")?,
             channel: p.required("channel")?,
+            controls: p.flag("controls", true)?,
             templates: MessageTemplates::read(p)?,
         })
     }
@@ -184,7 +194,12 @@ impl Channel for SlackThreadedChannel {
         });
         let (state, thread) = match parent {
             None => {
-                let posted = self.post(to, &payload, None, false).await?;
+                let parent = if to.controls && !closes {
+                    with_controls(payload.clone(), event.alert_key())
+                } else {
+                    payload.clone()
+                };
+                let posted = self.post(to, &parent, None, false).await?;
                 let state = if closes {
                     LinkState::Closed
                 } else {
@@ -208,6 +223,42 @@ impl Channel for SlackThreadedChannel {
             .await
             .map_err(|e| crate::links::unavailable("the Slack thread map", e))
     }
+}
+
+/// `payload` with an actions block of the alert's controls (their `value` the alert key) —
+/// in its first attachment's blocks (the default message), else in its own blocks.
+pub(crate) fn with_controls(mut payload: Value, alert_key: &str) -> Value {
+    if alert_key.is_empty() || alert_key.len() > MAX_BUTTON_VALUE || !payload.is_object() {
+        return payload;
+    }
+    let buttons: Vec<Value> = Control::ALL
+        .into_iter()
+        .map(|control| {
+            let mut button = json!({
+                "type": "button",
+                "action_id": control.action_id(),
+                "text": {"type": "plain_text", "text": control.label()},
+                "value": alert_key,
+            });
+            match control {
+                Control::Acknowledge => button["style"] = "primary".into(),
+                Control::Resolve | Control::SilenceHour => {}
+            }
+            button
+        })
+        .collect();
+    let actions = json!({"type": "actions", "block_id": "tocsin_controls", "elements": buttons});
+    let blocks = match payload.pointer_mut("/attachments/0/blocks") {
+        Some(Value::Array(blocks)) => blocks,
+        _ => {
+            if !payload["blocks"].is_array() {
+                payload["blocks"] = json!([]);
+            }
+            payload["blocks"].as_array_mut().expect("made an array")
+        }
+    };
+    blocks.push(actions);
+    payload
 }
 
 #[cfg(test)]
@@ -367,5 +418,125 @@ mod tests {
             (Code::Http(429), Retry::After(Duration::from_secs(20)))
         );
         assert!(!throttled.reason.contains("xoxb"), "{}", throttled.reason);
+    }
+
+    /// Block Kit's documented limits (CONTRACT.md of the `chat` crate, §4.2): every message
+    /// Tocsin sends must stay within them, or Slack refuses it (`invalid_blocks`).
+    fn assert_within_block_kit_limits(message: &Value) {
+        let text_len = |v: &Value| v.as_str().map_or(0, |t| t.chars().count());
+        assert!(text_len(&message["text"]) <= 4000, "message text");
+        let mut all_blocks: Vec<&Value> = Vec::new();
+        if let Some(blocks) = message["blocks"].as_array() {
+            all_blocks.extend(blocks);
+        }
+        for attachment in message["attachments"].as_array().into_iter().flatten() {
+            all_blocks.extend(attachment["blocks"].as_array().into_iter().flatten());
+        }
+        assert!(all_blocks.len() <= 50, "at most 50 blocks");
+        for block in all_blocks {
+            match block["type"].as_str() {
+                Some("section") => {
+                    let len = text_len(&block["text"]["text"]);
+                    assert!((1..=3000).contains(&len), "section text of {len}");
+                }
+                Some("context") => assert!(block["elements"].as_array().unwrap().len() <= 10),
+                Some("actions") => {
+                    let elements = block["elements"].as_array().unwrap();
+                    assert!(elements.len() <= 25, "actions elements");
+                    assert!(text_len(&block["block_id"]) <= 255);
+                    for button in elements {
+                        assert_eq!(button["type"], "button");
+                        assert!(text_len(&button["text"]["text"]) <= 75, "button text");
+                        assert!(text_len(&button["action_id"]) <= 255, "action_id");
+                        assert!(text_len(&button["value"]) <= 2000, "button value");
+                        assert!(text_len(&button["url"]) <= 3000, "button url");
+                    }
+                }
+                other => panic!("unexpected block {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_threads_parent_carries_the_controls_within_block_kit_limits() {
+        let server = MockServer::start().await;
+        Mock::given(path("/api/chat.postMessage"))
+            .respond_with(post_message_answers())
+            .mount(&server)
+            .await;
+        let (tools, _dir) = tools();
+        let channel = SlackThreadedChannel::new(tools);
+        let action = threaded(&server);
+        // A huge subject and body: the message still keeps within the limits.
+        let mut first = alert("e1", "c-1", "CREATE_OR_UPDATE");
+        first.event.subject = "S".repeat(5000);
+        first.event.body = "B".repeat(10_000);
+        first
+            .event
+            .tags
+            .get_or_insert_with(Default::default)
+            .insert("ans:sourceEventId".into(), "disk-db-1".into());
+        assert_eq!(attempt(&channel, &first, &action).await, Ok(()));
+        assert_eq!(
+            attempt(&channel, &alert("e2", "c-1", "CREATE_OR_UPDATE"), &action).await,
+            Ok(())
+        );
+        let sent: Vec<Value> = server
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.body_json().unwrap())
+            .collect();
+        let parent = &sent[0];
+        assert_within_block_kit_limits(parent);
+        let controls = parent["attachments"][0]["blocks"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap();
+        let ids: Vec<&str> = controls["elements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["action_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            ["tocsin_acknowledge", "tocsin_resolve", "tocsin_silence_1h"]
+        );
+        assert!(controls["elements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["value"] == "disk-db-1"));
+        let reply = &sent[1];
+        assert_within_block_kit_limits(reply);
+        assert!(
+            !reply.to_string().contains("tocsin_acknowledge"),
+            "a reply carries no controls"
+        );
+        // Off by the action's `controls`; a key past Slack's value limit gets none either.
+        let plain = action_with_controls(&server, "false");
+        assert!(!with_controls(json!(null), "k").is_object());
+        assert_eq!(
+            with_controls(json!({"text": "t"}), &"k".repeat(2001)),
+            json!({"text": "t"})
+        );
+        assert_eq!(
+            with_controls(json!({"text": "t"}), "k")["blocks"][0]["block_id"],
+            "tocsin_controls"
+        );
+        let policy = crate::outbound::OutboundPolicy::new(crate::channels::tests::loopback());
+        let configured = channel.configure(&Properties::of(&plain, &policy));
+        assert!(configured.is_ok_and(|c| !c.controls));
+    }
+
+    fn action_with_controls(server: &MockServer, controls: &str) -> Action {
+        action(
+            "slack-threads",
+            "SLACK_THREADED",
+            json!({"token": "xoxb-test", "channel": "C0ALERTS", "controls": controls, "apiUrl": format!("{}/api", server.uri())}),
+        )
     }
 }

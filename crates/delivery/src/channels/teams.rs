@@ -17,12 +17,14 @@ use super::{Channel, ChatWebhook, Tools};
 use crate::failure::{Code, Failure};
 use crate::lifecycle::Transition;
 use crate::properties::{Properties, PropertyError};
-use crate::templates::{datetime, event_links, Scope};
+use crate::templates::{datetime, event_links, limit, Scope};
 use model::{Action, DeliveryJob, Severity};
 use serde_json::{json, Value};
 
 const SUBJECT: &str = "{% if resolved %}Resolved: {% endif %}{{ event.subject }}";
 const BODY: &str = "{{ event.body | limit(4000) }}";
+/// The subject's length at most, in characters.
+const MAX_SUBJECT: usize = 1000;
 /// How a classic connector reports throttling inside a 200.
 const THROTTLED_IN_BODY: &str = "HTTP error 429";
 
@@ -63,7 +65,8 @@ impl TeamsChannel {
             "type": "AdaptiveCard",
             "version": "1.2",
             "body": [
-                {"type": "TextBlock", "text": subject, "weight": "Bolder", "size": "Medium",
+                // Cut so that the card stays far below Teams' 28 KB (a longer one is refused).
+                {"type": "TextBlock", "text": limit(&subject, MAX_SUBJECT), "weight": "Bolder", "size": "Medium",
                  "wrap": true, "color": colour(event.severity, resolved)},
                 {"type": "TextBlock", "text": body, "wrap": true},
                 {"type": "FactSet", "facts": [
@@ -257,5 +260,75 @@ mod tests {
             (title["text"].as_str(), title["color"].as_str()),
             (Some("Resolved: CPU above 90%"), Some("Good"))
         );
+    }
+
+    /// What a Teams webhook takes (the `chat` crate's notes, `chat-control-and-destinations.md`
+    /// §5): a `message` whose attachments are Adaptive Cards of version ≤ 1.5, actions that need
+    /// no bot (`Action.OpenUrl`, `ShowCard`, `ToggleVisibility`; never `Action.Submit` or
+    /// `Action.Execute`), each link with its title and URL, and at most 28 KB in all.
+    fn assert_within_teams_limits(message: &Value) {
+        assert_eq!(message["type"], "message");
+        assert!(message.to_string().len() <= 28 * 1024, "over 28 KB");
+        for attachment in message["attachments"].as_array().unwrap() {
+            assert_eq!(
+                attachment["contentType"],
+                "application/vnd.microsoft.card.adaptive"
+            );
+            let card = &attachment["content"];
+            assert_eq!(card["type"], "AdaptiveCard");
+            let version: f64 = card["version"].as_str().unwrap().parse().unwrap();
+            assert!(version <= 1.5, "Teams renders up to 1.5");
+            for element in card["body"].as_array().unwrap() {
+                let kind = element["type"].as_str().unwrap();
+                assert!(["TextBlock", "FactSet"].contains(&kind), "{kind}");
+            }
+            for action in card["actions"].as_array().into_iter().flatten() {
+                let kind = action["type"].as_str().unwrap();
+                assert!(
+                    [
+                        "Action.OpenUrl",
+                        "Action.ShowCard",
+                        "Action.ToggleVisibility"
+                    ]
+                    .contains(&kind),
+                    "{kind} needs a bot"
+                );
+                assert!(action["title"].as_str().is_some_and(|t| !t.is_empty()));
+                if kind == "Action.OpenUrl" {
+                    assert!(reqwest::Url::parse(action["url"].as_str().unwrap()).is_ok());
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_card_keeps_within_what_teams_takes_even_for_a_huge_event() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(202))
+            .mount(&server)
+            .await;
+        let (tools, _dir) = tools();
+        let channel = TeamsChannel::new(tools);
+        let teams = action(
+            "teams",
+            "MICROSOFT_TEAMS",
+            json!({"webhookUrl": format!("{}/workflows/abc", server.uri())}),
+        );
+        let mut huge = job(json!({
+            "ans:recommendedActionLink": "https://runbooks.example/cpu",
+            "ans:detailsLink": "https://console.example/alarms/1"
+        }));
+        huge.event.subject = "S".repeat(50_000);
+        huge.event.body = "B".repeat(50_000);
+        assert_eq!(attempt(&channel, &huge, &teams).await, Ok(()));
+        let sent: Value = server.received_requests().await.unwrap()[0]
+            .body_json()
+            .unwrap();
+        assert_within_teams_limits(&sent);
+        let actions = sent["attachments"][0]["content"]["actions"]
+            .as_array()
+            .unwrap();
+        assert_eq!(actions.len(), 2, "{actions:?}");
     }
 }

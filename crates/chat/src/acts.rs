@@ -1,0 +1,223 @@
+//! What a chat user may ask for, carried out through Tocsin's own paths: an alert act through
+//! [`alerts::perform`] (audited, once-only by the request's key), a silence through the
+//! silences' own check and store, a redelivery through the operator API's
+//! ([`delivery::operator_api::redeliver`]) — the last two audited here with their once-only
+//! key first. The answer is a line for the chat user, and whether the alert's message should
+//! show it.
+
+use crate::{Caller, Chat};
+use model::alert::{HumanAct, HumanAction};
+use router::silences::NewSilence;
+use store::audit::{AuditEntry, Recorded};
+use store::silences::SilenceMatcher;
+
+/// Something a chat user asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ask {
+    /// An act on the alert with this key.
+    Act(HumanAction, String),
+    /// A silence of what `matchers` select, for `for_ms` from now.
+    Silence {
+        matchers: Vec<SilenceMatcher>,
+        for_ms: i64,
+        comment: Option<String>,
+    },
+    /// Send again the undelivered events of `action` stored in the last `within_ms`.
+    Redeliver { action: String, within_ms: i64 },
+}
+
+impl Ask {
+    /// The scope a chat user needs for it.
+    pub fn needs(&self) -> web::Scope {
+        match self {
+            Ask::Act(..) | Ask::Silence { .. } => web::Scope::Responder,
+            Ask::Redeliver { .. } => web::Scope::Configuration,
+        }
+    }
+}
+
+/// How an ask ended, as the chat user reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It changed something: the alert's message should say so, to everyone.
+    Changed(String),
+    /// Nothing changed (already so, done before, refused, failed): tell the user alone.
+    Told(String),
+}
+
+impl Outcome {
+    pub fn text(&self) -> &str {
+        match self {
+            Outcome::Changed(text) | Outcome::Told(text) => text,
+        }
+    }
+}
+
+impl Chat {
+    /// Carries `ask` out as `who` (the caller's identity), once for `once`.
+    pub async fn carry_out(&self, caller: &Caller, who: &str, ask: Ask, once: String) -> Outcome {
+        match ask {
+            Ask::Act(action, key) => self.act(caller, who, action, &key, once).await,
+            Ask::Silence {
+                matchers,
+                for_ms,
+                comment,
+            } => {
+                self.silence(caller, who, matchers, for_ms, comment, once)
+                    .await
+            }
+            Ask::Redeliver { action, within_ms } => {
+                self.redeliver(who, &action, within_ms, once).await
+            }
+        }
+    }
+
+    /// Claims `entry`'s once-only key in the audit log: `Err` with what to tell the user if it
+    /// was taken or cannot be recorded.
+    async fn claim(&self, entry: &AuditEntry, what: &str) -> Result<(), Outcome> {
+        match self.alerts.audit.record(entry).await {
+            Ok(Recorded::New) => Ok(()),
+            Ok(Recorded::Duplicate) => Err(Outcome::Told(format!("This {what} was done already."))),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record an act from chat");
+                Err(Outcome::Told(format!(
+                    "Not done ({what}): the store cannot be reached; retry later."
+                )))
+            }
+        }
+    }
+
+    /// Gives back the claim of an act that failed, so that its retry can act.
+    async fn give_back(&self, entry: &AuditEntry) {
+        if let Err(e) = self.alerts.audit.forget(&entry.id).await {
+            tracing::warn!(error = %e, "cannot give back an act's audit entry");
+        }
+    }
+
+    async fn redeliver(&self, who: &str, action: &str, within_ms: i64, once: String) -> Outcome {
+        let now = clock::now_epoch_millis();
+        let entry = AuditEntry {
+            id: uuid::Uuid::now_v7().to_string(),
+            at_ms: now,
+            who: who.to_owned(),
+            via: "slack".into(),
+            action: "redeliver".into(),
+            target: action.to_owned(),
+            outcome: "done".into(),
+            detail: Some(format!("stored in the last {} min", within_ms / 60_000)),
+            dedupe_key: Some(once),
+        };
+        if let Err(told) = self.claim(&entry, "redelivery").await {
+            return told;
+        }
+        let selection = store::records::Selection {
+            event_id: None,
+            action: Some(action.to_owned()),
+            since: Some((now - within_ms) / 1000),
+            limit: REDELIVER_AT_MOST,
+        };
+        let records = &self.alerts.records;
+        match delivery::operator_api::redeliver(records, self.alerts.bus.as_ref(), selection).await
+        {
+            Ok(count) => {
+                tracing::info!(action, count, by = %who, via = "slack", "undelivered events sent again");
+                Outcome::Changed(format!(
+                    "Sent {count} undelivered event(s) of `{action}` again (as `{who}`)."
+                ))
+            }
+            Err(e) => {
+                self.give_back(&entry).await;
+                Outcome::Told(format!("Not redelivered: {}.", e.message))
+            }
+        }
+    }
+
+    async fn act(
+        &self,
+        caller: &Caller,
+        who: &str,
+        action: HumanAction,
+        key: &str,
+        once: String,
+    ) -> Outcome {
+        let by = HumanAct {
+            action,
+            who: who.to_owned(),
+            via: "slack".into(),
+            comment: None,
+        };
+        let done = done_word(action);
+        match alerts::perform(&self.alerts, key, by, Some(once)).await {
+            Ok(alerts::Performed::Done { .. }) => {
+                Outcome::Changed(format!("{done} by <@{}> (as `{who}`).", caller.user))
+            }
+            Ok(alerts::Performed::Unchanged(alert)) => Outcome::Told(format!(
+                "Alert `{key}` is {} already.",
+                alert.state.as_str()
+            )),
+            Ok(alerts::Performed::Repeated(_)) => {
+                Outcome::Told(format!("This was done already: alert `{key}`."))
+            }
+            Err(e) => Outcome::Told(format!("Not done: {e}.")),
+        }
+    }
+
+    async fn silence(
+        &self,
+        caller: &Caller,
+        who: &str,
+        matchers: Vec<SilenceMatcher>,
+        for_ms: i64,
+        comment: Option<String>,
+        once: String,
+    ) -> Outcome {
+        let now = clock::now_epoch_millis();
+        let new = NewSilence {
+            matchers,
+            starts_at_ms: None,
+            ends_at_ms: now.saturating_add(for_ms),
+            comment,
+        };
+        let silence = match router::silences::check(new, who.to_owned(), now) {
+            Ok(silence) => silence,
+            Err(problem) => return Outcome::Told(format!("Not silenced: {problem}.")),
+        };
+        let entry = AuditEntry {
+            id: uuid::Uuid::now_v7().to_string(),
+            at_ms: now,
+            who: who.to_owned(),
+            via: "slack".into(),
+            action: "silence".into(),
+            target: silence.id.clone(),
+            outcome: "done".into(),
+            detail: Some(serde_json::to_string(&silence.matchers).expect("matchers serialize")),
+            dedupe_key: Some(once),
+        };
+        if let Err(told) = self.claim(&entry, "silence").await {
+            return told;
+        }
+        if let Err(e) = self.silences.create(&silence).await {
+            tracing::error!(error = %e, "cannot keep a silence from chat");
+            self.give_back(&entry).await;
+            return Outcome::Told("Not silenced: the store cannot be reached; retry later.".into());
+        }
+        tracing::info!(silence = %silence.id, by = %who, via = "slack", "silence created");
+        let minutes = for_ms / 60_000;
+        Outcome::Changed(format!(
+            "Silenced for {minutes} min by <@{}> (as `{who}`): silence `{}`.",
+            caller.user, silence.id
+        ))
+    }
+}
+
+/// Undelivered events one redelivery sends at most; the command can be given again.
+const REDELIVER_AT_MOST: u32 = 1000;
+
+fn done_word(action: HumanAction) -> &'static str {
+    match action {
+        HumanAction::Acknowledge => "Acknowledged",
+        HumanAction::Unacknowledge => "Unacknowledged",
+        HumanAction::Resolve => "Resolved",
+        HumanAction::Comment => "Commented",
+    }
+}
