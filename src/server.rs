@@ -141,6 +141,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         channels.clone(),
         records.clone(),
         Lanes::open(&location).await?,
+        store::groups::GroupStore::open(&location).await?,
         Arc::clone(&metrics),
     );
     let retention = tokio::spawn(delivery::retention::run(

@@ -15,6 +15,7 @@ mod configuration_api;
 mod crash_recovery;
 mod dead_letters;
 mod docs_examples;
+mod grouping;
 mod https;
 mod idempotency;
 mod image;

@@ -8,12 +8,16 @@
 //! nothing while it waits, its lane held durably) or [`Shared::on_give_up`] (recorded
 //! `UNDELIVERED` with every reason, handed to the fallback action if it has one). A job's queue
 //! message is acked only after its next step is durable; when a step cannot be made durable the
-//! message is handed back, so nothing is lost. On shutdown the worker stops taking jobs and
-//! finishes those in hand.
+//! message is handed back, so nothing is lost. A job whose action groups its events, or that
+//! storm control holds back, is written into its group instead ([`Shared::on_held`]) and sent
+//! later in a digest by the [`flusher`](crate::grouping::flusher), which the worker runs too.
+//! On shutdown the worker stops taking jobs and finishes those in hand.
 
 use crate::channels::Channels;
 use crate::delivery_status::{self, Status};
-use crate::failure::Failure;
+use crate::failure::{Failure, Retry};
+use crate::grouping::flusher::Flusher;
+use crate::grouping::{Grouping, Held, Plan};
 use crate::lanes::{Lanes, OrderingLanes, RecoverError, STRANDED_AFTER};
 use crate::records::{Attempt, AttemptOutcome, RecordStore};
 use crate::retry::{self, Next, RetrySchedule};
@@ -61,6 +65,7 @@ struct Shared {
     lanes: OrderingLanes,
     retry: RetrySchedule,
     metrics: Arc<Metrics>,
+    grouping: Arc<Grouping>,
 }
 
 /// What follows a failed attempt.
@@ -85,6 +90,7 @@ impl DeliveryWorker {
         channels: Channels,
         records: RecordStore,
         lanes: Lanes,
+        groups: store::groups::GroupStore,
         metrics: Arc<Metrics>,
     ) -> Self {
         DeliveryWorker {
@@ -96,6 +102,7 @@ impl DeliveryWorker {
                 channels,
                 records,
                 retry: config.retry,
+                grouping: Arc::new(Grouping::new(groups, Arc::clone(&metrics))),
                 metrics,
             }),
         }
@@ -115,6 +122,15 @@ impl DeliveryWorker {
                 }
             })
         };
+        let flusher = Arc::new(Flusher {
+            grouping: Arc::clone(&self.shared.grouping),
+            catalog: self.shared.catalog.clone(),
+            channels: self.shared.channels.clone(),
+            records: self.shared.records.clone(),
+            retry: self.shared.retry.clone(),
+            metrics: Arc::clone(&self.shared.metrics),
+        });
+        let flusher = tokio::spawn(flusher.run(shutdown.clone()));
         let mut jobs = self
             .shared
             .bus
@@ -146,6 +162,9 @@ impl DeliveryWorker {
         drop(jobs);
         sweeper.abort();
         while in_hand.join_next().await.is_some() {}
+        if let Err(e) = flusher.await {
+            tracing::error!(error = %e, "the digest flusher failed");
+        }
         tracing::info!("delivery stopped");
         Ok(())
     }
@@ -197,11 +216,21 @@ impl Shared {
                 .await?;
             return self.finish(delivery, &job).await;
         }
+        let plan = prepared.and_then(|(_, p)| p.as_ref().ok().and_then(Channels::plan));
+        if let (Some(action), Some(plan)) = (action, plan) {
+            if let Some(why) = self.grouping.holds(action, plan) {
+                return self.on_held(delivery, &job, plan, why).await;
+            }
+        }
         let (outcome, attempted) = self.attempt(&mut job, prepared).await;
         let failure = match outcome {
             Ok(()) => return self.on_delivered(delivery, &job, action, &attempted).await,
             Err(failure) => failure,
         };
+        if let (Some(action), Retry::After(wait)) = (action, failure.retry) {
+            // What comes for this destination meanwhile waits in its group, not for a 429.
+            self.grouping.throttled(&action.name, wait);
+        }
         job.attempt += 1;
         job.failures.push(FailureReason {
             code: failure.code.number(),
@@ -308,6 +337,23 @@ impl Shared {
         let delivery = self
             .report(delivery, action, job, Status::Delivered)
             .await?;
+        self.finish(delivery, job).await
+    }
+
+    /// The job waits in its group for a digest: acked once it is written there.
+    async fn on_held(
+        &self,
+        delivery: Ticket,
+        job: &DeliveryJob,
+        plan: &Plan,
+        why: Held,
+    ) -> Option<(Ticket, DeliveryJob)> {
+        if let Err(e) = self.grouping.hold(job, plan, why).await {
+            tracing::error!(error = %e, event = %job.event.id, "cannot hold a job in its group; it will run again");
+            self.hand_back(delivery, job).await;
+            return None;
+        }
+        tracing::debug!(event = %job.event.id, action = %job.action, ?why, "held for a digest");
         self.finish(delivery, job).await
     }
 
