@@ -12,8 +12,8 @@ use crate::settings::{Backend, Settings};
 use anyhow::Context;
 use bus::{Bus, EmbeddedBus, RabbitBus, RabbitSettings};
 use delivery::channels::Channels;
-use delivery::lanes::Lanes;
 use delivery::records::{RecordStore, Region};
+use delivery::worker::Durable;
 use delivery::{DeliveryConfig, DeliveryWorker};
 use ingest::sources::idempotency::Idempotency;
 use ingest::sources::oci::OciSource;
@@ -140,8 +140,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         catalog,
         channels.clone(),
         records.clone(),
-        Lanes::open(&location).await?,
-        store::groups::GroupStore::open(&location).await?,
+        Durable::open(&location).await?,
         Arc::clone(&metrics),
     );
     let retention = tokio::spawn(delivery::retention::run(

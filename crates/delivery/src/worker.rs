@@ -52,6 +52,23 @@ pub enum WorkerError {
     Bus(#[from] bus::BusError),
 }
 
+/// What the worker keeps durably besides the records: the ordering lanes whose head waits for
+/// a retry, and the groups of jobs held for digests.
+pub struct Durable {
+    pub lanes: Lanes,
+    pub groups: store::groups::GroupStore,
+}
+
+impl Durable {
+    /// Both, where `location` keeps the state.
+    pub async fn open(location: &store::Location) -> Result<Self, store::StoreError> {
+        Ok(Durable {
+            lanes: Lanes::open(location).await?,
+            groups: store::groups::GroupStore::open(location).await?,
+        })
+    }
+}
+
 pub struct DeliveryWorker {
     prefetch: u16,
     shared: Arc<Shared>,
@@ -89,20 +106,19 @@ impl DeliveryWorker {
         catalog: SharedCatalog,
         channels: Channels,
         records: RecordStore,
-        lanes: Lanes,
-        groups: store::groups::GroupStore,
+        durable: Durable,
         metrics: Arc<Metrics>,
     ) -> Self {
         DeliveryWorker {
             prefetch: config.prefetch,
             shared: Arc::new(Shared {
-                lanes: OrderingLanes::new(lanes, Arc::clone(&bus)),
+                lanes: OrderingLanes::new(durable.lanes, Arc::clone(&bus)),
                 bus,
                 catalog,
                 channels,
                 records,
                 retry: config.retry,
-                grouping: Arc::new(Grouping::new(groups, Arc::clone(&metrics))),
+                grouping: Arc::new(Grouping::new(durable.groups, Arc::clone(&metrics))),
                 metrics,
             }),
         }

@@ -110,7 +110,7 @@ impl Configured {
 
 /// A [`Channel`] behind the registry: its configuration travels as a [`Prepared`].
 #[async_trait]
-trait Registered: Send + Sync {
+pub(crate) trait Registered: Send + Sync {
     fn action_type(&self) -> &'static str;
     fn credential_urls(&self) -> &'static [&'static str];
     fn secrets(&self) -> &'static [&'static str];

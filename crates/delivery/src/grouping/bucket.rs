@@ -19,9 +19,10 @@ pub struct Rate {
 }
 
 impl Rate {
-    /// Five seconds' worth of messages (at least one): short bursts such as Slack's are fine.
+    /// Four seconds' worth of messages, one to four: Slack takes short bursts, Teams four a
+    /// second at most.
     pub fn burst(self) -> f64 {
-        (f64::from(self.per_minute) / 12.0).max(1.0)
+        (f64::from(self.per_minute) / 15.0).clamp(1.0, 4.0)
     }
 
     fn per_second(self) -> f64 {
@@ -139,7 +140,7 @@ mod tests {
         let admitted = (0..20)
             .filter(|_| storm.admit_at("slack", SLACK, start))
             .count();
-        assert_eq!(admitted, 5, "five seconds' worth at once");
+        assert_eq!(admitted, 4, "four seconds' worth at once");
         // A token is back after a second, but the backlog goes first: a digest takes it.
         let later = start + Duration::from_millis(1_000);
         assert!(!storm.admit_at("slack", SLACK, later));
@@ -170,7 +171,7 @@ mod tests {
         }
         for (i, first) in sent.iter().enumerate() {
             let within_ten_seconds = sent[i..].iter().filter(|t| **t < first + 10_000).count();
-            assert!(within_ten_seconds <= 5 + 10, "{within_ten_seconds} in 10 s");
+            assert!(within_ten_seconds <= 4 + 10, "{within_ten_seconds} in 10 s");
         }
         assert!(
             sent.len() >= 37,
