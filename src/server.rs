@@ -131,6 +131,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         Arc::clone(&bus),
         pipeline_stopping.clone(),
     ));
+    let durable = Durable::open(&location).await?;
+    let groups = durable.groups.clone();
     let worker = DeliveryWorker::new(
         DeliveryConfig {
             prefetch: settings.delivery.prefetch,
@@ -140,7 +142,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         catalog,
         channels.clone(),
         records.clone(),
-        Durable::open(&location).await?,
+        durable,
         Arc::clone(&metrics),
     );
     let retention = tokio::spawn(delivery::retention::run(
@@ -169,6 +171,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         alerts,
         config: Arc::clone(&config_store),
         channels,
+        groups,
         metrics,
     };
     let routes = api_routes(

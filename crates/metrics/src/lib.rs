@@ -286,6 +286,7 @@ pub struct Metrics {
     time_to_resolve: Histogram,
     alert_acts: IntCounterVec,
     events_held: IntCounterVec,
+    held: IntGauge,
     digests: IntCounterVec,
     digest_events: HistogramVec,
 }
@@ -427,6 +428,10 @@ impl Metrics {
                 "Delivery jobs held back to go out in a digest, by reason: `group` (the action \
                  groups) or `storm` (storm control found no token for its destination).",
                 &["reason"],
+            ),
+            held: gauge(
+                "tocsin_delivery_held",
+                "Delivery jobs waiting in their groups for a digest.",
             ),
             digests: counter(
                 "tocsin_digests_total",
@@ -687,6 +692,11 @@ impl Metrics {
     pub fn event_held(&self, storm: bool) {
         let reason = if storm { "storm" } else { "group" };
         self.events_held.with_label_values(&[reason]).inc();
+    }
+
+    /// Jobs now waiting in their groups for a digest.
+    pub fn set_held(&self, jobs: u64) {
+        self.held.set(gauge_value(jobs));
     }
 
     /// A digest of `events` events through `channel` ended as `outcome`.

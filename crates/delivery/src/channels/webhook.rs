@@ -11,7 +11,7 @@
 //! Grouped events (`groupBy`…, or `messagesPerMinute` when storm control holds them back; no
 //! rate limit unless set) go out as one digest: a JSON object whose `events` array holds each
 //! event as accepted, beside `groupLabels`, the `firing` and `resolved` counts and the action
-//! (`schemas/webhook-digest.schema.json`; `payloadTemplate` shapes single events only). A
+//! (`schemas/webhook-digest.json`; `payloadTemplate` shapes single events only). A
 //! signed digest's `webhook-id` is `msg_digest_` and its first event's id.
 //!
 //! Signed requests carry `webhook-id` (the same for every attempt of one event on one action:
@@ -278,7 +278,7 @@ impl WebhookChannel {
     }
 }
 
-/// The digest as a webhook receives it (`schemas/webhook-digest.schema.json`).
+/// The digest as a webhook receives it (`schemas/webhook-digest.json`).
 fn digest_payload(digest: &EventDigest, action: &Action) -> Vec<u8> {
     let events: Vec<&model::ResourceEvent> = digest.jobs.iter().map(|job| &job.event).collect();
     let payload = serde_json::json!({
@@ -344,10 +344,57 @@ fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::tests::{action, attempt, job, tools};
+    use crate::channels::tests::{action, attempt, job, job_with_id, tools};
     use crate::failure::{Code, Retry};
+    use serde_json::json;
     use wiremock::matchers::{body_json, body_string, header, method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    #[test]
+    fn a_digest_payload_follows_its_schema() {
+        use jsonschema::Resource;
+        use store::groups::GroupId;
+        let schemas = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/");
+        let read = |name: &str| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(format!("{schemas}{name}")).unwrap())
+                .unwrap()
+        };
+        let mut options = jsonschema::options();
+        for name in ["resource-event.json", "affected-resource.json"] {
+            let schema = read(name);
+            let id = schema["$id"].as_str().unwrap().to_owned();
+            options = options.with_resource(id, Resource::from_contents(schema));
+        }
+        let validator = options.build(&read("webhook-digest.json")).unwrap();
+        let jobs = vec![
+            job_with_id("0196a1b2-0000-7000-8000-000000000001", json!({})),
+            job_with_id(
+                "0196a1b2-0000-7000-8000-000000000002",
+                json!({"ans:status": "CLOSE"}),
+            ),
+        ];
+        let group = GroupId {
+            action: "hook".into(),
+            key: r#"{"eventType":"HighCPU"}"#.into(),
+        };
+        let action = action(
+            "hook",
+            "WEB_HOOK",
+            json!({"destination": "https://x.example"}),
+        );
+        let body = digest_payload(&EventDigest::new(&group, jobs), &action);
+        let payload: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&payload)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}\n{payload}");
+        assert_eq!(payload["groupLabels"], json!({"eventType": "HighCPU"}));
+        assert_eq!(
+            (payload["firing"].as_u64(), payload["resolved"].as_u64()),
+            (Some(1), Some(1))
+        );
+    }
 
     #[tokio::test]
     async fn sends_the_event_signed_with_headers_and_basic_auth() {
