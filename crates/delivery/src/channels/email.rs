@@ -433,7 +433,7 @@ fn own_server(p: &Properties) -> Result<Server, PropertyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::tests::{action, attempt, job, job_with_id, loopback, tools};
+    use crate::channels::tests::{action, attempt, digest, job, job_with_id, loopback, tools};
     use crate::channels::Registered;
     use crate::failure::{Code, Retry};
     use crate::outbound::OutboundPolicy;
@@ -605,7 +605,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_digest_mail_lists_every_event_in_both_parts() {
-        use store::groups::GroupId;
         let (port, sessions) = smtp_server(Listen::Plain).await;
         let (tools, _dir) = tools();
         let channel = EmailChannel::new(tools, &RelaySettings::default());
@@ -619,11 +618,7 @@ mod tests {
             ),
             job_with_id("e2", json!({"ans:status": "CLOSE"})),
         ];
-        let group = GroupId {
-            action: "mail".into(),
-            key: r#"{"resource.resourceName":"web-1"}"#.into(),
-        };
-        let digest = Digest::new(&group, jobs);
+        let digest = digest(json!({"resource.resourceName": "web-1"}), jobs);
         assert_eq!(
             Registered::deliver_digest(&channel, &digest, &action, &config).await,
             Ok(())

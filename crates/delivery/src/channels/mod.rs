@@ -481,6 +481,37 @@ pub(crate) mod tests {
         job_with_id("0196a1b2-0000-7000-8000-000000000001", tags)
     }
 
+    /// `count` jobs as [`job`] makes them, with ids `e0`, `e1`…, each then changed by `change`
+    /// (given its number).
+    pub fn numbered_jobs(
+        count: usize,
+        change: impl Fn(usize, &mut DeliveryJob),
+    ) -> Vec<DeliveryJob> {
+        (0..count)
+            .map(|n| {
+                let mut job = job_with_id(&format!("e{n}"), serde_json::json!({}));
+                change(n, &mut job);
+                job
+            })
+            .collect()
+    }
+
+    /// Sets tag `name` of `job`'s event.
+    pub fn tag(job: &mut DeliveryJob, name: &str, value: &str) {
+        job.event
+            .tags
+            .get_or_insert_with(Default::default)
+            .insert(name.into(), value.into());
+    }
+
+    /// A digest of `jobs` in the group with `labels` (`{}`: an action's one group).
+    pub fn digest(labels: serde_json::Value, jobs: Vec<DeliveryJob>) -> Digest {
+        Digest {
+            labels: serde_json::from_value(labels).unwrap(),
+            jobs,
+        }
+    }
+
     pub fn job_with_id(id: &str, tags: serde_json::Value) -> DeliveryJob {
         serde_json::from_value(serde_json::json!({
             "event": {

@@ -185,7 +185,7 @@ fn colour(severity: Severity, resolved: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::tests::{action, attempt, job, tools};
+    use crate::channels::tests::{action, attempt, digest, job, numbered_jobs, tag, tools};
     use crate::failure::{Code, Retry};
     use wiremock::matchers::{header, method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -264,30 +264,19 @@ mod tests {
 
     #[test]
     fn a_digest_names_every_event_in_sections_within_slacks_limits() {
-        use store::groups::GroupId;
         let long = "x".repeat(5_000);
-        let jobs: Vec<DeliveryJob> = (0..100)
-            .map(|n| {
-                let mut job = crate::channels::tests::job_with_id(
-                    &format!("e{n}"),
-                    json!({"ans:detailsLink": format!("https://console.example/{n}?{long}")}),
-                );
-                job.event.subject = format!("{n} disk <full> {long}");
-                if n % 10 == 0 {
-                    job.event
-                        .tags
-                        .as_mut()
-                        .unwrap()
-                        .insert("ans:status".into(), "CLOSE".into());
-                }
-                job
-            })
-            .collect();
-        let group = GroupId {
-            action: "slack".into(),
-            key: r#"{"resource.resourceName":"web-1"}"#.into(),
-        };
-        let sent = digest_message(&Digest::new(&group, jobs));
+        let jobs = numbered_jobs(100, |n, job| {
+            tag(
+                job,
+                "ans:detailsLink",
+                &format!("https://console.example/{n}?{long}"),
+            );
+            job.event.subject = format!("{n} disk <full> {long}");
+            if n % 10 == 0 {
+                tag(job, "ans:status", "CLOSE");
+            }
+        });
+        let sent = digest_message(&digest(json!({"resource.resourceName": "web-1"}), jobs));
         assert_eq!(sent["text"], "90 alerts firing, 10 resolved on web-1");
         let blocks = sent["blocks"].as_array().unwrap();
         assert!(blocks.len() <= 50, "{} blocks", blocks.len());

@@ -210,7 +210,7 @@ fn colour(severity: Severity, resolved: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::tests::{action, attempt, job, tools};
+    use crate::channels::tests::{action, attempt, digest, job, numbered_jobs, tag, tools};
     use crate::failure::{Code, Retry};
     use std::time::Duration;
     use wiremock::matchers::{header, method, path};
@@ -218,24 +218,13 @@ mod tests {
 
     #[test]
     fn a_digest_card_names_every_event_within_teams_size_limit() {
-        use store::groups::GroupId;
         let long = "x".repeat(5_000);
-        let jobs: Vec<DeliveryJob> = (0..100)
-            .map(|n| {
-                let mut job = crate::channels::tests::job_with_id(
-                    &format!("e{n}"),
-                    json!({"ans:detailsLink": format!("https://c.example/{n}")}),
-                );
-                job.event.subject = format!("{n} [disk] full {long}");
-                job.event.resource.resource_name = format!("db-{n}-{long}");
-                job
-            })
-            .collect();
-        let group = GroupId {
-            action: "teams".into(),
-            key: String::new(),
-        };
-        let card = digest_card(&Digest::new(&group, jobs));
+        let jobs = numbered_jobs(100, |n, job| {
+            tag(job, "ans:detailsLink", &format!("https://c.example/{n}"));
+            job.event.subject = format!("{n} [disk] full {long}");
+            job.event.resource.resource_name = format!("db-{n}-{long}");
+        });
+        let card = digest_card(&digest(json!({}), jobs));
         let size = serde_json::to_vec(&card).unwrap().len();
         assert!(size < 28_000, "{size} bytes");
         let body = &card["attachments"][0]["content"]["body"];

@@ -344,7 +344,7 @@ fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::tests::{action, attempt, job, job_with_id, tools};
+    use crate::channels::tests::{action, attempt, digest, job, job_with_id, tools};
     use crate::failure::{Code, Retry};
     use serde_json::json;
     use wiremock::matchers::{body_json, body_string, header, method, path};
@@ -353,7 +353,6 @@ mod tests {
     #[test]
     fn a_digest_payload_follows_its_schema() {
         use jsonschema::Resource;
-        use store::groups::GroupId;
         let schemas = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/");
         let read = |name: &str| -> serde_json::Value {
             serde_json::from_str(&std::fs::read_to_string(format!("{schemas}{name}")).unwrap())
@@ -373,16 +372,12 @@ mod tests {
                 json!({"ans:status": "CLOSE"}),
             ),
         ];
-        let group = GroupId {
-            action: "hook".into(),
-            key: r#"{"eventType":"HighCPU"}"#.into(),
-        };
         let action = action(
             "hook",
             "WEB_HOOK",
             json!({"destination": "https://x.example"}),
         );
-        let body = digest_payload(&EventDigest::new(&group, jobs), &action);
+        let body = digest_payload(&digest(json!({"eventType": "HighCPU"}), jobs), &action);
         let payload: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let errors: Vec<String> = validator
             .iter_errors(&payload)
