@@ -338,14 +338,10 @@ impl Channel for EmailChannel {
     async fn deliver_digest(
         &self,
         digest: &Digest,
-        action: &Action,
+        _: &Action,
         config: &EmailConfig,
     ) -> Result<(), Failure> {
-        let message = match digest.jobs.as_slice() {
-            [one] => self.message(one, action, config)?,
-            _ => digest_mail(digest, config)?,
-        };
-        self.send(message, config).await
+        self.send(digest_mail(digest, config)?, config).await
     }
 }
 

@@ -55,6 +55,9 @@ pub trait Channel: Send + Sync + 'static {
     /// destinations take when an action says nothing (`messagesPerMinute`; 0: no limit).
     /// `None`: it keeps one incident per alert, and refuses grouping.
     const DIGESTS: Option<u32> = None;
+    /// Whether a digest of one event goes out as a digest too (a webhook's receiver then sees
+    /// one shape); otherwise it is that event's own message.
+    const DIGEST_OF_ONE: bool = false;
     /// An action's properties, checked and parsed.
     type Config: Send + Sync + 'static;
 
@@ -70,7 +73,8 @@ pub trait Channel: Send + Sync + 'static {
         config: &Self::Config,
     ) -> impl Future<Output = Result<(), Failure>> + Send;
 
-    /// Sends the events of `digest` as one message (channels with [`Self::DIGESTS`]).
+    /// Sends the events of `digest` as one message (channels with [`Self::DIGESTS`]); a digest
+    /// of one event comes here only with [`Self::DIGEST_OF_ONE`].
     fn deliver_digest(
         &self,
         _digest: &Digest,
@@ -186,7 +190,10 @@ impl<C: Channel> Registered for C {
         prepared: &Prepared,
     ) -> Result<(), Failure> {
         let config = Configured::of::<C>(prepared, action)?;
-        Channel::deliver_digest(self, digest, action, config).await
+        match digest.jobs.as_slice() {
+            [one] if !C::DIGEST_OF_ONE => Channel::deliver(self, one, action, config).await,
+            _ => Channel::deliver_digest(self, digest, action, config).await,
+        }
     }
 }
 

@@ -67,14 +67,13 @@ impl Channel for SlackChannel {
     async fn deliver_digest(
         &self,
         digest: &Digest,
-        action: &Action,
+        _: &Action,
         config: &ChatWebhook,
     ) -> Result<(), Failure> {
-        let payload = match digest.jobs.as_slice() {
-            [one] => message(&self.tools, one, action, config.templates())?,
-            _ => digest_message(digest),
-        };
-        config.post(&self.tools.http, &payload).await.map(drop)
+        config
+            .post(&self.tools.http, &digest_message(digest))
+            .await
+            .map(drop)
     }
 }
 
@@ -259,6 +258,38 @@ mod tests {
         assert_eq!(
             sent[1].body_json::<Value>().unwrap(),
             json!({"text": "CPU …"})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_digest_of_one_event_is_its_own_message() {
+        use crate::channels::Registered;
+        use crate::outbound::OutboundPolicy;
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
+            .mount(&server)
+            .await;
+        let (tools, _dir) = tools();
+        let channel = SlackChannel::new(tools.clone());
+        let action = action("slack", "SLACK", json!({"webhookUrl": server.uri()}));
+        let policy = OutboundPolicy::new(crate::channels::tests::loopback());
+        let prepared = Registered::prepare(&channel, &action, &policy).unwrap();
+        let one = job(json!({}));
+        let sent = Registered::deliver_digest(
+            &channel,
+            &digest(json!({}), vec![one.clone()]),
+            &action,
+            &prepared,
+        )
+        .await;
+        assert_eq!(sent, Ok(()));
+        let received: Value = server.received_requests().await.unwrap()[0]
+            .body_json()
+            .unwrap();
+        assert_eq!(
+            received,
+            message(&tools, &one, &action, &MessageTemplates::default()).unwrap()
         );
     }
 

@@ -186,14 +186,10 @@ impl Channel for TeamsChannel {
     async fn deliver_digest(
         &self,
         digest: &Digest,
-        action: &Action,
+        _: &Action,
         config: &ChatWebhook,
     ) -> Result<(), Failure> {
-        let payload = match digest.jobs.as_slice() {
-            [one] => self.card(one, action, config)?,
-            _ => digest_card(digest),
-        };
-        self.send(&payload, config).await
+        self.send(&digest_card(digest), config).await
     }
 }
 

@@ -161,6 +161,7 @@ impl Channel for WebhookChannel {
         "signingSecret",
     ];
     const DIGESTS: Option<u32> = Some(0);
+    const DIGEST_OF_ONE: bool = true;
     type Config = WebhookConfig;
 
     fn configure(&self, p: &Properties) -> Result<WebhookConfig, PropertyError> {
