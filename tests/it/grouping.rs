@@ -350,3 +350,56 @@ async fn a_group_waiting_at_a_kill_is_delivered_once_after_restart_embedded_and_
 async fn a_group_waiting_at_a_kill_is_delivered_once_after_restart_rabbitmq_and_postgres() {
     a_group_waiting_at_a_kill_is_delivered_once_after_restart(Backend::Rabbitmq).await;
 }
+
+/// A digest that cannot be delivered: every event in it is recorded undelivered with the
+/// reason, handed to the action's fallback, and reported by a delivery-status event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undelivered_digest_records_falls_back_and_reports_every_event() {
+    const EVENTS: usize = 3;
+    let refusing = Destination::start(|_| 400).await;
+    let configuration = json!({
+        "actions": [
+            {"name": "grouped", "type": "WEB_HOOK", "state": "ENABLED",
+             "enableDeliveryStatus": true, "fallbackAction": "rescue",
+             "properties": {"destination": refusing.url, "groupBy": "eventType", "groupWaitSeconds": "1"}},
+            {"name": "rescue", "type": "STORE", "state": "ENABLED"},
+            {"name": "store", "type": "STORE", "state": "ENABLED"}
+        ],
+        "conditions": [
+            {"name": "disks", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": "DiskFull"},
+            {"name": "statuses", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": "TocsinDeliveryStatus"}
+        ],
+        "subscriptions": [
+            {"name": "disks", "state": "ENABLED", "conditions": ["disks"], "actions": ["grouped", "store"]},
+            {"name": "statuses", "state": "ENABLED", "conditions": ["statuses"], "actions": ["store"]}
+        ]
+    });
+    let tocsin = Tocsin::start(Backend::Embedded, &configuration, &[]).await;
+    for n in 0..EVENTS {
+        tocsin.send(&storm_event(n)).await;
+    }
+    let undelivered = tocsin
+        .wait_for_count(
+            "/cf/consumer/v1/undelivered-events?include=FAILURE_REASON",
+            EVENTS as u64,
+        )
+        .await;
+    for event in undelivered["results"].as_array().unwrap() {
+        let reasons = &event["metadata"]["failureReasons"];
+        assert_eq!(reasons[0]["code"], 400, "{event}");
+    }
+    assert_eq!(refusing.received().len(), 1, "one digest for the three");
+    // The originals in `store`, again in `rescue` (the fallback), and their status events.
+    let matched = tocsin
+        .wait_for_count("/cf/consumer/v1/matched-events", 3 * EVENTS as u64)
+        .await;
+    let statuses = matched["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["eventType"] == "TocsinDeliveryStatus")
+        .filter(|e| e["tags"]["tocsin:deliveryStatus"] == "UNDELIVERED")
+        .count();
+    assert_eq!(statuses, EVENTS);
+    tocsin.shutdown().await;
+}

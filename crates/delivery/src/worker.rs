@@ -139,6 +139,7 @@ impl DeliveryWorker {
             })
         };
         let flusher = Arc::new(Flusher {
+            bus: Arc::clone(&self.shared.bus),
             grouping: Arc::clone(&self.shared.grouping),
             catalog: self.shared.catalog.clone(),
             channels: self.shared.channels.clone(),

@@ -7,17 +7,21 @@
 //! meanwhile joins it), has the channel send one digest of its oldest [`DIGEST_LIMIT`]
 //! members, and then, for every member: records a delivered attempt, or — when the digest
 //! failed — a retrying attempt (the group is put off on the action's retry schedule, its
-//! failures kept with it) or a failed one and the `UNDELIVERED` record with every reason.
+//! failures kept with it) or a failed one and the `UNDELIVERED` record with every reason,
+//! handing the member to the action's fallback when the schedule says so. Members whose action
+//! asks for delivery-status events get one, as delivered jobs do.
 //! A `Retry-After` empties the bucket until then. After a crash the groups are still there,
 //! and a claim that its process did not finish lapses after [`LEASE`].
 
 use super::{Digest, Grouping};
 use crate::channels::Channels;
+use crate::delivery_status::{self, Status};
 use crate::failure::{Failure, Retry};
 use crate::records::{Attempt, AttemptOutcome, RecordStore};
 use crate::retry::{self, Next, RetrySchedule};
+use bus::{Bus, Queue};
 use metrics::{DeliveryOutcome, Metrics};
-use model::{Action, DeliveryJob, DeliveryStatus, FailureReason, SharedCatalog};
+use model::{Action, DeliveryJob, DeliveryStatus, FailureReason, IngestedEvent, SharedCatalog};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::groups::Claimed;
@@ -35,6 +39,7 @@ pub const DIGEST_LIMIT: u32 = 100;
 
 /// What sending a digest needs.
 pub struct Flusher {
+    pub bus: Arc<dyn Bus>,
     pub grouping: Arc<Grouping>,
     pub catalog: SharedCatalog,
     pub channels: Channels,
@@ -146,7 +151,13 @@ impl Flusher {
                     DeliveryOutcome::Delivered,
                     digest.jobs.len(),
                 );
-                self.done(&group, &sent, next_ms, truncated).await;
+                let action = prepared.map(|(action, _)| action);
+                if self
+                    .follow_up(action, &digest.jobs, (Status::Delivered, attempt), None)
+                    .await
+                {
+                    self.done(&group, &sent, next_ms, truncated).await;
+                }
                 return;
             }
             Err(failure) => failure,
@@ -190,15 +201,21 @@ impl Flusher {
                 let failures = serde_json::to_string(&failures).expect("failures serialize");
                 self.put_off(&group, due, &failures).await;
             }
-            Next::GiveUp { why, .. } => {
+            Next::GiveUp { fallback, why } => {
                 tracing::warn!(action = %group.id.action, events = digest.jobs.len(), attempts = attempt, code = failure.code.number(), reason = %failure.reason, why, "digest undelivered");
-                for job in &digest.jobs {
-                    let mut job = job.clone();
-                    job.attempt = attempt;
-                    job.failures.clone_from(&failures);
+                let undelivered: Vec<DeliveryJob> = digest
+                    .jobs
+                    .iter()
+                    .map(|job| DeliveryJob {
+                        attempt,
+                        failures: failures.clone(),
+                        ..job.clone()
+                    })
+                    .collect();
+                for job in &undelivered {
                     if let Err(e) = self
                         .records
-                        .record(&job, DeliveryStatus::Undelivered, &failures)
+                        .record(job, DeliveryStatus::Undelivered, &failures)
                         .await
                     {
                         // The group keeps it: the digest is claimed and tried again later.
@@ -217,7 +234,73 @@ impl Flusher {
                     DeliveryOutcome::Undelivered,
                     digest.jobs.len(),
                 );
-                self.done(&group, &sent, next_ms, truncated).await;
+                let action = prepared.map(|(action, _)| action);
+                let fallback = action
+                    .filter(|_| fallback)
+                    .and_then(|a| a.fallback_action.as_deref());
+                if self
+                    .follow_up(
+                        action,
+                        &undelivered,
+                        (Status::Undelivered, attempt),
+                        fallback,
+                    )
+                    .await
+                {
+                    self.done(&group, &sent, next_ms, truncated).await;
+                }
+            }
+        }
+    }
+
+    /// What follows a digest's outcome for its members, as for a job of their own: their
+    /// status events (after `attempts` attempts) when their action asks for them, and,
+    /// undelivered, their jobs for the `fallback` action. False when it cannot be queued: the group keeps them, its claim
+    /// lapses and the digest goes again (at least once).
+    async fn follow_up(
+        &self,
+        action: Option<&Action>,
+        jobs: &[DeliveryJob],
+        (status, attempts): (Status, u32),
+        fallback: Option<&str>,
+    ) -> bool {
+        let now_ms = clock::now_epoch_millis();
+        let events: Vec<_> = jobs
+            .iter()
+            .filter(|job| delivery_status::wanted(action, job))
+            .map(|job| {
+                let event = delivery_status::event(job, status, attempts, now_ms / 1000);
+                IngestedEvent::encode(&event, now_ms).into()
+            })
+            .collect();
+        if !events.is_empty() {
+            if let Err(e) = self.bus.publish(Queue::Events, events).await {
+                tracing::error!(error = %e, "cannot queue a digest's delivery-status events; it goes again");
+                return false;
+            }
+        }
+        let Some(fallback) = fallback else {
+            return true;
+        };
+        let stand_ins: Vec<_> = jobs
+            .iter()
+            .map(|job| {
+                let mut stand_in =
+                    DeliveryJob::new(job.event.clone(), job.accepted_at_ms, fallback);
+                stand_in.fallback_for = Some(job.action.clone());
+                stand_in.encode().into()
+            })
+            .collect();
+        tracing::info!(
+            fallback,
+            events = jobs.len(),
+            "handing a digest's events over to the fallback action"
+        );
+        match self.bus.publish(Queue::Deliveries, stand_ins).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot queue a digest's fallback jobs; it goes again");
+                false
             }
         }
     }
