@@ -86,9 +86,7 @@ impl StormControl {
 
     fn admit_at(&self, key: &str, rate: Rate, now: Instant) -> bool {
         let mut buckets = self.buckets.lock().expect("not poisoned");
-        let bucket = buckets
-            .entry(key.to_owned())
-            .or_insert_with(|| Bucket::full(rate, now));
+        let bucket = bucket(&mut buckets, key, rate, now);
         if !bucket.backlog && bucket.take(rate, now).is_ok() {
             return true;
         }
@@ -103,10 +101,7 @@ impl StormControl {
 
     fn take_at(&self, key: &str, rate: Rate, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().expect("not poisoned");
-        buckets
-            .entry(key.to_owned())
-            .or_insert_with(|| Bucket::full(rate, now))
-            .take(rate, now)
+        bucket(&mut buckets, key, rate, now).take(rate, now)
     }
 
     /// The destination of `key` asked for nothing more for `wait` (a 429's `Retry-After`).
@@ -125,6 +120,20 @@ impl StormControl {
             bucket.backlog = false;
         }
     }
+}
+
+/// The bucket of `key`, a full one if it has none yet (the key is copied only then: this is
+/// on the hot path of every job of an action with storm control).
+fn bucket<'b>(
+    buckets: &'b mut HashMap<String, Bucket>,
+    key: &str,
+    rate: Rate,
+    now: Instant,
+) -> &'b mut Bucket {
+    if !buckets.contains_key(key) {
+        buckets.insert(key.to_owned(), Bucket::full(rate, now));
+    }
+    buckets.get_mut(key).expect("inserted")
 }
 
 #[cfg(test)]

@@ -92,6 +92,12 @@ impl Flusher {
             })
             .collect();
         let sent: Vec<String> = group.members.iter().map(|m| m.event_id.clone()).collect();
+        if jobs.is_empty() {
+            // Nothing left to send (an empty claim, or only undecodable members).
+            self.done(&group, &sent, clock::now_epoch_millis(), false)
+                .await;
+            return;
+        }
         let mut failures: Vec<FailureReason> =
             serde_json::from_str(&group.failures).unwrap_or_default();
         let catalog = self.catalog.load_full();
