@@ -37,6 +37,43 @@ const GROUPS_PER_TICK: u32 = 32;
 /// channel's renderer fits this many into one message (Slack's 50 blocks, Teams' 28 KB).
 pub const DIGEST_LIMIT: u32 = 100;
 
+/// A digest that went out (or tried to): its group, the ids of its members, its events and
+/// its action (`None`: gone since).
+struct Sent<'a> {
+    group: &'a Claimed,
+    ids: Vec<String>,
+    digest: Digest,
+    action: Option<&'a Action>,
+}
+
+/// One attempt at a digest, for the records and the metrics.
+struct Attempted {
+    channel: &'static str,
+    /// 1 for the first.
+    attempt: u32,
+    started_at_ms: i64,
+    took: Duration,
+    /// When the group's next digest may go.
+    next_ms: i64,
+    /// Whether the group had more members than the digest took.
+    truncated: bool,
+}
+
+impl Attempted {
+    /// The attempt as recorded for each member of `sent`.
+    fn note(&self, sent: &Sent<'_>, outcome: AttemptOutcome, failure: Option<&Failure>) -> Attempt {
+        Attempt {
+            action: sent.group.id.action.clone(),
+            attempt: self.attempt,
+            started_at_ms: self.started_at_ms,
+            duration_ms: self.took.as_millis() as i64,
+            outcome,
+            code: failure.map(|f| f.code.number()),
+            reason: failure.map(|f| f.reason.clone()),
+        }
+    }
+}
+
 /// What sending a digest needs.
 pub struct Flusher {
     pub bus: Arc<dyn Bus>,
@@ -98,12 +135,11 @@ impl Flusher {
                 .await;
             return;
         }
-        let mut failures: Vec<FailureReason> =
-            serde_json::from_str(&group.failures).unwrap_or_default();
         let catalog = self.catalog.load_full();
         let prepared = catalog.prepared(&group.id.action);
+        let action = prepared.map(|(action, _)| action);
         let plan = prepared.and_then(|(_, p)| p.as_ref().ok().and_then(Channels::plan));
-        if let (Some((action, _)), Some(rate)) = (prepared, plan.and_then(|p| p.rate)) {
+        if let (Some(action), Some(rate)) = (action, plan.and_then(|p| p.rate)) {
             if let Err(wait) = self.grouping.storm.take(&action.name, rate) {
                 let due = clock::now_epoch_millis() + wait.as_millis() as i64;
                 self.put_off(&group, due, &group.failures).await;
@@ -111,74 +147,95 @@ impl Flusher {
             }
         }
         let digest = Digest::new(&group.id, jobs);
-        let channel = prepared
-            .and_then(|(action, _)| self.channels.type_name(&action.action_type))
-            .unwrap_or("none");
         let started_at_ms = clock::now_epoch_millis();
         let clock = Instant::now();
         let outcome = self
             .channels
             .attempt_digest(&digest, &group.id.action, prepared)
             .await;
-        let took = clock.elapsed();
-        let attempt = failures.len() as u32 + 1;
-        let interval = plan.map_or(Duration::ZERO, |p| p.interval());
         let truncated = sent.len() as u32 >= DIGEST_LIMIT;
-        let next_ms = if truncated {
-            started_at_ms
-        } else {
-            clock::now_epoch_millis() + interval.as_millis() as i64
-        };
-        let note = |outcome, failure: Option<&Failure>| Attempt {
-            action: group.id.action.clone(),
-            attempt,
+        let interval = plan.map_or(Duration::ZERO, |p| p.interval());
+        let finished_at_ms = clock::now_epoch_millis();
+        let failures: Vec<FailureReason> =
+            serde_json::from_str(&group.failures).unwrap_or_default();
+        let attempted = Attempted {
+            channel: action
+                .and_then(|a| self.channels.type_name(&a.action_type))
+                .unwrap_or("none"),
+            attempt: failures.len() as u32 + 1,
             started_at_ms,
-            duration_ms: took.as_millis() as i64,
-            outcome,
-            code: failure.map(|f| f.code.number()),
-            reason: failure.map(|f| f.reason.clone()),
+            took: clock.elapsed(),
+            // What is left of a group larger than a digest goes at once.
+            next_ms: if truncated {
+                started_at_ms
+            } else {
+                finished_at_ms + interval.as_millis() as i64
+            },
+            truncated,
         };
-        let failure = match outcome {
-            Ok(()) => {
-                tracing::info!(action = %group.id.action, events = digest.jobs.len(), "digest delivered");
-                self.metrics
-                    .delivery_attempt(channel, metrics::Attempt::Success, took);
-                for job in &digest.jobs {
-                    self.note(job, note(AttemptOutcome::Delivered, None)).await;
-                    self.metrics.delivery_finished(
-                        channel,
-                        DeliveryOutcome::Delivered,
-                        job.accepted_at_ms,
-                        clock::now_epoch_millis(),
-                    );
-                }
-                self.metrics.digest_finished(
-                    channel,
-                    DeliveryOutcome::Delivered,
-                    digest.jobs.len(),
-                );
-                let action = prepared.map(|(action, _)| action);
-                if self
-                    .follow_up(action, &digest.jobs, (Status::Delivered, attempt), None)
-                    .await
-                {
-                    self.done(&group, &sent, next_ms, truncated).await;
-                }
-                return;
-            }
-            Err(failure) => failure,
+        let sent = Sent {
+            group: &group,
+            ids: sent,
+            digest,
+            action,
         };
-        if let (Some((action, _)), Retry::After(wait)) = (prepared, failure.retry) {
+        match outcome {
+            Ok(()) => self.on_delivered(&sent, &attempted).await,
+            Err(failure) => self.on_failed(&sent, &attempted, failures, failure).await,
+        }
+    }
+
+    /// Every member is delivered.
+    async fn on_delivered(&self, sent: &Sent<'_>, attempted: &Attempted) {
+        let (channel, jobs) = (attempted.channel, &sent.digest.jobs);
+        tracing::info!(action = %sent.group.id.action, events = jobs.len(), "digest delivered");
+        self.metrics
+            .delivery_attempt(channel, metrics::Attempt::Success, attempted.took);
+        for job in jobs {
+            self.note(job, attempted.note(sent, AttemptOutcome::Delivered, None))
+                .await;
+            self.metrics.delivery_finished(
+                channel,
+                DeliveryOutcome::Delivered,
+                job.accepted_at_ms,
+                clock::now_epoch_millis(),
+            );
+        }
+        self.metrics
+            .digest_finished(channel, DeliveryOutcome::Delivered, jobs.len());
+        let status = (Status::Delivered, attempted.attempt);
+        if self.follow_up(sent.action, jobs, status, None).await {
+            self.done(
+                sent.group,
+                &sent.ids,
+                attempted.next_ms,
+                attempted.truncated,
+            )
+            .await;
+        }
+    }
+
+    /// The digest failed with `failure` after `failures`: retried on the action's schedule,
+    /// or every member is undelivered.
+    async fn on_failed(
+        &self,
+        sent: &Sent<'_>,
+        attempted: &Attempted,
+        mut failures: Vec<FailureReason>,
+        failure: Failure,
+    ) {
+        let (channel, jobs, attempt) = (attempted.channel, &sent.digest.jobs, attempted.attempt);
+        if let (Some(action), Retry::After(wait)) = (sent.action, failure.retry) {
             self.grouping.throttled(&action.name, wait);
         }
         failures.push(FailureReason {
             code: failure.code.number(),
             reason: failure.reason.clone(),
-            timestamp: started_at_ms / 1000,
+            timestamp: attempted.started_at_ms / 1000,
         });
-        let next = match (prepared, digest.jobs.first()) {
-            (Some((action, _)), Some(first)) => self.next_step(action, first, &failures, &failure),
-            _ => Next::GiveUp {
+        let next = match sent.action {
+            Some(action) => self.next_step(action, &jobs[0], &failures, &failure),
+            None => Next::GiveUp {
                 fallback: false,
                 why: "the action no longer exists",
             },
@@ -190,72 +247,71 @@ impl Flusher {
                 kind: failure.code.kind(),
                 retryable: retrying,
             },
-            took,
+            attempted.took,
         );
         let outcome = if retrying {
             AttemptOutcome::Retrying
         } else {
             AttemptOutcome::Failed
         };
-        for job in &digest.jobs {
-            self.note(job, note(outcome, Some(&failure))).await;
+        for job in jobs {
+            self.note(job, attempted.note(sent, outcome, Some(&failure)))
+                .await;
         }
-        match next {
+        let (fallback, why) = match next {
             Next::Retry { after } => {
-                tracing::warn!(action = %group.id.action, events = digest.jobs.len(), attempt, code = failure.code.number(), reason = %failure.reason, retry_in_ms = after.as_millis() as u64, "digest failed; retrying");
+                tracing::warn!(action = %sent.group.id.action, events = jobs.len(), attempt, code = failure.code.number(), reason = %failure.reason, retry_in_ms = after.as_millis() as u64, "digest failed; retrying");
                 let due = clock::now_epoch_millis() + after.as_millis() as i64;
                 let failures = serde_json::to_string(&failures).expect("failures serialize");
-                self.put_off(&group, due, &failures).await;
+                self.put_off(sent.group, due, &failures).await;
+                return;
             }
-            Next::GiveUp { fallback, why } => {
-                tracing::warn!(action = %group.id.action, events = digest.jobs.len(), attempts = attempt, code = failure.code.number(), reason = %failure.reason, why, "digest undelivered");
-                let undelivered: Vec<DeliveryJob> = digest
-                    .jobs
-                    .iter()
-                    .map(|job| DeliveryJob {
-                        attempt,
-                        failures: failures.clone(),
-                        ..job.clone()
-                    })
-                    .collect();
-                for job in &undelivered {
-                    if let Err(e) = self
-                        .records
-                        .record(job, DeliveryStatus::Undelivered, &failures)
-                        .await
-                    {
-                        // The group keeps it: the digest is claimed and tried again later.
-                        tracing::error!(error = %e, event = %job.event.id, "cannot record an undelivered event; its group is sent again");
-                        return;
-                    }
-                    self.metrics.delivery_finished(
-                        channel,
-                        DeliveryOutcome::Undelivered,
-                        job.accepted_at_ms,
-                        clock::now_epoch_millis(),
-                    );
-                }
-                self.metrics.digest_finished(
-                    channel,
-                    DeliveryOutcome::Undelivered,
-                    digest.jobs.len(),
-                );
-                let action = prepared.map(|(action, _)| action);
-                let fallback = action
-                    .filter(|_| fallback)
-                    .and_then(|a| a.fallback_action.as_deref());
-                if self
-                    .follow_up(
-                        action,
-                        &undelivered,
-                        (Status::Undelivered, attempt),
-                        fallback,
-                    )
-                    .await
-                {
-                    self.done(&group, &sent, next_ms, truncated).await;
-                }
+            Next::GiveUp { fallback, why } => (fallback, why),
+        };
+        tracing::warn!(action = %sent.group.id.action, events = jobs.len(), attempts = attempt, code = failure.code.number(), reason = %failure.reason, why, "digest undelivered");
+        let undelivered: Vec<DeliveryJob> = jobs
+            .iter()
+            .map(|job| DeliveryJob {
+                attempt,
+                failures: failures.clone(),
+                ..job.clone()
+            })
+            .collect();
+        for job in &undelivered {
+            let recorded = self
+                .records
+                .record(job, DeliveryStatus::Undelivered, &failures)
+                .await;
+            if let Err(e) = recorded {
+                // The group keeps it: the digest is claimed and tried again later.
+                tracing::error!(error = %e, event = %job.event.id, "cannot record an undelivered event; its group is sent again");
+                return;
             }
+            self.metrics.delivery_finished(
+                channel,
+                DeliveryOutcome::Undelivered,
+                job.accepted_at_ms,
+                clock::now_epoch_millis(),
+            );
+        }
+        self.metrics
+            .digest_finished(channel, DeliveryOutcome::Undelivered, jobs.len());
+        let fallback = sent
+            .action
+            .filter(|_| fallback)
+            .and_then(|a| a.fallback_action.as_deref());
+        let status = (Status::Undelivered, attempt);
+        if self
+            .follow_up(sent.action, &undelivered, status, fallback)
+            .await
+        {
+            self.done(
+                sent.group,
+                &sent.ids,
+                attempted.next_ms,
+                attempted.truncated,
+            )
+            .await;
         }
     }
 
