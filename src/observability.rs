@@ -157,6 +157,7 @@ pub struct Probe {
     pub alerts: store::alerts::AlertStore,
     pub config: Arc<ConfigStore>,
     pub channels: delivery::channels::Channels,
+    pub groups: store::groups::GroupStore,
     pub metrics: Arc<Metrics>,
 }
 
@@ -174,6 +175,9 @@ impl Probe {
         }
         if let Some(delayed) = within(self.bus.delayed_count()).await {
             metrics.set_retry_backlog(delayed);
+        }
+        if let Some(held) = within(self.groups.held()).await {
+            metrics.set_held(held.max(0) as u64);
         }
         if let Some(dead) = within(self.bus.dead_letter_count()).await {
             metrics.set_dead_letters(dead);

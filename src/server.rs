@@ -12,8 +12,8 @@ use crate::settings::{Backend, Settings};
 use anyhow::Context;
 use bus::{Bus, EmbeddedBus, RabbitBus, RabbitSettings};
 use delivery::channels::Channels;
-use delivery::lanes::Lanes;
 use delivery::records::{RecordStore, Region};
+use delivery::worker::Durable;
 use delivery::{DeliveryConfig, DeliveryWorker};
 use ingest::sources::idempotency::Idempotency;
 use ingest::sources::oci::OciSource;
@@ -138,6 +138,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         Arc::clone(&bus),
         pipeline_stopping.clone(),
     ));
+    let durable = Durable::open(&location).await?;
+    let groups = durable.groups.clone();
     let worker = DeliveryWorker::new(
         DeliveryConfig {
             prefetch: settings.delivery.prefetch,
@@ -147,7 +149,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         catalog,
         channels.clone(),
         records.clone(),
-        Lanes::open(&location).await?,
+        durable,
         Arc::clone(&metrics),
     );
     let retention = tokio::spawn(delivery::retention::run(
@@ -177,6 +179,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         alerts,
         config: Arc::clone(&config_store),
         channels,
+        groups,
         metrics,
     };
     let routes = api_routes(

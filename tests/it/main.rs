@@ -17,6 +17,7 @@ mod console;
 mod crash_recovery;
 mod dead_letters;
 mod docs_examples;
+mod grouping;
 mod https;
 mod idempotency;
 mod image;

@@ -4,6 +4,8 @@
 //! Where a job goes, in order:
 //! - [`worker`] takes it off the deliveries queue, keeps per-key order through the ordering
 //!   [`lanes`], and runs it through its steps: attempt, then delivered, retry or give up;
+//! - [`grouping`] holds back the jobs of actions that group their events (or that storm
+//!   control slows down) and sends them as digests;
 //! - [`channels`] make the attempt, one per action `type` (the registry lists them), each with
 //!   the typed configuration its check built when the action was saved ([`properties`],
 //!   [`templates`], [`http`], [`links`], [`lifecycle`] are their tools; [`outbound`] says
@@ -24,6 +26,7 @@ pub mod channels;
 pub mod consumer_api;
 pub mod delivery_status;
 pub mod failure;
+pub mod grouping;
 pub mod http;
 pub mod lanes;
 pub mod lifecycle;

@@ -8,12 +8,16 @@
 //! nothing while it waits, its lane held durably) or [`Shared::on_give_up`] (recorded
 //! `UNDELIVERED` with every reason, handed to the fallback action if it has one). A job's queue
 //! message is acked only after its next step is durable; when a step cannot be made durable the
-//! message is handed back, so nothing is lost. On shutdown the worker stops taking jobs and
-//! finishes those in hand.
+//! message is handed back, so nothing is lost. A job whose action groups its events, or that
+//! storm control holds back, is written into its group instead ([`Shared::on_held`]) and sent
+//! later in a digest by the [`flusher`](crate::grouping::flusher), which the worker runs too.
+//! On shutdown the worker stops taking jobs and finishes those in hand.
 
 use crate::channels::Channels;
 use crate::delivery_status::{self, Status};
-use crate::failure::Failure;
+use crate::failure::{Failure, Retry};
+use crate::grouping::flusher::Flusher;
+use crate::grouping::{Grouping, Held, Plan};
 use crate::lanes::{Lanes, OrderingLanes, RecoverError, STRANDED_AFTER};
 use crate::records::{Attempt, AttemptOutcome, RecordStore};
 use crate::retry::{self, Next, RetrySchedule};
@@ -48,6 +52,23 @@ pub enum WorkerError {
     Bus(#[from] bus::BusError),
 }
 
+/// What the worker keeps durably besides the records: the ordering lanes whose head waits for
+/// a retry, and the groups of jobs held for digests.
+pub struct Durable {
+    pub lanes: Lanes,
+    pub groups: store::groups::GroupStore,
+}
+
+impl Durable {
+    /// Both, where `location` keeps the state.
+    pub async fn open(location: &store::Location) -> Result<Self, store::StoreError> {
+        Ok(Durable {
+            lanes: Lanes::open(location).await?,
+            groups: store::groups::GroupStore::open(location).await?,
+        })
+    }
+}
+
 pub struct DeliveryWorker {
     prefetch: u16,
     shared: Arc<Shared>,
@@ -61,6 +82,7 @@ struct Shared {
     lanes: OrderingLanes,
     retry: RetrySchedule,
     metrics: Arc<Metrics>,
+    grouping: Arc<Grouping>,
 }
 
 /// What follows a failed attempt.
@@ -84,18 +106,19 @@ impl DeliveryWorker {
         catalog: SharedCatalog,
         channels: Channels,
         records: RecordStore,
-        lanes: Lanes,
+        durable: Durable,
         metrics: Arc<Metrics>,
     ) -> Self {
         DeliveryWorker {
             prefetch: config.prefetch,
             shared: Arc::new(Shared {
-                lanes: OrderingLanes::new(lanes, Arc::clone(&bus)),
+                lanes: OrderingLanes::new(durable.lanes, Arc::clone(&bus)),
                 bus,
                 catalog,
                 channels,
                 records,
                 retry: config.retry,
+                grouping: Arc::new(Grouping::new(durable.groups, Arc::clone(&metrics))),
                 metrics,
             }),
         }
@@ -115,6 +138,16 @@ impl DeliveryWorker {
                 }
             })
         };
+        let flusher = Arc::new(Flusher {
+            bus: Arc::clone(&self.shared.bus),
+            grouping: Arc::clone(&self.shared.grouping),
+            catalog: self.shared.catalog.clone(),
+            channels: self.shared.channels.clone(),
+            records: self.shared.records.clone(),
+            retry: self.shared.retry.clone(),
+            metrics: Arc::clone(&self.shared.metrics),
+        });
+        let flusher = tokio::spawn(flusher.run(shutdown.clone()));
         let mut jobs = self
             .shared
             .bus
@@ -146,6 +179,9 @@ impl DeliveryWorker {
         drop(jobs);
         sweeper.abort();
         while in_hand.join_next().await.is_some() {}
+        if let Err(e) = flusher.await {
+            tracing::error!(error = %e, "the digest flusher failed");
+        }
         tracing::info!("delivery stopped");
         Ok(())
     }
@@ -197,11 +233,21 @@ impl Shared {
                 .await?;
             return self.finish(delivery, &job).await;
         }
+        let plan = prepared.and_then(|(_, p)| p.as_ref().ok().and_then(Channels::plan));
+        if let (Some(action), Some(plan)) = (action, plan) {
+            if let Some(why) = self.grouping.holds(action, plan) {
+                return self.on_held(delivery, &job, plan, why).await;
+            }
+        }
         let (outcome, attempted) = self.attempt(&mut job, prepared).await;
         let failure = match outcome {
             Ok(()) => return self.on_delivered(delivery, &job, action, &attempted).await,
             Err(failure) => failure,
         };
+        if let (Some(action), Retry::After(wait)) = (action, failure.retry) {
+            // What comes for this destination meanwhile waits in its group, not for a 429.
+            self.grouping.throttled(&action.name, wait);
+        }
         job.attempt += 1;
         job.failures.push(FailureReason {
             code: failure.code.number(),
@@ -308,6 +354,23 @@ impl Shared {
         let delivery = self
             .report(delivery, action, job, Status::Delivered)
             .await?;
+        self.finish(delivery, job).await
+    }
+
+    /// The job waits in its group for a digest: acked once it is written there.
+    async fn on_held(
+        &self,
+        delivery: Ticket,
+        job: &DeliveryJob,
+        plan: &Plan,
+        why: Held,
+    ) -> Option<(Ticket, DeliveryJob)> {
+        if let Err(e) = self.grouping.hold(job, plan, why).await {
+            tracing::error!(error = %e, event = %job.event.id, "cannot hold a job in its group; it will run again");
+            self.hand_back(delivery, job).await;
+            return None;
+        }
+        tracing::debug!(event = %job.event.id, action = %job.action, ?why, "held for a digest");
         self.finish(delivery, job).await
     }
 

@@ -298,6 +298,10 @@ pub struct Metrics {
     time_to_acknowledge: Histogram,
     time_to_resolve: Histogram,
     alert_acts: IntCounterVec,
+    events_held: IntCounterVec,
+    held: IntGauge,
+    digests: IntCounterVec,
+    digest_events: HistogramVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -310,6 +314,8 @@ const END_TO_END_BUCKETS: &[f64] = &[
 const COMMIT_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
+/// Events per digest: one (a storm's first straggler) to a digest's limit.
+const DIGEST_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0];
 const WRITES_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 /// People take from seconds (a quick acknowledgement) to a day (a weekend's resolution).
 const RESPONSE_BUCKETS: &[f64] = &[
@@ -429,6 +435,27 @@ impl Metrics {
                 "From an event's acceptance (its 202) to its delivery, by channel.",
                 &["channel"],
                 END_TO_END_BUCKETS,
+            ),
+            events_held: counter(
+                "tocsin_delivery_events_held_total",
+                "Delivery jobs held back to go out in a digest, by reason: `group` (the action \
+                 groups) or `storm` (storm control found no token for its destination).",
+                &["reason"],
+            ),
+            held: gauge(
+                "tocsin_delivery_held",
+                "Delivery jobs waiting in their groups for a digest.",
+            ),
+            digests: counter(
+                "tocsin_digests_total",
+                "Digests (groups flushed into one message) that ended, by channel and outcome.",
+                &["channel", "outcome"],
+            ),
+            digest_events: histogram(
+                "tocsin_digest_events",
+                "Events named in one digest, by channel.",
+                &["channel"],
+                DIGEST_BUCKETS,
             ),
             retry_backlog: gauge(
                 "tocsin_delivery_retry_backlog",
@@ -690,6 +717,27 @@ impl Metrics {
             })
             .map(|metric| metric.get_counter().get_value() as u64)
             .sum()
+    }
+
+    /// A delivery job was held back for a digest; `storm`: by storm control, else by grouping.
+    pub fn event_held(&self, storm: bool) {
+        let reason = if storm { "storm" } else { "group" };
+        self.events_held.with_label_values(&[reason]).inc();
+    }
+
+    /// Jobs now waiting in their groups for a digest.
+    pub fn set_held(&self, jobs: u64) {
+        self.held.set(gauge_value(jobs));
+    }
+
+    /// A digest of `events` events through `channel` ended as `outcome`.
+    pub fn digest_finished(&self, channel: &'static str, outcome: DeliveryOutcome, events: usize) {
+        self.digests
+            .with_label_values(&[channel, outcome.as_str()])
+            .inc();
+        self.digest_events
+            .with_label_values(&[channel])
+            .observe(events as f64);
     }
 
     /// Jobs now waiting for a retry.

@@ -17,6 +17,8 @@
 //!   and the jobs parked behind it — so that per-key order holds across processes;
 //! - [`dedupe`]: windows of what was already published — OCI messages, and the producer APIs'
 //!   `Idempotency-Key` requests (with their first answer) and Alertmanager alerts;
+//! - [`groups`]: the delivery jobs held back to go out together as one digest (grouping and
+//!   storm control), durable until the digest is sent;
 //! - [`silences`]: who silenced which events, from when until when, and which releases are done;
 //! - [`subscriptions`]: the OCI subscriptions' confirmation outcomes.
 //!
@@ -30,6 +32,7 @@ mod availability;
 pub mod config;
 pub mod dedupe;
 mod error;
+pub mod groups;
 mod key_locks;
 pub mod lanes;
 pub mod links;

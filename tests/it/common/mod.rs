@@ -373,7 +373,7 @@ impl Tocsin {
     }
 
     /// Waits until nothing is left to do on the bus: every queue empty, in-flight messages
-    /// included, and no job waiting for a retry. What a test has sent by then has been routed
+    /// included, no job waiting for a retry, and none held in a group for a digest. What a test has sent by then has been routed
     /// and delivered (or recorded as undelivered), so a count taken now is final — the
     /// condition a negative check waits for instead of a fixed sleep.
     pub async fn wait_until_idle(&self) {
@@ -385,6 +385,7 @@ impl Tocsin {
                 .filter(|line| {
                     line.starts_with("tocsin_queue_depth{")
                         || line.starts_with("tocsin_delivery_retry_backlog ")
+                        || line.starts_with("tocsin_delivery_held ")
                 })
                 .filter(|line| !line.ends_with(" 0"))
                 .collect();

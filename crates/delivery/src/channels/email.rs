@@ -14,6 +14,12 @@
 //! its `destination`, as in ANS; an action's own `from` still overrides the relay's. The relay is
 //! the operator's, so the outbound policy applies to the servers actions name, not to it.
 //!
+//! Grouped (and storm-held) events go out as one digest mail: the subject is its headline
+//! (`[Tocsin] 12 alerts firing on db-1`), both parts list every event — severity, subject,
+//! resource, time and its details link — under *Firing* and *Resolved*. A digest of one event
+//! is that event's own mail. Storm control: none unless `messagesPerMinute` is set (a mail
+//! server takes far more than a reader does; group instead).
+//!
 //! The mail goes through `lettre`'s async SMTP client, one connection per mail, within the
 //! destination's in-flight limit and the request timeout (per SMTP command). An SMTP refusal
 //! keeps its reply code: 4xx (e.g. 451) is retryable, 5xx (e.g. 550 no such mailbox) is not.
@@ -22,9 +28,10 @@
 
 use super::{Channel, Tools};
 use crate::failure::{Code, Failure};
+use crate::grouping::Digest;
 use crate::http::chain;
 use crate::properties::{Properties, PropertyError};
-use crate::templates::{Format, Scope, Texts, EVENT_AS_TEXT};
+use crate::templates::{datetime, event_links, Format, Scope, Texts, EVENT_AS_TEXT};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
@@ -155,10 +162,6 @@ impl EmailChannel {
         action: &Action,
         config: &EmailConfig,
     ) -> Result<Message, Failure> {
-        let mut builder = Message::builder().from(config.from.clone());
-        for recipient in &config.to {
-            builder = builder.to(recipient.clone());
-        }
         let scope = Scope::new(job, action);
         let render = |property: &str,
                       format: Format,
@@ -181,11 +184,78 @@ impl EmailChannel {
             EVENT_AS_TEXT,
         )?;
         let html = render("htmlTemplate", Format::Html, &config.html, HTML)?;
-        builder
-            .subject(subject.replace(['\r', '\n'], " "))
-            .multipart(MultiPart::alternative_plain_html(text, html))
-            .map_err(|e| Failure::bad_action(format!("cannot build the mail: {e}")))
+        mail(config, &subject, text, html)
     }
+}
+
+/// The mail from and to the action's addresses with `subject` and both parts.
+fn mail(
+    config: &EmailConfig,
+    subject: &str,
+    text: String,
+    html: String,
+) -> Result<Message, Failure> {
+    let mut builder = Message::builder().from(config.from.clone());
+    for recipient in &config.to {
+        builder = builder.to(recipient.clone());
+    }
+    builder
+        .subject(subject.replace(['\r', '\n'], " "))
+        .multipart(MultiPart::alternative_plain_html(text, html))
+        .map_err(|e| Failure::bad_action(format!("cannot build the mail: {e}")))
+}
+
+/// The digest mail of several events: the headline as its subject, a line per event under
+/// *Firing* and *Resolved* in both parts.
+fn digest_mail(digest: &Digest, config: &EmailConfig) -> Result<Message, Failure> {
+    let headline = digest.headline();
+    let mut text = format!("{headline}\n");
+    let mut html = format!("<html><body>\n<h2>{}</h2>\n", escape(&headline));
+    for (title, jobs) in [
+        ("Firing", digest.firing().collect::<Vec<_>>()),
+        ("Resolved", digest.resolved().collect()),
+    ] {
+        if jobs.is_empty() {
+            continue;
+        }
+        text.push_str(&format!("\n{title}:\n"));
+        html.push_str(&format!("<h3>{title}</h3>\n<ul>\n"));
+        for job in jobs {
+            let event = &job.event;
+            let line = format!(
+                "[{}] {} · {} ({}) · {}",
+                event.severity,
+                event.subject,
+                event.resource.resource_name,
+                event.resource.resource_type,
+                datetime(event.event_timestamp)
+            );
+            let link = event_links(event).first().map(|(_, url)| *url);
+            text.push_str(&format!("- {line}\n"));
+            if let Some(url) = link {
+                text.push_str(&format!("  {url}\n"));
+            }
+            html.push_str(&match link {
+                Some(url) => format!(
+                    "<li><a href=\"{}\">{}</a></li>\n",
+                    escape(url),
+                    escape(&line)
+                ),
+                None => format!("<li>{}</li>\n", escape(&line)),
+            });
+        }
+        html.push_str("</ul>\n");
+    }
+    html.push_str("</body></html>\n");
+    mail(config, &format!("[Tocsin] {headline}"), text, html)
+}
+
+/// `text` safe inside HTML, in an element or a quoted attribute.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// An `EMAIL` action's properties, parsed.
@@ -213,6 +283,7 @@ impl Channel for EmailChannel {
         "payloadTemplate",
         "htmlTemplate",
     ];
+    const DIGESTS: Option<u32> = Some(0);
     type Config = EmailConfig;
 
     fn configure(&self, p: &Properties) -> Result<EmailConfig, PropertyError> {
@@ -261,6 +332,22 @@ impl Channel for EmailChannel {
         config: &EmailConfig,
     ) -> Result<(), Failure> {
         let message = self.message(job, action, config)?;
+        self.send(message, config).await
+    }
+
+    async fn deliver_digest(
+        &self,
+        digest: &Digest,
+        _: &Action,
+        config: &EmailConfig,
+    ) -> Result<(), Failure> {
+        self.send(digest_mail(digest, config)?, config).await
+    }
+}
+
+impl EmailChannel {
+    /// Sends `message` through the action's SMTP server (or the relay).
+    async fn send(&self, message: Message, config: &EmailConfig) -> Result<(), Failure> {
         let server = &config.server;
         let host = &server.host;
         let tls_parameters = || {
@@ -342,8 +429,10 @@ fn own_server(p: &Properties) -> Result<Server, PropertyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::tests::{action, attempt, job, tools};
+    use crate::channels::tests::{action, attempt, digest, job, job_with_id, loopback, tools};
+    use crate::channels::Registered;
     use crate::failure::{Code, Retry};
+    use crate::outbound::OutboundPolicy;
     use base64::engine::general_purpose::STANDARD as BASE64;
     use base64::Engine;
     use serde_json::json;
@@ -508,6 +597,39 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         sessions.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn a_digest_mail_lists_every_event_in_both_parts() {
+        let (port, sessions) = smtp_server(Listen::Plain).await;
+        let (tools, _dir) = tools();
+        let channel = EmailChannel::new(tools, &RelaySettings::default());
+        let action = email_action(port, "ops@example.com", json!({}));
+        let config =
+            Registered::prepare(&channel, &action, &OutboundPolicy::new(loopback())).unwrap();
+        let jobs = vec![
+            job_with_id(
+                "e1",
+                json!({"ans:detailsLink": "https://console.example/1"}),
+            ),
+            job_with_id("e2", json!({"ans:status": "CLOSE"})),
+        ];
+        let digest = digest(json!({"resource.resourceName": "web-1"}), jobs);
+        assert_eq!(
+            Registered::deliver_digest(&channel, &digest, &action, &config).await,
+            Ok(())
+        );
+        let data = wait_for_sessions(&sessions, 1).await.remove(0).data;
+        let data = data.replace("=\n", "").replace("=3D", "=");
+        for expected in [
+            "Subject: [Tocsin] 1 alert firing, 1 resolved on web-1",
+            "Firing:\n- [FATAL] CPU above 90%",
+            "  https://console.example/1",
+            "Resolved:\n- [FATAL] CPU above 90%",
+            "<li><a href=\"https://console.example/1\">[FATAL] CPU above 90%",
+        ] {
+            assert!(data.contains(expected), "missing {expected:?} in:\n{data}");
+        }
     }
 
     #[tokio::test]

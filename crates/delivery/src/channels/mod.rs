@@ -6,6 +6,9 @@
 //! that parses an action's properties into its typed configuration (run when the action is
 //! saved: a wrong property is a 400 then, not a failed alarm later), which of its URL
 //! properties are credentials, and one attempt, which ends delivered or with a [`Failure`].
+//! A channel that takes digests ([`Channel::DIGESTS`]) also accepts the grouping and storm
+//! control properties ([`crate::grouping`]) and renders a group of events as one message;
+//! the others keep one incident per alert and refuse them.
 //! Channels share their plumbing through [`Tools`]: the HTTP client with its per-destination
 //! limits ([`crate::http`]), the template engine ([`crate::templates`]) and the map from alert
 //! keys to what a destination created for them ([`crate::links`]).
@@ -22,6 +25,7 @@ mod victorops;
 mod webhook;
 
 use crate::failure::Failure;
+use crate::grouping::{Digest, Plan};
 use crate::http::Http;
 use crate::links::LinkStore;
 use crate::outbound::OutboundPolicy;
@@ -30,6 +34,7 @@ use crate::templates::Templates;
 use async_trait::async_trait;
 use model::{Action, ActionTypeError, ActionTypes, DeliveryJob, Prepared};
 use serde::{Deserialize, Serialize};
+use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -46,6 +51,13 @@ pub trait Channel: Send + Sync + 'static {
     /// Properties that are secrets although their names do not say so (names with `password`,
     /// `secret`, `token`, `apiKey`… are masked anyway): masked whole.
     const SECRETS: &'static [&'static str] = &[];
+    /// Whether this channel sends digests, and then how many messages a minute its
+    /// destinations take when an action says nothing (`messagesPerMinute`; 0: no limit).
+    /// `None`: it keeps one incident per alert, and refuses grouping.
+    const DIGESTS: Option<u32> = None;
+    /// Whether a digest of one event goes out as a digest too (a webhook's receiver then sees
+    /// one shape); otherwise it is that event's own message.
+    const DIGEST_OF_ONE: bool = false;
     /// An action's properties, checked and parsed.
     type Config: Send + Sync + 'static;
 
@@ -60,11 +72,49 @@ pub trait Channel: Send + Sync + 'static {
         action: &Action,
         config: &Self::Config,
     ) -> impl Future<Output = Result<(), Failure>> + Send;
+
+    /// Sends the events of `digest` as one message (channels with [`Self::DIGESTS`]); a digest
+    /// of one event comes here only with [`Self::DIGEST_OF_ONE`].
+    fn deliver_digest(
+        &self,
+        _digest: &Digest,
+        _action: &Action,
+        _config: &Self::Config,
+    ) -> impl Future<Output = Result<(), Failure>> + Send {
+        let refused = Failure::bad_action(format!("{} actions do not send digests", Self::TYPE));
+        async move { Err(refused) }
+    }
+}
+
+/// What [`Registered::prepare`] keeps for an action: its grouping plan and its channel's
+/// configuration.
+struct Configured {
+    plan: Plan,
+    config: Box<dyn Any + Send + Sync>,
+}
+
+impl Configured {
+    /// The configuration of channel `C`, as prepared for `action`.
+    fn of<'p, C: Channel>(
+        prepared: &'p Prepared,
+        action: &Action,
+    ) -> Result<&'p C::Config, Failure> {
+        prepared
+            .downcast_ref::<Configured>()
+            .and_then(|c| c.config.downcast_ref::<C::Config>())
+            .ok_or_else(|| {
+                Failure::bad_action(format!(
+                    "action `{}` was prepared for another type than {}",
+                    action.name,
+                    C::TYPE
+                ))
+            })
+    }
 }
 
 /// A [`Channel`] behind the registry: its configuration travels as a [`Prepared`].
 #[async_trait]
-trait Registered: Send + Sync {
+pub(crate) trait Registered: Send + Sync {
     fn action_type(&self) -> &'static str;
     fn credential_urls(&self) -> &'static [&'static str];
     fn secrets(&self) -> &'static [&'static str];
@@ -76,6 +126,12 @@ trait Registered: Send + Sync {
     async fn deliver(
         &self,
         job: &DeliveryJob,
+        action: &Action,
+        prepared: &Prepared,
+    ) -> Result<(), Failure>;
+    async fn deliver_digest(
+        &self,
+        digest: &Digest,
         action: &Action,
         prepared: &Prepared,
     ) -> Result<(), Failure>;
@@ -101,9 +157,20 @@ impl<C: Channel> Registered for C {
         outbound: &OutboundPolicy,
     ) -> Result<Prepared, PropertyError> {
         let properties = Properties::of(action, outbound);
-        properties.only(C::PROPERTIES)?;
+        let plan = match C::DIGESTS {
+            Some(per_minute) => {
+                properties.only(&[C::PROPERTIES, crate::grouping::PROPERTIES].concat())?;
+                Plan::read(&properties, per_minute)?
+            }
+            None => {
+                Plan::refuse(&properties, C::TYPE)?;
+                properties.only(C::PROPERTIES)?;
+                Plan::NONE
+            }
+        };
         crate::retry::RetrySchedule::check_overrides(&properties)?;
-        Ok(Arc::new(self.configure(&properties)?))
+        let config = Box::new(self.configure(&properties)?);
+        Ok(Arc::new(Configured { plan, config }))
     }
 
     async fn deliver(
@@ -112,14 +179,21 @@ impl<C: Channel> Registered for C {
         action: &Action,
         prepared: &Prepared,
     ) -> Result<(), Failure> {
-        let config = prepared.downcast_ref::<C::Config>().ok_or_else(|| {
-            Failure::bad_action(format!(
-                "action `{}` was prepared for another type than {}",
-                action.name,
-                C::TYPE
-            ))
-        })?;
+        let config = Configured::of::<C>(prepared, action)?;
         Channel::deliver(self, job, action, config).await
+    }
+
+    async fn deliver_digest(
+        &self,
+        digest: &Digest,
+        action: &Action,
+        prepared: &Prepared,
+    ) -> Result<(), Failure> {
+        let config = Configured::of::<C>(prepared, action)?;
+        match digest.jobs.as_slice() {
+            [one] if !C::DIGEST_OF_ONE => Channel::deliver(self, one, action, config).await,
+            _ => Channel::deliver_digest(self, digest, action, config).await,
+        }
     }
 }
 
@@ -278,6 +352,11 @@ impl Channels {
         (count(CircuitState::Open), count(CircuitState::HalfOpen))
     }
 
+    /// The grouping plan of an action as prepared (`None` if it was not prepared here).
+    pub fn plan(prepared: &Prepared) -> Option<&Plan> {
+        prepared.downcast_ref::<Configured>().map(|c| &c.plan)
+    }
+
     /// Makes one attempt of `job` through its action as the catalog holds it (`None`: the
     /// action is gone), with the configuration prepared when it was saved; an action that
     /// could not be prepared fails as it was refused.
@@ -286,43 +365,51 @@ impl Channels {
         job: &DeliveryJob,
         prepared: Option<(&Action, &Result<Prepared, ActionTypeError>)>,
     ) -> Result<(), Failure> {
-        match prepared {
-            None => Err(Failure::permanent(
-                crate::failure::Code::ActionMissing,
-                format!("action `{}` no longer exists", job.action),
-            )),
-            Some((action, Ok(prepared))) => self.deliver(job, action, prepared).await,
-            Some((action, Err(ActionTypeError::Unknown { .. }))) => Err(Failure::permanent(
+        let (channel, action, prepared) = self.ready(&job.action, prepared)?;
+        channel.deliver(job, action, prepared).await
+    }
+
+    /// Sends `digest` as one message through its action, as [`Self::attempt`] does one job.
+    pub async fn attempt_digest(
+        &self,
+        digest: &Digest,
+        action_name: &str,
+        prepared: Option<(&Action, &Result<Prepared, ActionTypeError>)>,
+    ) -> Result<(), Failure> {
+        let (channel, action, prepared) = self.ready(action_name, prepared)?;
+        channel.deliver_digest(digest, action, prepared).await
+    }
+
+    /// The channel, action and configuration an attempt for action `name` goes through, or
+    /// why there is none: the action is gone, its type is not served, or it was refused.
+    fn ready<'a>(
+        &'a self,
+        name: &str,
+        prepared: Option<(&'a Action, &'a Result<Prepared, ActionTypeError>)>,
+    ) -> Result<(&'a dyn Registered, &'a Action, &'a Prepared), Failure> {
+        let unsupported = |action: &Action| {
+            Failure::permanent(
                 crate::failure::Code::UnsupportedType,
                 format!(
                     "action type `{}` is not supported by this Tocsin version",
                     action.action_type
                 ),
+            )
+        };
+        match prepared {
+            None => Err(Failure::permanent(
+                crate::failure::Code::ActionMissing,
+                format!("action `{name}` no longer exists"),
             )),
+            Some((action, Ok(prepared))) => match self.by_type.get(action.action_type.as_str()) {
+                Some(channel) => Ok((channel.as_ref(), action, prepared)),
+                None => Err(unsupported(action)),
+            },
+            Some((action, Err(ActionTypeError::Unknown { .. }))) => Err(unsupported(action)),
             Some((action, Err(refused))) => Err(Failure::bad_action(format!(
                 "action `{}`: {refused}",
                 action.name
             ))),
-        }
-    }
-
-    /// Makes one attempt of `job` through the channel of `action`'s type, with the
-    /// configuration prepared when the action was saved.
-    async fn deliver(
-        &self,
-        job: &DeliveryJob,
-        action: &Action,
-        prepared: &Prepared,
-    ) -> Result<(), Failure> {
-        match self.by_type.get(action.action_type.as_str()) {
-            Some(channel) => channel.deliver(job, action, prepared).await,
-            None => Err(Failure::permanent(
-                crate::failure::Code::UnsupportedType,
-                format!(
-                    "action type `{}` is not supported by this Tocsin version",
-                    action.action_type
-                ),
-            )),
         }
     }
 }
@@ -399,6 +486,37 @@ pub(crate) mod tests {
     /// A FATAL alert about `web-1` with `tags`.
     pub fn job(tags: serde_json::Value) -> DeliveryJob {
         job_with_id("0196a1b2-0000-7000-8000-000000000001", tags)
+    }
+
+    /// `count` jobs as [`job`] makes them, with ids `e0`, `e1`…, each then changed by `change`
+    /// (given its number).
+    pub fn numbered_jobs(
+        count: usize,
+        change: impl Fn(usize, &mut DeliveryJob),
+    ) -> Vec<DeliveryJob> {
+        (0..count)
+            .map(|n| {
+                let mut job = job_with_id(&format!("e{n}"), serde_json::json!({}));
+                change(n, &mut job);
+                job
+            })
+            .collect()
+    }
+
+    /// Sets tag `name` of `job`'s event.
+    pub fn tag(job: &mut DeliveryJob, name: &str, value: &str) {
+        job.event
+            .tags
+            .get_or_insert_with(Default::default)
+            .insert(name.into(), value.into());
+    }
+
+    /// A digest of `jobs` in the group with `labels` (`{}`: an action's one group).
+    pub fn digest(labels: serde_json::Value, jobs: Vec<DeliveryJob>) -> Digest {
+        Digest {
+            labels: serde_json::from_value(labels).unwrap(),
+            jobs,
+        }
     }
 
     pub fn job_with_id(id: &str, tags: serde_json::Value) -> DeliveryJob {

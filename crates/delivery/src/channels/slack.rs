@@ -8,12 +8,20 @@
 //! by severity (green once resolved) holding the blocks: the subject and body, a context line
 //! (severity, resource, time, event type) and buttons for the event's links.
 //!
+//! Grouped (and storm-held) events go out as one digest ([`digest`]): a headline (`12 alerts
+//! firing on db-1`) and one line per event — severity, subject (linked to its details), resource
+//! and time — under *Firing* and *Resolved*, in sections of at most 3,000 characters (Slack's
+//! limit for a section's text; a digest's 100 events at most fit its 50 blocks). A digest of one
+//! event is that event's own message. Storm control: 60 messages a minute per action unless
+//! `messagesPerMinute` says otherwise (Slack takes about one a second per channel).
+//!
 //! Slack answers 200 `ok`; an error is a status with a plain-text code (`400 invalid_payload`,
 //! `403 invalid_token`, `404 channel_not_found`, `410 channel_is_archived`, …), which becomes
 //! the failure's reason; 429 is retried after its `Retry-After`, 5xx retried, 4xx not.
 
 use super::{Channel, ChatWebhook, Tools};
 use crate::failure::Failure;
+use crate::grouping::Digest;
 use crate::lifecycle::Transition;
 use crate::properties::{Properties, PropertyError};
 use crate::templates::{datetime, event_links, limit, mrkdwn, MessageTemplates, Scope};
@@ -22,6 +30,8 @@ use serde_json::{json, Value};
 
 const SUBJECT: &str = "{% if resolved %}Resolved: {% endif %}{{ event.subject | mrkdwn }}";
 const BODY: &str = "{{ event.body | mrkdwn | limit(2900) }}";
+/// Slack's limit on a section block's text.
+const SECTION_CHARS: usize = 3000;
 
 pub struct SlackChannel {
     tools: Tools,
@@ -37,6 +47,7 @@ impl Channel for SlackChannel {
     const TYPE: &'static str = "SLACK";
     const PROPERTIES: &'static [&'static str] = ChatWebhook::PROPERTIES;
     const CREDENTIAL_URLS: &'static [&'static str] = ChatWebhook::CREDENTIAL_URLS;
+    const DIGESTS: Option<u32> = Some(60);
     type Config = ChatWebhook;
 
     fn configure(&self, p: &Properties) -> Result<ChatWebhook, PropertyError> {
@@ -52,6 +63,67 @@ impl Channel for SlackChannel {
         let payload = message(&self.tools, job, action, config.templates())?;
         config.post(&self.tools.http, &payload).await.map(drop)
     }
+
+    async fn deliver_digest(
+        &self,
+        digest: &Digest,
+        _: &Action,
+        config: &ChatWebhook,
+    ) -> Result<(), Failure> {
+        config
+            .post(&self.tools.http, &digest_message(digest))
+            .await
+            .map(drop)
+    }
+}
+
+/// The digest of several events: the headline, then a line per event under *Firing* and
+/// *Resolved*, in sections that keep to Slack's limit.
+pub(super) fn digest_message(digest: &Digest) -> Value {
+    let headline = digest.headline();
+    let mut blocks = vec![
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*{}*", mrkdwn(&headline))}}),
+    ];
+    for (title, jobs) in [
+        ("Firing", digest.firing().collect::<Vec<_>>()),
+        ("Resolved", digest.resolved().collect()),
+    ] {
+        if jobs.is_empty() {
+            continue;
+        }
+        let mut text = format!("*{title}*");
+        for job in jobs {
+            let line = digest_line(job);
+            if text.chars().count() + 1 + line.chars().count() > SECTION_CHARS {
+                blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": text}}));
+                text = String::new();
+            }
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(&line);
+        }
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": text}}));
+    }
+    json!({"text": headline, "blocks": blocks})
+}
+
+/// One event in a digest: `• [FATAL] <details|subject> · web-1 (vm) · time`, under 300
+/// characters.
+fn digest_line(job: &DeliveryJob) -> String {
+    let event = &job.event;
+    let subject = mrkdwn(&limit(&event.subject, 120));
+    let subject = match event_links(event).first() {
+        Some((_, url)) => format!("<{}|{subject}>", limit(url, 100)),
+        None => subject,
+    };
+    format!(
+        "• [{}] {subject} · {} ({}) · {}",
+        event.severity,
+        mrkdwn(&limit(&event.resource.resource_name, 20)),
+        mrkdwn(&limit(&event.resource.resource_type, 10)),
+        datetime(event.event_timestamp),
+    )
 }
 
 /// The message for `job`: the action's `payloadTemplate`, or the default Block Kit message
@@ -113,7 +185,7 @@ fn colour(severity: Severity, resolved: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::tests::{action, attempt, job, tools};
+    use crate::channels::tests::{action, attempt, digest, job, numbered_jobs, tag, tools};
     use crate::failure::{Code, Retry};
     use wiremock::matchers::{header, method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -188,6 +260,76 @@ mod tests {
             sent[1].body_json::<Value>().unwrap(),
             json!({"text": "CPU …"})
         );
+    }
+
+    #[tokio::test]
+    async fn a_digest_of_one_event_is_its_own_message() {
+        use crate::channels::Registered;
+        use crate::outbound::OutboundPolicy;
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
+            .mount(&server)
+            .await;
+        let (tools, _dir) = tools();
+        let channel = SlackChannel::new(tools.clone());
+        let action = action("slack", "SLACK", json!({"webhookUrl": server.uri()}));
+        let policy = OutboundPolicy::new(crate::channels::tests::loopback());
+        let prepared = Registered::prepare(&channel, &action, &policy).unwrap();
+        let one = job(json!({}));
+        let sent = Registered::deliver_digest(
+            &channel,
+            &digest(json!({}), vec![one.clone()]),
+            &action,
+            &prepared,
+        )
+        .await;
+        assert_eq!(sent, Ok(()));
+        let received: Value = server.received_requests().await.unwrap()[0]
+            .body_json()
+            .unwrap();
+        assert_eq!(
+            received,
+            message(&tools, &one, &action, &MessageTemplates::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_digest_names_every_event_in_sections_within_slacks_limits() {
+        let long = "x".repeat(5_000);
+        let jobs = numbered_jobs(100, |n, job| {
+            tag(
+                job,
+                "ans:detailsLink",
+                &format!("https://console.example/{n}?{long}"),
+            );
+            job.event.subject = format!("{n} disk <full> {long}");
+            if n % 10 == 0 {
+                tag(job, "ans:status", "CLOSE");
+            }
+        });
+        let sent = digest_message(&digest(json!({"resource.resourceName": "web-1"}), jobs));
+        assert_eq!(sent["text"], "90 alerts firing, 10 resolved on web-1");
+        let blocks = sent["blocks"].as_array().unwrap();
+        assert!(blocks.len() <= 50, "{} blocks", blocks.len());
+        let texts: Vec<&str> = blocks
+            .iter()
+            .map(|b| b["text"]["text"].as_str().unwrap())
+            .collect();
+        assert!(texts.iter().all(|t| t.chars().count() <= SECTION_CHARS));
+        assert!(texts[1].starts_with("*Firing*\n• [FATAL] <https://console.example/1?xxx"));
+        let all = texts.join("\n");
+        for n in 0..100 {
+            assert!(
+                all.contains(&format!("|{n} disk &lt;full&gt; x")),
+                "event {n} is named"
+            );
+        }
+        let resolved = texts
+            .iter()
+            .position(|t| t.starts_with("*Resolved*"))
+            .unwrap();
+        assert!(texts[resolved].contains("|0 disk"), "{}", texts[resolved]);
     }
 
     #[tokio::test]

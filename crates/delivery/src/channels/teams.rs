@@ -8,6 +8,13 @@
 //! coloured by severity (green once resolved), the body, a fact set (severity, resource, time,
 //! event type) and `Action.OpenUrl` buttons for the event's links.
 //!
+//! Grouped (and storm-held) events go out as one digest card: the headline (`12 alerts firing
+//! on db-1`) and, under *Firing* and *Resolved*, one line per event — severity, subject linked
+//! to its details, resource, time — each under 200 characters, so that a digest's 100 events
+//! stay well inside Teams' 28 KB message limit. A digest of one event is that event's own
+//! card. Storm control: 60 messages a minute per action unless `messagesPerMinute` says
+//! otherwise (a Teams webhook throttles beyond a few a second).
+//!
 //! Any 2xx is success (classic webhooks answer 200 `1`, Workflows 202 with no body) — except
 //! that classic connectors report throttling inside a 200 (`Microsoft Teams endpoint returned
 //! HTTP error 429`), which is a retryable 429. 429 is retried after its `Retry-After`, 5xx
@@ -15,6 +22,7 @@
 
 use super::{Channel, ChatWebhook, Tools};
 use crate::failure::{Code, Failure};
+use crate::grouping::Digest;
 use crate::lifecycle::Transition;
 use crate::properties::{Properties, PropertyError};
 use crate::templates::{datetime, event_links, limit, Scope};
@@ -80,21 +88,88 @@ impl TeamsChannel {
         if !actions.is_empty() {
             content["actions"] = Value::Array(actions);
         }
-        Ok(json!({
-            "type": "message",
-            "attachments": [{
-                "contentType": "application/vnd.microsoft.card.adaptive",
-                "contentUrl": null,
-                "content": content
-            }]
-        }))
+        Ok(message(content))
     }
+
+    /// Posts `payload`; a classic connector's throttling inside a 200 is a 429.
+    async fn send(&self, payload: &Value, config: &ChatWebhook) -> Result<(), Failure> {
+        let reply = config.post(&self.tools.http, payload).await?;
+        if reply.text().contains(THROTTLED_IN_BODY) {
+            return Err(Failure::transient_after(
+                Code::Http(429),
+                format!(
+                    "{} throttled the message: {}",
+                    reply.destination,
+                    reply.quote()
+                ),
+                reply.retry_after(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A Teams message carrying the Adaptive Card `content`.
+fn message(content: Value) -> Value {
+    json!({
+        "type": "message",
+        "attachments": [{
+            "contentType": "application/vnd.microsoft.card.adaptive",
+            "contentUrl": null,
+            "content": content
+        }]
+    })
+}
+
+/// The digest card of several events: the headline, then a line per event under *Firing* and
+/// *Resolved*.
+fn digest_card(digest: &Digest) -> Value {
+    let mut body = vec![json!({
+        "type": "TextBlock", "text": digest.headline(), "weight": "Bolder", "size": "Medium",
+        "wrap": true, "color": if digest.firing().next().is_some() { "Attention" } else { "Good" }
+    })];
+    for (title, jobs) in [
+        ("Firing", digest.firing().collect::<Vec<_>>()),
+        ("Resolved", digest.resolved().collect()),
+    ] {
+        if jobs.is_empty() {
+            continue;
+        }
+        let lines: Vec<String> = jobs.into_iter().map(digest_line).collect();
+        body.push(json!({"type": "TextBlock", "text": title, "weight": "Bolder", "wrap": true}));
+        body.push(json!({"type": "TextBlock", "text": lines.join("\n\n"), "wrap": true}));
+    }
+    message(json!({
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "type": "AdaptiveCard",
+        "version": "1.2",
+        "body": body
+    }))
+}
+
+/// One event in a digest: `[FATAL] [subject](details) · web-1 (vm) · time`, under 200
+/// characters (markdown brackets in the subject are dropped so that the link holds).
+fn digest_line(job: &DeliveryJob) -> String {
+    let event = &job.event;
+    let subject = limit(&event.subject.replace(['[', ']'], ""), 60);
+    let subject = match event_links(event).first() {
+        Some((_, url)) if url.len() <= 60 => format!("[{subject}]({url})"),
+        _ => subject,
+    };
+    format!(
+        "[{}] {subject} · {} ({}) · {}",
+        event.severity,
+        limit(&event.resource.resource_name, 20),
+        limit(&event.resource.resource_type, 10),
+        datetime(event.event_timestamp),
+    )
 }
 
 impl Channel for TeamsChannel {
     const TYPE: &'static str = "MICROSOFT_TEAMS";
     const PROPERTIES: &'static [&'static str] = ChatWebhook::PROPERTIES;
     const CREDENTIAL_URLS: &'static [&'static str] = ChatWebhook::CREDENTIAL_URLS;
+    const DIGESTS: Option<u32> = Some(60);
     type Config = ChatWebhook;
 
     fn configure(&self, p: &Properties) -> Result<ChatWebhook, PropertyError> {
@@ -108,19 +183,16 @@ impl Channel for TeamsChannel {
         config: &ChatWebhook,
     ) -> Result<(), Failure> {
         let payload = self.card(job, action, config)?;
-        let reply = config.post(&self.tools.http, &payload).await?;
-        if reply.text().contains(THROTTLED_IN_BODY) {
-            return Err(Failure::transient_after(
-                Code::Http(429),
-                format!(
-                    "{} throttled the message: {}",
-                    reply.destination,
-                    reply.quote()
-                ),
-                reply.retry_after(),
-            ));
-        }
-        Ok(())
+        self.send(&payload, config).await
+    }
+
+    async fn deliver_digest(
+        &self,
+        digest: &Digest,
+        _: &Action,
+        config: &ChatWebhook,
+    ) -> Result<(), Failure> {
+        self.send(&digest_card(digest), config).await
     }
 }
 
@@ -137,11 +209,34 @@ fn colour(severity: Severity, resolved: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::tests::{action, attempt, job, tools};
+    use crate::channels::tests::{action, attempt, digest, job, numbered_jobs, tag, tools};
     use crate::failure::{Code, Retry};
     use std::time::Duration;
     use wiremock::matchers::{header, method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    #[test]
+    fn a_digest_card_names_every_event_within_teams_size_limit() {
+        let long = "x".repeat(5_000);
+        let jobs = numbered_jobs(100, |n, job| {
+            tag(job, "ans:detailsLink", &format!("https://c.example/{n}"));
+            job.event.subject = format!("{n} [disk] full {long}");
+            job.event.resource.resource_name = format!("db-{n}-{long}");
+        });
+        let card = digest_card(&digest(json!({}), jobs));
+        let size = serde_json::to_vec(&card).unwrap().len();
+        assert!(size < 28_000, "{size} bytes");
+        let body = &card["attachments"][0]["content"]["body"];
+        assert_eq!(body[0]["text"], "100 alerts firing");
+        let lines = body[2]["text"].as_str().unwrap();
+        for n in 0..100 {
+            assert!(
+                lines.contains(&format!("[{n} disk full x"))
+                    && lines.contains(&format!("](https://c.example/{n})")),
+                "event {n} is named and linked"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn posts_an_adaptive_card_and_accepts_any_2xx() {

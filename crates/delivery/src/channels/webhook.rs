@@ -8,6 +8,12 @@
 //! `oauthScope`) for an OAuth 2 client-credentials token, fetched once and reused until it
 //! expires; `signingSecret` (`whsec_…`) to sign per Standard Webhooks v1.
 //!
+//! Grouped events (`groupBy`…, or `messagesPerMinute` when storm control holds them back; no
+//! rate limit unless set) go out as one digest: a JSON object whose `events` array holds each
+//! event as accepted, beside `groupLabels`, the `firing` and `resolved` counts and the action
+//! (`schemas/webhook-digest.json`; `payloadTemplate` shapes single events only). A
+//! signed digest's `webhook-id` is `msg_digest_` and its first event's id.
+//!
 //! Signed requests carry `webhook-id` (the same for every attempt of one event on one action:
 //! receivers de-duplicate on it), `webhook-timestamp` (the attempt, epoch seconds) and
 //! `webhook-signature: v1,<base64 HMAC-SHA256(secret, "{id}.{timestamp}.{body}")>`.
@@ -16,6 +22,7 @@
 
 use super::{Channel, Tools};
 use crate::failure::{Code, Failure, Retry};
+use crate::grouping::Digest as EventDigest;
 use crate::http::redact;
 use crate::properties::{Properties, PropertyError};
 use crate::templates::Scope;
@@ -153,6 +160,8 @@ impl Channel for WebhookChannel {
         "oauthScope",
         "signingSecret",
     ];
+    const DIGESTS: Option<u32> = Some(0);
+    const DIGEST_OF_ONE: bool = true;
     type Config = WebhookConfig;
 
     fn configure(&self, p: &Properties) -> Result<WebhookConfig, PropertyError> {
@@ -202,7 +211,25 @@ impl Channel for WebhookChannel {
             }
             None => serde_json::to_vec(&job.event).expect("events serialize"),
         };
+        self.send(body, &message_id(&job.event.id, action), config)
+            .await
+    }
 
+    async fn deliver_digest(
+        &self,
+        digest: &EventDigest,
+        action: &Action,
+        config: &WebhookConfig,
+    ) -> Result<(), Failure> {
+        let first = digest.jobs.first().map_or("", |job| job.event.id.as_str());
+        let id = message_id(&format!("digest_{first}"), action);
+        self.send(digest_payload(digest, action), &id, config).await
+    }
+}
+
+impl WebhookChannel {
+    /// Sends `body` as the action says, signed as message `id` if it is to be signed.
+    async fn send(&self, body: Vec<u8>, id: &str, config: &WebhookConfig) -> Result<(), Failure> {
         let mut request = self
             .tools
             .http
@@ -217,12 +244,11 @@ impl Channel for WebhookChannel {
             request = request.timeout(timeout);
         }
         if let Some(key) = &config.signing_key {
-            let id = message_id(job, action);
             let timestamp = clock::now_epoch_seconds();
             request = request
-                .header("webhook-id", &id)
+                .header("webhook-id", id)
                 .header("webhook-timestamp", timestamp.to_string())
-                .header("webhook-signature", sign(key, &id, timestamp, &body));
+                .header("webhook-signature", sign(key, id, timestamp, &body));
         }
         let (request, oauth) = match &config.auth {
             Auth::Anonymous => (request, None),
@@ -251,6 +277,20 @@ impl Channel for WebhookChannel {
         }
         Err(failure)
     }
+}
+
+/// The digest as a webhook receives it (`schemas/webhook-digest.json`).
+fn digest_payload(digest: &EventDigest, action: &Action) -> Vec<u8> {
+    let events: Vec<&model::ResourceEvent> = digest.jobs.iter().map(|job| &job.event).collect();
+    let payload = serde_json::json!({
+        "type": "tocsin.digest",
+        "action": action.name,
+        "groupLabels": digest.labels,
+        "firing": digest.firing().count(),
+        "resolved": digest.resolved().count(),
+        "events": events,
+    });
+    serde_json::to_vec(&payload).expect("JSON values serialize")
 }
 
 fn auth(p: &Properties) -> Result<Auth, PropertyError> {
@@ -289,10 +329,10 @@ fn signing_key(secret: &str) -> Result<Vec<u8>, PropertyError> {
 
 /// Stable across attempts of one event on one action; distinct between actions, so that a
 /// receiver behind two actions does not drop one of them as a duplicate.
-fn message_id(job: &DeliveryJob, action: &Action) -> String {
+fn message_id(message: &str, action: &Action) -> String {
     let digest = Sha256::digest(action.name.as_bytes());
     let action_part: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-    format!("msg_{}_{action_part}", job.event.id)
+    format!("msg_{message}_{action_part}")
 }
 
 fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
@@ -305,10 +345,52 @@ fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::tests::{action, attempt, job, tools};
+    use crate::channels::tests::{action, attempt, digest, job, job_with_id, tools};
     use crate::failure::{Code, Retry};
+    use serde_json::json;
     use wiremock::matchers::{body_json, body_string, header, method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    #[test]
+    fn a_digest_payload_follows_its_schema() {
+        use jsonschema::Resource;
+        let schemas = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/");
+        let read = |name: &str| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(format!("{schemas}{name}")).unwrap())
+                .unwrap()
+        };
+        let mut options = jsonschema::options();
+        for name in ["resource-event.json", "affected-resource.json"] {
+            let schema = read(name);
+            let id = schema["$id"].as_str().unwrap().to_owned();
+            options = options.with_resource(id, Resource::from_contents(schema));
+        }
+        let validator = options.build(&read("webhook-digest.json")).unwrap();
+        let jobs = vec![
+            job_with_id("0196a1b2-0000-7000-8000-000000000001", json!({})),
+            job_with_id(
+                "0196a1b2-0000-7000-8000-000000000002",
+                json!({"ans:status": "CLOSE"}),
+            ),
+        ];
+        let action = action(
+            "hook",
+            "WEB_HOOK",
+            json!({"destination": "https://x.example"}),
+        );
+        let body = digest_payload(&digest(json!({"eventType": "HighCPU"}), jobs), &action);
+        let payload: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&payload)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}\n{payload}");
+        assert_eq!(payload["groupLabels"], json!({"eventType": "HighCPU"}));
+        assert_eq!(
+            (payload["firing"].as_u64(), payload["resolved"].as_u64()),
+            (Some(1), Some(1))
+        );
+    }
 
     #[tokio::test]
     async fn sends_the_event_signed_with_headers_and_basic_auth() {
@@ -352,7 +434,7 @@ mod tests {
         );
         // Verify as a Standard Webhooks receiver would.
         let (id, timestamp) = (h("webhook-id"), h("webhook-timestamp"));
-        assert_eq!(id, message_id(&job, &action));
+        assert_eq!(id, message_id(&job.event.id, &action));
         assert!(id.starts_with(&format!("msg_{}_", job.event.id)));
         let now = clock::now_epoch_seconds();
         assert!((now - timestamp.parse::<i64>().unwrap()).abs() < 5);
