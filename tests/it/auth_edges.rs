@@ -277,6 +277,7 @@ const SCOPES: &[(&str, &str, &str)] = &[
     ("POST", "/tocsin/v1/silences", "responder"),
     ("GET", "/tocsin/v1/silences/{id}", "responder"),
     ("DELETE", "/tocsin/v1/silences/{id}", "responder"),
+    ("GET", "/tocsin/v1/audit", "configuration"),
 ];
 
 /// Operations anyone may call (health, the document itself) or that take a client's own

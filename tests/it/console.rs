@@ -12,7 +12,8 @@
 //! and Debian's `chromium`.
 //!
 //! And on RabbitMQ with PostgreSQL: a session signed in on one process works on another that
-//! shares the signing key — pages, and a form with the session's token.
+//! shares the signing key — pages, and a form with the session's token — and its sign-out on
+//! one ends it on the other.
 
 use crate::common::{
     event, postgres_schema, refusing_address, route_everything_to, stand_in, webhook, Backend,
@@ -444,6 +445,17 @@ async fn a_session_works_on_every_process_sharing_the_key_rabbitmq_and_postgres(
         assert!(started.elapsed() < Duration::from_secs(20), "{page}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Signed out on the first, the same cookie is refused by the second too.
+    let (status, location) = on_first
+        .post("/ui/sign-out", &[("csrf", &csrf)], None)
+        .await;
+    assert_eq!(status, 303, "{location}");
+    let (status, location) = on_second.get("/ui/alerts/shared-disk").await;
+    assert_eq!(
+        (status, location.as_str()),
+        (303, "/ui/sign-in"),
+        "the session is over on every process"
+    );
     second.shutdown().await;
     first.shutdown().await;
 }

@@ -82,6 +82,7 @@ pub fn routes(
         Arc::clone(auth),
         settings.session_minutes.saturating_mul(60) as i64,
         tls || settings.secure_cookie,
+        console.alerts.audit.clone(),
     ));
     // Recovering inside `/ui` only: every other path stays the APIs' to answer.
     warp::path("ui")

@@ -6,10 +6,10 @@
 //! token. The client's scopes are not in the cookie: they are read from the current client
 //! list on every request, so a removed client or scope takes effect at once.
 //!
-//! Sign-out clears the cookie and puts the session's nonce on this process's deny list until
-//! the session would have expired. Another process sharing the key does not see that list: a
-//! copied cookie stays valid there until it expires — sessions are short (`session_minutes`)
-//! for that reason.
+//! Sign-in and sign-out are recorded in the audit log (`store::audit`, shared by the processes
+//! on a PostgreSQL store); sign-out claims the once-only key `console-session-end:{nonce}`
+//! there, and every request checks that key (one store read), so a signed-out cookie is
+//! refused by every process — a copied one included.
 //!
 //! Every form carries the session's anti-forgery token (`HMAC(key, "csrf|" + nonce)`), checked
 //! on every POST, and a POST whose `Origin` names another host is refused; the cookie is
@@ -20,8 +20,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use store::audit::{AuditEntry, AuditLog};
 use subtle::ConstantTimeEq;
 use warp::{Filter, Rejection};
 use web::{Authenticator, Scope};
@@ -38,8 +38,6 @@ pub struct Viewer {
     pub csrf: String,
     #[serde(skip)]
     nonce: String,
-    #[serde(skip)]
-    expires: i64,
 }
 
 impl Viewer {
@@ -66,19 +64,24 @@ pub struct Sessions {
     lifetime_seconds: i64,
     /// Cookies get `Secure` (the console is served over TLS).
     secure: bool,
-    /// Nonces of the sessions signed out here, with their expiry.
-    ended: Mutex<HashMap<String, i64>>,
+    /// Where sign-ins and sign-outs are recorded, and a sign-out's key is claimed.
+    audit: AuditLog,
 }
 
 impl Sessions {
-    pub fn new(auth: Arc<Authenticator>, lifetime_seconds: i64, secure: bool) -> Self {
+    pub fn new(
+        auth: Arc<Authenticator>,
+        lifetime_seconds: i64,
+        secure: bool,
+        audit: AuditLog,
+    ) -> Self {
         let key = auth.derived_key("console session");
         Sessions {
             auth,
             key,
             lifetime_seconds,
             secure,
-            ended: Mutex::new(HashMap::new()),
+            audit,
         }
     }
 
@@ -118,8 +121,21 @@ impl Sessions {
         format!("{COOKIE}={value}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}")
     }
 
-    /// The viewer a cookie value stands for: genuine, unexpired, not signed out, and its
-    /// client still configured.
+    /// The viewer a cookie value stands for: genuine, unexpired, not signed out (on any
+    /// process), and its client still configured. A store that cannot be read refuses.
+    async fn viewer_of(&self, value: &str, now: i64) -> Option<Viewer> {
+        let viewer = self.open(value, now)?;
+        match self.audit.taken(&ended_key(&viewer.nonce)).await {
+            Ok(false) => Some(viewer),
+            Ok(true) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell whether a console session was signed out; refusing it");
+                None
+            }
+        }
+    }
+
+    /// The viewer a cookie value stands for by its signature, expiry and client alone.
     fn open(&self, value: &str, now: i64) -> Option<Viewer> {
         let (claims, signature) = value.split_once('.')?;
         let claims = String::from_utf8(URL_SAFE_NO_PAD.decode(claims).ok()?).ok()?;
@@ -131,7 +147,7 @@ impl Sessions {
         let nonce = parts.next()?.to_owned();
         let expires: i64 = parts.next()?.parse().ok()?;
         let client = parts.next()?.to_owned();
-        if expires <= now || self.is_ended(&nonce, now) {
+        if expires <= now {
             return None;
         }
         let scopes = self.auth.scopes_of(&client)?;
@@ -140,28 +156,47 @@ impl Sessions {
             client,
             scopes,
             nonce,
-            expires,
         })
     }
 
-    fn is_ended(&self, nonce: &str, now: i64) -> bool {
-        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
-        ended.retain(|_, expires| *expires > now);
-        ended.contains_key(nonce)
+    /// Records that `client` signed in.
+    pub async fn signed_in(&self, client: &str) {
+        self.note(client, "sign-in", None).await;
     }
 
-    /// Ends `viewer`'s session here.
-    pub fn end(&self, viewer: &Viewer) {
-        self.ended
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(viewer.nonce.clone(), viewer.expires);
+    /// Ends `viewer`'s session on every process, and records it.
+    pub async fn end(&self, viewer: &Viewer) {
+        let key = ended_key(&viewer.nonce);
+        self.note(&viewer.client, "sign-out", Some(key)).await;
+    }
+
+    /// One line of the audit log about a session of `client`.
+    async fn note(&self, client: &str, action: &str, dedupe_key: Option<String>) {
+        let entry = AuditEntry {
+            id: uuid::Uuid::now_v7().to_string(),
+            at_ms: clock::now_epoch_millis(),
+            who: client.to_owned(),
+            via: "console".into(),
+            action: action.into(),
+            target: "session".into(),
+            outcome: "done".into(),
+            detail: None,
+            dedupe_key,
+        };
+        if let Err(e) = self.audit.record(&entry).await {
+            tracing::warn!(error = %e, client, action, "cannot record a console session in the audit log");
+        }
     }
 
     /// Whether `token` is `viewer`'s anti-forgery token.
     fn genuine_form(&self, viewer: &Viewer, token: Option<&str>) -> bool {
         token.is_some_and(|t| bool::from(t.as_bytes().ct_eq(viewer.csrf.as_bytes())))
     }
+}
+
+/// The once-only audit key a sign-out claims for the session `nonce`.
+fn ended_key(nonce: &str) -> String {
+    format!("console-session-end:{nonce}")
 }
 
 /// The session cookie's value in a `Cookie` header.
@@ -181,11 +216,12 @@ pub fn viewer(
     warp::header::optional::<String>("cookie").and_then(move |cookie: Option<String>| {
         let sessions = Arc::clone(&sessions);
         async move {
-            let viewer = cookie
-                .as_deref()
-                .and_then(cookie_value)
-                .and_then(|value| sessions.open(value, clock::now_epoch_seconds()))
-                .ok_or_else(|| warp::reject::custom(Refusal::SignIn))?;
+            let value = cookie.as_deref().and_then(cookie_value);
+            let viewer = match value {
+                Some(value) => sessions.viewer_of(value, clock::now_epoch_seconds()).await,
+                None => None,
+            }
+            .ok_or_else(|| warp::reject::custom(Refusal::SignIn))?;
             match scope {
                 Some(scope) if !viewer.may(scope) => {
                     Err(warp::reject::custom(Refusal::Forbidden(format!(
@@ -290,14 +326,17 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn sessions() -> Sessions {
+    async fn sessions(dir: &std::path::Path) -> Sessions {
         let clients = [web::Client {
             name: "ops".into(),
             password: "pw".into(),
             scopes: vec![Scope::Responder],
         }];
         let auth = Authenticator::new(&clients, b"key".to_vec(), Duration::from_secs(60)).unwrap();
-        Sessions::new(Arc::new(auth), 600, true)
+        let audit = AuditLog::open(&store::Location::Sqlite(dir.to_owned()))
+            .await
+            .unwrap();
+        Sessions::new(Arc::new(auth), 600, true, audit)
     }
 
     fn value(set_cookie: &str) -> &str {
@@ -305,9 +344,10 @@ mod tests {
         pair.split_once('=').unwrap().1
     }
 
-    #[test]
-    fn a_session_opens_until_it_expires_or_ends_and_cannot_be_forged() {
-        let sessions = sessions();
+    #[tokio::test]
+    async fn a_session_opens_until_it_expires_or_ends_and_cannot_be_forged() {
+        let dir = tempfile::tempdir().unwrap();
+        let sessions = sessions(dir.path()).await;
         let set_cookie = sessions.start("ops", 1000);
         assert!(
             set_cookie.contains("HttpOnly; SameSite=Strict"),
@@ -327,8 +367,15 @@ mod tests {
         assert!(sessions.genuine_form(&viewer, Some(&viewer.csrf.clone())));
         assert!(!sessions.genuine_form(&viewer, Some("nope")));
         assert!(!sessions.genuine_form(&viewer, None));
-        sessions.end(&viewer);
-        assert!(sessions.open(cookie, 1001).is_none(), "signed out");
+        assert!(sessions.viewer_of(cookie, 1001).await.is_some());
+        sessions.end(&viewer).await;
+        assert!(
+            sessions.viewer_of(cookie, 1001).await.is_none(),
+            "signed out"
+        );
+        // Every process reading the same audit log refuses it too.
+        let elsewhere = self::sessions(dir.path()).await;
+        assert!(elsewhere.viewer_of(cookie, 1001).await.is_none());
     }
 
     #[test]

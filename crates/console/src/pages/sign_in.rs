@@ -34,8 +34,8 @@ pub(super) fn routes(pages: &Pages) -> BoxedFilter<(Response,)> {
     let sign_out = warp::path("sign-out")
         .and(warp::path::end())
         .and(pages.act(None))
-        .map(|viewer: Viewer, _: Form, pages: Pages| {
-            pages.sessions.end(&viewer);
+        .then(|viewer: Viewer, _: Form, pages: Pages| async move {
+            pages.sessions.end(&viewer).await;
             tracing::info!(client = %viewer.client, "signed out of the console");
             with_cookie(see_other("/ui/sign-in"), &pages.sessions.cleared())
         });
@@ -69,6 +69,7 @@ async fn sign_in(form: Form, pages: Pages) -> Response {
     match authenticator.sign_in(&client, secret).await {
         Some(_) => {
             tracing::info!(client = %client, "signed in to the console");
+            pages.sessions.signed_in(&client).await;
             let cookie = pages.sessions.start(&client, clock::now_epoch_seconds());
             with_cookie(see_other("/ui/"), &cookie)
         }

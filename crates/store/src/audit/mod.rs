@@ -99,6 +99,15 @@ impl AuditLog {
         }
     }
 
+    /// Whether an entry holds the once-only key `dedupe_key`: the act it names was done.
+    pub async fn taken(&self, dedupe_key: &str) -> Result<bool, StoreError> {
+        let key = dedupe_key.to_owned();
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(s.taken(key).await?),
+            Backend::Postgres(p) => p.database.noted(p.taken(key).await),
+        }
+    }
+
     /// Removes the entry `id`: its act could not be done, so its retry may act.
     pub async fn forget(&self, id: &str) -> Result<(), StoreError> {
         let id = id.to_owned();

@@ -63,6 +63,14 @@ impl PostgresAudit {
         })
     }
 
+    pub(super) async fn taken(&self, dedupe_key: String) -> Result<bool, StoreError> {
+        let client = self.database.client().await?;
+        let statement = client
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM audit WHERE dedupe_key = $1)")
+            .await?;
+        Ok(client.query_one(&statement, &[&dedupe_key]).await?.get(0))
+    }
+
     pub(super) async fn forget(&self, id: String) -> Result<(), StoreError> {
         let client = self.database.client().await?;
         client

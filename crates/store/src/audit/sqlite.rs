@@ -63,6 +63,15 @@ impl SqliteAudit {
             .await
     }
 
+    pub(super) async fn taken(&self, dedupe_key: String) -> Result<bool, StorageError> {
+        self.db
+            .read(move |c| {
+                c.prepare_cached("SELECT EXISTS (SELECT 1 FROM audit WHERE dedupe_key = ?1)")?
+                    .query_row([dedupe_key], |r| r.get(0))
+            })
+            .await
+    }
+
     pub(super) async fn forget(&self, id: String) -> Result<(), StorageError> {
         self.db
             .write(move |c| {

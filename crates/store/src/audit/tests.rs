@@ -33,6 +33,8 @@ async fn a_dedupe_key_is_taken_once_and_given_back_by_forget_on_both_backends() 
         assert_eq!(log.record(&first).await.unwrap(), Recorded::New);
         let again = entry("b", 2, "alice", "disk-db-1", Some("click-1"));
         assert_eq!(log.record(&again).await.unwrap(), Recorded::Duplicate);
+        assert!(log.taken("click-1").await.unwrap());
+        assert!(!log.taken("click-2").await.unwrap());
         // Entries without a key never collide.
         for id in ["c", "d"] {
             let plain = entry(id, 3, "bob", "cpu-web-1", None);
