@@ -6,8 +6,10 @@
 //! - a webhook action that groups by resource receives one digest per resource after its group
 //!   wait (the documented payload: `events`, `groupLabels`, `firing`, `resolved`), and what
 //!   comes after a digest waits for the group interval; every member's attempt is recorded;
-//! - grouping on an incident channel (B2C) or by an unknown property is refused when saved, 400
-//!   naming the property, changing nothing;
+//! - with `repeatIntervalSeconds`, an alert that stays firing reaches the webhook again after
+//!   the repeat interval, and after its `CLOSE` no repeat comes;
+//! - grouping on an incident channel (B2C), by an unknown property, or repeating more often
+//!   than the group interval is refused when saved, 400 naming the property, changing nothing;
 //! - a `kill -9` while a group waits: after the restart the group is delivered exactly once,
 //!   and every member has its record.
 //!
@@ -266,6 +268,56 @@ async fn a_webhook_gets_one_digest_per_group_after_its_wait_and_interval_rabbitm
     webhook_gets_one_digest_per_group(Backend::Rabbitmq).await;
 }
 
+async fn a_firing_alert_is_repeated_until_it_resolves(backend: Backend) {
+    let hook = Destination::start(|_| 200).await;
+    let action = json!({"name": "grouped", "type": "WEB_HOOK", "state": "ENABLED", "properties": {
+        "destination": hook.url, "groupBy": "resource.resourceName",
+        "groupWaitSeconds": "1", "groupIntervalSeconds": "2", "repeatIntervalSeconds": "3"}});
+    let tocsin = start(backend, &routing(action)).await;
+    tocsin.send(&alert_event("a", "db-1", None)).await;
+    let repeated = hook
+        .wait_for("the digest, then its repeat", |r| r.len() == 2)
+        .await;
+    assert_eq!(subjects(&repeated[0].body), ["a OPEN"], "{backend:?}");
+    assert_eq!(
+        subjects(&repeated[1].body),
+        ["a OPEN"],
+        "{backend:?}: the same alert again"
+    );
+    let after = repeated[1].at.duration_since(repeated[0].at);
+    assert!(
+        after >= Duration::from_millis(2_800),
+        "{backend:?}: repeated {after:?} after the digest"
+    );
+
+    // Resolved: the CLOSE goes out, and no repeat follows it.
+    tocsin.send(&alert_event("a", "db-1", Some("CLOSE"))).await;
+    let closed = hook.wait_for("the CLOSE", |r| r.len() >= 3).await;
+    assert_eq!(subjects(&closed[2].body), ["a CLOSE"], "{backend:?}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        hook.received().len(),
+        3,
+        "{backend:?}: nothing repeated after the CLOSE"
+    );
+    let metrics = tocsin.metrics().await;
+    assert!(
+        metrics.contains("tocsin_digest_repeats_total{"),
+        "{backend:?}: repeats are counted"
+    );
+    tocsin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firing_alert_is_repeated_until_it_resolves_embedded_and_sqlite() {
+    a_firing_alert_is_repeated_until_it_resolves(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firing_alert_is_repeated_until_it_resolves_rabbitmq_and_postgres() {
+    a_firing_alert_is_repeated_until_it_resolves(Backend::Rabbitmq).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grouping_an_incident_channel_or_by_an_unknown_property_is_refused_when_saved() {
     let tocsin = Tocsin::start(Backend::Embedded, &Value::Null, &[]).await;
@@ -286,6 +338,17 @@ async fn grouping_an_incident_channel_or_by_an_unknown_property_is_refused_when_
             json!({"name": "chat", "type": "SLACK", "state": "ENABLED",
                 "properties": {"webhookUrl": "https://hooks.slack.com/services/T/B/x", "messagesPerMinute": "-1"}}),
             "`properties.messagesPerMinute`",
+        ),
+        (
+            json!({"name": "chat", "type": "SLACK", "state": "ENABLED",
+                "properties": {"webhookUrl": "https://hooks.slack.com/services/T/B/x", "repeatIntervalSeconds": "0"}}),
+            "`properties.repeatIntervalSeconds`",
+        ),
+        (
+            json!({"name": "chat", "type": "SLACK", "state": "ENABLED",
+                "properties": {"webhookUrl": "https://hooks.slack.com/services/T/B/x",
+                    "groupIntervalSeconds": "60", "repeatIntervalSeconds": "30"}}),
+            "`properties.repeatIntervalSeconds`",
         ),
     ] {
         let body = json!({"actions": [action]});

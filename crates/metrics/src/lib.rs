@@ -302,6 +302,7 @@ pub struct Metrics {
     held: IntGauge,
     digests: IntCounterVec,
     digest_events: HistogramVec,
+    digest_repeats: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -456,6 +457,12 @@ impl Metrics {
                 "Events named in one digest, by channel.",
                 &["channel"],
                 DIGEST_BUCKETS,
+            ),
+            digest_repeats: counter(
+                "tocsin_digest_repeats_total",
+                "Repeats of a group's firing alerts (an action's repeatIntervalSeconds), by \
+                 channel and outcome.",
+                &["channel", "outcome"],
             ),
             retry_backlog: gauge(
                 "tocsin_delivery_retry_backlog",
@@ -738,6 +745,13 @@ impl Metrics {
         self.digest_events
             .with_label_values(&[channel])
             .observe(events as f64);
+    }
+
+    /// A repeat of a group's firing alerts through `channel` ended as `outcome`.
+    pub fn digest_repeated(&self, channel: &'static str, outcome: DeliveryOutcome) {
+        self.digest_repeats
+            .with_label_values(&[channel, outcome.as_str()])
+            .inc();
     }
 
     /// Jobs now waiting for a retry.

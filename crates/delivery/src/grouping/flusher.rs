@@ -12,6 +12,15 @@
 //! asks for delivery-status events get one, as delivered jobs do.
 //! A `Retry-After` empties the bucket until then. After a crash the groups are still there,
 //! and a claim that its process did not finish lapses after [`LEASE`].
+//!
+//! Repeats (`repeatIntervalSeconds`): a delivered digest leaves its firing alerts with the
+//! group (the latest event of each alert named by `ans:sourceEventId`; a `CLOSE` drops its
+//! alert, delivered or not). A group claimed for a repeat — nothing new for the repeat
+//! interval — goes out again as a digest of those alerts, once, paced by storm control. A
+//! repeat is not an attempt of its events' deliveries: their records stay as they ended, so a
+//! repeat can never turn a delivered event undelivered; it is counted in
+//! `tocsin_digest_repeats_total` and logged, and one that fails is not retried — the next
+//! comes after another repeat interval.
 
 use super::{Digest, Grouping};
 use crate::channels::Channels;
@@ -21,10 +30,12 @@ use crate::records::{Attempt, AttemptOutcome, RecordStore};
 use crate::retry::{self, Next, RetrySchedule};
 use bus::{Bus, Queue};
 use metrics::{DeliveryOutcome, Metrics};
+use model::event::{Transition, TAG_SOURCE_EVENT_ID};
 use model::{Action, DeliveryJob, DeliveryStatus, FailureReason, IngestedEvent, SharedCatalog};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use store::groups::Claimed;
+use store::groups::{Claimed, Firing, Member, Repeats};
 use tokio::sync::watch;
 
 /// How often due groups are looked for.
@@ -57,6 +68,8 @@ struct Attempted {
     next_ms: i64,
     /// Whether the group had more members than the digest took.
     truncated: bool,
+    /// The action's repeat interval (`None`: it does not repeat).
+    repeat: Option<Duration>,
 }
 
 impl Attempted {
@@ -117,21 +130,14 @@ impl Flusher {
 
     /// Sends one claimed group as a digest and records the outcome of each member.
     async fn flush(self: Arc<Self>, group: Claimed) {
-        let jobs: Vec<DeliveryJob> = group
-            .members
-            .iter()
-            .filter_map(|m| match serde_json::from_str(&m.job) {
-                Ok(job) => Some(job),
-                Err(e) => {
-                    tracing::error!(error = %e, event = %m.event_id, "undecodable held job; dropping it from its group");
-                    None
-                }
-            })
-            .collect();
+        if group.repeat {
+            return self.repeat(group).await;
+        }
+        let jobs = decode(&group.members);
         let sent: Vec<String> = group.members.iter().map(|m| m.event_id.clone()).collect();
         if jobs.is_empty() {
             // Nothing left to send (an empty claim, or only undecodable members).
-            self.done(&group, &sent, clock::now_epoch_millis(), false)
+            self.done(&group, &sent, clock::now_epoch_millis(), false, None)
                 .await;
             return;
         }
@@ -172,6 +178,7 @@ impl Flusher {
                 finished_at_ms + interval.as_millis() as i64
             },
             truncated,
+            repeat: plan.and_then(|p| p.repeat()),
         };
         let sent = Sent {
             group: &group,
@@ -205,11 +212,15 @@ impl Flusher {
             .digest_finished(channel, DeliveryOutcome::Delivered, jobs.len());
         let status = (Status::Delivered, attempted.attempt);
         if self.follow_up(sent.action, jobs, status, None).await {
+            let repeats = attempted
+                .repeat
+                .map(|every| kept_for_repeats(jobs, true, every));
             self.done(
                 sent.group,
                 &sent.ids,
                 attempted.next_ms,
                 attempted.truncated,
+                repeats.as_ref(),
             )
             .await;
         }
@@ -305,11 +316,16 @@ impl Flusher {
             .follow_up(sent.action, &undelivered, status, fallback)
             .await
         {
+            // Nothing was said to be firing; what resolved is no longer repeated all the same.
+            let repeats = attempted
+                .repeat
+                .map(|every| kept_for_repeats(jobs, false, every));
             self.done(
                 sent.group,
                 &sent.ids,
                 attempted.next_ms,
                 attempted.truncated,
+                repeats.as_ref(),
             )
             .await;
         }
@@ -394,9 +410,73 @@ impl Flusher {
         }
     }
 
-    /// The digest ended: its members leave the group.
-    async fn done(&self, group: &Claimed, sent: &[String], next_ms: i64, truncated: bool) {
-        if let Err(e) = self.grouping.store.flushed(&group.id, sent, next_ms).await {
+    /// Sends the firing alerts a group keeps again, and schedules the next repeat.
+    async fn repeat(self: Arc<Self>, group: Claimed) {
+        let catalog = self.catalog.load_full();
+        let prepared = catalog.prepared(&group.id.action);
+        let action = prepared.map(|(action, _)| action);
+        let plan = prepared.and_then(|(_, p)| p.as_ref().ok().and_then(Channels::plan));
+        let jobs = decode(&group.members);
+        let (Some(every), false) = (plan.and_then(|p| p.repeat()), jobs.is_empty()) else {
+            // The action is gone or repeats no more (or nothing fires): the group forgets.
+            return self.repeated(&group, None).await;
+        };
+        if let (Some(action), Some(rate)) = (action, plan.and_then(|p| p.rate)) {
+            if let Err(wait) = self.grouping.storm.take(&action.name, rate) {
+                let due = clock::now_epoch_millis() + wait.as_millis() as i64;
+                return self.repeated(&group, Some(due)).await;
+            }
+        }
+        let channel = action
+            .and_then(|a| self.channels.type_name(&a.action_type))
+            .unwrap_or("none");
+        let digest = Digest::new(&group.id, jobs);
+        let outcome = self
+            .channels
+            .attempt_digest(&digest, &group.id.action, prepared)
+            .await;
+        let events = digest.jobs.len();
+        match outcome {
+            Ok(()) => {
+                tracing::info!(action = %group.id.action, events, "firing alerts repeated");
+                self.metrics
+                    .digest_repeated(channel, DeliveryOutcome::Delivered);
+            }
+            Err(failure) => {
+                if let (Some(action), Retry::After(wait)) = (action, failure.retry) {
+                    self.grouping.throttled(&action.name, wait);
+                }
+                tracing::warn!(action = %group.id.action, events, code = failure.code.number(), reason = %failure.reason, "repeat of firing alerts failed; the next comes after the repeat interval");
+                self.metrics
+                    .digest_repeated(channel, DeliveryOutcome::Undelivered);
+            }
+        }
+        let next = clock::now_epoch_millis() + every.as_millis() as i64;
+        self.repeated(&group, Some(next)).await;
+    }
+
+    async fn repeated(&self, group: &Claimed, next_ms: Option<i64>) {
+        if let Err(e) = self.grouping.store.repeated(&group.id, next_ms).await {
+            // The claim lapses and the repeat goes again.
+            tracing::warn!(error = %e, action = %group.id.action, "cannot schedule a group's next repeat");
+        }
+    }
+
+    /// The digest ended: its members leave the group, which keeps `repeats` if it repeats.
+    async fn done(
+        &self,
+        group: &Claimed,
+        sent: &[String],
+        next_ms: i64,
+        truncated: bool,
+        repeats: Option<&Repeats>,
+    ) {
+        let flushed = self
+            .grouping
+            .store
+            .flushed(&group.id, sent, next_ms, repeats)
+            .await;
+        if let Err(e) = flushed {
             // The claim lapses and the digest goes again: at least once, never lost.
             tracing::error!(error = %e, action = %group.id.action, "cannot remove a sent digest's events from their group");
             return;
@@ -415,5 +495,94 @@ impl Flusher {
         {
             tracing::warn!(error = %e, action = %group.id.action, "cannot put a group off; its claim lapses instead");
         }
+    }
+}
+
+/// The held jobs of `members`, leaving out (and logging) any that cannot be read.
+fn decode(members: &[Member]) -> Vec<DeliveryJob> {
+    members
+        .iter()
+        .filter_map(|m| match serde_json::from_str(&m.job) {
+            Ok(job) => Some(job),
+            Err(e) => {
+                tracing::error!(error = %e, event = %m.event_id, "undecodable held job; dropping it from its group");
+                None
+            }
+        })
+        .collect()
+}
+
+/// What a digest of `jobs` changes in its group's repeats, the next due `every` from now: the
+/// alerts it said are firing (when it was `delivered`) — the latest event of each — and those
+/// that resolved. Only events with an `ans:sourceEventId` are alerts that can resolve; others
+/// are never repeated. Comments change nothing.
+fn kept_for_repeats(jobs: &[DeliveryJob], delivered: bool, every: Duration) -> Repeats {
+    let mut latest: BTreeMap<&str, Option<&DeliveryJob>> = BTreeMap::new();
+    for job in jobs {
+        let Some(alert) = job.event.tag(TAG_SOURCE_EVENT_ID) else {
+            continue;
+        };
+        match Transition::of(&job.event) {
+            Transition::Open => latest.insert(alert, Some(job)),
+            Transition::Close => latest.insert(alert, None),
+            Transition::Comment => continue,
+        };
+    }
+    let mut repeats = Repeats {
+        at_ms: clock::now_epoch_millis() + every.as_millis() as i64,
+        ..Repeats::default()
+    };
+    for (alert, job) in latest {
+        match job {
+            Some(job) if delivered => repeats.firing.push(Firing {
+                alert_key: alert.to_owned(),
+                member: Member {
+                    event_id: job.event.id.clone(),
+                    job: serde_json::to_string(job).expect("jobs serialize"),
+                },
+            }),
+            Some(_) => {}
+            None => repeats.resolved.push(alert.to_owned()),
+        }
+    }
+    repeats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channels::tests::job_with_id;
+    use serde_json::json;
+
+    #[test]
+    fn a_digest_keeps_the_latest_event_of_each_firing_alert_for_repeats() {
+        let jobs = [
+            job_with_id("e1", json!({"ans:sourceEventId": "a"})),
+            job_with_id("e2", json!({"ans:sourceEventId": "b"})),
+            job_with_id("e3", json!({"ans:sourceEventId": "a"})),
+            job_with_id(
+                "e4",
+                json!({"ans:sourceEventId": "a", "ans:status": "COMMENT"}),
+            ),
+            job_with_id(
+                "e5",
+                json!({"ans:sourceEventId": "b", "ans:status": "CLOSE"}),
+            ),
+            job_with_id("e6", json!({})),
+        ];
+        let kept = kept_for_repeats(&jobs, true, Duration::from_secs(60));
+        let firing: Vec<(&str, &str)> = kept
+            .firing
+            .iter()
+            .map(|f| (f.alert_key.as_str(), f.member.event_id.as_str()))
+            .collect();
+        assert_eq!(firing, [("a", "e3")], "no key: never repeated");
+        assert_eq!(kept.resolved, ["b"]);
+        let failed = kept_for_repeats(&jobs, false, Duration::from_secs(60));
+        assert!(
+            failed.firing.is_empty(),
+            "an undelivered digest said nothing"
+        );
+        assert_eq!(failed.resolved, ["b"], "a CLOSE resolves all the same");
     }
 }

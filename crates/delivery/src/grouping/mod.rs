@@ -3,8 +3,8 @@
 //!
 //! How a job flows:
 //! - when an action is saved, its channel reads its [`Plan`] (`groupBy`, `groupWaitSeconds`,
-//!   `groupIntervalSeconds`, `messagesPerMinute`); channels that keep one incident per alert
-//!   refuse grouping;
+//!   `groupIntervalSeconds`, `repeatIntervalSeconds`, `messagesPerMinute`); channels that
+//!   keep one incident per alert refuse grouping;
 //! - the worker asks [`Grouping::holds`] before an attempt: an action that groups holds every
 //!   job; one with a rate ([`bucket`]) holds a job only when its destination has no token (an
 //!   action with neither — and one with a token — reads nothing more: the hot path is
@@ -14,7 +14,9 @@
 //!   — delivered, or undelivered with every reason.
 //!
 //! Timing follows Alertmanager: a new group waits `groupWaitSeconds` for company; what comes
-//! after a digest waits until `groupIntervalSeconds` after it.
+//! after a digest waits until `groupIntervalSeconds` after it; with `repeatIntervalSeconds`,
+//! the alerts a digest said are firing go out again each time that long passes with nothing
+//! new in the group, until they resolve.
 
 pub mod bucket;
 pub mod flusher;
@@ -36,6 +38,7 @@ pub const PROPERTIES: &[&str] = &[
     "groupBy",
     "groupWaitSeconds",
     "groupIntervalSeconds",
+    "repeatIntervalSeconds",
     "messagesPerMinute",
 ];
 
@@ -59,6 +62,8 @@ pub struct Groups {
     by: Vec<(String, PropertyKey)>,
     pub wait: Duration,
     pub interval: Duration,
+    /// How long an unchanged group's firing alerts wait to be sent again (`None`: never).
+    pub repeat: Option<Duration>,
 }
 
 impl Plan {
@@ -74,9 +79,14 @@ impl Plan {
         let seconds = |name: &str, default: Duration| -> Result<Duration, PropertyError> {
             Ok(p.parsed::<u64>(name)?.map_or(default, Duration::from_secs))
         };
-        let grouped = ["groupBy", "groupWaitSeconds", "groupIntervalSeconds"]
-            .iter()
-            .any(|name| p.text(name).is_some());
+        let grouped = [
+            "groupBy",
+            "groupWaitSeconds",
+            "groupIntervalSeconds",
+            "repeatIntervalSeconds",
+        ]
+        .iter()
+        .any(|name| p.text(name).is_some());
         let groups = if grouped {
             let by = p
                 .text("groupBy")
@@ -95,10 +105,12 @@ impl Plan {
                         })
                 })
                 .collect::<Result<_, _>>()?;
+            let interval = seconds("groupIntervalSeconds", DEFAULT_INTERVAL)?;
             Some(Groups {
                 by,
                 wait: seconds("groupWaitSeconds", DEFAULT_WAIT)?,
-                interval: seconds("groupIntervalSeconds", DEFAULT_INTERVAL)?,
+                interval,
+                repeat: repeat_of(p, interval)?,
             })
         } else {
             None
@@ -161,6 +173,38 @@ impl Plan {
     pub fn interval(&self) -> Duration {
         self.groups.as_ref().map_or(Duration::ZERO, |g| g.interval)
     }
+
+    /// How long an unchanged group's firing alerts wait to go out again (`None`: never).
+    pub fn repeat(&self) -> Option<Duration> {
+        self.groups.as_ref().and_then(|g| g.repeat)
+    }
+}
+
+/// `repeatIntervalSeconds`: positive, and no shorter than the group's `interval` — as
+/// Alertmanager expects: a repeat more often than new events may go would flood the channel
+/// the interval is there to spare.
+fn repeat_of(p: &Properties, interval: Duration) -> Result<Option<Duration>, PropertyError> {
+    const NAME: &str = "repeatIntervalSeconds";
+    let Some(seconds) = p.parsed::<u64>(NAME)? else {
+        return Ok(None);
+    };
+    if seconds == 0 {
+        return Err(PropertyError::property(
+            NAME,
+            "must be a positive number of seconds",
+        ));
+    }
+    let repeat = Duration::from_secs(seconds);
+    if repeat < interval {
+        return Err(PropertyError::property(
+            NAME,
+            format!(
+                "must be at least groupIntervalSeconds ({})",
+                interval.as_secs()
+            ),
+        ));
+    }
+    Ok(Some(repeat))
 }
 
 /// Why a job is held back.
@@ -300,6 +344,9 @@ mod tests {
         );
         assert_eq!(groups.by.len(), 2);
         assert_eq!(grouped.rate, None, "0: no limit");
+        assert_eq!(groups.repeat, None, "no repeats unless asked for");
+        let repeating = plan(json!({"repeatIntervalSeconds": "14400"})).unwrap();
+        assert_eq!(repeating.repeat(), Some(Duration::from_secs(14_400)));
         for (properties, named) in [
             (json!({"groupBy": "resource.nope"}), "groupBy"),
             (json!({"groupWaitSeconds": "soon"}), "groupWaitSeconds"),
@@ -308,6 +355,18 @@ mod tests {
                 "groupIntervalSeconds",
             ),
             (json!({"messagesPerMinute": "lots"}), "messagesPerMinute"),
+            (
+                json!({"repeatIntervalSeconds": "0"}),
+                "repeatIntervalSeconds",
+            ),
+            (
+                json!({"repeatIntervalSeconds": "often"}),
+                "repeatIntervalSeconds",
+            ),
+            (
+                json!({"groupIntervalSeconds": "60", "repeatIntervalSeconds": "30"}),
+                "repeatIntervalSeconds",
+            ),
         ] {
             let refused = plan(properties).unwrap_err().to_string();
             assert!(refused.contains(named), "{refused}");

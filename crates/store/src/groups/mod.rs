@@ -13,8 +13,14 @@
 //! several sends each digest; a claim that lapses — its process died — is claimed again) →
 //! it sends the digest and removes the members it named ([`GroupStore::flushed`]), or puts the
 //! group off until a token or a retry is due ([`GroupStore::postpone`]). SQLite keeps them in
-//! `groups.db` (this process's alone), PostgreSQL in the `delivery_groups` and
-//! `delivery_group_members` tables every process shares.
+//! `groups.db` (this process's alone), PostgreSQL in the `delivery_groups`,
+//! `delivery_group_members` and `delivery_group_firing` tables every process shares.
+//!
+//! Repeats (an action's `repeatIntervalSeconds`): a flush may name the alerts its digest said
+//! are firing ([`Repeats`]); the group keeps the latest event of each (a resolved one drops its
+//! alert) and is due for a *repeat* when its repeat time comes with nothing new — claimed like
+//! a digest ([`Claimed::repeat`]), so that one process sends it, and rescheduled with
+//! [`GroupStore::repeated`]. A group that keeps firing alerts is not forgotten.
 
 mod postgres;
 mod sqlite;
@@ -52,6 +58,28 @@ pub struct Claimed {
     pub id: GroupId,
     pub members: Vec<Member>,
     pub failures: String,
+    /// True when nothing new came and the group is due for a repeat: `members` are then the
+    /// latest events of the alerts it keeps firing (oldest first), not new members.
+    pub repeat: bool,
+}
+
+/// An alert a digest said is firing: its key and its latest event, kept for repeats.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Firing {
+    pub alert_key: String,
+    pub member: Member,
+}
+
+/// What a digest changes in the alerts its group keeps for repeats.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Repeats {
+    /// Alerts that fire, each named once (an alert kept already takes this event instead of
+    /// its older one).
+    pub firing: Vec<Firing>,
+    /// Keys of alerts that resolved: no longer repeated.
+    pub resolved: Vec<String>,
+    /// When the group's next repeat is due, if it still keeps a firing alert then.
+    pub at_ms: i64,
 }
 
 #[derive(Clone)]
@@ -98,8 +126,9 @@ impl GroupStore {
         }
     }
 
-    /// Claims up to `groups` due groups until `now_ms + lease_ms`, each with its oldest
-    /// `members` members. Groups flushed long enough ago (idle past their interval) are
+    /// Claims up to `groups` due groups — for a digest, or for a repeat — until
+    /// `now_ms + lease_ms`, each with its oldest `members` members (or firing alerts). Groups
+    /// flushed long enough ago (idle past their interval) that keep no firing alert are
     /// forgotten on the way, so that a new member starts a new group.
     pub async fn claim_due(
         &self,
@@ -119,17 +148,31 @@ impl GroupStore {
 
     /// The digest of group `id` went out (or was given up) naming `sent`: they leave the group,
     /// and its claim is released. Members left (added meanwhile, or past the digest's limit)
-    /// are due at `next_ms`, and so is any member that comes before then.
+    /// are due at `next_ms`, and so is any member that comes before then. With `repeats`, the
+    /// group keeps its firing alerts for repeats; without, it forgets any it kept.
     pub async fn flushed(
         &self,
         id: &GroupId,
         sent: &[String],
         next_ms: i64,
+        repeats: Option<&Repeats>,
     ) -> Result<(), StoreError> {
-        let (id, sent) = (id.clone(), sent.to_vec());
+        let (id, sent, repeats) = (id.clone(), sent.to_vec(), repeats.cloned());
         match &self.backend {
-            Backend::Sqlite(s) => Ok(s.flushed(id, sent, next_ms).await?),
-            Backend::Postgres(p) => p.database.noted(p.flushed(id, sent, next_ms).await),
+            Backend::Sqlite(s) => Ok(s.flushed(id, sent, next_ms, repeats).await?),
+            Backend::Postgres(p) => p
+                .database
+                .noted(p.flushed(id, sent, next_ms, repeats).await),
+        }
+    }
+
+    /// Group `id`'s repeat went out (or failed): the next is due at `next_ms`, or, `None`, the
+    /// group repeats no more and forgets its firing alerts. Its claim is released.
+    pub async fn repeated(&self, id: &GroupId, next_ms: Option<i64>) -> Result<(), StoreError> {
+        let id = id.clone();
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(s.repeated(id, next_ms).await?),
+            Backend::Postgres(p) => p.database.noted(p.repeated(id, next_ms).await),
         }
     }
 

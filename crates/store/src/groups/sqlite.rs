@@ -1,11 +1,12 @@
 //! The groups in SQLite: `groups.db` in the data directory, this process's alone.
 
-use super::{Claimed, GroupId, Member, Timing};
+use super::{Claimed, GroupId, Member, Repeats, Timing};
 use rusqlite::{params, Connection};
 use std::path::Path;
 use storage::{Database, Durability, StorageError};
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE delivery_groups (
         action TEXT NOT NULL,
         group_key TEXT NOT NULL,
@@ -24,7 +25,21 @@ const MIGRATIONS: &[&str] = &["
         added_at_ms INTEGER NOT NULL,
         PRIMARY KEY (action, group_key, event_id)
     );
-"];
+",
+    "
+    ALTER TABLE delivery_groups ADD COLUMN repeat_at_ms INTEGER;
+    CREATE INDEX delivery_groups_repeat ON delivery_groups (repeat_at_ms)
+        WHERE repeat_at_ms IS NOT NULL;
+    CREATE TABLE delivery_group_firing (
+        action TEXT NOT NULL,
+        group_key TEXT NOT NULL,
+        alert_key TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        job TEXT NOT NULL,
+        PRIMARY KEY (action, group_key, alert_key)
+    );
+",
+];
 
 #[derive(Clone)]
 pub(super) struct SqliteGroups {
@@ -79,15 +94,16 @@ impl SqliteGroups {
         self.db
             .write(move |c| {
                 c.prepare_cached(
-                    "DELETE FROM delivery_groups WHERE due_at_ms IS NULL AND next_allowed_ms <= ?1",
+                    "DELETE FROM delivery_groups WHERE due_at_ms IS NULL AND next_allowed_ms <= ?1 \
+                     AND repeat_at_ms IS NULL",
                 )?
                 .execute([now_ms])?;
-                let due: Vec<(GroupId, String)> = c
+                let due: Vec<(GroupId, String, bool)> = c
                     .prepare_cached(
-                        "SELECT action, group_key, failures FROM delivery_groups \
-                         WHERE due_at_ms <= ?1 \
+                        "SELECT action, group_key, failures, due_at_ms IS NULL FROM delivery_groups \
+                         WHERE (due_at_ms <= ?1 OR (due_at_ms IS NULL AND repeat_at_ms <= ?1)) \
                          AND (claimed_until_ms IS NULL OR claimed_until_ms <= ?1) \
-                         ORDER BY due_at_ms LIMIT ?2",
+                         ORDER BY COALESCE(due_at_ms, repeat_at_ms) LIMIT ?2",
                     )?
                     .query_map(params![now_ms, groups], |r| {
                         Ok((
@@ -96,21 +112,27 @@ impl SqliteGroups {
                                 key: r.get(1)?,
                             },
                             r.get(2)?,
+                            r.get(3)?,
                         ))
                     })?
                     .collect::<rusqlite::Result<_>>()?;
                 let mut claimed = Vec::with_capacity(due.len());
-                for (id, failures) in due {
+                for (id, failures, repeat) in due {
                     c.prepare_cached(
                         "UPDATE delivery_groups SET claimed_until_ms = ?3 \
                          WHERE action = ?1 AND group_key = ?2",
                     )?
                     .execute(params![id.action, id.key, now_ms + lease_ms])?;
-                    let members = members_of(c, &id, members)?;
+                    let members = if repeat {
+                        firing_of(c, &id, members)?
+                    } else {
+                        members_of(c, &id, members)?
+                    };
                     claimed.push(Claimed {
                         id,
                         members,
                         failures,
+                        repeat,
                     });
                 }
                 Ok(claimed)
@@ -123,6 +145,7 @@ impl SqliteGroups {
         id: GroupId,
         sent: Vec<String>,
         next_ms: i64,
+        repeats: Option<Repeats>,
     ) -> Result<(), StorageError> {
         self.db
             .write(move |c| {
@@ -141,6 +164,51 @@ impl SqliteGroups {
                      WHERE action = ?1 AND group_key = ?2",
                 )?
                 .execute(params![id.action, id.key, next_ms])?;
+                let Some(repeats) = repeats else {
+                    return forget_firing(c, &id);
+                };
+                let mut keep = c.prepare_cached(
+                    "INSERT INTO delivery_group_firing (action, group_key, alert_key, event_id, job) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (action, group_key, alert_key) \
+                     DO UPDATE SET event_id = excluded.event_id, job = excluded.job",
+                )?;
+                for f in &repeats.firing {
+                    keep.execute(params![id.action, id.key, f.alert_key, f.member.event_id, f.member.job])?;
+                }
+                let mut resolve = c.prepare_cached(
+                    "DELETE FROM delivery_group_firing \
+                     WHERE action = ?1 AND group_key = ?2 AND alert_key = ?3",
+                )?;
+                for alert_key in &repeats.resolved {
+                    resolve.execute(params![id.action, id.key, alert_key])?;
+                }
+                c.prepare_cached(
+                    "UPDATE delivery_groups SET repeat_at_ms = CASE WHEN EXISTS \
+                         (SELECT 1 FROM delivery_group_firing f \
+                         WHERE f.action = ?1 AND f.group_key = ?2) THEN ?3 END \
+                     WHERE action = ?1 AND group_key = ?2",
+                )?
+                .execute(params![id.action, id.key, repeats.at_ms])?;
+                Ok(())
+            })
+            .await
+    }
+
+    pub(super) async fn repeated(
+        &self,
+        id: GroupId,
+        next_ms: Option<i64>,
+    ) -> Result<(), StorageError> {
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE delivery_groups SET claimed_until_ms = NULL, repeat_at_ms = ?3 \
+                     WHERE action = ?1 AND group_key = ?2",
+                )?
+                .execute(params![id.action, id.key, next_ms])?;
+                if next_ms.is_none() {
+                    forget_firing(c, &id)?;
+                }
                 Ok(())
             })
             .await
@@ -172,6 +240,33 @@ impl SqliteGroups {
             })
             .await
     }
+}
+
+/// The group keeps no firing alert: it repeats nothing.
+fn forget_firing(c: &Connection, id: &GroupId) -> rusqlite::Result<()> {
+    c.prepare_cached("DELETE FROM delivery_group_firing WHERE action = ?1 AND group_key = ?2")?
+        .execute(params![id.action, id.key])?;
+    c.prepare_cached(
+        "UPDATE delivery_groups SET repeat_at_ms = NULL WHERE action = ?1 AND group_key = ?2",
+    )?
+    .execute(params![id.action, id.key])?;
+    Ok(())
+}
+
+/// The latest event of each alert the group keeps firing, oldest first (event ids are time
+/// ordered).
+fn firing_of(c: &Connection, id: &GroupId, limit: i64) -> rusqlite::Result<Vec<Member>> {
+    c.prepare_cached(
+        "SELECT event_id, job FROM delivery_group_firing WHERE action = ?1 AND group_key = ?2 \
+         ORDER BY event_id LIMIT ?3",
+    )?
+    .query_map(params![id.action, id.key, limit], |r| {
+        Ok(Member {
+            event_id: r.get(0)?,
+            job: r.get(1)?,
+        })
+    })?
+    .collect()
 }
 
 fn members_of(c: &Connection, id: &GroupId, limit: i64) -> rusqlite::Result<Vec<Member>> {
