@@ -212,17 +212,7 @@ impl Flusher {
             .digest_finished(channel, DeliveryOutcome::Delivered, jobs.len());
         let status = (Status::Delivered, attempted.attempt);
         if self.follow_up(sent.action, jobs, status, None).await {
-            let repeats = attempted
-                .repeat
-                .map(|every| kept_for_repeats(jobs, true, every));
-            self.done(
-                sent.group,
-                &sent.ids,
-                attempted.next_ms,
-                attempted.truncated,
-                repeats.as_ref(),
-            )
-            .await;
+            self.settled(sent, attempted, jobs, true).await;
         }
     }
 
@@ -317,17 +307,7 @@ impl Flusher {
             .await
         {
             // Nothing was said to be firing; what resolved is no longer repeated all the same.
-            let repeats = attempted
-                .repeat
-                .map(|every| kept_for_repeats(jobs, false, every));
-            self.done(
-                sent.group,
-                &sent.ids,
-                attempted.next_ms,
-                attempted.truncated,
-                repeats.as_ref(),
-            )
-            .await;
+            self.settled(sent, attempted, jobs, false).await;
         }
     }
 
@@ -460,6 +440,28 @@ impl Flusher {
             // The claim lapses and the repeat goes again.
             tracing::warn!(error = %e, action = %group.id.action, "cannot schedule a group's next repeat");
         }
+    }
+
+    /// The digest `sent` of `jobs` ended, `delivered` or not: [`Self::done`], keeping for
+    /// repeats what it said was firing if the action repeats.
+    async fn settled(
+        &self,
+        sent: &Sent<'_>,
+        attempted: &Attempted,
+        jobs: &[DeliveryJob],
+        delivered: bool,
+    ) {
+        let repeats = attempted
+            .repeat
+            .map(|every| kept_for_repeats(jobs, delivered, every));
+        self.done(
+            sent.group,
+            &sent.ids,
+            attempted.next_ms,
+            attempted.truncated,
+            repeats.as_ref(),
+        )
+        .await;
     }
 
     /// The digest ended: its members leave the group, which keeps `repeats` if it repeats.
