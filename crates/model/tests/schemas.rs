@@ -127,6 +127,26 @@ fn emitted_events_and_pages_match_their_schemas() {
         &serde_json::to_value(&ingested).unwrap(),
         "bus event with a person's act",
     );
+    for released in [
+        model::bus::Released::Silence("s-1".into()),
+        model::bus::Released::MuteWindow {
+            subscription: "night".into(),
+        },
+    ] {
+        ingested.by = None;
+        ingested.released_by = Some(released);
+        let value = serde_json::to_value(&ingested).unwrap();
+        assert_valid(
+            &validator("bus-ingested-event.json"),
+            &value,
+            "bus event released",
+        );
+        let back: IngestedEvent = serde_json::from_value(value).unwrap();
+        assert_eq!(
+            back, ingested,
+            "a released copy reads back as it was queued"
+        );
+    }
     let mut job = DeliveryJob::new(event, 5, "to-store");
     assert_valid(
         &validator("bus-delivery-job.json"),
