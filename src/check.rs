@@ -53,7 +53,7 @@ async fn check_routing(path: &Path, settings: &ChannelSettings) -> anyhow::Resul
     };
     let records = RecordStore::open(&scratch.path().join("records.db"), region, None)?;
     let scratch_dir = store::Location::Sqlite(scratch.path().to_owned());
-    let channels = Channels::open(records, &scratch_dir, settings).await?;
+    let channels = Channels::open(records, &scratch_dir, settings, None).await?;
     model::Catalog::new(configuration, &channels)
         .with_context(|| format!("{} would be refused", path.display()))?;
     Ok(())
@@ -70,6 +70,7 @@ fn settings_problems(settings: &Settings) -> Vec<anyhow::Error> {
             .map(Into::into),
         settings.rate_limit.limit().err().map(Into::into),
         settings.store.check().err().map(Into::into),
+        settings.links.check().err().map(anyhow::Error::msg),
         Certificate::open(&settings.tls).err(),
         web::Authenticator::new(&settings.auth.clients, Vec::new(), Duration::ZERO)
             .err()

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use warp::Filter;
+use web::act_link::ActLinks;
 use web::{Authenticator, RateLimiter, Scope};
 
 /// Largest configuration import accepted: a whole routing setup can be far larger than an event.
@@ -61,6 +62,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         kind: settings.region_type.clone(),
     };
     settings.store.check()?;
+    settings.links.check().map_err(anyhow::Error::msg)?;
     let location = store::Location::open(settings.store.backend, data_dir, &settings.store.url.0)
         .await
         .context("cannot open the store ([store] backend and url)")?;
@@ -72,8 +74,30 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         )?,
         store::Location::Postgres(database) => RecordStore::on_postgres(database, region).await?,
     };
+    let clients = credentials::clients(&settings.auth.clients, data_dir)?;
+    let auth = Arc::new(Authenticator::new(
+        &clients,
+        credentials::token_key(&settings.auth.token_secret.0, data_dir)?,
+        Duration::from_secs(settings.auth.token_lifetime_seconds),
+    )?);
+    // Who may act through links and chat; the links' minter, shared by delivery and the pages.
+    let directory = Arc::new(chat::settings::Directory::read(&settings.chat.identities)?);
+    let act_links = ActLinks::new(
+        &settings.links,
+        auth.derived_key("action link"),
+        directory
+            .mailboxes_with(Scope::Responder)
+            .map(str::to_owned),
+    )
+    .map(Arc::new);
     // The channels check every action when it is saved, so they come before the configuration.
-    let channels = Channels::open(records.clone(), &location, &settings.channels).await?;
+    let channels = Channels::open(
+        records.clone(),
+        &location,
+        &settings.channels,
+        act_links.clone(),
+    )
+    .await?;
     for channel in channels.types() {
         metrics.register_channel(channel);
     }
@@ -96,12 +120,6 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Routers take changes from other processes before each batch; this keeps the delivery
     // side current too when no events flow here.
     let refresher = tokio::spawn(Arc::clone(&config_store).follow());
-    let clients = credentials::clients(&settings.auth.clients, data_dir)?;
-    let auth = Arc::new(Authenticator::new(
-        &clients,
-        credentials::token_key(&settings.auth.token_secret.0, data_dir)?,
-        Duration::from_secs(settings.auth.token_lifetime_seconds),
-    )?);
     let limiter = Arc::new(RateLimiter::new(
         settings.rate_limit.limit()?,
         clients.iter().map(|c| c.name.as_str()),
@@ -188,7 +206,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         &limiter,
         Arc::clone(&bus),
         SourceState { oci, idempotency },
-        ActState { silences, audit },
+        ActState {
+            silences,
+            audit,
+            act_links,
+            directory,
+        },
         probe,
     )?;
     let certificate = listener::Certificate::open(&settings.tls)?;
@@ -225,6 +248,10 @@ struct SourceState {
 struct ActState {
     silences: Arc<Silences>,
     audit: store::audit::AuditLog,
+    /// The action links' minter and reader, when `[links] public_url` is set.
+    act_links: Option<Arc<ActLinks>>,
+    /// Who may act through chat and links.
+    directory: Arc<chat::settings::Directory>,
 }
 
 fn api_routes(
@@ -233,7 +260,12 @@ fn api_routes(
     limiter: &Arc<RateLimiter>,
     bus: Arc<dyn Bus>,
     SourceState { oci, idempotency }: SourceState,
-    ActState { silences, audit }: ActState,
+    ActState {
+        silences,
+        audit,
+        act_links,
+        directory,
+    }: ActState,
     probe: Probe,
 ) -> anyhow::Result<
     impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone,
@@ -294,6 +326,8 @@ fn api_routes(
             silences: Arc::clone(&silences),
             metrics: Arc::clone(&metrics),
             body_limit: CONFIGURATION_BODY_LIMIT,
+            act_links,
+            directory,
         },
         auth,
         &settings.console,

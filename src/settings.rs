@@ -46,6 +46,9 @@ pub struct Settings {
     pub console: console::ConsoleSettings,
     /// Control from chat: the Slack app, who may act (`chat::settings`).
     pub chat: chat::settings::ChatSettings,
+    /// Where people reach Tocsin, for the action links in Teams cards and emails
+    /// (`web::act_link`).
+    pub links: web::act_link::LinkSettings,
 }
 
 /// `[store]`: where Tocsin keeps its state, and how the stored configuration is sealed at rest.
@@ -316,6 +319,7 @@ impl Default for Settings {
             tls: TlsSettings::default(),
             console: console::ConsoleSettings::default(),
             chat: Default::default(),
+            links: Default::default(),
         }
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! ```toml
 //! [chat]
-//! # chat user → Tocsin identity and scopes: `slack:{team id}/{user id}={identity}:{scope}+{scope}`
-//! identities = ["slack:T0TEAM/U0ALICE=alice:responder+configuration"]
+//! # chat user → Tocsin identity and scopes: `slack:{team id}/{user id}={identity}:{scope}+{scope}`,
+//! # or, for the action links in emails, `email:{address}={identity}:{scope}+{scope}`
+//! identities = ["slack:T0TEAM/U0ALICE=alice:responder+configuration",
+//!               "email:alice@example.com=alice:responder"]
 //! acts_per_minute = 20
 //! [chat.slack]
 //! signing_secret = "…"          # the Slack app's Signing Secret; never logged
@@ -21,7 +23,9 @@ use web::Scope;
 #[serde(default, deny_unknown_fields)]
 pub struct ChatSettings {
     /// Chat users mapped to Tocsin identities and scopes, as
-    /// `slack:{team id}/{user id}={identity}:{scope}+{scope}…`; anyone else is refused.
+    /// `slack:{team id}/{user id}={identity}:{scope}+{scope}…`, and mailboxes, as
+    /// `email:{address}={identity}:{scope}+{scope}…` (an email's action links act as the
+    /// identity of the address it went to); anyone else is refused.
     pub identities: Vec<String>,
     /// Acts (clicks and commands) each identity may make per minute; 0 for no limit.
     pub acts_per_minute: u32,
@@ -94,7 +98,7 @@ pub struct BadIdentity {
     problem: String,
 }
 
-/// The chat users Tocsin knows, by `slack:{team}/{user}`.
+/// The chat users Tocsin knows, by `slack:{team}/{user}` and `email:{address}` (lower case).
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
     by_user: HashMap<String, Identity>,
@@ -113,15 +117,27 @@ impl Directory {
                 .split_once('=')
                 .ok_or_else(|| bad("expected `slack:{team}/{user}={identity}:{scopes}`"))?;
             let user = user.trim();
-            let Some(slack) = user.strip_prefix("slack:") else {
-                return Err(bad("the user must start with `slack:`"));
+            let user = if let Some(slack) = user.strip_prefix("slack:") {
+                if !slack
+                    .split_once('/')
+                    .is_some_and(|(team, id)| !team.is_empty() && !id.is_empty())
+                {
+                    return Err(bad("the Slack user must be `{team id}/{user id}`"));
+                }
+                user.to_owned()
+            } else if let Some(address) = user.strip_prefix("email:") {
+                if !address
+                    .split_once('@')
+                    .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+                {
+                    return Err(bad(
+                        "the mailbox must be an address like `alice@example.com`",
+                    ));
+                }
+                format!("email:{}", address.to_ascii_lowercase())
+            } else {
+                return Err(bad("the user must start with `slack:` or `email:`"));
             };
-            if !slack
-                .split_once('/')
-                .is_some_and(|(team, id)| !team.is_empty() && !id.is_empty())
-            {
-                return Err(bad("the Slack user must be `{team id}/{user id}`"));
-            }
             let (name, scopes) = identity
                 .split_once(':')
                 .ok_or_else(|| bad("expected `{identity}:{scope}+{scope}`"))?;
@@ -143,7 +159,7 @@ impl Directory {
                 name: name.to_owned(),
                 scopes,
             };
-            if by_user.insert(user.to_owned(), identity).is_some() {
+            if by_user.insert(user, identity).is_some() {
                 return Err(bad("the user is mapped twice"));
             }
         }
@@ -153,6 +169,20 @@ impl Directory {
     /// The identity of Slack user `user` of workspace `team`.
     pub fn slack_user(&self, team: &str, user: &str) -> Option<&Identity> {
         self.by_user.get(&format!("slack:{team}/{user}"))
+    }
+
+    /// The identity the mailbox `address` is mapped to.
+    pub fn mailbox(&self, address: &str) -> Option<&Identity> {
+        self.by_user
+            .get(&format!("email:{}", address.to_ascii_lowercase()))
+    }
+
+    /// The mailboxes mapped to an identity holding `scope`: whose emails carry action links.
+    pub fn mailboxes_with(&self, scope: Scope) -> impl Iterator<Item = &str> {
+        self.by_user.iter().filter_map(move |(user, identity)| {
+            let address = user.strip_prefix("email:")?;
+            identity.scopes.contains(&scope).then_some(address)
+        })
     }
 
     /// Every identity's name, for the rate limiter's buckets.
@@ -170,6 +200,8 @@ mod tests {
         let directory = Directory::read(&[
             "slack:T1/U1=alice:responder+configuration".into(),
             "slack:T1/U2 = bob : responder".into(),
+            "email:Alice@Example.com=alice:responder".into(),
+            "email:audit@example.com=auditor:configuration".into(),
         ])
         .unwrap();
         let alice = directory.slack_user("T1", "U1").unwrap();
@@ -180,9 +212,20 @@ mod tests {
             directory.slack_user("T2", "U1").is_none(),
             "the team counts"
         );
+        assert_eq!(
+            directory.mailbox("alice@EXAMPLE.com").unwrap().name,
+            "alice"
+        );
+        assert_eq!(
+            directory
+                .mailboxes_with(Scope::Responder)
+                .collect::<Vec<_>>(),
+            ["alice@example.com"]
+        );
         for (entry, problem) in [
             ("slack:T1/U1", "expected"),
-            ("teams:T1/U1=a:responder", "slack:"),
+            ("teams:T1/U1=a:responder", "`slack:` or `email:`"),
+            ("email:alice=a:responder", "an address like"),
             ("slack:T1=a:responder", "{team id}/{user id}"),
             ("slack:T1/U1=a:root", "unknown scope `root`"),
             ("slack:T1/U1=:responder", "empty"),

@@ -7,11 +7,15 @@
 //! path of the alerts API, the configuration API's create/update/delete with its validation
 //! messages, redelivery, the silences' checks, the action test — never on Tocsin over HTTP.
 //!
+//! It also serves the pages behind the action links of Teams cards and emails
+//! (`/tocsin/v1/act/{token}`, [`act_pages`]), which need its sessions and pages.
+//!
 //! Data flows: request → [`session`] filters (who, which scope, genuine form) → a page module
 //! ([`pages`]) calls the component's function → [`render`] turns the answer into HTML, or a
 //! form ends in a 303 back to the page it came from. Templates, CSS and htmx are embedded in
 //! the binary; everything works without JavaScript, htmx only spares full page loads.
 
+mod act_pages;
 mod pages;
 mod render;
 pub mod session;
@@ -67,6 +71,10 @@ pub struct Console {
     pub metrics: Arc<metrics::Metrics>,
     /// The largest form accepted (a configuration import is the largest).
     pub body_limit: u64,
+    /// The action links' reader, when `[links] public_url` is set (else their pages say so).
+    pub act_links: Option<Arc<web::act_link::ActLinks>>,
+    /// Who an email's action link acts as (`chat.identities`).
+    pub directory: Arc<chat::settings::Directory>,
 }
 
 /// The console's routes under `/ui`, with its own refusal pages; `tls` says whether Tocsin
@@ -84,13 +92,17 @@ pub fn routes(
         tls || settings.secure_cookie,
         console.alerts.audit.clone(),
     ));
+    let console = Arc::new(console);
+    let act_pages = act_pages::routes(Arc::clone(&console), Arc::clone(&sessions));
     // Recovering inside `/ui` only: every other path stays the APIs' to answer.
     warp::path("ui")
         .and(
-            pages::routes(Arc::new(console), sessions, sign_ins)
+            pages::routes(console, sessions, sign_ins)
                 .recover(recover)
                 .unify(),
         )
+        .or(act_pages)
+        .unify()
         .boxed()
 }
 

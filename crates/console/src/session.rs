@@ -118,7 +118,9 @@ impl Sessions {
 
     fn cookie(&self, value: &str, max_age: i64) -> String {
         let secure = if self.secure { "; Secure" } else { "" };
-        format!("{COOKIE}={value}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}")
+        // `Path=/`, not `/ui`: the action links' pages (`/tocsin/v1/act/…`) read it too. The APIs
+        // never do (they take credentials only from `Authorization`), so it grants nothing there.
+        format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}")
     }
 
     /// The viewer a cookie value stands for: genuine, unexpired, not signed out (on any
@@ -133,6 +135,13 @@ impl Sessions {
                 None
             }
         }
+    }
+
+    /// The viewer the session cookie in a `Cookie` header stands for, if any (see
+    /// [`Sessions::viewer_of`]).
+    pub(crate) async fn viewer_of_cookie(&self, header: Option<&str>) -> Option<Viewer> {
+        let value = header.and_then(cookie_value)?;
+        self.viewer_of(value, clock::now_epoch_seconds()).await
     }
 
     /// The viewer a cookie value stands for by its signature, expiry and client alone.
@@ -216,12 +225,10 @@ pub fn viewer(
     warp::header::optional::<String>("cookie").and_then(move |cookie: Option<String>| {
         let sessions = Arc::clone(&sessions);
         async move {
-            let value = cookie.as_deref().and_then(cookie_value);
-            let viewer = match value {
-                Some(value) => sessions.viewer_of(value, clock::now_epoch_seconds()).await,
-                None => None,
-            }
-            .ok_or_else(|| warp::reject::custom(Refusal::SignIn))?;
+            let viewer = sessions
+                .viewer_of_cookie(cookie.as_deref())
+                .await
+                .ok_or_else(|| warp::reject::custom(Refusal::SignIn))?;
             match scope {
                 Some(scope) if !viewer.may(scope) => {
                     Err(warp::reject::custom(Refusal::Forbidden(format!(

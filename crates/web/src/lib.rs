@@ -1,8 +1,10 @@
-//! HTTP plumbing shared by every Tocsin API: credentials and scopes ([`auth`]), per-client
+//! HTTP plumbing shared by every Tocsin API: credentials and scopes ([`auth`]), signed action
+//! links ([`act_link`]), per-client
 //! rate limits ([`rate_limit`]), JSON error answers that never lose their `{"message": …}`
 //! shape ([`errors`]), and bounded JSON bodies ([`body`]). Component crates build their `warp` filters on these; the binary composes them
 //! and installs [`errors::recover`] once at the top.
 
+pub mod act_link;
 pub mod auth;
 pub mod body;
 pub mod errors;

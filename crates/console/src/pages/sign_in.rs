@@ -1,5 +1,7 @@
 //! Signing in with a client's name and secret (checked by the API's authenticator, a few
-//! attempts per client and minute — see `SIGN_IN_LIMIT`), and signing out.
+//! attempts per client and minute — see `SIGN_IN_LIMIT`), and signing out. A sign-in asked
+//! for by an action link's page (`?next=/tocsin/v1/act/…`) goes back there; `next` may only
+//! name a page of this Tocsin (no open redirect).
 
 use super::Pages;
 use crate::render::{page, see_other};
@@ -15,14 +17,18 @@ const FORM_LIMIT: u64 = 8 * 1024;
 
 pub(super) fn routes(pages: &Pages) -> BoxedFilter<(Response,)> {
     let path = warp::path("sign-in").and(warp::path::end());
-    let form = path.and(warp::get()).map(|| {
-        page(
-            "sign_in.html",
-            None,
-            serde_json::json!({"title": "Sign in"}),
-            StatusCode::OK,
-        )
-    });
+    let form = path
+        .and(warp::get())
+        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .map(|query: std::collections::HashMap<String, String>| {
+            let next = query.get("next").map(String::as_str).and_then(local_page);
+            page(
+                "sign_in.html",
+                None,
+                serde_json::json!({"title": "Sign in", "next": next}),
+                StatusCode::OK,
+            )
+        });
     let with_pages = {
         let pages = pages.clone();
         warp::any().map(move || pages.clone())
@@ -42,14 +48,23 @@ pub(super) fn routes(pages: &Pages) -> BoxedFilter<(Response,)> {
     form.or(sign_in).unify().or(sign_out).unify().boxed()
 }
 
+/// `next` if it names a page of the console or an action link's page of this Tocsin.
+fn local_page(next: &str) -> Option<&str> {
+    let local = ["/ui/", "/tocsin/v1/act/"]
+        .iter()
+        .any(|prefix| next.starts_with(prefix));
+    (local && !next.contains(['\\', '\r', '\n'])).then_some(next)
+}
+
 async fn sign_in(form: Form, pages: Pages) -> Response {
     let client = form.get("client").unwrap_or_default().to_owned();
+    let next = form.get("next").and_then(local_page).map(str::to_owned);
     let refuse = |status: StatusCode, error: &str| {
         let client = &client;
         page(
             "sign_in.html",
             None,
-            serde_json::json!({"title": "Sign in", "client": client, "error": error}),
+            serde_json::json!({"title": "Sign in", "client": client, "error": error, "next": next}),
             status,
         )
     };
@@ -71,7 +86,7 @@ async fn sign_in(form: Form, pages: Pages) -> Response {
             tracing::info!(client = %client, "signed in to the console");
             pages.sessions.signed_in(&client).await;
             let cookie = pages.sessions.start(&client, clock::now_epoch_seconds());
-            with_cookie(see_other("/ui/"), &cookie)
+            with_cookie(see_other(next.as_deref().unwrap_or("/ui/")), &cookie)
         }
         None => refuse(StatusCode::UNAUTHORIZED, "Unknown client or wrong secret."),
     }
@@ -82,4 +97,27 @@ fn with_cookie(mut response: Response, cookie: &str) -> Response {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_page;
+
+    #[test]
+    fn next_names_only_this_tocsins_pages() {
+        assert_eq!(
+            local_page("/tocsin/v1/act/abc.def"),
+            Some("/tocsin/v1/act/abc.def")
+        );
+        assert_eq!(local_page("/ui/alerts"), Some("/ui/alerts"));
+        for outside in [
+            "https://evil.example/",
+            "//evil.example/ui/",
+            "/ui\\x",
+            "/healthz",
+            "",
+        ] {
+            assert_eq!(local_page(outside), None, "{outside}");
+        }
+    }
 }

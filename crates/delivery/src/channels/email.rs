@@ -5,9 +5,17 @@
 //! (`STARTTLS`, required — the default; `TLS`, TLS from the first byte; `NONE`, plaintext
 //! for a trusted local relay), `username` + `password` (SMTP AUTH), `sslTrustAll`,
 //! `subjectTemplate`, `bodyTemplate` (the plain-text part; ANS calls it `payloadTemplate`,
-//! which is taken when `bodyTemplate` is not set) and `htmlTemplate` (the HTML part,
-//! values HTML-escaped). The defaults show the subject (marked `Resolved:` when the event
-//! closes its alert), the body, severity, resource, time, event type and the event's links.
+//! which is taken when `bodyTemplate` is not set), `htmlTemplate` (the HTML part,
+//! values HTML-escaped) and `controls` (default `true`). The defaults show the subject (marked
+//! `Resolved:` when the event closes its alert), the body, severity, resource, time, event type
+//! and the event's links.
+//!
+//! Action links: while the alert fires and `[links] public_url` is set, a recipient whose
+//! address is mapped to a Tocsin identity (`chat.identities`, `email:{address}=…`) gets a mail
+//! of their own ending with Acknowledge, Resolve and Silence 1 h links — signed, expiring,
+//! single-use, and bound to that address, so that the link acts as that identity
+//! (`web::act_link`); the other recipients share one mail without them. A retry sends every
+//! mail of the event again.
 //!
 //! An action that names no `smtpHost` goes through the site's SMTP relay, `[channels.email]`
 //! ([`RelaySettings`]: host, port, security, credentials, sender), so that an action needs only
@@ -30,14 +38,17 @@ use super::{Channel, Tools};
 use crate::failure::{Code, Failure};
 use crate::grouping::Digest;
 use crate::http::chain;
+use crate::lifecycle::Transition;
 use crate::properties::{Properties, PropertyError};
 use crate::templates::{datetime, event_links, Format, Scope, Texts, EVENT_AS_TEXT};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use model::alert::Control;
 use model::{Action, DeliveryJob};
 use serde::{Deserialize, Serialize};
+use web::act_link::{ActLinks, Audience};
 
 const SUBJECT: &str =
     "[{{ event.severity }}] {% if resolved %}Resolved: {% endif %}{{ event.subject }}";
@@ -156,12 +167,13 @@ impl EmailChannel {
         EmailChannel { tools, relay }
     }
 
-    fn message(
+    /// The event's subject and its plain-text and HTML parts.
+    fn parts(
         &self,
         job: &DeliveryJob,
         action: &Action,
         config: &EmailConfig,
-    ) -> Result<Message, Failure> {
+    ) -> Result<(String, String, String), Failure> {
         let scope = Scope::new(job, action);
         let render = |property: &str,
                       format: Format,
@@ -184,20 +196,72 @@ impl EmailChannel {
             EVENT_AS_TEXT,
         )?;
         let html = render("htmlTemplate", Format::Html, &config.html, HTML)?;
-        mail(config, &subject, text, html)
+        Ok((subject, text, html))
+    }
+
+    /// The action links minter, if this event's mails carry links: the alert fires, the
+    /// action keeps its controls, and links are set up.
+    fn act_links(&self, job: &DeliveryJob, config: &EmailConfig) -> Option<&ActLinks> {
+        let fires = Transition::of(&job.event) != Transition::Close;
+        self.tools
+            .act_links
+            .as_deref()
+            .filter(|_| config.controls && fires)
     }
 }
 
-/// The mail from and to the action's addresses with `subject` and both parts.
+/// `text` and `html` ending with `to`'s own action links for `alert`, made at `now`.
+fn with_act_links(
+    links: &ActLinks,
+    alert: &str,
+    to: &str,
+    now: i64,
+    (mut text, html): (String, String),
+) -> (String, String) {
+    let hours = links.lifetime_seconds() / 3600;
+    let urls: Vec<(&str, String)> = Control::ALL
+        .into_iter()
+        .map(|control| {
+            let audience = Audience::Mailbox(to.to_ascii_lowercase());
+            (control.label(), links.url(control, alert, audience, now))
+        })
+        .collect();
+    let note = format!(
+        "These links act as you ({to}), once each, for {hours} h; each asks you to confirm."
+    );
+    text.push_str("\nAct on this alert:\n");
+    for (label, url) in &urls {
+        text.push_str(&format!("{label}: {url}\n"));
+    }
+    text.push_str(&format!("{note}\n"));
+    let anchors: Vec<String> = urls
+        .iter()
+        .map(|(label, url)| format!("<a href=\"{}\">{label}</a>", escape(url)))
+        .collect();
+    let block = format!(
+        "<p>Act on this alert: {}<br><small>{}</small></p>\n",
+        anchors.join(" · "),
+        escape(&note)
+    );
+    // Inside the body when the part has one (the default's and most templates' do).
+    let html = match html.rfind("</body>") {
+        Some(at) => format!("{}{block}{}", &html[..at], &html[at..]),
+        None => html + &block,
+    };
+    (text, html)
+}
+
+/// The mail from the action's sender to `to` with `subject` and both parts.
 fn mail(
     config: &EmailConfig,
+    to: &[&Mailbox],
     subject: &str,
     text: String,
     html: String,
 ) -> Result<Message, Failure> {
     let mut builder = Message::builder().from(config.from.clone());
-    for recipient in &config.to {
-        builder = builder.to(recipient.clone());
+    for recipient in to {
+        builder = builder.to((*recipient).clone());
     }
     builder
         .subject(subject.replace(['\r', '\n'], " "))
@@ -247,7 +311,8 @@ fn digest_mail(digest: &Digest, config: &EmailConfig) -> Result<Message, Failure
         html.push_str("</ul>\n");
     }
     html.push_str("</body></html>\n");
-    mail(config, &format!("[Tocsin] {headline}"), text, html)
+    let to: Vec<&Mailbox> = config.to.iter().collect();
+    mail(config, &to, &format!("[Tocsin] {headline}"), text, html)
 }
 
 /// `text` safe inside HTML, in an element or a quoted attribute.
@@ -265,6 +330,8 @@ pub struct EmailConfig {
     to: Vec<Mailbox>,
     texts: Texts,
     html: Option<String>,
+    /// Whether a firing alert's mail carries action links for its mapped recipients.
+    controls: bool,
 }
 
 impl Channel for EmailChannel {
@@ -282,6 +349,7 @@ impl Channel for EmailChannel {
         "bodyTemplate",
         "payloadTemplate",
         "htmlTemplate",
+        "controls",
     ];
     const DIGESTS: Option<u32> = Some(0);
     type Config = EmailConfig;
@@ -322,6 +390,7 @@ impl Channel for EmailChannel {
             to,
             texts,
             html: p.template("htmlTemplate")?,
+            controls: p.flag("controls", true)?,
         })
     }
 
@@ -331,8 +400,28 @@ impl Channel for EmailChannel {
         action: &Action,
         config: &EmailConfig,
     ) -> Result<(), Failure> {
-        let message = self.message(job, action, config)?;
-        self.send(message, config).await
+        let (subject, text, html) = self.parts(job, action, config)?;
+        let links = self.act_links(job, config);
+        let (linked, shared): (Vec<&Mailbox>, Vec<&Mailbox>) = config
+            .to
+            .iter()
+            .partition(|to| links.is_some_and(|l| l.serves_mailbox(&to.email.to_string())));
+        if !shared.is_empty() {
+            let message = mail(config, &shared, &subject, text.clone(), html.clone())?;
+            self.send(message, config).await?;
+        }
+        if let Some(links) = links {
+            let now = clock::now_epoch_seconds();
+            for to in linked {
+                let address = to.email.to_string();
+                let parts = (text.clone(), html.clone());
+                let (text, html) =
+                    with_act_links(links, job.event.alert_key(), &address, now, parts);
+                self.send(mail(config, &[to], &subject, text, html)?, config)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     async fn deliver_digest(
@@ -630,6 +719,71 @@ mod tests {
         ] {
             assert!(data.contains(expected), "missing {expected:?} in:\n{data}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_mapped_recipient_gets_a_mail_of_their_own_with_action_links() {
+        let (port, sessions) = smtp_server(Listen::Plain).await;
+        let (mut tools, _dir) = tools();
+        let links = crate::channels::tests::act_links();
+        tools.act_links = Some(Arc::clone(&links));
+        let channel = EmailChannel::new(tools, &RelaySettings::default());
+        let action = email_action(port, "ops@example.com, Alice@Example.com", json!({}));
+        let firing = job(json!({"ans:sourceEventId": "disk-db-1"}));
+        assert_eq!(attempt(&channel, &firing, &action).await, Ok(()));
+        let mails = wait_for_sessions(&sessions, 2).await;
+        assert_eq!(mails.len(), 2, "one shared mail, one of Alice's own");
+        let recipients = |mail: &Session| -> Vec<String> {
+            let rcpt = mail.commands.iter().filter(|c| c.starts_with("RCPT"));
+            rcpt.cloned().collect()
+        };
+        let (alices, shared): (Vec<&Session>, Vec<&Session>) = mails
+            .iter()
+            .partition(|m| recipients(m) == ["RCPT TO:<Alice@Example.com>"]);
+        assert_eq!(recipients(shared[0]), ["RCPT TO:<ops@example.com>"]);
+        assert!(
+            !shared[0].data.contains("/tocsin/v1/act/"),
+            "no links for ops@"
+        );
+        let data = alices[0].data.replace("=\n", "").replace("=3D", "=");
+        let tokens: Vec<&str> = data
+            .lines()
+            .filter_map(|l| l.split_once(": https://tocsin.example/tocsin/v1/act/"))
+            .map(|(label, token)| {
+                assert!(
+                    ["Acknowledge", "Resolve", "Silence 1 h"].contains(&label),
+                    "{label}"
+                );
+                token
+            })
+            .collect();
+        assert_eq!(tokens.len(), 3, "three links in the text part:\n{data}");
+        for (token, control) in tokens.iter().zip(Control::ALL) {
+            let claims = links.read(token, clock::now_epoch_seconds()).unwrap();
+            assert_eq!(claims.control(), Some(control));
+            assert_eq!(claims.alert, "disk-db-1");
+            assert_eq!(
+                claims.audience,
+                Audience::Mailbox("alice@example.com".into())
+            );
+        }
+        assert!(
+            data.contains("Act on this alert: <a href=\"https://tocsin.example/tocsin/v1/act/"),
+            "and in the HTML part:\n{data}"
+        );
+
+        // A resolve has nothing left to act on: one mail to all, no links.
+        let closing = job(json!({"ans:sourceEventId": "disk-db-1", "ans:status": "CLOSE"}));
+        assert_eq!(attempt(&channel, &closing, &action).await, Ok(()));
+        let mails = wait_for_sessions(&sessions, 3).await;
+        assert_eq!(recipients(&mails[2]).len(), 2);
+        assert!(!mails[2].data.contains("/tocsin/v1/act/"));
+        // Nor does an action whose controls are off.
+        let quiet = email_action(port, "alice@example.com", json!({"controls": "false"}));
+        assert_eq!(attempt(&channel, &firing, &quiet).await, Ok(()));
+        assert!(!wait_for_sessions(&sessions, 4).await[3]
+            .data
+            .contains("/tocsin/v1/act/"));
     }
 
     #[tokio::test]

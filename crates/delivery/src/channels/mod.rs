@@ -269,12 +269,14 @@ impl Default for ChannelSettings {
     }
 }
 
-/// What channels share: one HTTP client, one template engine, one link map.
+/// What channels share: one HTTP client, one template engine, one link map, and the minter
+/// of the action links Teams cards and emails carry (none without `[links] public_url`).
 #[derive(Clone)]
 pub struct Tools {
     pub http: Arc<Http>,
     pub templates: Arc<Templates>,
     pub links: LinkStore,
+    pub act_links: Option<Arc<web::act_link::ActLinks>>,
 }
 
 impl Tools {
@@ -284,6 +286,7 @@ impl Tools {
             http: Arc::new(Http::new(settings)),
             templates: Arc::new(Templates::new()),
             links,
+            act_links: None,
         }
     }
 }
@@ -297,14 +300,18 @@ pub struct Channels {
 }
 
 impl Channels {
-    /// Every channel, sharing the tools set up with `settings` and the link map where
-    /// `location` keeps the state.
+    /// Every channel, sharing the tools set up with `settings`, the link map where
+    /// `location` keeps the state, and `act_links` for the links in Teams cards and emails.
     pub async fn open(
         records: crate::records::RecordStore,
         location: &::store::Location,
         settings: &ChannelSettings,
+        act_links: Option<Arc<web::act_link::ActLinks>>,
     ) -> Result<Self, ::store::StoreError> {
-        let tools = Tools::new(LinkStore::at(location).await?, settings);
+        let tools = Tools {
+            act_links,
+            ..Tools::new(LinkStore::at(location).await?, settings)
+        };
         let http = Arc::clone(&tools.http);
         let links = tools.links.clone();
         let all: Vec<Arc<dyn Registered>> = vec![
@@ -467,6 +474,17 @@ pub(crate) mod tests {
             outbound_allow: loopback(),
             ..ChannelSettings::default()
         })
+    }
+
+    /// Action links under `https://tocsin.example`, signed with a fixed key, whose emails may
+    /// go to `alice@example.com`.
+    pub fn act_links() -> Arc<web::act_link::ActLinks> {
+        let settings = web::act_link::LinkSettings {
+            public_url: "https://tocsin.example".into(),
+            lifetime_minutes: 60,
+        };
+        let mailboxes = ["alice@example.com".to_owned()];
+        Arc::new(web::act_link::ActLinks::new(&settings, b"k".to_vec(), mailboxes).unwrap())
     }
 
     /// Tools with `settings`, on a fresh data directory (kept alive by the returned guard).

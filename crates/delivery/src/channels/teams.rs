@@ -4,9 +4,13 @@
 //! Properties: `webhookUrl` (required; a secret: it carries its signature, so reasons show
 //! `https://host/…` only), `subjectTemplate` and `bodyTemplate` (plain text; defaults: the
 //! subject, marked `Resolved:` when the event closes its alert, and the body), or
-//! `payloadTemplate` for the whole JSON payload. The default card: the subject in bold,
-//! coloured by severity (green once resolved), the body, a fact set (severity, resource, time,
-//! event type) and `Action.OpenUrl` buttons for the event's links.
+//! `payloadTemplate` for the whole JSON payload, and `controls` (default `true`). The default
+//! card: the subject in bold, coloured by severity (green once resolved), the body, a fact set
+//! (severity, resource, time, event type) and `Action.OpenUrl` buttons for the event's links —
+//! and, while the alert fires and `[links] public_url` is set, Acknowledge, Resolve and
+//! Silence 1 h buttons: a Teams webhook card cannot call back, so each opens a signed,
+//! expiring, single-use action link (`web::act_link`) whose page asks the person to confirm,
+//! signed in to the console (everyone in the channel saw the card).
 //!
 //! Grouped (and storm-held) events go out as one digest card: the headline (`12 alerts firing
 //! on db-1`) and, under *Firing* and *Resolved*, one line per event — severity, subject linked
@@ -26,8 +30,10 @@ use crate::grouping::Digest;
 use crate::lifecycle::Transition;
 use crate::properties::{Properties, PropertyError};
 use crate::templates::{datetime, event_links, limit, Scope};
+use model::alert::Control;
 use model::{Action, DeliveryJob, Severity};
 use serde_json::{json, Value};
+use web::act_link::Audience;
 
 const SUBJECT: &str = "{% if resolved %}Resolved: {% endif %}{{ event.subject }}";
 const BODY: &str = "{{ event.body | limit(4000) }}";
@@ -40,6 +46,13 @@ pub struct TeamsChannel {
     tools: Tools,
 }
 
+/// A `MICROSOFT_TEAMS` action's properties, parsed.
+pub struct TeamsConfig {
+    webhook: ChatWebhook,
+    /// Whether a firing alert's card carries the action links.
+    controls: bool,
+}
+
 impl TeamsChannel {
     pub fn new(tools: Tools) -> Self {
         TeamsChannel { tools }
@@ -49,11 +62,11 @@ impl TeamsChannel {
         &self,
         job: &DeliveryJob,
         action: &Action,
-        config: &ChatWebhook,
+        config: &TeamsConfig,
     ) -> Result<Value, Failure> {
         let scope = Scope::new(job, action);
         let templates = &self.tools.templates;
-        let own = config.templates();
+        let own = config.webhook.templates();
         if let Some(template) = &own.payload {
             return templates.render_json("payloadTemplate", template, &scope);
         }
@@ -64,10 +77,23 @@ impl TeamsChannel {
             "{} ({})",
             event.resource.resource_name, event.resource.resource_type
         );
-        let actions: Vec<Value> = event_links(event)
+        let mut actions: Vec<Value> = event_links(event)
             .into_iter()
             .map(|(title, url)| json!({"type": "Action.OpenUrl", "title": title, "url": url}))
             .collect();
+        if let Some(links) = self
+            .tools
+            .act_links
+            .as_ref()
+            .filter(|_| config.controls && !resolved)
+        {
+            let now = clock::now_epoch_seconds();
+            actions.extend(Control::ALL.into_iter().map(|control| {
+                let audience = Audience::Channel(action.name.clone());
+                let url = links.url(control, event.alert_key(), audience, now);
+                json!({"type": "Action.OpenUrl", "title": control.label(), "url": url})
+            }));
+        }
         let mut content = json!({
             "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
             "type": "AdaptiveCard",
@@ -92,8 +118,8 @@ impl TeamsChannel {
     }
 
     /// Posts `payload`; a classic connector's throttling inside a 200 is a 429.
-    async fn send(&self, payload: &Value, config: &ChatWebhook) -> Result<(), Failure> {
-        let reply = config.post(&self.tools.http, payload).await?;
+    async fn send(&self, payload: &Value, config: &TeamsConfig) -> Result<(), Failure> {
+        let reply = config.webhook.post(&self.tools.http, payload).await?;
         if reply.text().contains(THROTTLED_IN_BODY) {
             return Err(Failure::transient_after(
                 Code::Http(429),
@@ -167,20 +193,29 @@ fn digest_line(job: &DeliveryJob) -> String {
 
 impl Channel for TeamsChannel {
     const TYPE: &'static str = "MICROSOFT_TEAMS";
-    const PROPERTIES: &'static [&'static str] = ChatWebhook::PROPERTIES;
+    const PROPERTIES: &'static [&'static str] = &[
+        "webhookUrl",
+        "subjectTemplate",
+        "bodyTemplate",
+        "payloadTemplate",
+        "controls",
+    ];
     const CREDENTIAL_URLS: &'static [&'static str] = ChatWebhook::CREDENTIAL_URLS;
     const DIGESTS: Option<u32> = Some(60);
-    type Config = ChatWebhook;
+    type Config = TeamsConfig;
 
-    fn configure(&self, p: &Properties) -> Result<ChatWebhook, PropertyError> {
-        ChatWebhook::read(p)
+    fn configure(&self, p: &Properties) -> Result<TeamsConfig, PropertyError> {
+        Ok(TeamsConfig {
+            webhook: ChatWebhook::read(p)?,
+            controls: p.flag("controls", true)?,
+        })
     }
 
     async fn deliver(
         &self,
         job: &DeliveryJob,
         action: &Action,
-        config: &ChatWebhook,
+        config: &TeamsConfig,
     ) -> Result<(), Failure> {
         let payload = self.card(job, action, config)?;
         self.send(&payload, config).await
@@ -190,7 +225,7 @@ impl Channel for TeamsChannel {
         &self,
         digest: &Digest,
         _: &Action,
-        config: &ChatWebhook,
+        config: &TeamsConfig,
     ) -> Result<(), Failure> {
         self.send(&digest_card(digest), config).await
     }
@@ -211,6 +246,7 @@ mod tests {
     use super::*;
     use crate::channels::tests::{action, attempt, digest, job, numbered_jobs, tag, tools};
     use crate::failure::{Code, Retry};
+    use std::sync::Arc;
     use std::time::Duration;
     use wiremock::matchers::{header, method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -425,5 +461,72 @@ mod tests {
             .as_array()
             .unwrap();
         assert_eq!(actions.len(), 2, "{actions:?}");
+    }
+
+    #[tokio::test]
+    async fn a_firing_alerts_card_carries_signed_action_links_for_its_channel() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(202))
+            .mount(&server)
+            .await;
+        let (mut tools, _dir) = tools();
+        let links = crate::channels::tests::act_links();
+        tools.act_links = Some(Arc::clone(&links));
+        let channel = TeamsChannel::new(tools);
+        let url = format!("{}/workflows/abc", server.uri());
+        let teams = action("teams-ops", "MICROSOFT_TEAMS", json!({"webhookUrl": url}));
+        let quiet = action(
+            "teams-quiet",
+            "MICROSOFT_TEAMS",
+            json!({"webhookUrl": url, "controls": false}),
+        );
+        let firing = job(json!({
+            "ans:sourceEventId": "disk-db-1",
+            "ans:recommendedActionLink": "https://runbooks.example/cpu",
+            "ans:detailsLink": "https://console.example/alarms/1"
+        }));
+        let mut closing = firing.clone();
+        tag(&mut closing, "ans:status", "CLOSE");
+        for (job, action) in [(&firing, &teams), (&closing, &teams), (&firing, &quiet)] {
+            assert_eq!(attempt(&channel, job, action).await, Ok(()));
+        }
+        let sent = server.received_requests().await.unwrap();
+        let actions = |n: usize| -> Vec<Value> {
+            let card: Value = sent[n].body_json().unwrap();
+            assert_within_teams_limits(&card);
+            card["attachments"][0]["content"]["actions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        };
+        let firing_actions = actions(0);
+        assert!(firing_actions.len() <= 6, "Teams shows six actions at most");
+        let titles: Vec<&str> = firing_actions
+            .iter()
+            .map(|a| a["title"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            titles,
+            [
+                "Details",
+                "Recommended action",
+                "Acknowledge",
+                "Resolve",
+                "Silence 1 h"
+            ]
+        );
+        for (action, control) in firing_actions[2..].iter().zip(Control::ALL) {
+            let url = action["url"].as_str().unwrap();
+            let token = url
+                .strip_prefix("https://tocsin.example/tocsin/v1/act/")
+                .unwrap();
+            let claims = links.read(token, clock::now_epoch_seconds()).unwrap();
+            assert_eq!(claims.control(), Some(control));
+            assert_eq!(claims.alert, "disk-db-1");
+            assert_eq!(claims.audience, Audience::Channel("teams-ops".into()));
+        }
+        assert_eq!(actions(1).len(), 2, "a resolve carries no act");
+        assert_eq!(actions(2).len(), 2, "controls off");
     }
 }
