@@ -58,7 +58,7 @@ impl Visitor {
             .unwrap();
         assert_eq!(response.status(), 303, "{client} signs in");
         let set_cookie = response.headers()[SET_COOKIE].to_str().unwrap().to_owned();
-        for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        for attribute in ["HttpOnly", "SameSite=Strict", "Path=/;"] {
             assert!(set_cookie.contains(attribute), "{set_cookie}");
         }
         assert!(!set_cookie.contains("Secure"), "plain HTTP: {set_cookie}");

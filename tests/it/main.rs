@@ -1,6 +1,7 @@
 //! The end-to-end tests: one binary (it links once on a 2-core machine), one module per area.
 //! Each test runs the real `tocsin` binary against real things (see `common`).
 
+mod act_links;
 mod alert_lifecycle;
 mod alerts;
 mod alerts_cli;

@@ -44,7 +44,7 @@ struct Acts {
 pub(crate) fn routes(console: Arc<Console>, sessions: Arc<Sessions>) -> BoxedFilter<(Response,)> {
     let acts = Acts { console, sessions };
     let with_acts = warp::any().map(move || acts.clone());
-    let base = web::tocsin_api("act").and(warp::path::param::<String>());
+    let base = warp::path::param::<String>();
     let show = base
         .and(warp::path::end())
         .and(warp::get())
@@ -65,11 +65,14 @@ pub(crate) fn routes(console: Arc<Console>, sessions: Arc<Sessions>) -> BoxedFil
                 private(acts.act(&token, &form, cookie.as_deref()).await)
             },
         );
-    show.or(act)
+    // The refusal pages only under `/tocsin/v1/act/`: every other path stays the others' to
+    // answer.
+    let pages = show
+        .or(act)
         .unify()
         .recover(|rejection: Rejection| async move { crate::recover(rejection).await.map(private) })
-        .unify()
-        .boxed()
+        .unify();
+    web::tocsin_api("act").and(pages).boxed()
 }
 
 /// Who would act through a link, or why nobody may.
@@ -84,42 +87,53 @@ enum Actor {
     Refused(String),
 }
 
-impl Acts {
-    fn links(&self) -> Result<&ActLinks, Response> {
-        self.console.act_links.as_deref().ok_or_else(|| {
-            refused(
+/// Why a link cannot be used now.
+enum Unusable {
+    NotSetUp,
+    Link(LinkError),
+    Used,
+    StoreDown,
+}
+
+impl Unusable {
+    fn page(&self) -> Response {
+        match self {
+            Unusable::NotSetUp => refused(
                 None,
                 StatusCode::NOT_FOUND,
                 "Action links are not set up on this Tocsin ([links] public_url).",
-            )
-        })
+            ),
+            Unusable::Link(e @ LinkError::NotALink) => {
+                refused(None, StatusCode::NOT_FOUND, &format!("{e}."))
+            }
+            Unusable::Link(LinkError::Expired) => refused(
+                None,
+                StatusCode::GONE,
+                "This action link expired. Act from the console or from chat instead.",
+            ),
+            Unusable::Used => used(),
+            Unusable::StoreDown => unavailable(),
+        }
     }
+}
 
-    /// The link `token` stands for, usable now; else the page that says why not.
-    async fn usable(&self, token: &str) -> Result<(&ActLinks, LinkClaims, Control), Response> {
-        let links = self.links()?;
+impl Acts {
+    /// The link `token` stands for, usable now; else why not.
+    async fn usable(&self, token: &str) -> Result<(&ActLinks, LinkClaims, Control), Unusable> {
+        let links = self
+            .console
+            .act_links
+            .as_deref()
+            .ok_or(Unusable::NotSetUp)?;
         let claims = links
             .read(token, clock::now_epoch_seconds())
-            .map_err(|e| match e {
-                LinkError::NotALink => refused(None, StatusCode::NOT_FOUND, &format!("{e}.")),
-                LinkError::Expired => refused(
-                    None,
-                    StatusCode::GONE,
-                    "This action link expired. Act from the console or from chat instead.",
-                ),
-            })?;
+            .map_err(Unusable::Link)?;
         match self.console.alerts.audit.taken(&claims.once_key()).await {
             Ok(false) => {}
-            Ok(true) => {
-                return Err(refused(
-                    None,
-                    StatusCode::GONE,
-                    "This action link was used already: each link acts once.",
-                ))
-            }
+            Ok(true) => return Err(Unusable::Used),
             Err(e) => {
                 tracing::error!(error = %e, "cannot tell whether an action link was used");
-                return Err(unavailable());
+                return Err(Unusable::StoreDown);
             }
         }
         let control = claims.control().expect("read() checks the act");
@@ -159,7 +173,7 @@ impl Acts {
     async fn show(&self, token: &str, cookie: Option<&str>) -> Response {
         let (links, claims, control) = match self.usable(token).await {
             Ok(usable) => usable,
-            Err(page) => return page,
+            Err(unusable) => return unusable.page(),
         };
         let alert = match self.console.alerts.alerts.get(&claims.alert).await {
             Ok(Some((alert, _))) => alert,
@@ -199,7 +213,7 @@ impl Acts {
     async fn act(&self, token: &str, form: &Form, cookie: Option<&str>) -> Response {
         let (links, claims, control) = match self.usable(token).await {
             Ok(usable) => usable,
-            Err(page) => return page,
+            Err(unusable) => return unusable.page(),
         };
         if !form
             .get("form")
@@ -249,11 +263,7 @@ impl Acts {
                 "Alert `{key}` is {} already: nothing changed.",
                 alert.state.as_str()
             )),
-            Ok(alerts::Performed::Repeated(_)) => refused(
-                None,
-                StatusCode::GONE,
-                "This action link was used already: each link acts once.",
-            ),
+            Ok(alerts::Performed::Repeated(_)) => used(),
             Err(e) => {
                 let error = web::ApiError::from(e);
                 refused(None, error.status, &error.message)
@@ -292,13 +302,7 @@ impl Acts {
         let audit = &self.console.alerts.audit;
         match audit.record(&entry).await {
             Ok(Recorded::New) => {}
-            Ok(Recorded::Duplicate) => {
-                return refused(
-                    None,
-                    StatusCode::GONE,
-                    "This action link was used already: each link acts once.",
-                )
-            }
+            Ok(Recorded::Duplicate) => return used(),
             Err(e) => {
                 tracing::error!(error = %e, "cannot record a silence from a link");
                 return unavailable();
@@ -330,6 +334,14 @@ fn past(action: HumanAction) -> &'static str {
         HumanAction::Resolve => "resolved",
         HumanAction::Comment => "commented",
     }
+}
+
+fn used() -> Response {
+    refused(
+        None,
+        StatusCode::GONE,
+        "This action link was used already: each link acts once.",
+    )
 }
 
 fn unavailable() -> Response {

@@ -29,6 +29,7 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../templates/configuration.html"),
     ),
     ("entity.html", include_str!("../templates/entity.html")),
+    ("act.html", include_str!("../templates/act.html")),
 ];
 
 fn environment() -> &'static Environment<'static> {

@@ -405,7 +405,7 @@ impl Channel for EmailChannel {
         let (linked, shared): (Vec<&Mailbox>, Vec<&Mailbox>) = config
             .to
             .iter()
-            .partition(|to| links.is_some_and(|l| l.serves_mailbox(&to.email.to_string())));
+            .partition(|to| links.is_some_and(|l| l.serves_mailbox(to.email.as_ref())));
         if !shared.is_empty() {
             let message = mail(config, &shared, &subject, text.clone(), html.clone())?;
             self.send(message, config).await?;
