@@ -602,6 +602,74 @@ mod tests {
     use crate::channels::tests::job_with_id;
     use serde_json::json;
 
+    /// What each member's attempt says of its digest — the group, the digest's size, whether
+    /// it was a repeat — as `schemas/attempt.json` describes it.
+    #[test]
+    fn every_member_records_its_digest_as_the_attempt_schema_says() {
+        let schema: serde_json::Value = serde_json::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../schemas/attempt.json"
+        )))
+        .unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let group = Claimed {
+            id: store::groups::GroupId {
+                action: "hook".into(),
+                key: r#"{"resource.resourceName":"db-1"}"#.into(),
+            },
+            members: Vec::new(),
+            failures: String::new(),
+            repeat: false,
+        };
+        let jobs = vec![job_with_id("e1", json!({})), job_with_id("e2", json!({}))];
+        let sent = Sent {
+            group: &group,
+            ids: Vec::new(),
+            digest: Digest::new(&group.id, jobs),
+            action: None,
+        };
+        let attempted = |repeating| Attempted {
+            channel: "WEB_HOOK",
+            attempt: 2,
+            started_at_ms: 1_000,
+            took: Duration::from_millis(7),
+            next_ms: 0,
+            truncated: false,
+            repeat: None,
+            repeating,
+        };
+        let delivered = attempted(false).note(&sent, AttemptOutcome::Delivered, None);
+        let written = serde_json::to_value(&delivered).unwrap();
+        assert_eq!(
+            written["digest"],
+            json!({"group": r#"{"resource.resourceName":"db-1"}"#, "events": 2})
+        );
+        assert_eq!(
+            (written["attempt"].clone(), written["action"].clone()),
+            (json!(2), json!("hook"))
+        );
+        let failure = Failure {
+            code: crate::failure::Code::Http(503),
+            reason: "unavailable".into(),
+            retry: Retry::OnSchedule,
+        };
+        let repeat = attempted(true).note(&sent, AttemptOutcome::Failed, Some(&failure));
+        let repeat = serde_json::to_value(&repeat).unwrap();
+        assert_eq!(repeat["digest"]["repeat"], true);
+        assert_eq!(repeat["code"], 503);
+        let plain = Attempt {
+            digest: None,
+            ..delivered
+        };
+        for attempt in [written, repeat, serde_json::to_value(&plain).unwrap()] {
+            let errors: Vec<String> = validator
+                .iter_errors(&attempt)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(errors.is_empty(), "{attempt}: {errors:?}");
+        }
+    }
+
     #[test]
     fn a_digest_keeps_the_latest_event_of_each_firing_alert_for_repeats() {
         let jobs = [
