@@ -5,9 +5,14 @@
 //!   messages in all;
 //! - a webhook action that groups by resource receives one digest per resource after its group
 //!   wait (the documented payload: `events`, `groupLabels`, `firing`, `resolved`), and what
-//!   comes after a digest waits for the group interval; every member's attempt is recorded;
+//!   comes after a digest waits for the group interval; every member's attempt is recorded,
+//!   and each member's alert timeline marks it as a digest's, naming the group and its size
+//!   (the plain STORE attempt beside it unchanged);
 //! - with `repeatIntervalSeconds`, an alert that stays firing reaches the webhook again after
-//!   the repeat interval, and after its `CLOSE` no repeat comes;
+//!   the repeat interval — a repeat that fails is not retried, the next comes after another
+//!   interval — and after its `CLOSE` no repeat comes; each repeat is a `repeat` line of the
+//!   alert's timeline (failed or delivered), its delivery lines and records as the digests
+//!   left them;
 //! - grouping on an incident channel (B2C), by an unknown property, or repeating more often
 //!   than the group interval is refused when saved, 400 naming the property, changing nothing;
 //! - a `kill -9` while a group waits: after the restart the group is delivered exactly once,
@@ -182,6 +187,23 @@ fn subjects(digest: &Value) -> Vec<&str> {
         .collect()
 }
 
+/// The lines of alert `key`'s timeline of `kind` (`delivery` or `repeat`) to `action`.
+async fn timeline_lines(tocsin: &Tocsin, key: &str, kind: &str, action: &str) -> Vec<Value> {
+    let found = tocsin.page(&format!("/tocsin/v1/alerts/{key}")).await;
+    found["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|line| line["kind"] == kind && line["action"] == action)
+        .cloned()
+        .collect()
+}
+
+/// The group key of the digests of resource `resource` (grouped by `resource.resourceName`).
+fn resource_group(resource: &str) -> String {
+    json!({"resource.resourceName": resource}).to_string()
+}
+
 async fn webhook_gets_one_digest_per_group(backend: Backend) {
     let hook = Destination::start(|_| 200).await;
     let action = json!({"name": "grouped", "type": "WEB_HOOK", "state": "ENABLED", "properties": {
@@ -255,6 +277,29 @@ async fn webhook_gets_one_digest_per_group(backend: Backend) {
             .any(|a| a["action"] == "grouped" && a["outcome"] == "delivered");
         assert!(delivered, "{backend:?}: {attempts}");
     }
+
+    // Each member's timeline marks its attempt as a digest's: the group and how many events
+    // the digest named. The plain STORE attempt beside it says nothing of digests.
+    for (key, resource, events) in [("a", "db-1", 3), ("c", "db-1", 3), ("b", "db-2", 1)] {
+        let lines = timeline_lines(&tocsin, key, "delivery", "grouped").await;
+        assert_eq!(lines.len(), 1, "{backend:?}: {key}: {lines:#?}");
+        assert_eq!(lines[0]["outcome"], "delivered");
+        assert_eq!(lines[0]["attempt"], 1);
+        assert_eq!(
+            lines[0]["digest"],
+            json!({"group": resource_group(resource), "events": events}),
+            "{backend:?}: {key}"
+        );
+        let plain = timeline_lines(&tocsin, key, "delivery", "store").await;
+        assert_eq!(plain.len(), 1, "{backend:?}: {key}: {plain:#?}");
+        assert_eq!(plain[0].get("digest"), None, "{backend:?}: {plain:#?}");
+    }
+    let e = timeline_lines(&tocsin, "e", "delivery", "grouped").await;
+    assert_eq!(
+        e[0]["digest"],
+        json!({"group": resource_group("db-1"), "events": 1}),
+        "{backend:?}: the next digest held e alone"
+    );
     tocsin.shutdown().await;
 }
 
@@ -269,36 +314,96 @@ async fn a_webhook_gets_one_digest_per_group_after_its_wait_and_interval_rabbitm
 }
 
 async fn a_firing_alert_is_repeated_until_it_resolves(backend: Backend) {
-    let hook = Destination::start(|_| 200).await;
+    // The first repeat fails: it is not retried, and the next comes an interval later.
+    let mut requests = 0;
+    let hook = Destination::start(move |_| {
+        requests += 1;
+        if requests == 2 {
+            503
+        } else {
+            200
+        }
+    })
+    .await;
     let action = json!({"name": "grouped", "type": "WEB_HOOK", "state": "ENABLED", "properties": {
         "destination": hook.url, "groupBy": "resource.resourceName",
         "groupWaitSeconds": "1", "groupIntervalSeconds": "2", "repeatIntervalSeconds": "3"}});
     let tocsin = start(backend, &routing(action)).await;
-    tocsin.send(&alert_event("a", "db-1", None)).await;
+    let opened = tocsin.send(&alert_event("a", "db-1", None)).await["id"].clone();
     let repeated = hook
-        .wait_for("the digest, then its repeat", |r| r.len() == 2)
+        .wait_for("the digest, then two repeats", |r| r.len() == 3)
         .await;
     assert_eq!(subjects(&repeated[0].body), ["a OPEN"], "{backend:?}");
-    assert_eq!(
-        subjects(&repeated[1].body),
-        ["a OPEN"],
-        "{backend:?}: the same alert again"
-    );
-    let after = repeated[1].at.duration_since(repeated[0].at);
-    assert!(
-        after >= Duration::from_millis(2_800),
-        "{backend:?}: repeated {after:?} after the digest"
-    );
+    for (earlier, repeat) in repeated.iter().zip(&repeated[1..]) {
+        assert_eq!(
+            subjects(&repeat.body),
+            ["a OPEN"],
+            "{backend:?}: the same alert again"
+        );
+        let after = repeat.at.duration_since(earlier.at);
+        assert!(
+            after >= Duration::from_millis(2_800),
+            "{backend:?}: repeated {after:?} after the one before"
+        );
+    }
 
     // Resolved: the CLOSE goes out, and no repeat follows it.
-    tocsin.send(&alert_event("a", "db-1", Some("CLOSE"))).await;
-    let closed = hook.wait_for("the CLOSE", |r| r.len() >= 3).await;
-    assert_eq!(subjects(&closed[2].body), ["a CLOSE"], "{backend:?}");
+    let closed_id = tocsin.send(&alert_event("a", "db-1", Some("CLOSE"))).await["id"].clone();
+    let closed = hook.wait_for("the CLOSE", |r| r.len() >= 4).await;
+    assert_eq!(subjects(&closed[3].body), ["a CLOSE"], "{backend:?}");
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
         hook.received().len(),
-        3,
+        4,
         "{backend:?}: nothing repeated after the CLOSE"
+    );
+
+    // The timeline: each digest's delivery of its event, then each repeat as a line of its
+    // own — the failed one and the delivered one — naming the repeated event.
+    let deliveries = timeline_lines(&tocsin, "a", "delivery", "grouped").await;
+    let delivered: Vec<(&Value, &Value, &Value)> = deliveries
+        .iter()
+        .map(|l| (&l["eventId"], &l["outcome"], &l["attempt"]))
+        .collect();
+    assert_eq!(
+        delivered,
+        [
+            (&opened, &json!("delivered"), &json!(1)),
+            (&closed_id, &json!("delivered"), &json!(1))
+        ],
+        "{backend:?}: the repeats changed no delivery: {deliveries:#?}"
+    );
+    let digest = json!({"group": resource_group("db-1"), "events": 1});
+    assert!(
+        deliveries.iter().all(|l| l["digest"] == digest),
+        "{backend:?}: {deliveries:#?}"
+    );
+    let repeats = timeline_lines(&tocsin, "a", "repeat", "grouped").await;
+    let outcomes: Vec<(&Value, &Value, &Value)> = repeats
+        .iter()
+        .map(|l| (&l["eventId"], &l["outcome"], &l["code"]))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (&opened, &json!("failed"), &json!(503)),
+            (&opened, &json!("delivered"), &Value::Null)
+        ],
+        "{backend:?}: {repeats:#?}"
+    );
+    let repeat_digest = json!({"group": resource_group("db-1"), "events": 1, "repeat": true});
+    for line in &repeats {
+        assert_eq!(line["digest"], repeat_digest, "{backend:?}: {line}");
+        assert!(line["durationMs"].is_i64(), "{backend:?}: {line}");
+    }
+    assert!(
+        repeats[0]["atMs"].as_i64() > deliveries[0]["atMs"].as_i64(),
+        "{backend:?}: in order"
+    );
+    let undelivered = tocsin.page("/cf/consumer/v1/undelivered-events").await;
+    assert_eq!(
+        undelivered["responseMetadata"]["totalResultsCount"], 0,
+        "{backend:?}: a failed repeat leaves nothing undelivered"
     );
     let metrics = tocsin.metrics().await;
     assert!(

@@ -139,12 +139,15 @@ fn parse_query(params: &Params) -> Result<AlertQuery, ApiError> {
     })
 }
 
-/// One line of the timeline as the API shows it: the store's lines and the attempts.
+/// One line of the timeline as the API shows it: the store's lines and the attempts — kind
+/// `delivery` for an attempt of an event's delivery (with `digest` when it went in one), kind
+/// `repeat` for a repeat digest that named the event again.
 #[derive(serde::Serialize)]
 #[serde(untagged)]
 enum Line {
     Stored(Entry),
     Delivery {
+        /// `delivery` or `repeat`.
         kind: &'static str,
         #[serde(rename = "atMs")]
         at_ms: i64,
@@ -195,7 +198,10 @@ pub async fn alert_with_timeline(key: &str, state: &State) -> Result<serde_json:
             .await
             .map_err(unavailable)?;
         timeline.extend(attempts.into_iter().map(|attempt| Line::Delivery {
-            kind: "delivery",
+            kind: match &attempt.digest {
+                Some(digest) if digest.repeat => "repeat",
+                _ => "delivery",
+            },
             at_ms: attempt.started_at_ms,
             event_id: event_id.clone(),
             attempt,

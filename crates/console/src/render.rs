@@ -166,3 +166,56 @@ pub fn encoded(segment: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The alert page says which attempts a digest made — its size and group — and shows a
+    /// repeat as a line of its own, apart from the attempts of the delivery.
+    #[test]
+    fn the_alert_timeline_marks_digests_and_repeats() {
+        let line = |kind: &str, outcome: &str, digest: serde_json::Value| {
+            serde_json::json!({"kind": kind, "atMs": 1_000, "eventId": "e1", "action": "hook",
+                "attempt": 1, "startedAtMs": 1_000, "durationMs": 3, "outcome": outcome,
+                "digest": digest})
+        };
+        let group = r#"{"resource.resourceName":"db-1"}"#;
+        let context = serde_json::json!({
+            "me": {"client": "oncall", "csrf": "t", "responder": true},
+            "found": {
+                "alert": {"key": "a", "state": "firing", "severity": "ERROR", "firstSeenMs": 0,
+                    "lastSeenMs": 0, "subject": "disk full"},
+                "destinations": [],
+                "timeline": [
+                    line("delivery", "delivered", serde_json::Value::Null),
+                    line("delivery", "delivered", serde_json::json!({"group": group, "events": 12})),
+                    line("repeat", "failed", serde_json::json!({"group": "", "events": 1, "repeat": true})),
+                ]
+            }
+        });
+        let html = environment()
+            .get_template("alert.html")
+            .and_then(|t| t.render(Value::from(Serde(context))))
+            .unwrap();
+        let lines: Vec<&str> = html
+            .lines()
+            .filter(|l| l.contains(" to <strong>hook"))
+            .collect();
+        assert_eq!(lines.len(), 3, "{html}");
+        assert!(lines[0].starts_with("      Delivery to") && !lines[0].contains("digest"));
+        assert!(
+            lines[1].contains(
+                "in a digest of 12 events, group <code>{&quot;resource.resourceName&quot;:&quot;db-1&quot;}</code>"
+            ),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].contains("Repeated to <strong>hook</strong>"),
+            "{}",
+            lines[2]
+        );
+        assert!(lines[2].contains("in a digest of 1 event") && !lines[2].contains("group"));
+    }
+}

@@ -524,6 +524,7 @@ impl Shared {
             outcome,
             code: failure.map(|f| f.code.number()),
             reason: failure.map(|f| f.reason.clone()),
+            digest: None,
         };
         if let Err(e) = self.records.record_attempt(&job.event.id, attempt).await {
             tracing::warn!(error = %e, event = %job.event.id, "cannot record an attempt");

@@ -134,6 +134,7 @@ mod tests {
             outcome: AttemptOutcome::Delivered,
             code: None,
             reason: None,
+            digest: None,
         }
     }
 

@@ -19,14 +19,19 @@
 //! interval — goes out again as a digest of those alerts, once, paced by storm control. A
 //! repeat is not an attempt of its events' deliveries: their records stay as they ended, so a
 //! repeat can never turn a delivered event undelivered; it is counted in
-//! `tocsin_digest_repeats_total` and logged, and one that fails is not retried — the next
-//! comes after another repeat interval.
+//! `tocsin_digest_repeats_total`, logged, and recorded as an attempt of each event it named
+//! marked as a repeat (attempt 1 of its own, delivered or failed — never counted as
+//! delivering the event), which the alert timeline shows as a line of its own; one that fails
+//! is not retried — the next comes after another repeat interval.
+//!
+//! Every attempt a digest records for a member names the digest (its group key and how many
+//! events it named), so that each member's timeline says it went out in a digest.
 
 use super::{Digest, Grouping};
 use crate::channels::Channels;
 use crate::delivery_status::{self, Status};
 use crate::failure::{Failure, Retry};
-use crate::records::{Attempt, AttemptOutcome, RecordStore};
+use crate::records::{Attempt, AttemptOutcome, Digested, RecordStore};
 use crate::retry::{self, Next, RetrySchedule};
 use bus::{Bus, Queue};
 use metrics::{DeliveryOutcome, Metrics};
@@ -57,7 +62,7 @@ struct Sent<'a> {
     action: Option<&'a Action>,
 }
 
-/// One attempt at a digest, for the records and the metrics.
+/// One attempt at a digest (or one repeat), for the records and the metrics.
 struct Attempted {
     channel: &'static str,
     /// 1 for the first.
@@ -70,10 +75,14 @@ struct Attempted {
     truncated: bool,
     /// The action's repeat interval (`None`: it does not repeat).
     repeat: Option<Duration>,
+    /// Whether this digest repeats firing alerts rather than delivering its events.
+    repeating: bool,
 }
 
 impl Attempted {
-    /// The attempt as recorded for each member of `sent`.
+    /// The attempt as recorded for each member of `sent`: naming the digest (its group and
+    /// size, and whether it was a repeat) so that each member's timeline says what it went
+    /// out with.
     fn note(&self, sent: &Sent<'_>, outcome: AttemptOutcome, failure: Option<&Failure>) -> Attempt {
         Attempt {
             action: sent.group.id.action.clone(),
@@ -83,6 +92,11 @@ impl Attempted {
             outcome,
             code: failure.map(|f| f.code.number()),
             reason: failure.map(|f| f.reason.clone()),
+            digest: Some(Digested {
+                group: sent.group.id.key.clone(),
+                events: sent.digest.jobs.len() as u32,
+                repeat: self.repeating,
+            }),
         }
     }
 }
@@ -179,6 +193,7 @@ impl Flusher {
             },
             truncated,
             repeat: plan.and_then(|p| p.repeat()),
+            repeating: false,
         };
         let sent = Sent {
             group: &group,
@@ -198,9 +213,9 @@ impl Flusher {
         tracing::info!(action = %sent.group.id.action, events = jobs.len(), "digest delivered");
         self.metrics
             .delivery_attempt(channel, metrics::Attempt::Success, attempted.took);
+        self.note(sent, attempted, AttemptOutcome::Delivered, None)
+            .await;
         for job in jobs {
-            self.note(job, attempted.note(sent, AttemptOutcome::Delivered, None))
-                .await;
             self.metrics.delivery_finished(
                 channel,
                 DeliveryOutcome::Delivered,
@@ -255,10 +270,7 @@ impl Flusher {
         } else {
             AttemptOutcome::Failed
         };
-        for job in jobs {
-            self.note(job, attempted.note(sent, outcome, Some(&failure)))
-                .await;
-        }
+        self.note(sent, attempted, outcome, Some(&failure)).await;
         let (fallback, why) = match next {
             Next::Retry { after } => {
                 tracing::warn!(action = %sent.group.id.action, events = jobs.len(), attempt, code = failure.code.number(), reason = %failure.reason, retry_in_ms = after.as_millis() as u64, "digest failed; retrying");
@@ -384,9 +396,19 @@ impl Flusher {
         )
     }
 
-    async fn note(&self, job: &DeliveryJob, attempt: Attempt) {
-        if let Err(e) = self.records.record_attempt(&job.event.id, attempt).await {
-            tracing::warn!(error = %e, event = %job.event.id, "cannot record an attempt");
+    /// Records `attempted`, ended with `outcome`, as an attempt of each member of `sent`.
+    async fn note(
+        &self,
+        sent: &Sent<'_>,
+        attempted: &Attempted,
+        outcome: AttemptOutcome,
+        failure: Option<&Failure>,
+    ) {
+        for job in &sent.digest.jobs {
+            let attempt = attempted.note(sent, outcome, failure);
+            if let Err(e) = self.records.record_attempt(&job.event.id, attempt).await {
+                tracing::warn!(error = %e, event = %job.event.id, "cannot record an attempt");
+            }
         }
     }
 
@@ -411,16 +433,39 @@ impl Flusher {
             .and_then(|a| self.channels.type_name(&a.action_type))
             .unwrap_or("none");
         let digest = Digest::new(&group.id, jobs);
+        let started_at_ms = clock::now_epoch_millis();
+        let clock = Instant::now();
         let outcome = self
             .channels
             .attempt_digest(&digest, &group.id.action, prepared)
             .await;
         let events = digest.jobs.len();
+        let next_ms = clock::now_epoch_millis() + every.as_millis() as i64;
+        let attempted = Attempted {
+            channel,
+            // Sent once, never retried: each repeat is its own first and only attempt.
+            attempt: 1,
+            started_at_ms,
+            took: clock.elapsed(),
+            next_ms,
+            truncated: false,
+            repeat: Some(every),
+            repeating: true,
+        };
+        let sent = Sent {
+            group: &group,
+            // A repeat takes no member out of its group.
+            ids: Vec::new(),
+            digest,
+            action,
+        };
         match outcome {
             Ok(()) => {
                 tracing::info!(action = %group.id.action, events, "firing alerts repeated");
                 self.metrics
                     .digest_repeated(channel, DeliveryOutcome::Delivered);
+                self.note(&sent, &attempted, AttemptOutcome::Delivered, None)
+                    .await;
             }
             Err(failure) => {
                 if let (Some(action), Retry::After(wait)) = (action, failure.retry) {
@@ -429,10 +474,11 @@ impl Flusher {
                 tracing::warn!(action = %group.id.action, events, code = failure.code.number(), reason = %failure.reason, "repeat of firing alerts failed; the next comes after the repeat interval");
                 self.metrics
                     .digest_repeated(channel, DeliveryOutcome::Undelivered);
+                self.note(&sent, &attempted, AttemptOutcome::Failed, Some(&failure))
+                    .await;
             }
         }
-        let next = clock::now_epoch_millis() + every.as_millis() as i64;
-        self.repeated(&group, Some(next)).await;
+        self.repeated(&group, Some(next_ms)).await;
     }
 
     async fn repeated(&self, group: &Claimed, next_ms: Option<i64>) {
@@ -555,6 +601,74 @@ mod tests {
     use super::*;
     use crate::channels::tests::job_with_id;
     use serde_json::json;
+
+    /// What each member's attempt says of its digest — the group, the digest's size, whether
+    /// it was a repeat — as `schemas/attempt.json` describes it.
+    #[test]
+    fn every_member_records_its_digest_as_the_attempt_schema_says() {
+        let schema: serde_json::Value = serde_json::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../schemas/attempt.json"
+        )))
+        .unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let group = Claimed {
+            id: store::groups::GroupId {
+                action: "hook".into(),
+                key: r#"{"resource.resourceName":"db-1"}"#.into(),
+            },
+            members: Vec::new(),
+            failures: String::new(),
+            repeat: false,
+        };
+        let jobs = vec![job_with_id("e1", json!({})), job_with_id("e2", json!({}))];
+        let sent = Sent {
+            group: &group,
+            ids: Vec::new(),
+            digest: Digest::new(&group.id, jobs),
+            action: None,
+        };
+        let attempted = |repeating| Attempted {
+            channel: "WEB_HOOK",
+            attempt: 2,
+            started_at_ms: 1_000,
+            took: Duration::from_millis(7),
+            next_ms: 0,
+            truncated: false,
+            repeat: None,
+            repeating,
+        };
+        let delivered = attempted(false).note(&sent, AttemptOutcome::Delivered, None);
+        let written = serde_json::to_value(&delivered).unwrap();
+        assert_eq!(
+            written["digest"],
+            json!({"group": r#"{"resource.resourceName":"db-1"}"#, "events": 2})
+        );
+        assert_eq!(
+            (written["attempt"].clone(), written["action"].clone()),
+            (json!(2), json!("hook"))
+        );
+        let failure = Failure {
+            code: crate::failure::Code::Http(503),
+            reason: "unavailable".into(),
+            retry: Retry::OnSchedule,
+        };
+        let repeat = attempted(true).note(&sent, AttemptOutcome::Failed, Some(&failure));
+        let repeat = serde_json::to_value(&repeat).unwrap();
+        assert_eq!(repeat["digest"]["repeat"], true);
+        assert_eq!(repeat["code"], 503);
+        let plain = Attempt {
+            digest: None,
+            ..delivered
+        };
+        for attempt in [written, repeat, serde_json::to_value(&plain).unwrap()] {
+            let errors: Vec<String> = validator
+                .iter_errors(&attempt)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(errors.is_empty(), "{attempt}: {errors:?}");
+        }
+    }
 
     #[test]
     fn a_digest_keeps_the_latest_event_of_each_firing_alert_for_repeats() {

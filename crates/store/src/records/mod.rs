@@ -7,6 +7,13 @@
 //! indexes; the event itself is kept as its JSON, exactly as it was accepted. Both backends
 //! answer a query with the same filter ([`Filter`]) and turn rows into answers the same way
 //! ([`Row::into_consumer_event`]).
+//!
+//! An attempt made by a digest names it ([`Digested`]: its group, its size, whether it was a
+//! repeat) in three nullable columns of the attempt's row, written with it in the same insert
+//! and left NULL by an event sent on its own; the alert timeline reads them back with the
+//! attempts. A repeat is recorded as an attempt of each event it named but never counts as
+//! delivering it ([`RecordStore::delivered`]), and touches no record: the consumer API answers
+//! as before.
 
 mod postgres;
 mod sqlite;
@@ -55,7 +62,7 @@ impl AttemptOutcome {
 #[serde(rename_all = "camelCase")]
 pub struct Attempt {
     pub action: String,
-    /// 1 for the first attempt.
+    /// 1 for the first attempt (a repeat, sent once, is its own first and only attempt).
     pub attempt: u32,
     pub started_at_ms: i64,
     pub duration_ms: i64,
@@ -64,6 +71,40 @@ pub struct Attempt {
     pub code: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The digest this attempt sent the event in (`None`: the event went on its own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digested>,
+}
+
+/// What an attempt made by a digest says of that digest: one row per member event names the
+/// same group and size, so each member's timeline shows what it went out with.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Digested {
+    /// The group as the flusher knows it: the action's `groupBy` values as a JSON object
+    /// (empty for an action's one group, and for a storm-control backlog).
+    pub group: String,
+    /// How many events the digest named.
+    pub events: u32,
+    /// The digest repeated firing alerts (`repeatIntervalSeconds`): it is no attempt of the
+    /// event's delivery, whose records and attempts stay as they ended.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub repeat: bool,
+}
+
+impl Digested {
+    /// The digest of the three nullable columns an attempt keeps it in (a group is written
+    /// with its size and repeat flag, or none of them is).
+    fn of_columns(
+        group: Option<String>,
+        events: Option<i64>,
+        repeat: Option<bool>,
+    ) -> Option<Self> {
+        Some(Digested {
+            group: group?,
+            events: events.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+            repeat: repeat.unwrap_or(false),
+        })
+    }
 }
 
 /// An undelivered record picked for redelivery.
@@ -333,7 +374,7 @@ impl RecordStore {
         }
     }
 
-    /// Whether an attempt delivered `event_id` to `action`.
+    /// Whether an attempt delivered `event_id` to `action` (a repeat is no such attempt).
     pub async fn delivered(&self, event_id: &str, action: &str) -> Result<bool, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => Ok(s.delivered(event_id, action).await?),
@@ -341,7 +382,7 @@ impl RecordStore {
         }
     }
 
-    /// Every recorded attempt of `event_id`, in order.
+    /// Every recorded attempt of `event_id`, in order, repeats included.
     pub async fn attempts(&self, event_id: &str) -> Result<Vec<Attempt>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => Ok(s.attempts(event_id).await?),

@@ -1,7 +1,9 @@
 //! The records in PostgreSQL: one set of tables that every process of the broker writes and
 //! reads, so that any process's consumer API answers for all of them.
 
-use super::{Attempt, AttemptOutcome, Filter, NewRecord, Param, RecordQuery, Row, Selection};
+use super::{
+    Attempt, AttemptOutcome, Digested, Filter, NewRecord, Param, RecordQuery, Row, Selection,
+};
 use crate::postgres::Postgres;
 use crate::StoreError;
 use model::DeliveryStatus;
@@ -10,7 +12,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_postgres::types::ToSql;
 
 /// The schema, as migrations (append only).
-const MIGRATIONS: &[&str] = &["
+pub(super) const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE records (
         id BIGSERIAL PRIMARY KEY,
         event_id TEXT NOT NULL,
@@ -50,7 +53,12 @@ const MIGRATIONS: &[&str] = &["
     );
     CREATE INDEX attempts_by_event ON attempts (event_id, id);
     CREATE INDEX attempts_by_time ON attempts (started_at_ms);
-"];
+",
+    "
+    ALTER TABLE attempts ADD COLUMN digest_group TEXT, ADD COLUMN digest_events INTEGER,
+        ADD COLUMN digest_repeat BOOLEAN;
+",
+];
 
 #[derive(Clone)]
 pub(super) struct PostgresRecords {
@@ -146,7 +154,7 @@ impl PostgresRecords {
         let found = client
             .query_opt(
                 "SELECT 1 FROM attempts WHERE event_id = $1 AND action = $2 \
-                 AND outcome = 'delivered' LIMIT 1",
+                 AND outcome = 'delivered' AND digest_repeat IS NOT TRUE LIMIT 1",
                 &[&event_id, &action],
             )
             .await?;
@@ -157,7 +165,8 @@ impl PostgresRecords {
         let client = self.database.client().await?;
         let rows = client
             .query(
-                "SELECT action, attempt, started_at_ms, duration_ms, outcome, code, reason \
+                "SELECT action, attempt, started_at_ms, duration_ms, outcome, code, reason, \
+                 digest_group, digest_events, digest_repeat \
                  FROM attempts WHERE event_id = $1 ORDER BY id",
                 &[&event_id],
             )
@@ -175,6 +184,11 @@ impl PostgresRecords {
                     })?,
                     code: r.get(5),
                     reason: r.get(6),
+                    digest: Digested::of_columns(
+                        r.get(7),
+                        r.get::<_, Option<i32>>(8).map(i64::from),
+                        r.get(9),
+                    ),
                 })
             })
             .collect()
@@ -363,9 +377,10 @@ async fn insert(database: &Postgres, rows: &[NewRow]) -> Result<(), StoreError> 
                  $11::TEXT[], $12::TEXT[], $13::TEXT[]) \
                  ON CONFLICT (event_id, action, status) DO NOTHING) \
              INSERT INTO attempts (event_id, action, attempt, started_at_ms, duration_ms, \
-             outcome, code, reason) \
+             outcome, code, reason, digest_group, digest_events, digest_repeat) \
              SELECT * FROM unnest($14::TEXT[], $15::TEXT[], $16::INTEGER[], $17::BIGINT[], \
-             $18::BIGINT[], $19::TEXT[], $20::INTEGER[], $21::TEXT[])",
+             $18::BIGINT[], $19::TEXT[], $20::INTEGER[], $21::TEXT[], $22::TEXT[], \
+             $23::INTEGER[], $24::BOOLEAN[])",
         )
         .await?;
     let r = &records;
@@ -395,6 +410,9 @@ async fn insert(database: &Postgres, rows: &[NewRow]) -> Result<(), StoreError> 
                 &a.outcome,
                 &a.code,
                 &a.reason,
+                &a.digest_group,
+                &a.digest_events,
+                &a.digest_repeat,
             ],
         )
         .await?;
@@ -448,6 +466,9 @@ struct AttemptColumns<'a> {
     outcome: Vec<&'static str>,
     code: Vec<Option<i32>>,
     reason: Vec<Option<&'a str>>,
+    digest_group: Vec<Option<&'a str>>,
+    digest_events: Vec<Option<i32>>,
+    digest_repeat: Vec<Option<bool>>,
 }
 
 impl<'a> AttemptColumns<'a> {
@@ -460,5 +481,10 @@ impl<'a> AttemptColumns<'a> {
         self.outcome.push(a.outcome.as_str());
         self.code.push(a.code);
         self.reason.push(a.reason.as_deref());
+        let digest = a.digest.as_ref();
+        self.digest_group.push(digest.map(|d| d.group.as_str()));
+        self.digest_events
+            .push(digest.map(|d| i32::try_from(d.events).unwrap_or(i32::MAX)));
+        self.digest_repeat.push(digest.map(|d| d.repeat));
     }
 }

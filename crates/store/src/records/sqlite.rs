@@ -1,12 +1,14 @@
 //! The records in SQLite: `records.db` in the data directory, this process's alone.
 
-use super::{Attempt, AttemptOutcome, Filter, NewRecord, Param, RecordQuery, Row, Selection};
+use super::{
+    Attempt, AttemptOutcome, Digested, Filter, NewRecord, Param, RecordQuery, Row, Selection,
+};
 use model::DeliveryStatus;
 use rusqlite::types::Value;
 use std::path::Path;
 use storage::{CommitObserver, Database, Durability, StorageError};
 
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     "
     CREATE TABLE records (
         id INTEGER PRIMARY KEY,
@@ -49,6 +51,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX attempts_by_event ON attempts (event_id, id);
     CREATE INDEX attempts_by_time ON attempts (started_at_ms);
     CREATE INDEX records_by_action ON records (status, action, cache_time);
+",
+    "
+    ALTER TABLE attempts ADD COLUMN digest_group TEXT;
+    ALTER TABLE attempts ADD COLUMN digest_events INTEGER;
+    ALTER TABLE attempts ADD COLUMN digest_repeat INTEGER;
 ",
 ];
 
@@ -138,10 +145,14 @@ impl SqliteRecords {
         event_id: &str,
         attempt: Attempt,
     ) -> Result<(), StorageError> {
+        let (group, events, repeat) = attempt.digest.map_or((None, None, None), |d| {
+            (Some(d.group), Some(d.events), Some(d.repeat))
+        });
         self.db
             .execute(
                 "INSERT INTO attempts (event_id, action, attempt, started_at_ms, duration_ms, \
-                 outcome, code, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 outcome, code, reason, digest_group, digest_events, digest_repeat) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 (
                     event_id.to_owned(),
                     attempt.action,
@@ -151,6 +162,9 @@ impl SqliteRecords {
                     attempt.outcome,
                     attempt.code,
                     attempt.reason,
+                    group,
+                    events,
+                    repeat,
                 ),
             )
             .await
@@ -167,7 +181,7 @@ impl SqliteRecords {
             .read(move |c| {
                 c.prepare_cached(
                     "SELECT 1 FROM attempts WHERE event_id = ?1 AND action = ?2 \
-                     AND outcome = 'delivered'",
+                     AND outcome = 'delivered' AND digest_repeat IS NOT 1",
                 )?
                 .exists((&event_id, &action))
             })
@@ -179,7 +193,8 @@ impl SqliteRecords {
         self.db
             .read(move |c| {
                 c.prepare_cached(
-                    "SELECT action, attempt, started_at_ms, duration_ms, outcome, code, reason \
+                    "SELECT action, attempt, started_at_ms, duration_ms, outcome, code, reason, \
+                     digest_group, digest_events, digest_repeat \
                      FROM attempts WHERE event_id = ?1 ORDER BY id",
                 )?
                 .query_map([event_id], |r| {
@@ -191,6 +206,7 @@ impl SqliteRecords {
                         outcome: r.get(4)?,
                         code: r.get(5)?,
                         reason: r.get(6)?,
+                        digest: Digested::of_columns(r.get(7)?, r.get(8)?, r.get(9)?),
                     })
                 })?
                 .collect()

@@ -175,6 +175,7 @@ async fn attempts_redelivery_and_purging_on_both_backends() {
             outcome,
             code,
             reason: code.map(|c| format!("answered {c}")),
+            digest: None,
         };
         store
             .record_attempt("e9", outcome(1, AttemptOutcome::Retrying, Some(503)))
@@ -253,6 +254,128 @@ async fn attempts_redelivery_and_purging_on_both_backends() {
     }
 }
 
+/// An attempt (the first) to `hook` at `at_ms`, made by `digest` if one; failed ones got a 502.
+fn attempt_at(at_ms: i64, outcome: AttemptOutcome, digest: Option<Digested>) -> Attempt {
+    Attempt {
+        action: "hook".into(),
+        attempt: 1,
+        started_at_ms: at_ms,
+        duration_ms: 3,
+        code: (outcome != AttemptOutcome::Delivered).then_some(502),
+        reason: (outcome != AttemptOutcome::Delivered).then(|| "bad gateway".into()),
+        outcome,
+        digest,
+    }
+}
+
+fn digested(events: u32, repeat: bool) -> Option<Digested> {
+    Some(Digested {
+        group: r#"{"resource.resourceName":"db-1"}"#.into(),
+        events,
+        repeat,
+    })
+}
+
+#[tokio::test]
+async fn digest_attempts_name_their_digest_and_repeats_deliver_nothing_on_both_backends() {
+    let (stores, _dir) = stores().await;
+    for store in stores {
+        let recorded = [
+            attempt_at(1_000, AttemptOutcome::Delivered, None),
+            attempt_at(2_000, AttemptOutcome::Delivered, digested(12, false)),
+            attempt_at(3_000, AttemptOutcome::Delivered, digested(3, true)),
+            attempt_at(4_000, AttemptOutcome::Failed, digested(3, true)),
+        ];
+        for attempt in &recorded {
+            store.record_attempt("e1", attempt.clone()).await.unwrap();
+        }
+        assert_eq!(store.attempts("e1").await.unwrap(), recorded);
+
+        // As the attempts API and the timeline write them: plain attempts are unchanged.
+        let written = serde_json::to_value(store.attempts("e1").await.unwrap()).unwrap();
+        assert_eq!(written[0].get("digest"), None);
+        assert_eq!(
+            written[1]["digest"],
+            serde_json::json!({"group": r#"{"resource.resourceName":"db-1"}"#, "events": 12})
+        );
+        assert_eq!(written[2]["digest"]["repeat"], true);
+        assert_eq!(written[3]["outcome"], "failed");
+
+        // A delivered repeat is no delivery: a redelivered copy of the event still goes.
+        store
+            .record_attempt(
+                "e2",
+                attempt_at(5_000, AttemptOutcome::Delivered, digested(1, true)),
+            )
+            .await
+            .unwrap();
+        assert!(!store.delivered("e2", "hook").await.unwrap());
+        store
+            .record_attempt(
+                "e2",
+                attempt_at(6_000, AttemptOutcome::Delivered, digested(1, false)),
+            )
+            .await
+            .unwrap();
+        assert!(
+            store.delivered("e2", "hook").await.unwrap(),
+            "a digest's attempt delivers"
+        );
+    }
+}
+
+/// A database made before attempts named their digest: its attempts read back as plain ones,
+/// and digests' attempts are recorded once it is opened.
+#[tokio::test]
+async fn an_older_records_database_is_upgraded_to_digest_attempts_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("records.db");
+    {
+        let old = storage::Database::open(
+            &path,
+            &sqlite::MIGRATIONS[..2],
+            storage::Durability::Normal,
+            None,
+        )
+        .unwrap();
+        old.execute(
+            "INSERT INTO attempts (event_id, action, attempt, started_at_ms, duration_ms, \
+             outcome) VALUES ('old', 'hook', 1, 1000, 3, 'delivered')",
+            (),
+        )
+        .await
+        .unwrap();
+    }
+    let sqlite = RecordStore::open(&path, region(), None).unwrap();
+
+    let database = crate::postgres::testing::scratch().await;
+    database
+        .migrate("records", &postgres::MIGRATIONS[..1])
+        .await
+        .unwrap();
+    database
+        .client()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO attempts (event_id, action, attempt, started_at_ms, duration_ms, \
+             outcome) VALUES ('old', 'hook', 1, 1000, 3, 'delivered')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let postgres = RecordStore::on_postgres(&database, region()).await.unwrap();
+
+    for store in [sqlite, postgres] {
+        let plain = attempt_at(1_000, AttemptOutcome::Delivered, None);
+        assert_eq!(store.attempts("old").await.unwrap(), [plain]);
+        assert!(store.delivered("old", "hook").await.unwrap());
+        let digest = attempt_at(2_000, AttemptOutcome::Delivered, digested(2, false));
+        store.record_attempt("new", digest.clone()).await.unwrap();
+        assert_eq!(store.attempts("new").await.unwrap(), [digest]);
+    }
+}
+
 /// Many writers at once share batches on PostgreSQL; a row the database refuses (a NUL
 /// character, which PostgreSQL text cannot hold) fails alone, and the rest of its batch is
 /// written all the same.
@@ -273,6 +396,7 @@ async fn concurrent_writes_are_kept_and_a_refused_row_fails_alone() {
                     outcome: AttemptOutcome::Delivered,
                     code: None,
                     reason: None,
+                    digest: None,
                 };
                 let recorded = store.record(&job, DeliveryStatus::Matched, &[]).await;
                 let attempted = store.record_attempt(&job.event.id, attempt).await;
