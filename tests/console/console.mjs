@@ -168,6 +168,18 @@ try {
   ok("created a silence from the alert");
   await look("silences");
 
+  // A Teams card's Resolve link, opened in the signed-in browser: a confirmation page that
+  // changes nothing, then its button resolves as the signed-in client.
+  await go(process.env.ACT_LINK);
+  const asked = await text("main");
+  if (!asked.includes("Nothing has changed yet")) fail(`the link's page does not ask first: ${asked}`);
+  await look("act-link");
+  await submit("main form button[type=submit]");
+  const done = await text("main [role=status]");
+  if (!done.includes("resolved by ops")) fail(`the link did not resolve as the signed-in client: ${done}`);
+  ok(`a Teams link's confirmation resolved the alert: ${done}`);
+  await look("act-done");
+
   // An invalid condition: the API's message next to the field.
   await go("/ui/configuration");
   await look("configuration");

@@ -37,6 +37,27 @@ password = "oncall-password"
 scopes = ["responder"]
 "#;
 
+/// The token signing key of the browser test's Tocsin, so that it can mint an action link.
+const LINK_SECRET: &str = "console-e2e-token-secret";
+
+/// The path of a Teams card's Resolve link for `alert`, as a Tocsin with `LINK_SECRET` mints it.
+fn teams_resolve_link(alert: &str) -> String {
+    let key = web::Authenticator::new(&[], LINK_SECRET.as_bytes().to_vec(), Default::default())
+        .unwrap()
+        .derived_key("action link");
+    let settings = web::act_link::LinkSettings {
+        public_url: "https://tocsin.example".into(),
+        lifetime_minutes: 60,
+    };
+    let links = web::act_link::ActLinks::new(&settings, key, []).unwrap();
+    let audience = web::act_link::Audience::Channel("teams".into());
+    let now = clock::now_epoch_millis() / 1000;
+    let url = links.url(model::alert::Control::Resolve, alert, audience, now);
+    url.strip_prefix("https://tocsin.example")
+        .unwrap()
+        .to_owned()
+}
+
 /// A browser-like client that keeps no cookies and follows no redirects: each step is seen.
 struct Visitor {
     http: reqwest::Client,
@@ -138,7 +159,11 @@ async fn an_on_call_session_in_a_real_browser_embedded_and_sqlite() {
         "subscriptions": [{"name": "everything", "state": "ENABLED", "conditions": [],
                            "actions": ["hook", "slack"]}]
     });
-    let tocsin = Tocsin::start_with_settings(Backend::Embedded, &configuration, CLIENTS, &[]).await;
+    let settings = format!(
+        "{CLIENTS}\n[auth]\ntoken_secret = \"{LINK_SECRET}\"\n[links]\npublic_url = \"https://tocsin.example\"\n"
+    );
+    let tocsin =
+        Tocsin::start_with_settings(Backend::Embedded, &configuration, &settings, &[]).await;
     let sent = tocsin
         .http
         .post(tocsin.url("/cf/producer/v1/resource-events"))
@@ -158,6 +183,7 @@ async fn an_on_call_session_in_a_real_browser_embedded_and_sqlite() {
         .env("TOCSIN_SECRET", "ops-password")
         .env("FIXED_DESTINATION", format!("{}/fixed", fixed.uri()))
         .env("SCREENSHOTS", screenshots)
+        .env("ACT_LINK", teams_resolve_link("disk-db-1"))
         .output()
         .expect("node runs");
     let report = format!(
@@ -182,6 +208,8 @@ async fn an_on_call_session_in_a_real_browser_embedded_and_sqlite() {
         "configuration",
         "condition-invalid",
         "alert-phone",
+        "act-link",
+        "act-done",
     ] {
         assert!(
             report.contains(&format!("ok - {page}: axe reports no serious")),

@@ -11,7 +11,9 @@
 //!   silences' check), audited with the link's once-only key, so a link acts once.
 //! - An expired or used link answers 410 and says so; a link this Tocsin did not sign, 404.
 //!
-//! Pages carry `Referrer-Policy: no-referrer` (the token is in the URL) and are never cached.
+//! Pages carry `Referrer-Policy: same-origin` — the token is in the URL, so no other site may
+//! see it; not `no-referrer`, under which browsers send the form's `Origin` as `null` — and
+//! are never cached.
 
 use crate::render::{page, refused, see_other};
 use crate::session::{Form, Sessions};
@@ -357,7 +359,7 @@ fn private(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     headers.insert(
         "x-robots-tag",
