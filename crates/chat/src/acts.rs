@@ -1,13 +1,13 @@
 //! What a chat user may ask for, carried out through Tocsin's own paths: an alert act through
 //! [`alerts::perform`] (audited, once-only by the request's key), a silence through the
-//! silences' own check and store, a redelivery through the operator API's
-//! ([`delivery::operator_api::redeliver`]) — the last two audited here with their once-only
-//! key first. The answer is a line for the chat user, and whether the alert's message should
+//! silences' own check and [`router::silences::Silences::create`] (audited there, as from the
+//! API and the console), a redelivery through the operator API's
+//! ([`delivery::operator_api::redeliver`]) — audited here with its once-only key first. The answer is a line for the chat user, and whether the alert's message should
 //! show it.
 
 use crate::{Caller, Chat};
 use model::alert::{HumanAct, HumanAction};
-use router::silences::NewSilence;
+use router::silences::{By, NewSilence, SilenceActError};
 use store::audit::{AuditEntry, Recorded};
 use store::silences::SilenceMatcher;
 
@@ -182,26 +182,26 @@ impl Chat {
             Ok(silence) => silence,
             Err(problem) => return Outcome::Told(format!("Not silenced: {problem}.")),
         };
-        let entry = AuditEntry {
-            id: uuid::Uuid::now_v7().to_string(),
-            at_ms: now,
-            who: who.to_owned(),
-            via: "slack".into(),
-            action: "silence".into(),
-            target: silence.id.clone(),
-            outcome: "done".into(),
-            detail: Some(serde_json::to_string(&silence.matchers).expect("matchers serialize")),
-            dedupe_key: Some(once),
+        let by = By {
+            via: "slack",
+            once: Some(once),
         };
-        if let Err(told) = self.claim(&entry, "silence").await {
-            return told;
+        match self
+            .silences
+            .create(&silence, &self.alerts.audit, &by)
+            .await
+        {
+            Ok(()) => {}
+            Err(SilenceActError::Repeated) => {
+                return Outcome::Told("This silence was done already.".into())
+            }
+            Err(SilenceActError::Unavailable(e)) => {
+                tracing::error!(error = %e, "cannot keep a silence from chat");
+                return Outcome::Told(
+                    "Not silenced: the store cannot be reached; retry later.".into(),
+                );
+            }
         }
-        if let Err(e) = self.silences.create(&silence).await {
-            tracing::error!(error = %e, "cannot keep a silence from chat");
-            self.give_back(&entry).await;
-            return Outcome::Told("Not silenced: the store cannot be reached; retry later.".into());
-        }
-        tracing::info!(silence = %silence.id, by = %who, via = "slack", "silence created");
         let minutes = for_ms / 60_000;
         Outcome::Changed(format!(
             "Silenced for {minutes} min by <@{}> (as `{who}`): silence `{}`.",
