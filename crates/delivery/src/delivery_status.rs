@@ -33,7 +33,8 @@ pub enum Status {
 }
 
 impl Status {
-    fn as_str(self) -> &'static str {
+    /// Its `tocsin:deliveryStatus` tag.
+    pub fn as_str(self) -> &'static str {
         match self {
             Status::Delivered => "DELIVERED",
             Status::Undelivered => "UNDELIVERED",
