@@ -22,8 +22,36 @@ pub enum Ask {
         for_ms: i64,
         comment: Option<String>,
     },
-    /// Send again the undelivered events of `action` stored in the last `within_ms`.
-    Redeliver { action: String, within_ms: i64 },
+    /// Send again the undelivered events of `action` from `since` on.
+    Redeliver { action: String, since: Since },
+}
+
+/// From when a redelivery takes an action's undelivered events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// Stored in the last this many ms (the command's `since 2h`).
+    Last(i64),
+    /// Reported by delivery-status events from this time on, in epoch seconds (a Redeliver
+    /// button's `since`).
+    Reported(i64),
+}
+
+impl Since {
+    /// The earliest time the selected undelivered events were stored, in epoch seconds.
+    fn stored_from(self, now_ms: i64) -> i64 {
+        match self {
+            Since::Last(ms) => (now_ms - ms) / 1000,
+            Since::Reported(s) => s - delivery::delivery_status::RECORDED_BEFORE_S,
+        }
+    }
+
+    /// How the audit log says it.
+    fn describe(self) -> String {
+        match self {
+            Since::Last(ms) => format!("stored in the last {} min", ms / 60_000),
+            Since::Reported(s) => format!("reported since {}", delivery::templates::datetime(s)),
+        }
+    }
 }
 
 impl Ask {
@@ -66,8 +94,8 @@ impl Chat {
                 self.silence(caller, who, matchers, for_ms, comment, once)
                     .await
             }
-            Ask::Redeliver { action, within_ms } => {
-                self.redeliver(who, &action, within_ms, once).await
+            Ask::Redeliver { action, since } => {
+                self.redeliver(caller, who, &action, since, once).await
             }
         }
     }
@@ -94,7 +122,14 @@ impl Chat {
         }
     }
 
-    async fn redeliver(&self, who: &str, action: &str, within_ms: i64, once: String) -> Outcome {
+    async fn redeliver(
+        &self,
+        caller: &Caller,
+        who: &str,
+        action: &str,
+        since: Since,
+        once: String,
+    ) -> Outcome {
         let now = clock::now_epoch_millis();
         let entry = AuditEntry {
             id: uuid::Uuid::now_v7().to_string(),
@@ -104,7 +139,7 @@ impl Chat {
             action: "redeliver".into(),
             target: action.to_owned(),
             outcome: "done".into(),
-            detail: Some(format!("stored in the last {} min", within_ms / 60_000)),
+            detail: Some(since.describe()),
             dedupe_key: Some(once),
         };
         if let Err(told) = self.claim(&entry, "redelivery").await {
@@ -113,7 +148,7 @@ impl Chat {
         let selection = store::records::Selection {
             event_id: None,
             action: Some(action.to_owned()),
-            since: Some((now - within_ms) / 1000),
+            since: Some(since.stored_from(now)),
             limit: REDELIVER_AT_MOST,
         };
         let records = &self.alerts.records;
@@ -122,7 +157,8 @@ impl Chat {
             Ok(count) => {
                 tracing::info!(action, count, by = %who, via = "slack", "undelivered events sent again");
                 Outcome::Changed(format!(
-                    "Sent {count} undelivered event(s) of `{action}` again (as `{who}`)."
+                    "Sent {count} undelivered event(s) of `{action}` again, by <@{}> (as `{who}`).",
+                    caller.user
                 ))
             }
             Err(e) => {
