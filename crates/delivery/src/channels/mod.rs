@@ -205,12 +205,8 @@ pub struct ChatWebhook {
 }
 
 impl ChatWebhook {
-    pub const PROPERTIES: &'static [&'static str] = &[
-        "webhookUrl",
-        "subjectTemplate",
-        "bodyTemplate",
-        "payloadTemplate",
-    ];
+    /// Its properties are `webhookUrl` and the message templates' (`subjectTemplate`,
+    /// `bodyTemplate`, `payloadTemplate`); each channel lists them with its own.
     pub const CREDENTIAL_URLS: &'static [&'static str] = &["webhookUrl"];
 
     pub fn read(p: &Properties) -> Result<Self, PropertyError> {

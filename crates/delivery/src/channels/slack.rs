@@ -65,7 +65,7 @@ pub struct SlackWebhook {
 impl Channel for SlackChannel {
     const TYPE: &'static str = "SLACK";
     const PROPERTIES: &'static [&'static str] = &[
-        // ChatWebhook::PROPERTIES, and:
+        // ChatWebhook's, and `controls`.
         "webhookUrl",
         "subjectTemplate",
         "bodyTemplate",
