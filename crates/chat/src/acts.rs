@@ -41,7 +41,8 @@ impl Since {
     fn stored_from(self, now_ms: i64) -> i64 {
         match self {
             Since::Last(ms) => (now_ms - ms) / 1000,
-            Since::Reported(s) => s - delivery::delivery_status::RECORDED_BEFORE_S,
+            // A button's value is Tocsin's, but it travels through Slack: never overflow on it.
+            Since::Reported(s) => s.saturating_sub(delivery::delivery_status::RECORDED_BEFORE_S),
         }
     }
 
@@ -255,5 +256,30 @@ fn done_word(action: HumanAction) -> &'static str {
         HumanAction::Unacknowledge => "Unacknowledged",
         HumanAction::Resolve => "Resolved",
         HumanAction::Comment => "Commented",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redelivery_reaches_back_to_the_records_of_what_was_reported() {
+        let now_ms = 1_800_000_000_000;
+        assert_eq!(Since::Last(3_600_000).stored_from(now_ms), 1_799_996_400);
+        assert_eq!(
+            Since::Reported(1_800_000_000).stored_from(now_ms),
+            1_800_000_000 - delivery::delivery_status::RECORDED_BEFORE_S,
+            "a record is stored just before its status event"
+        );
+        assert_eq!(Since::Reported(i64::MIN).stored_from(now_ms), i64::MIN);
+        assert_eq!(
+            Since::Reported(1_800_000_000).describe(),
+            "reported since 2027-01-15 08:00:00 UTC"
+        );
+        assert_eq!(
+            Since::Last(7_200_000).describe(),
+            "stored in the last 120 min"
+        );
     }
 }
