@@ -1,9 +1,9 @@
 //! What a chat user may ask for, carried out through Tocsin's own paths: an alert act through
 //! [`alerts::perform`] (audited, once-only by the request's key), a silence through the
 //! silences' own check and [`router::silences::Silences::create`] (audited there, as from the
-//! API and the console), a redelivery through the operator API's
-//! ([`delivery::operator_api::redeliver`]) — audited here with its once-only key first. The answer is a line for the chat user, and whether the alert's message should
-//! show it.
+//! API, the console and the action links), a redelivery through the operator API's
+//! ([`delivery::operator_api::redeliver`]) — audited here with its once-only key first. The
+//! answer is a line for the chat user, and whether the alert's message should show it.
 
 use crate::{Caller, Chat};
 use model::alert::{HumanAct, HumanAction};

@@ -171,7 +171,8 @@ pub(super) fn with_redeliver<'e>(
     let left = controls.len().saturating_sub(ACTIONS_ELEMENTS);
     if left > 0 {
         let text = format!(
-            "{left} more action(s) have undelivered events: `/tocsin undelivered` lists them, `/tocsin redeliver <action> since <duration>` sends them again."
+            "{left} more action(s) have undelivered events: `/tocsin undelivered` lists them, \
+             `/tocsin redeliver <action> since <duration>` sends them again."
         );
         payload = with_block(
             payload,

@@ -1,12 +1,13 @@
 //! Silences in routing: which matched events a silence holds back, and when the alerts it held
 //! back are released.
 //!
-//! Flow: the silences API ([`api`]), the console and Slack check a new silence ([`check`]) and
-//! write it — or expire one — through [`Silences`], which records the act in the audit log
-//! first, whoever made it and through what ([`By`]), and keeps what still matters — pending, active, and ended but not yet
-//! released silences — compiled in memory ([`SilenceSet`]). A matcher compares an event
-//! property with a condition's predicate (the router's own [`Comparison`], so a silence
-//! matches exactly as a condition would) or with an anchored regex.
+//! Flow: the silences API ([`api`]), the console, Slack and the action links check a new
+//! silence ([`check`]) and write it — or expire one — through [`Silences`], which records the
+//! act in the audit log first, whoever made it and through what ([`By`]), and keeps what still
+//! matters — pending, active, and ended but not yet released silences — compiled in memory
+//! ([`SilenceSet`]). A matcher compares an event property with a condition's predicate (the
+//! router's own [`Comparison`], so a silence matches exactly as a condition would) or with an
+//! anchored regex.
 //!
 //! Across processes: every change moves one version in the store. Before each batch the
 //! router reads it ([`Silences::refresh`], one single-row read; none with SQLite, where every
