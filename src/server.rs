@@ -315,7 +315,7 @@ fn api_routes(
         audit: audit.clone(),
     };
     let alerts = alerts::routes(acts.clone(), auth.identify(Scope::Responder));
-    let audit = alerts::audit::routes(audit, auth.require(Scope::Configuration));
+    let audit_api = alerts::audit::routes(audit.clone(), auth.require(Scope::Configuration));
     let console = console::routes(
         console::Console {
             alerts: acts.clone(),
@@ -334,7 +334,7 @@ fn api_routes(
         matches!(settings.tls.files(), Ok(Some(_))),
     );
     let chat = chat::Chat::new(&settings.chat, acts, Arc::clone(&silences))?;
-    let silences = router::silences::api::routes(silences, auth.identify(Scope::Responder));
+    let silences = router::silences::api::routes(silences, audit, auth.identify(Scope::Responder));
     // /healthz, /readyz, /openapi.json, and /metrics (consumer scope unless metrics.public).
     let metrics_guard = if settings.metrics.public {
         warp::any().boxed()
@@ -351,7 +351,7 @@ fn api_routes(
         .or(configuration)
         .or(alerts)
         .or(silences)
-        .or(audit)
+        .or(audit_api)
         .or(chat::slack::routes(chat))
         .or(console)
         .or(crate::dead_letters::routes(Arc::clone(&bus), auth))

@@ -387,6 +387,14 @@ async fn links(backend: Backend, env: &[(&str, &str)]) {
         made["matchers"][0]["propertyValue"], "disk-db-1",
         "{silences}"
     );
+    let id = made["id"].as_str().unwrap();
+    let (_, audit) = ops.get(&format!("/tocsin/v1/audit?target={id}")).await;
+    let entry = &audit["results"][0];
+    assert_eq!(
+        (&entry["who"], &entry["via"], &entry["action"]),
+        (&json!("alice"), &json!("email"), &json!("silence")),
+        "{audit}"
+    );
 
     // Expired and forged links.
     let links = ActLinks::new(

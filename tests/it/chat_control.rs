@@ -11,6 +11,9 @@
 //!   saying why.
 //! - The slash command's `status`, `ack`, `resolve`, `silence` and `help` do what they say: a
 //!   silence made from Slack holds back the alert's next event.
+//! - A webhook that refuses an event makes it undelivered; its delivery-status event, routed to
+//!   a `SLACK` action, carries a Redeliver button; a click by an administrator sends the event
+//!   again and the message says so; a responder's click is refused.
 //!
 //! On the embedded bus with SQLite, and on RabbitMQ with PostgreSQL.
 
@@ -29,12 +32,13 @@ const SECRET: &str = "e2e-slack-signing-secret";
 const TEAM: &str = "T0TEAM";
 const CHANNEL: &str = "C0ALERTS";
 
-/// Chat control on: the workspace and channel allowed, alice a responder, bob a reader only.
+/// Chat control on: the workspace and channel allowed, alice a responder and an administrator,
+/// carol a responder only, bob a reader only.
 fn settings() -> String {
     format!(
         r#"{CLIENTS}
 [chat]
-identities = ["slack:{TEAM}/U0ALICE=alice:responder+configuration", "slack:{TEAM}/U0BOB=bob:consumer"]
+identities = ["slack:{TEAM}/U0ALICE=alice:responder+configuration", "slack:{TEAM}/U0CAROL=carol:responder", "slack:{TEAM}/U0BOB=bob:consumer"]
 [chat.slack]
 signing_secret = "{SECRET}"
 allowed_teams = ["{TEAM}"]
@@ -615,6 +619,192 @@ async fn redelivery(backend: Backend, env: &[(&str, &str)]) {
         (&audit[0]["who"], &audit[0]["action"], &audit[0]["outcome"]),
         (&json!("alice"), &json!("redeliver"), &json!("done"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redeliver_button_sends_the_undelivered_events_again_embedded_and_sqlite() {
+    redeliver_button(Backend::Embedded, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redeliver_button_sends_the_undelivered_events_again_rabbitmq_and_postgres() {
+    let url = postgres_schema().await;
+    redeliver_button(Backend::Rabbitmq, &crate::shared_store::shared_store(&url)).await;
+}
+
+async fn redeliver_button(backend: Backend, env: &[(&str, &str)]) {
+    // The webhook refuses for good (a 4xx); its undelivered status events go to a SLACK
+    // action, whose incoming webhook (and the clicks' response_url) are stand-ins.
+    let hook = Destination::start(|_| 404).await;
+    let slack = Destination::start(|_| 200).await;
+    let responses = Destination::start(|_| 200).await;
+    let mut to_hook = webhook("to-hook", &hook.url, json!({"retryMaxAttempts": "1"}));
+    to_hook["enableDeliveryStatus"] = json!(true);
+    let routing = json!({
+        "actions": [
+            to_hook,
+            {"name": "slack", "type": "SLACK", "state": "ENABLED", "properties": {"webhookUrl": slack.url}}
+        ],
+        "conditions": [
+            {"name": "disk", "propertyKey": "eventType", "predicate": "EQUALS", "propertyValue": "DiskFull"},
+            {"name": "undelivered", "propertyKey": "tags.tocsin:deliveryStatus", "predicate": "EQUALS", "propertyValue": "UNDELIVERED"}
+        ],
+        "subscriptions": [
+            {"name": "alerts", "state": "ENABLED", "conditions": ["disk"], "actions": ["to-hook"]},
+            {"name": "watch-delivery", "state": "ENABLED", "conditions": ["undelivered"], "actions": ["slack"]}
+        ]
+    });
+    let mut tocsin = Tocsin::start_with_settings(backend, &routing, &settings(), env).await;
+    (tocsin.user, tocsin.password) = ("ops".into(), "ops-password".into());
+    let tocsin = &tocsin;
+    let ops = Client {
+        tocsin,
+        name: "ops",
+        password: "ops-password",
+    };
+    let sent = tocsin.send(&event("DiskFull", "disk-1")).await;
+
+    // The status event's message carries the button: to-hook, since that event's time.
+    let posted = slack
+        .wait_for("the undelivered status", |r| !r.is_empty())
+        .await[0]
+        .body
+        .clone();
+    assert!(
+        posted["text"]
+            .as_str()
+            .unwrap()
+            .contains("Undelivered by to-hook"),
+        "{posted}"
+    );
+    let redeliver = posted["attachments"][0]["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["block_id"] == "tocsin_redeliver")
+        .unwrap_or_else(|| panic!("no Redeliver button: {posted}"))
+        .clone();
+    let button = &redeliver["elements"][0];
+    assert_eq!(button["action_id"], "tocsin_redeliver");
+    assert_eq!(button["text"]["text"], "Redeliver to-hook");
+    let value = button["value"].as_str().unwrap().to_owned();
+    let control: Value = serde_json::from_str(&value).unwrap();
+    assert_eq!(control["action"], "to-hook", "{value}");
+    let since = control["since"].as_i64().unwrap();
+    assert!((now_s() - 60..=now_s()).contains(&since), "{value}");
+    tocsin
+        .wait_for_count("/cf/consumer/v1/undelivered-events", 1)
+        .await;
+
+    // A responder may not redeliver: refused, ephemerally, and nothing is sent.
+    let carol = click(
+        TEAM,
+        CHANNEL,
+        "U0CAROL",
+        "tocsin_redeliver",
+        &value,
+        "3.000001",
+        &responses.url,
+    );
+    let (status, _) = post(tocsin, "/slack/v1/interactions", &carol).await;
+    assert_eq!(status, 200);
+    let told = responses
+        .wait_for("carol's refusal", |r| r.len() == 1)
+        .await[0]
+        .body
+        .clone();
+    assert_eq!(told["response_type"], "ephemeral", "{told}");
+    assert!(
+        told["text"]
+            .as_str()
+            .unwrap()
+            .contains("`carol` lacks the `configuration` scope"),
+        "{told}"
+    );
+    assert_eq!(hook.received().len(), 1, "nothing was sent again");
+
+    // Alice's click sends it again, to the webhook now answering 200; the message says so.
+    hook.answer(200);
+    let alice = click(
+        TEAM,
+        CHANNEL,
+        "U0ALICE",
+        "tocsin_redeliver",
+        &value,
+        "4.000001",
+        &responses.url,
+    );
+    let (status, _) = post(tocsin, "/slack/v1/interactions", &alice).await;
+    assert_eq!(status, 200);
+    let got = hook
+        .wait_for("the redelivery", |r| r.iter().any(|got| got.status == 200))
+        .await;
+    assert_eq!(
+        got[1].body["id"], sent["id"],
+        "the undelivered event itself"
+    );
+    let updated = responses
+        .wait_for("the message update", |r| r.len() == 2)
+        .await[1]
+        .body
+        .clone();
+    assert_eq!(updated["replace_original"], true, "{updated}");
+    assert!(
+        updated
+            .to_string()
+            .contains("Sent 1 undelivered event(s) of `to-hook` again, by <@U0ALICE> (as `alice`)"),
+        "{updated}"
+    );
+    tocsin
+        .wait_for_count("/cf/consumer/v1/undelivered-events", 0)
+        .await;
+
+    // The same click re-sent acts once; the audit log names alice, and carol's refusal.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, _) = post(tocsin, "/slack/v1/interactions", &alice).await;
+    assert_eq!(status, 200);
+    let again = responses
+        .wait_for("the repeat's answer", |r| r.len() == 3)
+        .await[2]
+        .body
+        .clone();
+    assert!(
+        again["text"].as_str().unwrap().contains("done already"),
+        "{again}"
+    );
+    let audit = audit_of(&ops, "to-hook").await;
+    assert_eq!(audit.len(), 1, "{audit:#?}");
+    assert_eq!(
+        (
+            &audit[0]["who"],
+            &audit[0]["via"],
+            &audit[0]["action"],
+            &audit[0]["outcome"]
+        ),
+        (
+            &json!("alice"),
+            &json!("slack"),
+            &json!("redeliver"),
+            &json!("done")
+        )
+    );
+    assert!(
+        audit[0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("reported since "),
+        "{audit:#?}"
+    );
+    let refusals = audit_of(&ops, CHANNEL).await;
+    assert!(
+        refusals
+            .iter()
+            .any(|e| e["who"] == format!("slack:{TEAM}/U0CAROL")
+                && e["action"] == "tocsin_redeliver"
+                && e["outcome"] == "refused"),
+        "{refusals:#?}"
+    );
+    assert_eq!(hook.received().len(), 2, "sent again once");
 }
 
 /// The rate limit is per process and per identity (in memory): one stack shows it.

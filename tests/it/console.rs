@@ -487,3 +487,68 @@ async fn a_session_works_on_every_process_sharing_the_key_rabbitmq_and_postgres(
     second.shutdown().await;
     first.shutdown().await;
 }
+
+/// A silence made and expired with the console's forms is in the audit log, naming the
+/// signed-in client, via `console` (plain requests: no browser needed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silences_made_and_expired_in_the_console_are_audited_embedded_and_sqlite() {
+    let tocsin = Tocsin::start_with_settings(Backend::Embedded, &json!({}), CLIENTS, &[]).await;
+    let ops = Visitor::sign_in(&tocsin, "ops", "ops-password").await;
+    let csrf = ops.csrf().await;
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("key0", "severity"),
+        ("predicate0", "EQUALS"),
+        ("value0", "FATAL"),
+        ("hours", "1"),
+        ("comment", "disk swap"),
+    ];
+    let (status, page) = ops.post("/ui/silences", &form, None).await;
+    assert_eq!(status, 303, "{page}");
+    let api = |path: String| {
+        tocsin
+            .http
+            .get(tocsin.url(&path))
+            .basic_auth("ops", Some("ops-password"))
+            .send()
+    };
+    let silences: serde_json::Value = api("/tocsin/v1/silences".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = silences["results"][0]["id"].as_str().unwrap().to_owned();
+    let expire = format!("/ui/silences/{id}/expire");
+    let (status, page) = ops.post(&expire, &[("csrf", &csrf)], None).await;
+    assert_eq!(status, 303, "{page}");
+    let audit: serde_json::Value = api(format!("/tocsin/v1/audit?target={id}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let acts: Vec<(&str, &str, &str, &str)> = audit["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let field = |name: &str| e[name].as_str().unwrap();
+            (
+                field("who"),
+                field("via"),
+                field("action"),
+                field("outcome"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        acts,
+        [
+            ("ops", "console", "expire-silence", "done"),
+            ("ops", "console", "silence", "done")
+        ],
+        "{audit}"
+    );
+    tocsin.shutdown().await;
+}

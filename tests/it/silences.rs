@@ -5,7 +5,8 @@
 //! the silence early delivers each alert it held back that still fires exactly once, in its
 //! latest state (checked once the bus is idle), and not the one that closed while silenced;
 //! `tocsin_events_silenced_total` counts what was held back; a silence that ends on its own
-//! releases what it held back at its end. On the embedded bus with SQLite,
+//! releases what it held back at its end; the audit log names the API client who created and
+//! expired the silence. On the embedded bus with SQLite,
 //! and on RabbitMQ with PostgreSQL — there with a second process on the same store and broker,
 //! which expires the silence the first one created. And `tocsin silence add|list|expire`
 //! through the real binary.
@@ -262,6 +263,32 @@ async fn silenced_and_released(backend: Backend, env: &[(&str, &str)]) {
     );
     let message = error_message(delete(other, "/tocsin/v1/silences/nope").await, 404).await;
     assert!(message.contains("`nope`"), "{message}");
+    // The audit log names the API client for each act, oldest last.
+    let audit = tocsin.page(&format!("/tocsin/v1/audit?target={id}")).await;
+    let acts: Vec<(&Value, &Value, &Value, &Value)> = audit["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (&e["who"], &e["via"], &e["action"], &e["outcome"]))
+        .collect();
+    let by = json!(other.user);
+    assert_eq!(
+        acts,
+        [
+            (
+                &by,
+                &json!("api"),
+                &json!("expire-silence"),
+                &json!("unchanged")
+            ),
+            (&by, &json!("api"), &json!("expire-silence"), &json!("done")),
+            (&by, &json!("api"), &json!("silence"), &json!("done")),
+        ],
+        "{audit}"
+    );
+    let detail: Value =
+        serde_json::from_str(audit["results"][2]["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(detail, silence["matchers"], "the matchers: {audit}");
     hook.wait_for("the alerts released", |r| r.len() >= 7).await;
     tocsin.wait_until_idle().await;
     if let Some(sibling) = &sibling {

@@ -1,13 +1,13 @@
 //! What a chat user may ask for, carried out through Tocsin's own paths: an alert act through
 //! [`alerts::perform`] (audited, once-only by the request's key), a silence through the
-//! silences' own check and store, a redelivery through the operator API's
-//! ([`delivery::operator_api::redeliver`]) — the last two audited here with their once-only
-//! key first. The answer is a line for the chat user, and whether the alert's message should
-//! show it.
+//! silences' own check and [`router::silences::Silences::create`] (audited there, as from the
+//! API, the console and the action links), a redelivery through the operator API's
+//! ([`delivery::operator_api::redeliver`]) — audited here with its once-only key first. The
+//! answer is a line for the chat user, and whether the alert's message should show it.
 
 use crate::{Caller, Chat};
 use model::alert::{HumanAct, HumanAction};
-use router::silences::NewSilence;
+use router::silences::{By, NewSilence, SilenceActError};
 use store::audit::{AuditEntry, Recorded};
 use store::silences::SilenceMatcher;
 
@@ -22,8 +22,37 @@ pub enum Ask {
         for_ms: i64,
         comment: Option<String>,
     },
-    /// Send again the undelivered events of `action` stored in the last `within_ms`.
-    Redeliver { action: String, within_ms: i64 },
+    /// Send again the undelivered events of `action` from `since` on.
+    Redeliver { action: String, since: Since },
+}
+
+/// From when a redelivery takes an action's undelivered events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// Stored in the last this many ms (the command's `since 2h`).
+    Last(i64),
+    /// Reported by delivery-status events from this time on, in epoch seconds (a Redeliver
+    /// button's `since`).
+    Reported(i64),
+}
+
+impl Since {
+    /// The earliest time the selected undelivered events were stored, in epoch seconds.
+    fn stored_from(self, now_ms: i64) -> i64 {
+        match self {
+            Since::Last(ms) => (now_ms - ms) / 1000,
+            // A button's value is Tocsin's, but it travels through Slack: never overflow on it.
+            Since::Reported(s) => s.saturating_sub(delivery::delivery_status::RECORDED_BEFORE_S),
+        }
+    }
+
+    /// How the audit log says it.
+    fn describe(self) -> String {
+        match self {
+            Since::Last(ms) => format!("stored in the last {} min", ms / 60_000),
+            Since::Reported(s) => format!("reported since {}", delivery::templates::datetime(s)),
+        }
+    }
 }
 
 impl Ask {
@@ -66,8 +95,8 @@ impl Chat {
                 self.silence(caller, who, matchers, for_ms, comment, once)
                     .await
             }
-            Ask::Redeliver { action, within_ms } => {
-                self.redeliver(who, &action, within_ms, once).await
+            Ask::Redeliver { action, since } => {
+                self.redeliver(caller, who, &action, since, once).await
             }
         }
     }
@@ -94,7 +123,14 @@ impl Chat {
         }
     }
 
-    async fn redeliver(&self, who: &str, action: &str, within_ms: i64, once: String) -> Outcome {
+    async fn redeliver(
+        &self,
+        caller: &Caller,
+        who: &str,
+        action: &str,
+        since: Since,
+        once: String,
+    ) -> Outcome {
         let now = clock::now_epoch_millis();
         let entry = AuditEntry {
             id: uuid::Uuid::now_v7().to_string(),
@@ -104,7 +140,7 @@ impl Chat {
             action: "redeliver".into(),
             target: action.to_owned(),
             outcome: "done".into(),
-            detail: Some(format!("stored in the last {} min", within_ms / 60_000)),
+            detail: Some(since.describe()),
             dedupe_key: Some(once),
         };
         if let Err(told) = self.claim(&entry, "redelivery").await {
@@ -113,7 +149,7 @@ impl Chat {
         let selection = store::records::Selection {
             event_id: None,
             action: Some(action.to_owned()),
-            since: Some((now - within_ms) / 1000),
+            since: Some(since.stored_from(now)),
             limit: REDELIVER_AT_MOST,
         };
         let records = &self.alerts.records;
@@ -122,7 +158,8 @@ impl Chat {
             Ok(count) => {
                 tracing::info!(action, count, by = %who, via = "slack", "undelivered events sent again");
                 Outcome::Changed(format!(
-                    "Sent {count} undelivered event(s) of `{action}` again (as `{who}`)."
+                    "Sent {count} undelivered event(s) of `{action}` again, by <@{}> (as `{who}`).",
+                    caller.user
                 ))
             }
             Err(e) => {
@@ -182,26 +219,26 @@ impl Chat {
             Ok(silence) => silence,
             Err(problem) => return Outcome::Told(format!("Not silenced: {problem}.")),
         };
-        let entry = AuditEntry {
-            id: uuid::Uuid::now_v7().to_string(),
-            at_ms: now,
-            who: who.to_owned(),
-            via: "slack".into(),
-            action: "silence".into(),
-            target: silence.id.clone(),
-            outcome: "done".into(),
-            detail: Some(serde_json::to_string(&silence.matchers).expect("matchers serialize")),
-            dedupe_key: Some(once),
+        let by = By {
+            via: "slack",
+            once: Some(once),
         };
-        if let Err(told) = self.claim(&entry, "silence").await {
-            return told;
+        match self
+            .silences
+            .create(&silence, &self.alerts.audit, &by)
+            .await
+        {
+            Ok(()) => {}
+            Err(SilenceActError::Repeated) => {
+                return Outcome::Told("This silence was done already.".into())
+            }
+            Err(SilenceActError::Unavailable(e)) => {
+                tracing::error!(error = %e, "cannot keep a silence from chat");
+                return Outcome::Told(
+                    "Not silenced: the store cannot be reached; retry later.".into(),
+                );
+            }
         }
-        if let Err(e) = self.silences.create(&silence).await {
-            tracing::error!(error = %e, "cannot keep a silence from chat");
-            self.give_back(&entry).await;
-            return Outcome::Told("Not silenced: the store cannot be reached; retry later.".into());
-        }
-        tracing::info!(silence = %silence.id, by = %who, via = "slack", "silence created");
         let minutes = for_ms / 60_000;
         Outcome::Changed(format!(
             "Silenced for {minutes} min by <@{}> (as `{who}`): silence `{}`.",
@@ -219,5 +256,30 @@ fn done_word(action: HumanAction) -> &'static str {
         HumanAction::Unacknowledge => "Unacknowledged",
         HumanAction::Resolve => "Resolved",
         HumanAction::Comment => "Commented",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redelivery_reaches_back_to_the_records_of_what_was_reported() {
+        let now_ms = 1_800_000_000_000;
+        assert_eq!(Since::Last(3_600_000).stored_from(now_ms), 1_799_996_400);
+        assert_eq!(
+            Since::Reported(1_800_000_000).stored_from(now_ms),
+            1_800_000_000 - delivery::delivery_status::RECORDED_BEFORE_S,
+            "a record is stored just before its status event"
+        );
+        assert_eq!(Since::Reported(i64::MIN).stored_from(now_ms), i64::MIN);
+        assert_eq!(
+            Since::Reported(1_800_000_000).describe(),
+            "reported since 2027-01-15 08:00:00 UTC"
+        );
+        assert_eq!(
+            Since::Last(7_200_000).describe(),
+            "stored in the last 120 min"
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! Control from chat: people acknowledge, resolve and silence alerts from Slack — buttons on
 //! the `SLACK_THREADED` messages and the `/tocsin` slash command — through the same act path as
 //! the alerts API ([`alerts::perform`]), so every act is audited, once-only, and reaches the
-//! alert's destinations.
+//! alert's destinations; and administrators send undelivered events again — the Redeliver
+//! buttons of Slack messages of undelivered events, or the command — through the operator
+//! API's redelivery.
 //!
 //! Flow of a Slack request ([`slack`]): its signature is verified ([`slack::verify`]; anything
 //! else is 401 and changes nothing); the workspace and channel must be allow-listed and the

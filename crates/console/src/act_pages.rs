@@ -8,7 +8,8 @@
 //!   link went to (`chat.identities`, `email:…`), or, for a Teams link — everyone in the
 //!   channel saw it — the person signed in to the console (sent to sign in first, and back).
 //!   The act goes through the common act path ([`alerts::perform`], or a silence through the
-//!   silences' check), audited with the link's once-only key, so a link acts once.
+//!   silences' check and [`router::silences::Silences::create`]), audited with the link's
+//!   once-only key, so a link acts once.
 //! - An expired or used link answers 410 and says so; a link this Tocsin did not sign, 404.
 //!
 //! Pages carry `Referrer-Policy: same-origin` — the token is in the URL, so no other site may
@@ -19,9 +20,8 @@ use crate::render::{page, refused, see_other};
 use crate::session::{Form, Sessions};
 use crate::Console;
 use model::alert::{Control, HumanAct, HumanAction};
-use router::silences::NewSilence;
+use router::silences::{By, NewSilence, SilenceActError};
 use std::sync::Arc;
-use store::audit::{AuditEntry, Recorded};
 use store::silences::{MatchPredicate, SilenceMatcher};
 use warp::filters::BoxedFilter;
 use warp::http::{header, HeaderValue, StatusCode};
@@ -290,33 +290,19 @@ impl Acts {
             Ok(silence) => silence,
             Err(problem) => return refused(None, StatusCode::BAD_REQUEST, &problem),
         };
-        let entry = AuditEntry {
-            id: uuid::Uuid::now_v7().to_string(),
-            at_ms: now,
-            who: who.to_owned(),
-            via: via.into(),
-            action: "silence".into(),
-            target: silence.id.clone(),
-            outcome: "done".into(),
-            detail: Some(serde_json::to_string(&silence.matchers).expect("matchers serialize")),
-            dedupe_key: Some(claims.once_key()),
+        let by = By {
+            via,
+            once: Some(claims.once_key()),
         };
         let audit = &self.console.alerts.audit;
-        match audit.record(&entry).await {
-            Ok(Recorded::New) => {}
-            Ok(Recorded::Duplicate) => return used(),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot record a silence from a link");
+        match self.console.silences.create(&silence, audit, &by).await {
+            Ok(()) => {}
+            Err(SilenceActError::Repeated) => return used(),
+            Err(SilenceActError::Unavailable(e)) => {
+                tracing::error!(error = %e, "cannot keep a silence from a link");
                 return unavailable();
             }
         }
-        if let Err(e) = self.console.silences.create(&silence).await {
-            tracing::error!(error = %e, "cannot keep a silence from a link");
-            // Given back, so that the link can be used again.
-            let _ = audit.forget(&entry.id).await;
-            return unavailable();
-        }
-        tracing::info!(silence = %silence.id, by = %who, via, "silence created");
         page(
             "act.html",
             None,

@@ -25,6 +25,11 @@ pub const TAG_ACTION: &str = "tocsin:action";
 pub const TAG_ATTEMPTS: &str = "tocsin:attempts";
 pub const TAG_FAILURE_REASONS: &str = "tocsin:failureReasons";
 
+/// How long before its status event an undelivered event's record can have been stored: the
+/// record is written first (its time, in whole seconds, taken before the write), then the
+/// status event is made. A selection of what status events reported reaches back this far.
+pub const RECORDED_BEFORE_S: i64 = 10;
+
 /// How an action ended with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -33,7 +38,8 @@ pub enum Status {
 }
 
 impl Status {
-    fn as_str(self) -> &'static str {
+    /// Its `tocsin:deliveryStatus` tag.
+    pub fn as_str(self) -> &'static str {
         match self {
             Status::Delivered => "DELIVERED",
             Status::Undelivered => "UNDELIVERED",

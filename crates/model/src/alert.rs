@@ -96,3 +96,112 @@ impl Control {
         Self::ALL.into_iter().find(|c| c.action_id() == action_id)
     }
 }
+
+/// The Redeliver control a chat message of undelivered events carries (a Slack button) for each
+/// action that failed: send again that action's undelivered events from `since` on — the
+/// earliest of them the message reported, so that a click sends again what it reported and
+/// any that failed after. Its `value` is the contract between the message and the endpoint:
+/// JSON `{"action": …, "since": …}` (epoch seconds), the same for the same message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedeliverControl {
+    pub action: String,
+    pub since: i64,
+}
+
+impl RedeliverControl {
+    /// The Block Kit `action_id` of the first button; the others are `tocsin_redeliver.1`, …
+    /// (an action id is unique in its block).
+    pub const ACTION_ID: &'static str = "tocsin_redeliver";
+    /// Slack's limits: a button's text, its value.
+    const LABEL_CHARS: usize = 75;
+    pub const VALUE_CHARS: usize = 2000;
+
+    /// The action id of the `n`th button in a message.
+    pub fn action_id(n: usize) -> String {
+        match n {
+            0 => Self::ACTION_ID.to_owned(),
+            n => format!("{}.{n}", Self::ACTION_ID),
+        }
+    }
+
+    /// Whether `action_id` is one of [`Self::action_id`]'s.
+    pub fn is_action_id(action_id: &str) -> bool {
+        action_id.strip_prefix(Self::ACTION_ID).is_some_and(|rest| {
+            rest.is_empty()
+                || rest
+                    .strip_prefix('.')
+                    .is_some_and(|n| n.parse::<usize>().is_ok())
+        })
+    }
+
+    /// The button's text (≤ 75 characters): `Redeliver <action>`, cut with `…`.
+    pub fn label(&self) -> String {
+        let label = format!("Redeliver {}", self.action);
+        if label.chars().count() <= Self::LABEL_CHARS {
+            return label;
+        }
+        let mut cut: String = label.chars().take(Self::LABEL_CHARS - 1).collect();
+        cut.push('…');
+        cut
+    }
+
+    /// The button's value.
+    pub fn value(&self) -> String {
+        serde_json::to_string(self).expect("a redeliver control serializes")
+    }
+
+    /// The control a button's value names, if it is one.
+    pub fn parse(value: &str) -> Option<Self> {
+        serde_json::from_str(value).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redeliver_control_reads_back_from_its_button_within_slacks_limits() {
+        let control = RedeliverControl {
+            action: "to-hook \"eu\"".into(),
+            since: 1_764_926_000,
+        };
+        assert_eq!(
+            control.value(),
+            r#"{"action":"to-hook \"eu\"","since":1764926000}"#,
+            "stable: the same message, the same value"
+        );
+        assert_eq!(
+            RedeliverControl::parse(&control.value()),
+            Some(control.clone())
+        );
+        assert_eq!(RedeliverControl::parse("disk-db-1"), None, "an alert key");
+        assert_eq!(RedeliverControl::parse(r#"{"action":"a"}"#), None);
+        assert_eq!(control.label(), "Redeliver to-hook \"eu\"");
+        let long = RedeliverControl {
+            action: "x".repeat(200),
+            since: 0,
+        };
+        assert_eq!(long.label().chars().count(), 75);
+        assert!(long.label().ends_with('…'));
+        assert_eq!(RedeliverControl::action_id(0), "tocsin_redeliver");
+        assert_eq!(RedeliverControl::action_id(24), "tocsin_redeliver.24");
+        for id in ["tocsin_redeliver", "tocsin_redeliver.3"] {
+            assert!(RedeliverControl::is_action_id(id), "{id}");
+        }
+        for id in [
+            "tocsin_redeliverx",
+            "tocsin_redeliver.",
+            "tocsin_redeliver.a",
+            "tocsin_resolve",
+        ] {
+            assert!(!RedeliverControl::is_action_id(id), "{id}");
+        }
+        assert_eq!(
+            Control::parse("tocsin_redeliver"),
+            None,
+            "not an alert's control"
+        );
+    }
+}

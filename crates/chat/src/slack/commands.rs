@@ -16,7 +16,7 @@
 //! (its `trigger_id`). The answer is ephemeral JSON, sent
 //! at once: every command is a store read or one act, well within Slack's three seconds.
 
-use crate::acts::Ask;
+use crate::acts::{Ask, Since};
 use crate::{Caller, Chat};
 use model::alert::HumanAction;
 use serde_json::json;
@@ -127,7 +127,7 @@ fn read(text: &str) -> Result<Command, String> {
         "redeliver" => match rest.split_whitespace().collect::<Vec<_>>()[..] {
             [action, "since", duration] => Ok(Command::Do(Ask::Redeliver {
                 action: action.to_owned(),
-                within_ms: read_duration(duration)?,
+                since: Since::Last(read_duration(duration)?),
             })),
             _ => Err("`redeliver` takes `<action> since <duration>`".into()),
         },
@@ -310,7 +310,7 @@ mod tests {
             redeliver,
             Command::Do(Ask::Redeliver {
                 action: "to-hook".into(),
-                within_ms: 7_200_000
+                since: Since::Last(7_200_000)
             })
         );
         assert_eq!(redeliver.needs(), Scope::Configuration);

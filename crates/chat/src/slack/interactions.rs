@@ -1,15 +1,18 @@
 //! Button clicks (`block_actions`, CONTRACT.md §2): the form's `payload` field holds the
-//! interaction as JSON. A click on one of Tocsin's controls ([`model::alert::Control`], the
-//! button's `value` being the alert key) is admitted ([`Chat::admit`]), carried out once per
-//! click — its key is the team, user, action id and the click's `action_ts`, which a re-sent
-//! click keeps — and answered with an empty 200. Then the message is updated through the
+//! interaction as JSON. A click on one of Tocsin's controls — an alert's
+//! ([`model::alert::Control`], the button's `value` being the alert key), or a Redeliver
+//! button of a message of undelivered events ([`model::alert::RedeliverControl`], its `value`
+//! the action and since when) — is read as an [`Ask`], admitted with the scope that needs
+//! ([`Chat::admit`]: `responder`, `configuration` to redeliver), carried out once per click —
+//! its key is the team, user, action id and the click's `action_ts`, which a re-sent click
+//! keeps — and answered with an empty 200. Then the message is updated through the
 //! `response_url` to say who did what (`replace_original`), or the clicker alone is told why
 //! nothing changed (ephemeral). Other interactions and other buttons are acknowledged and
 //! ignored.
 
-use crate::acts::{Ask, Outcome};
+use crate::acts::{Ask, Outcome, Since};
 use crate::{Caller, Chat};
-use model::alert::{Control, HumanAction};
+use model::alert::{Control, HumanAction, RedeliverControl};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -17,7 +20,6 @@ use std::sync::Arc;
 use store::silences::{MatchPredicate, SilenceMatcher};
 use warp::reply::Response;
 use warp::Reply;
-use web::Scope;
 
 /// How long the Silence button silences, in ms.
 const SILENCE_BUTTON_MS: i64 = 3_600_000;
@@ -66,9 +68,9 @@ pub(super) async fn handle(chat: Arc<Chat>, form: HashMap<String, String>) -> Re
     if interaction.kind != "block_actions" {
         return super::acknowledged();
     }
-    let Some((control, key, click)) = interaction.actions.iter().find_map(|click| {
-        let control = Control::parse(&click.action_id)?;
-        Some((control, click.value.clone()?, click))
+    let Some((what, ask, click)) = interaction.actions.iter().find_map(|click| {
+        let (what, ask) = ask_of(click)?;
+        Some((what, ask, click))
     }) else {
         return super::acknowledged();
     };
@@ -88,10 +90,7 @@ pub(super) async fn handle(chat: Arc<Chat>, form: HashMap<String, String>) -> Re
         user: interaction.user.id.clone(),
     };
     let response_url = interaction.response_url.as_deref();
-    let identity = match chat
-        .admit(&caller, Scope::Responder, control.action_id())
-        .await
-    {
+    let identity = match chat.admit(&caller, ask.needs(), what).await {
         Ok(identity) => identity,
         Err(reason) => {
             chat.respond(response_url, ephemeral(&reason));
@@ -102,19 +101,6 @@ pub(super) async fn handle(chat: Arc<Chat>, form: HashMap<String, String>) -> Re
         "slack:{}/{}/{}/{}",
         caller.team, caller.user, click.action_id, click.action_ts
     );
-    let ask = match control {
-        Control::Acknowledge => Ask::Act(HumanAction::Acknowledge, key),
-        Control::Resolve => Ask::Act(HumanAction::Resolve, key),
-        Control::SilenceHour => Ask::Silence {
-            matchers: vec![SilenceMatcher {
-                property_key: format!("tags.{}", model::event::TAG_SOURCE_EVENT_ID),
-                predicate: MatchPredicate::Condition(model::config::Predicate::Equals),
-                property_value: Some(key),
-            }],
-            for_ms: SILENCE_BUTTON_MS,
-            comment: Some("from Slack".into()),
-        },
-    };
     let outcome = chat.carry_out(&caller, &identity.name, ask, once).await;
     let message = match &outcome {
         Outcome::Changed(line) => updated(interaction.message.as_ref(), line),
@@ -122,6 +108,35 @@ pub(super) async fn handle(chat: Arc<Chat>, form: HashMap<String, String>) -> Re
     };
     chat.respond(response_url, message);
     super::acknowledged()
+}
+
+/// What a click on one of Tocsin's buttons asks, and the name its refusal is audited under;
+/// `None` for any other button (or a value that is not the button's).
+fn ask_of(click: &Click) -> Option<(&'static str, Ask)> {
+    let value = click.value.clone()?;
+    if RedeliverControl::is_action_id(&click.action_id) {
+        let control = RedeliverControl::parse(&value)?;
+        let ask = Ask::Redeliver {
+            action: control.action,
+            since: Since::Reported(control.since),
+        };
+        return Some((RedeliverControl::ACTION_ID, ask));
+    }
+    let control = Control::parse(&click.action_id)?;
+    let ask = match control {
+        Control::Acknowledge => Ask::Act(HumanAction::Acknowledge, value),
+        Control::Resolve => Ask::Act(HumanAction::Resolve, value),
+        Control::SilenceHour => Ask::Silence {
+            matchers: vec![SilenceMatcher {
+                property_key: format!("tags.{}", model::event::TAG_SOURCE_EVENT_ID),
+                predicate: MatchPredicate::Condition(model::config::Predicate::Equals),
+                property_value: Some(value),
+            }],
+            for_ms: SILENCE_BUTTON_MS,
+            comment: Some("from Slack".into()),
+        },
+    };
+    Some((control.action_id(), ask))
 }
 
 /// A message for the clicker alone, leaving the original as it is.
@@ -164,5 +179,37 @@ mod tests {
             "Acknowledged by <@U1> (as `alice`)."
         );
         assert_eq!(ephemeral("no")["response_type"], "ephemeral");
+    }
+
+    #[test]
+    fn a_click_asks_what_its_button_says() {
+        let click = |action_id: &str, value: &str| Click {
+            action_id: action_id.into(),
+            value: Some(value.into()),
+            action_ts: "1.000001".into(),
+        };
+        let redeliver = RedeliverControl {
+            action: "to-hook".into(),
+            since: 1_800_000_000,
+        };
+        let (what, ask) = ask_of(&click("tocsin_redeliver.2", &redeliver.value())).unwrap();
+        assert_eq!(what, "tocsin_redeliver");
+        assert_eq!(
+            ask,
+            Ask::Redeliver {
+                action: "to-hook".into(),
+                since: Since::Reported(1_800_000_000)
+            }
+        );
+        assert_eq!(ask.needs(), web::Scope::Configuration);
+        let (what, ask) = ask_of(&click("tocsin_acknowledge", "disk-db-1")).unwrap();
+        assert_eq!(what, "tocsin_acknowledge");
+        assert_eq!(ask, Ask::Act(HumanAction::Acknowledge, "disk-db-1".into()));
+        assert_eq!(ask.needs(), web::Scope::Responder);
+        assert!(
+            ask_of(&click("tocsin_redeliver", "disk-db-1")).is_none(),
+            "not a redeliver value"
+        );
+        assert!(ask_of(&click("someone_elses", "x")).is_none());
     }
 }

@@ -1,14 +1,15 @@
 //! Silences and time intervals: the silences (newest first) with a form to create one —
 //! prefilled with the matchers of an alert ("silence alerts like this one") — and to expire
-//! one, through the silences' own checks (`responder` scope); the time intervals of the
-//! configuration, read-only (they are configured in the configuration import).
+//! one, through the silences' own checks (`responder` scope), audited (via `console`, the
+//! signed-in client named) before they are done; the time intervals of the configuration,
+//! read-only (they are configured in the configuration import).
 
 use super::Pages;
 use crate::render::{form_page, see_other};
 use crate::session::{Form, Viewer};
-use router::silences::{check, NewSilence};
+use router::silences::{check, By, NewSilence};
 use std::collections::HashMap;
-use store::silences::{Expired, SilenceMatcher};
+use store::silences::SilenceMatcher;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -19,6 +20,11 @@ use web::Scope;
 const MATCHER_ROWS: usize = 4;
 /// The silence's length the form proposes, in hours.
 const DEFAULT_HOURS: u32 = 2;
+/// The console's acts: no once-only key (a form sent twice is two acts, as in the API).
+const CONSOLE: By = By {
+    via: "console",
+    once: None,
+};
 
 pub(super) fn routes(pages: &Pages) -> BoxedFilter<(Response,)> {
     let responder = Some(Scope::Responder);
@@ -178,28 +184,29 @@ async fn create(viewer: Viewer, form: Form, pages: Pages) -> Response {
         Ok(silence) => silence,
         Err(e) => return list(&viewer, &pages, draft, None, Some(e)).await,
     };
-    if let Err(e) = pages.console.silences.create(&silence).await {
+    let audit = &pages.console.alerts.audit;
+    if let Err(e) = pages
+        .console
+        .silences
+        .create(&silence, audit, &CONSOLE)
+        .await
+    {
         tracing::error!(error = %e, "cannot keep a silence");
         let error = "The silences cannot be reached now; retry later.".to_owned();
         return list(&viewer, &pages, draft, None, Some(error)).await;
     }
-    tracing::info!(silence = %silence.id, by = %silence.created_by, "silence created from the console");
     see_other("/ui/silences?notice=created")
 }
 
 async fn expire(id: String, viewer: Viewer, _: Form, pages: Pages) -> Response {
-    match pages
+    let (now, audit) = (clock::now_epoch_millis(), &pages.console.alerts.audit);
+    let expired = pages
         .console
         .silences
-        .expire(&id, clock::now_epoch_millis())
-        .await
-    {
-        Ok(Some(expired)) => {
-            if matches!(expired, Expired::Now(_)) {
-                tracing::info!(silence = %id, by = %viewer.client, "silence expired from the console");
-            }
-            see_other("/ui/silences?notice=expired")
-        }
+        .expire(&id, now, audit, &viewer.client, &CONSOLE)
+        .await;
+    match expired {
+        Ok(Some(_)) => see_other("/ui/silences?notice=expired"),
         Ok(None) => crate::render::refused(
             Some(&viewer),
             StatusCode::NOT_FOUND,

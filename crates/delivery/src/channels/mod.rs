@@ -205,12 +205,8 @@ pub struct ChatWebhook {
 }
 
 impl ChatWebhook {
-    pub const PROPERTIES: &'static [&'static str] = &[
-        "webhookUrl",
-        "subjectTemplate",
-        "bodyTemplate",
-        "payloadTemplate",
-    ];
+    /// Its properties are `webhookUrl` and the message templates' (`subjectTemplate`,
+    /// `bodyTemplate`, `payloadTemplate`); each channel lists them with its own.
     pub const CREDENTIAL_URLS: &'static [&'static str] = &["webhookUrl"];
 
     pub fn read(p: &Properties) -> Result<Self, PropertyError> {
@@ -448,6 +444,49 @@ impl ActionTypes for Channels {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// Block Kit's documented limits (CONTRACT.md of the `chat` crate, §4.2): every message
+    /// Tocsin sends must stay within them, or Slack refuses it (`invalid_blocks`).
+    pub fn assert_within_block_kit_limits(message: &serde_json::Value) {
+        let text_len = |v: &serde_json::Value| v.as_str().map_or(0, |t| t.chars().count());
+        assert!(text_len(&message["text"]) <= 4000, "message text");
+        let mut all_blocks: Vec<&serde_json::Value> = Vec::new();
+        if let Some(blocks) = message["blocks"].as_array() {
+            all_blocks.extend(blocks);
+        }
+        for attachment in message["attachments"].as_array().into_iter().flatten() {
+            all_blocks.extend(attachment["blocks"].as_array().into_iter().flatten());
+        }
+        assert!(all_blocks.len() <= 50, "at most 50 blocks");
+        for block in all_blocks {
+            match block["type"].as_str() {
+                Some("section") => {
+                    let len = text_len(&block["text"]["text"]);
+                    assert!((1..=3000).contains(&len), "section text of {len}");
+                }
+                Some("context") => assert!(block["elements"].as_array().unwrap().len() <= 10),
+                Some("actions") => {
+                    let elements = block["elements"].as_array().unwrap();
+                    assert!(elements.len() <= 25, "actions elements");
+                    assert!(text_len(&block["block_id"]) <= 255);
+                    let ids: Vec<&str> = elements
+                        .iter()
+                        .filter_map(|b| b["action_id"].as_str())
+                        .collect();
+                    let unique: std::collections::HashSet<&&str> = ids.iter().collect();
+                    assert_eq!(unique.len(), ids.len(), "action ids unique in their block");
+                    for button in elements {
+                        assert_eq!(button["type"], "button");
+                        assert!(text_len(&button["text"]["text"]) <= 75, "button text");
+                        assert!(text_len(&button["action_id"]) <= 255, "action_id");
+                        assert!(text_len(&button["value"]) <= 2000, "button value");
+                        assert!(text_len(&button["url"]) <= 3000, "button url");
+                    }
+                }
+                other => panic!("unexpected block {other:?}"),
+            }
+        }
+    }
 
     /// One attempt as the worker makes it: the action prepared as when it is saved (a refused
     /// property fails as a 906), then delivered.

@@ -4,7 +4,8 @@
 //! Properties: `token` (the bot token, `xoxb-…`, scope `chat:write`; a secret), `channel`
 //! (the channel ID), `apiUrl` (default `https://slack.com/api/`), `controls` (default `true`:
 //! a new thread's parent carries the Acknowledge, Resolve and Silence 1 h buttons that Tocsin's
-//! Slack app serves, see the `chat` crate), and the message templates of `SLACK`
+//! Slack app serves, see the `chat` crate, and a message of an undelivered delivery-status
+//! event its Redeliver button, as `SLACK`'s), and the message templates of `SLACK`
 //! (`subjectTemplate`, `bodyTemplate`, or `payloadTemplate`; see [`super::slack`]).
 //!
 //! The alert is the event's `ans:correlationId` (else its `ans:sourceEventId`; with neither,
@@ -23,7 +24,7 @@
 //! after the resolution was posted is logged, not retried: the resolution reached the channel.
 //! A post whose answer never came may have been made; retrying it can post it twice.
 
-use super::slack::message;
+use super::slack::{message, with_block, with_redeliver};
 use super::{Channel, Tools};
 use crate::failure::{Code, Failure};
 use crate::lifecycle::Transition;
@@ -172,8 +173,11 @@ impl Channel for SlackThreadedChannel {
         action: &Action,
         to: &Conversation,
     ) -> Result<(), Failure> {
-        let payload = message(&self.tools, job, action, &to.templates)?;
+        let mut payload = message(&self.tools, job, action, &to.templates)?;
         let event = &job.event;
+        if to.controls {
+            payload = with_redeliver(payload, [event]);
+        }
         let closes = Transition::of(event) == Transition::Close;
         let Some(key) = event.correlation_id().or(event.source_event_id()) else {
             return self.post(to, &payload, None, false).await.map(drop);
@@ -227,8 +231,8 @@ impl Channel for SlackThreadedChannel {
 
 /// `payload` with an actions block of the alert's controls (their `value` the alert key) —
 /// in its first attachment's blocks (the default message), else in its own blocks.
-pub(crate) fn with_controls(mut payload: Value, alert_key: &str) -> Value {
-    if alert_key.is_empty() || alert_key.len() > MAX_BUTTON_VALUE || !payload.is_object() {
+pub(crate) fn with_controls(payload: Value, alert_key: &str) -> Value {
+    if alert_key.is_empty() || alert_key.len() > MAX_BUTTON_VALUE {
         return payload;
     }
     let buttons: Vec<Value> = Control::ALL
@@ -247,24 +251,18 @@ pub(crate) fn with_controls(mut payload: Value, alert_key: &str) -> Value {
             button
         })
         .collect();
-    let actions = json!({"type": "actions", "block_id": "tocsin_controls", "elements": buttons});
-    let blocks = match payload.pointer_mut("/attachments/0/blocks") {
-        Some(Value::Array(blocks)) => blocks,
-        _ => {
-            if !payload["blocks"].is_array() {
-                payload["blocks"] = json!([]);
-            }
-            payload["blocks"].as_array_mut().expect("made an array")
-        }
-    };
-    blocks.push(actions);
-    payload
+    with_block(
+        payload,
+        json!({"type": "actions", "block_id": "tocsin_controls", "elements": buttons}),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::tests::{action, attempt, job_with_id, tools};
+    use crate::channels::tests::{
+        action, assert_within_block_kit_limits, attempt, job_with_id, tools,
+    };
     use crate::failure::{Code, Retry};
     use serde_json::json;
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -420,43 +418,6 @@ mod tests {
         assert!(!throttled.reason.contains("xoxb"), "{}", throttled.reason);
     }
 
-    /// Block Kit's documented limits (CONTRACT.md of the `chat` crate, §4.2): every message
-    /// Tocsin sends must stay within them, or Slack refuses it (`invalid_blocks`).
-    fn assert_within_block_kit_limits(message: &Value) {
-        let text_len = |v: &Value| v.as_str().map_or(0, |t| t.chars().count());
-        assert!(text_len(&message["text"]) <= 4000, "message text");
-        let mut all_blocks: Vec<&Value> = Vec::new();
-        if let Some(blocks) = message["blocks"].as_array() {
-            all_blocks.extend(blocks);
-        }
-        for attachment in message["attachments"].as_array().into_iter().flatten() {
-            all_blocks.extend(attachment["blocks"].as_array().into_iter().flatten());
-        }
-        assert!(all_blocks.len() <= 50, "at most 50 blocks");
-        for block in all_blocks {
-            match block["type"].as_str() {
-                Some("section") => {
-                    let len = text_len(&block["text"]["text"]);
-                    assert!((1..=3000).contains(&len), "section text of {len}");
-                }
-                Some("context") => assert!(block["elements"].as_array().unwrap().len() <= 10),
-                Some("actions") => {
-                    let elements = block["elements"].as_array().unwrap();
-                    assert!(elements.len() <= 25, "actions elements");
-                    assert!(text_len(&block["block_id"]) <= 255);
-                    for button in elements {
-                        assert_eq!(button["type"], "button");
-                        assert!(text_len(&button["text"]["text"]) <= 75, "button text");
-                        assert!(text_len(&button["action_id"]) <= 255, "action_id");
-                        assert!(text_len(&button["value"]) <= 2000, "button value");
-                        assert!(text_len(&button["url"]) <= 3000, "button url");
-                    }
-                }
-                other => panic!("unexpected block {other:?}"),
-            }
-        }
-    }
-
     #[tokio::test]
     async fn a_new_threads_parent_carries_the_controls_within_block_kit_limits() {
         let server = MockServer::start().await;
@@ -530,6 +491,48 @@ mod tests {
         let policy = crate::outbound::OutboundPolicy::new(crate::channels::tests::loopback());
         let configured = channel.configure(&Properties::of(&plain, &policy));
         assert!(configured.is_ok_and(|c| !c.controls));
+    }
+
+    #[tokio::test]
+    async fn an_undelivered_status_event_carries_redeliver_unless_controls_are_off() {
+        use crate::delivery_status::{self, Status};
+        let server = MockServer::start().await;
+        Mock::given(path("/api/chat.postMessage"))
+            .respond_with(post_message_answers())
+            .mount(&server)
+            .await;
+        let (tools, _dir) = tools();
+        let channel = SlackThreadedChannel::new(tools);
+        let mut original = alert("e1", "c-1", "CREATE_OR_UPDATE");
+        original.action = "to-hook".into();
+        let status = delivery_status::event(&original, Status::Undelivered, 1, 1_800_000_000);
+        let job = DeliveryJob::new(status, 0, "slack-threads");
+        assert_eq!(attempt(&channel, &job, &threaded(&server)).await, Ok(()));
+        let off = action_with_controls(&server, "false");
+        assert_eq!(attempt(&channel, &job, &off).await, Ok(()));
+        let sent: Vec<Value> = server
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.body_json().unwrap())
+            .collect();
+        assert_within_block_kit_limits(&sent[0]);
+        let blocks = sent[0]["attachments"][0]["blocks"].as_array().unwrap();
+        let redeliver = blocks.last().unwrap();
+        assert_eq!(redeliver["block_id"], "tocsin_redeliver", "{}", sent[0]);
+        assert_eq!(
+            redeliver["elements"][0]["value"],
+            r#"{"action":"to-hook","since":1800000000}"#
+        );
+        assert!(
+            !sent[0].to_string().contains("tocsin_acknowledge"),
+            "a status event is no alert: no alert controls"
+        );
+        assert!(
+            !sent[1].to_string().contains("tocsin_redeliver"),
+            "controls off"
+        );
     }
 
     fn action_with_controls(server: &MockServer, controls: &str) -> Action {

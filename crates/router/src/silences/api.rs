@@ -12,10 +12,11 @@
 //! Every answer shows each silence with its `state` at the time of asking. All need the
 //! `responder` scope: the people on call silence what they are working on.
 
-use super::{check, NewSilence, Silences};
+use super::{check, By, NewSilence, SilenceActError, Silences};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
+use store::audit::AuditLog;
 use store::silences::{Expired, Silence, SilenceState};
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -41,12 +42,15 @@ fn shown(silence: &Silence, now_ms: i64) -> Shown<'_> {
     }
 }
 
-/// The silences API; `responder` yields the calling client's name (the `responder` scope).
+/// The silences API, auditing in `audit`; `responder` yields the calling client's name (the
+/// `responder` scope).
 pub fn routes(
     silences: Arc<Silences>,
+    audit: AuditLog,
     responder: impl Filter<Extract = (String,), Error = Rejection> + Clone + Send + Sync + 'static,
 ) -> BoxedFilter<(Response,)> {
     let state = warp::any().map(move || Arc::clone(&silences));
+    let audit = warp::any().map(move || audit.clone());
     let base = web::tocsin_api("silences");
     let list = base
         .and(warp::path::end())
@@ -61,6 +65,7 @@ pub fn routes(
         .and(responder.clone())
         .and(web::body::json(BODY_LIMIT))
         .and(state.clone())
+        .and(audit.clone())
         .then(create);
     let one = base
         .and(web::segment())
@@ -75,6 +80,7 @@ pub fn routes(
         .and(warp::delete())
         .and(responder)
         .and(state)
+        .and(audit)
         .then(expire);
     list.or(create)
         .unify()
@@ -108,7 +114,7 @@ async fn list(params: HashMap<String, String>, silences: Arc<Silences>) -> Respo
     }
 }
 
-async fn create(who: String, body: Bytes, silences: Arc<Silences>) -> Response {
+async fn create(who: String, body: Bytes, silences: Arc<Silences>, audit: AuditLog) -> Response {
     let deserializer = &mut serde_json::Deserializer::from_slice(&body);
     let new: NewSilence = match serde_path_to_error::deserialize(deserializer) {
         Ok(new) => new,
@@ -122,10 +128,9 @@ async fn create(who: String, body: Bytes, silences: Arc<Silences>) -> Response {
         Ok(silence) => silence,
         Err(e) => return ApiError::bad_request(e).into_response(),
     };
-    if let Err(e) = silences.create(&silence).await {
-        return unavailable(e);
+    if let Err(e) = silences.create(&silence, &audit, &API).await {
+        return refused(e);
     }
-    tracing::info!(silence = %silence.id, by = %silence.created_by, "silence created");
     warp::reply::with_status(
         warp::reply::json(&shown(&silence, now)),
         StatusCode::CREATED,
@@ -143,23 +148,36 @@ async fn one(id: String, silences: Arc<Silences>) -> Response {
     }
 }
 
-async fn expire(id: String, who: String, silences: Arc<Silences>) -> Response {
+async fn expire(id: String, who: String, silences: Arc<Silences>, audit: AuditLog) -> Response {
     let now = clock::now_epoch_millis();
-    match silences.expire(&id, now).await {
-        Ok(Some(Expired::Now(silence))) => {
-            tracing::info!(silence = %id, by = %who, "silence expired");
-            warp::reply::json(&shown(&silence, now)).into_response()
-        }
-        Ok(Some(Expired::Already(silence))) => {
+    match silences.expire(&id, now, &audit, &who, &API).await {
+        Ok(Some(Expired::Now(silence) | Expired::Already(silence))) => {
             warp::reply::json(&shown(&silence, now)).into_response()
         }
         Ok(None) => not_found(&id),
-        Err(e) => unavailable(e),
+        Err(e) => refused(e),
     }
 }
 
 fn not_found(id: &str) -> Response {
     ApiError::not_found(format!("silence `{id}` does not exist")).into_response()
+}
+
+/// An act through the API: no once-only key (a client retries a create as a new silence).
+const API: By = By {
+    via: "api",
+    once: None,
+};
+
+/// An act that was not done: `503` when the store or the audit log cannot be reached (`409`
+/// for a repeated once-only act, which the API, giving no once-only key, does not make).
+fn refused(e: SilenceActError) -> Response {
+    match e {
+        SilenceActError::Unavailable(e) => unavailable(e),
+        SilenceActError::Repeated => {
+            ApiError::new(StatusCode::CONFLICT, e.to_string()).into_response()
+        }
+    }
 }
 
 fn unavailable(e: store::StoreError) -> Response {

@@ -1,11 +1,13 @@
 //! Silences in routing: which matched events a silence holds back, and when the alerts it held
 //! back are released.
 //!
-//! Flow: the silences API ([`api`]) checks a new silence ([`check`]) and writes it through
-//! [`Silences`], which keeps what still matters — pending, active, and ended but not yet
-//! released silences — compiled in memory ([`SilenceSet`]). A matcher compares an event
-//! property with a condition's predicate (the router's own [`Comparison`], so a silence
-//! matches exactly as a condition would) or with an anchored regex.
+//! Flow: the silences API ([`api`]), the console, Slack and the action links check a new
+//! silence ([`check`]) and write it — or expire one — through [`Silences`], which records the
+//! act in the audit log first, whoever made it and through what ([`By`]), and keeps what still
+//! matters — pending, active, and ended but not yet released silences — compiled in memory
+//! ([`SilenceSet`]). A matcher compares an event property with a condition's predicate (the
+//! router's own [`Comparison`], so a silence matches exactly as a condition would) or with an
+//! anchored regex.
 //!
 //! Across processes: every change moves one version in the store. Before each batch the
 //! router reads it ([`Silences::refresh`], one single-row read; none with SQLite, where every
@@ -30,7 +32,10 @@ use model::ResourceEvent;
 use regex::Regex;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use store::silences::{MatchPredicate, Silence, SilenceMatcher, SilenceStore};
+use store::audit::{AuditEntry, AuditLog, Recorded};
+use store::silences::{
+    Expired, MatchPredicate, Silence, SilenceMatcher, SilenceState, SilenceStore,
+};
 use store::StoreError;
 use tokio::sync::{Mutex, Notify};
 
@@ -311,23 +316,120 @@ impl Silences {
         Ok(())
     }
 
-    /// Keeps `silence` and puts it in force here before returning (and everywhere before the
-    /// next batch is routed).
-    pub async fn create(&self, silence: &Silence) -> Result<(), StoreError> {
-        self.store.create(silence).await?;
+    /// Keeps `silence`, made by its `created_by` through `by`, and puts it in force here before
+    /// returning (and everywhere before the next batch is routed) — audited first (see the
+    /// module above).
+    pub async fn create(
+        &self,
+        silence: &Silence,
+        audit: &AuditLog,
+        by: &By,
+    ) -> Result<(), SilenceActError> {
+        let entry = by.entry(&silence.created_by, "silence", silence, "done");
+        claim(audit, &entry).await?;
+        if let Err(e) = self.store.create(silence).await {
+            give_back(audit, &entry).await;
+            return Err(SilenceActError::Unavailable(e));
+        }
         self.reload_now().await;
+        tracing::info!(silence = %silence.id, by = %silence.created_by, via = by.via, "silence created");
         Ok(())
     }
 
-    /// Ends the silence `id` now (see [`SilenceStore::expire`]); its release follows.
+    /// Ends the silence `id` now as `who` through `by` (see [`SilenceStore::expire`]); its
+    /// release follows. Audited first, as `unchanged` if it had ended already; an unknown id
+    /// (`None`) is not.
     pub async fn expire(
         &self,
         id: &str,
         now_ms: i64,
-    ) -> Result<Option<store::silences::Expired>, StoreError> {
-        let expired = self.store.expire(id, now_ms).await?;
+        audit: &AuditLog,
+        who: &str,
+        by: &By,
+    ) -> Result<Option<Expired>, SilenceActError> {
+        let Some(silence) = self.store.get(id).await? else {
+            return Ok(None);
+        };
+        if silence.state(now_ms) == SilenceState::Expired {
+            let entry = by.entry(who, "expire-silence", &silence, "unchanged");
+            claim(audit, &entry).await?;
+            return Ok(Some(Expired::Already(silence)));
+        }
+        let entry = by.entry(who, "expire-silence", &silence, "done");
+        claim(audit, &entry).await?;
+        let expired = match self.store.expire(id, now_ms).await {
+            Ok(expired) => expired,
+            Err(e) => {
+                give_back(audit, &entry).await;
+                return Err(SilenceActError::Unavailable(e));
+            }
+        };
         self.reload_now().await;
+        match &expired {
+            Some(Expired::Now(_)) => {
+                tracing::info!(silence = %id, by = %who, via = by.via, "silence expired");
+            }
+            // Another process ended it in between: that act is the one on record.
+            Some(Expired::Already(_)) | None => give_back(audit, &entry).await,
+        }
         Ok(expired)
+    }
+}
+
+/// Through what a person acts on silences (`api`, `console`, `slack`), and what makes the act
+/// once-only (a Slack click's or command's key), if anything.
+///
+/// Every act is written to the audit log *before* it is done, and its entry given back if the
+/// act then fails: an act must never be done without its entry (the log is what says who
+/// silenced what), and an entry whose act failed is removed, so the log names no act that was
+/// not done — only a failure to give it back (logged) can leave one. Auditing first also lets
+/// a once-only key stop a repeated act before it acts, as the alerts' act path does.
+#[derive(Debug, Clone)]
+pub struct By {
+    pub via: &'static str,
+    pub once: Option<String>,
+}
+
+/// Why an act on a silence was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum SilenceActError {
+    /// The once-only act was done before.
+    #[error("this was done already")]
+    Repeated,
+    #[error("the silences or the audit log cannot be reached: {0}")]
+    Unavailable(#[from] StoreError),
+}
+
+impl By {
+    /// The audit entry of `who`'s `action` on `silence`: its target the silence's id, its
+    /// detail the matchers.
+    fn entry(&self, who: &str, action: &str, silence: &Silence, outcome: &str) -> AuditEntry {
+        AuditEntry {
+            id: uuid::Uuid::now_v7().to_string(),
+            at_ms: clock::now_epoch_millis(),
+            who: who.to_owned(),
+            via: self.via.to_owned(),
+            action: action.to_owned(),
+            target: silence.id.clone(),
+            outcome: outcome.to_owned(),
+            detail: Some(serde_json::to_string(&silence.matchers).expect("matchers serialize")),
+            dedupe_key: self.once.clone(),
+        }
+    }
+}
+
+/// Records `entry`, claiming its once-only key.
+async fn claim(audit: &AuditLog, entry: &AuditEntry) -> Result<(), SilenceActError> {
+    match audit.record(entry).await? {
+        Recorded::New => Ok(()),
+        Recorded::Duplicate => Err(SilenceActError::Repeated),
+    }
+}
+
+/// Gives back the entry of an act that was not done, so that its retry can act.
+async fn give_back(audit: &AuditLog, entry: &AuditEntry) {
+    if let Err(e) = audit.forget(&entry.id).await {
+        tracing::warn!(error = %e, "cannot give back an act's audit entry");
     }
 }
 

@@ -97,3 +97,94 @@ fn a_bad_silence_is_refused_naming_the_field() {
         10_000
     );
 }
+
+/// Creating and expiring are audited, naming who and through what; a once-only act repeated
+/// is stopped by its entry before it acts; expiring twice is `unchanged`, an unknown id is
+/// not audited.
+#[tokio::test]
+async fn acts_on_silences_are_audited_first_and_once_only() {
+    use store::audit::AuditQuery;
+    let dir = tempfile::tempdir().unwrap();
+    let location = store::Location::Sqlite(dir.path().to_owned());
+    let silences = Silences::open(SilenceStore::open(&location).await.unwrap())
+        .await
+        .unwrap();
+    let audit = AuditLog::open(&location).await.unwrap();
+    let matcher =
+        json!([{"propertyKey": "severity", "predicate": "EQUALS", "propertyValue": "FATAL"}]);
+    let now = clock::now_epoch_millis();
+    let new = || {
+        let new: NewSilence =
+            serde_json::from_value(json!({"matchers": matcher, "endsAtMs": now + 60_000})).unwrap();
+        check(new, "alice".into(), now).unwrap()
+    };
+    let click = By {
+        via: "slack",
+        once: Some("slack:T/U/click-1".into()),
+    };
+    let first = new();
+    silences.create(&first, &audit, &click).await.unwrap();
+    let repeated = silences.create(&new(), &audit, &click).await;
+    assert!(
+        matches!(repeated, Err(SilenceActError::Repeated)),
+        "{repeated:?}"
+    );
+    let kept = silences.store().list(None, now).await.unwrap();
+    assert_eq!(kept.len(), 1, "the repeat made no silence: {kept:?}");
+    assert!(silences
+        .current()
+        .silencing(&event("FATAL", "db-1"), now)
+        .is_some());
+
+    let api = By {
+        via: "api",
+        once: None,
+    };
+    for _ in 0..2 {
+        let expired = silences
+            .expire(&first.id, now + 1, &audit, "bob", &api)
+            .await
+            .unwrap();
+        assert!(expired.is_some());
+    }
+    let unknown = silences.expire("nope", now, &audit, "bob", &api).await;
+    assert!(matches!(unknown, Ok(None)), "{unknown:?}");
+    assert!(silences
+        .current()
+        .silencing(&event("FATAL", "db-1"), now + 1)
+        .is_none());
+
+    let (total, mut entries) = audit
+        .list(AuditQuery {
+            page_size: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(total, 3, "{entries:#?}");
+    entries.reverse();
+    let lines: Vec<(&str, &str, &str, &str, &str)> = entries
+        .iter()
+        .map(|e| {
+            let (who, via, action) = (e.who.as_str(), e.via.as_str(), e.action.as_str());
+            (who, via, action, e.target.as_str(), e.outcome.as_str())
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            ("alice", "slack", "silence", first.id.as_str(), "done"),
+            ("bob", "api", "expire-silence", first.id.as_str(), "done"),
+            (
+                "bob",
+                "api",
+                "expire-silence",
+                first.id.as_str(),
+                "unchanged"
+            ),
+        ]
+    );
+    let detail: serde_json::Value =
+        serde_json::from_str(entries[1].detail.as_deref().unwrap()).unwrap();
+    assert_eq!(detail, matcher, "the matchers");
+}
