@@ -65,6 +65,9 @@ pub struct Tocsin {
     pub user: String,
     pub password: String,
     pub http: reqwest::Client,
+    /// This process's start made the broker topology its prefix names (a sibling's did not):
+    /// dropping it removes that topology, unless `shutdown` did already.
+    owns_topology: bool,
 }
 
 /// A loopback address where a connection is refused: the port is bound by this test process
@@ -217,6 +220,7 @@ impl Tocsin {
             user: "admin".into(),
             password: String::new(),
             http,
+            owns_topology: backend == Backend::Rabbitmq,
         };
         tocsin.launch().await;
         tocsin
@@ -423,7 +427,12 @@ impl Tocsin {
     }
 
     async fn delete_broker_topology(&self) {
-        let settings = bus::RabbitSettings {
+        delete_topology(self.rabbit_settings()).await;
+    }
+
+    /// The bus settings naming this process's topology on the broker.
+    fn rabbit_settings(&self) -> bus::RabbitSettings {
+        bus::RabbitSettings {
             uri: amqp_uri(),
             prefix: self.prefix.clone(),
             delivery_limit: 0,
@@ -435,9 +444,6 @@ impl Tocsin {
                 .map_or(bus::DEFAULT_DELIVERY_PARTITIONS, |(_, n)| {
                     n.parse().unwrap()
                 }),
-        };
-        if let Err(e) = settings.delete_topology().await {
-            eprintln!("cannot remove the test's topology from the broker: {e}");
         }
     }
 
@@ -457,6 +463,7 @@ impl Tocsin {
             user: self.user.clone(),
             password: String::new(),
             http: reqwest::Client::new(),
+            owns_topology: false,
         };
         sibling.launch().await;
         sibling
@@ -467,6 +474,7 @@ impl Tocsin {
         self.kill();
         if self.backend == Backend::Rabbitmq {
             self.delete_broker_topology().await;
+            self.owns_topology = false;
         }
     }
 }
@@ -474,6 +482,28 @@ impl Tocsin {
 impl Drop for Tocsin {
     fn drop(&mut self) {
         self.kill();
+        // A test that fails, or never calls `shutdown`, would leave its quorum queues on the
+        // shared broker, a few dozen a test: hundreds of them have wedged it. `drop` cannot
+        // await, so a thread with a runtime of its own removes them.
+        if self.owns_topology {
+            let settings = self.rabbit_settings();
+            let removed = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime")
+                    .block_on(delete_topology(settings));
+            });
+            let _ = removed.join();
+        }
+    }
+}
+
+/// Removes the queues and exchanges `settings` name from the broker; a failure is reported,
+/// not raised (the test's outcome does not depend on it).
+async fn delete_topology(settings: bus::RabbitSettings) {
+    if let Err(e) = settings.delete_topology().await {
+        eprintln!("cannot remove the test's topology from the broker: {e}");
     }
 }
 
