@@ -268,12 +268,16 @@ impl Grouping {
 pub struct Digest {
     /// The group's `groupBy` values, by property key (empty for an action's one group).
     pub labels: BTreeMap<String, String>,
-    /// The events in the order they came, each job as it was held.
+    /// The events as accepted, oldest first, each job as it was held.
     pub jobs: Vec<DeliveryJob>,
 }
 
 impl Digest {
-    pub fn new(group: &GroupId, jobs: Vec<DeliveryJob>) -> Self {
+    /// The digest of `jobs` for `group`, oldest accepted first: the order they were held in
+    /// may differ, as several delivery partitions hold the events of different alerts side by
+    /// side (the sort is stable: jobs accepted in the same millisecond keep their order).
+    pub fn new(group: &GroupId, mut jobs: Vec<DeliveryJob>) -> Self {
+        jobs.sort_by_key(|job| job.accepted_at_ms);
         Digest {
             labels: serde_json::from_str(&group.key).unwrap_or_default(),
             jobs,
@@ -394,5 +398,24 @@ mod tests {
             vec![digest.jobs[2].clone()],
         );
         assert_eq!(storm.headline(), "1 alert resolved");
+    }
+
+    #[test]
+    fn a_digest_lists_its_events_as_accepted_whatever_order_they_were_held_in() {
+        let group = Plan::NONE.group_of(&job_with_id("x", json!({})));
+        let accepted = |id: &str, at_ms: i64| {
+            let mut job = job_with_id(id, json!({}));
+            job.accepted_at_ms = at_ms;
+            job
+        };
+        let held = vec![
+            accepted("a", 1_000),
+            accepted("d", 3_000),
+            accepted("c", 2_000),
+            accepted("c2", 2_000),
+        ];
+        let digest = Digest::new(&group, held);
+        let order: Vec<&str> = digest.jobs.iter().map(|j| j.event.id.as_str()).collect();
+        assert_eq!(order, ["a", "c", "c2", "d"]);
     }
 }
