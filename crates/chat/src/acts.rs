@@ -183,7 +183,7 @@ impl Chat {
             via: "slack".into(),
             comment: None,
         };
-        let done = done_word(action);
+        let done = action.done();
         match alerts::perform(&self.alerts, key, by, Some(once)).await {
             Ok(alerts::Performed::Done { .. }) => {
                 Outcome::Changed(format!("{done} by <@{}> (as `{who}`).", caller.user))
@@ -249,15 +249,6 @@ impl Chat {
 
 /// Undelivered events one redelivery sends at most; the command can be given again.
 const REDELIVER_AT_MOST: u32 = 1000;
-
-fn done_word(action: HumanAction) -> &'static str {
-    match action {
-        HumanAction::Acknowledge => "Acknowledged",
-        HumanAction::Unacknowledge => "Unacknowledged",
-        HumanAction::Resolve => "Resolved",
-        HumanAction::Comment => "Commented",
-    }
-}
 
 #[cfg(test)]
 mod tests {

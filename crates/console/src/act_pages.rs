@@ -22,7 +22,6 @@ use crate::Console;
 use model::alert::{Control, HumanAct, HumanAction};
 use router::silences::{By, NewSilence, SilenceActError};
 use std::sync::Arc;
-use store::silences::{MatchPredicate, SilenceMatcher};
 use warp::filters::BoxedFilter;
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
@@ -32,8 +31,6 @@ use web::Scope;
 
 /// The confirmation form's body at most.
 const FORM_LIMIT: u64 = 4 * 1024;
-/// How long a link's Silence silences, in ms (as the Slack button's).
-const SILENCE_MS: i64 = 3_600_000;
 
 /// What the act pages need.
 #[derive(Clone)]
@@ -258,9 +255,10 @@ impl Acts {
         };
         let key = &claims.alert;
         match alerts::perform(&self.console.alerts, key, by, Some(claims.once_key())).await {
-            Ok(alerts::Performed::Done { .. }) => {
-                done(format!("Alert `{key}`: {} by {who}.", past(action)))
-            }
+            Ok(alerts::Performed::Done { .. }) => done(format!(
+                "Alert `{key}`: {} by {who}.",
+                action.done().to_lowercase()
+            )),
             Ok(alerts::Performed::Unchanged(alert)) => done(format!(
                 "Alert `{key}` is {} already: nothing changed.",
                 alert.state.as_str()
@@ -277,13 +275,9 @@ impl Acts {
     async fn silence(&self, claims: &LinkClaims, who: &str, via: &'static str) -> Response {
         let now = clock::now_epoch_millis();
         let new = NewSilence {
-            matchers: vec![SilenceMatcher {
-                property_key: format!("tags.{}", model::event::TAG_SOURCE_EVENT_ID),
-                predicate: MatchPredicate::Condition(model::config::Predicate::Equals),
-                property_value: Some(claims.alert.clone()),
-            }],
+            matchers: vec![router::silences::alert_matcher(&claims.alert)],
             starts_at_ms: None,
-            ends_at_ms: now.saturating_add(SILENCE_MS),
+            ends_at_ms: now.saturating_add(Control::SILENCE_HOUR_MS),
             comment: Some(format!("from a {via} link")),
         };
         let silence = match router::silences::check(new, who.to_owned(), now) {
@@ -312,15 +306,6 @@ impl Acts {
             }),
             StatusCode::OK,
         )
-    }
-}
-
-fn past(action: HumanAction) -> &'static str {
-    match action {
-        HumanAction::Acknowledge => "acknowledged",
-        HumanAction::Unacknowledge => "unacknowledged",
-        HumanAction::Resolve => "resolved",
-        HumanAction::Comment => "commented",
     }
 }
 

@@ -38,6 +38,16 @@ impl HumanAction {
         Self::ALL.into_iter().find(|a| a.as_str() == text)
     }
 
+    /// What it did, as people read it: `Acknowledged`, `Resolved`, …
+    pub fn done(self) -> &'static str {
+        match self {
+            HumanAction::Acknowledge => "Acknowledged",
+            HumanAction::Unacknowledge => "Unacknowledged",
+            HumanAction::Resolve => "Resolved",
+            HumanAction::Comment => "Commented",
+        }
+    }
+
     /// The `ans:status` of the event that carries it: a resolve closes the alert, anything
     /// else only adds to it.
     pub fn status(self) -> &'static str {
@@ -73,6 +83,8 @@ pub enum Control {
 
 impl Control {
     pub const ALL: [Control; 3] = [Control::Acknowledge, Control::Resolve, Control::SilenceHour];
+    /// How long [`Control::SilenceHour`] silences, in ms.
+    pub const SILENCE_HOUR_MS: i64 = 3_600_000;
 
     /// The Block Kit `action_id` (≤ 255 characters).
     pub fn action_id(self) -> &'static str {

@@ -184,6 +184,25 @@ impl ActLinks {
         )
     }
 
+    /// A link of each control ([`Control::ALL`]) for `alert` and `audience`, from `now`: its
+    /// button's label and URL, as a card or a mail shows them.
+    pub fn for_alert(
+        &self,
+        alert: &str,
+        audience: &Audience,
+        now: i64,
+    ) -> Vec<(&'static str, String)> {
+        Control::ALL
+            .into_iter()
+            .map(|control| {
+                (
+                    control.label(),
+                    self.url(control, alert, audience.clone(), now),
+                )
+            })
+            .collect()
+    }
+
     /// What `token` says, if this Tocsin signed it, it names a known act, and it has not
     /// expired at `now` (epoch seconds).
     pub fn read(&self, token: &str, now: i64) -> Result<LinkClaims, LinkError> {

@@ -155,10 +155,7 @@ fn read(text: &str) -> Result<Command, String> {
 /// `key`, or `property=value,property=~regex,…`.
 fn read_matchers(text: &str) -> Result<Vec<SilenceMatcher>, String> {
     if !text.contains('=') {
-        return Ok(vec![equals(
-            &format!("tags.{}", model::event::TAG_SOURCE_EVENT_ID),
-            text,
-        )]);
+        return Ok(vec![router::silences::alert_matcher(text)]);
     }
     text.split(',')
         .map(|pair| {

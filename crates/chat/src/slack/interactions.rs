@@ -17,12 +17,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
-use store::silences::{MatchPredicate, SilenceMatcher};
 use warp::reply::Response;
 use warp::Reply;
-
-/// How long the Silence button silences, in ms.
-const SILENCE_BUTTON_MS: i64 = 3_600_000;
 
 /// The parts of a `block_actions` payload Tocsin reads; the rest is ignored.
 #[derive(Debug, Deserialize)]
@@ -127,12 +123,8 @@ fn ask_of(click: &Click) -> Option<(&'static str, Ask)> {
         Control::Acknowledge => Ask::Act(HumanAction::Acknowledge, value),
         Control::Resolve => Ask::Act(HumanAction::Resolve, value),
         Control::SilenceHour => Ask::Silence {
-            matchers: vec![SilenceMatcher {
-                property_key: format!("tags.{}", model::event::TAG_SOURCE_EVENT_ID),
-                predicate: MatchPredicate::Condition(model::config::Predicate::Equals),
-                property_value: Some(value),
-            }],
-            for_ms: SILENCE_BUTTON_MS,
+            matchers: vec![router::silences::alert_matcher(&value)],
+            for_ms: Control::SILENCE_HOUR_MS,
             comment: Some("from Slack".into()),
         },
     };

@@ -45,7 +45,6 @@ use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use model::alert::Control;
 use model::{Action, DeliveryJob};
 use serde::{Deserialize, Serialize};
 use web::act_link::{ActLinks, Audience};
@@ -219,13 +218,7 @@ fn with_act_links(
     (mut text, html): (String, String),
 ) -> (String, String) {
     let hours = links.lifetime_seconds() / 3600;
-    let urls: Vec<(&str, String)> = Control::ALL
-        .into_iter()
-        .map(|control| {
-            let audience = Audience::Mailbox(to.to_ascii_lowercase());
-            (control.label(), links.url(control, alert, audience, now))
-        })
-        .collect();
+    let urls = links.for_alert(alert, &Audience::Mailbox(to.to_ascii_lowercase()), now);
     let note = format!(
         "These links act as you ({to}), once each, for {hours} h; each asks you to confirm."
     );
@@ -524,6 +517,7 @@ mod tests {
     use crate::outbound::OutboundPolicy;
     use base64::engine::general_purpose::STANDARD as BASE64;
     use base64::Engine;
+    use model::alert::Control;
     use serde_json::json;
     use std::sync::{Arc, Mutex};
     use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};

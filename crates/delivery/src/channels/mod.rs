@@ -198,21 +198,30 @@ impl<C: Channel> Registered for C {
 }
 
 /// The configuration of a chat channel that posts to an incoming webhook (Slack, Teams): the
-/// webhook URL, itself a credential, and the message templates.
+/// webhook URL, itself a credential, the message templates, and whether its messages carry
+/// Tocsin's controls (Slack's Redeliver buttons, Teams' action links).
 pub struct ChatWebhook {
     webhook: reqwest::Url,
     templates: crate::templates::MessageTemplates,
+    /// `controls` (default `true`).
+    pub controls: bool,
 }
 
 impl ChatWebhook {
-    /// Its properties are `webhookUrl` and the message templates' (`subjectTemplate`,
-    /// `bodyTemplate`, `payloadTemplate`); each channel lists them with its own.
+    pub const PROPERTIES: &'static [&'static str] = &[
+        "webhookUrl",
+        "subjectTemplate",
+        "bodyTemplate",
+        "payloadTemplate",
+        "controls",
+    ];
     pub const CREDENTIAL_URLS: &'static [&'static str] = &["webhookUrl"];
 
     pub fn read(p: &Properties) -> Result<Self, PropertyError> {
         Ok(ChatWebhook {
             webhook: p.required_url("webhookUrl")?,
             templates: crate::templates::MessageTemplates::read(p)?,
+            controls: p.flag("controls", true)?,
         })
     }
 

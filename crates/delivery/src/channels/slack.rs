@@ -55,66 +55,41 @@ impl SlackChannel {
     }
 }
 
-/// A `SLACK` action's configuration: the incoming webhook's, and whether its messages carry
-/// Tocsin's controls.
-pub struct SlackWebhook {
-    webhook: ChatWebhook,
-    controls: bool,
-}
-
 impl Channel for SlackChannel {
     const TYPE: &'static str = "SLACK";
-    const PROPERTIES: &'static [&'static str] = &[
-        // ChatWebhook's, and `controls`.
-        "webhookUrl",
-        "subjectTemplate",
-        "bodyTemplate",
-        "payloadTemplate",
-        "controls",
-    ];
+    const PROPERTIES: &'static [&'static str] = ChatWebhook::PROPERTIES;
     const CREDENTIAL_URLS: &'static [&'static str] = ChatWebhook::CREDENTIAL_URLS;
     const DIGESTS: Option<u32> = Some(60);
-    type Config = SlackWebhook;
+    type Config = ChatWebhook;
 
-    fn configure(&self, p: &Properties) -> Result<SlackWebhook, PropertyError> {
-        Ok(SlackWebhook {
-            webhook: ChatWebhook::read(p)?,
-            controls: p.flag("controls", true)?,
-        })
+    fn configure(&self, p: &Properties) -> Result<ChatWebhook, PropertyError> {
+        ChatWebhook::read(p)
     }
 
     async fn deliver(
         &self,
         job: &DeliveryJob,
         action: &Action,
-        config: &SlackWebhook,
+        config: &ChatWebhook,
     ) -> Result<(), Failure> {
-        let mut payload = message(&self.tools, job, action, config.webhook.templates())?;
+        let mut payload = message(&self.tools, job, action, config.templates())?;
         if config.controls {
             payload = with_redeliver(payload, [&job.event]);
         }
-        config
-            .webhook
-            .post(&self.tools.http, &payload)
-            .await
-            .map(drop)
+        config.post(&self.tools.http, &payload).await.map(drop)
     }
 
     async fn deliver_digest(
         &self,
         digest: &Digest,
         _: &Action,
-        config: &SlackWebhook,
+        config: &ChatWebhook,
     ) -> Result<(), Failure> {
         let mut payload = digest_message(digest);
         if config.controls {
             payload = with_redeliver(payload, digest.jobs.iter().map(|job| &job.event));
         }
-        config
-            .webhook
-            .post(&self.tools.http, &payload)
-            .await
-            .map(drop)
+        config.post(&self.tools.http, &payload).await.map(drop)
     }
 }
 

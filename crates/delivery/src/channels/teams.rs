@@ -30,7 +30,6 @@ use crate::grouping::Digest;
 use crate::lifecycle::Transition;
 use crate::properties::{Properties, PropertyError};
 use crate::templates::{datetime, event_links, limit, Scope};
-use model::alert::Control;
 use model::{Action, DeliveryJob, Severity};
 use serde_json::{json, Value};
 use web::act_link::Audience;
@@ -46,13 +45,6 @@ pub struct TeamsChannel {
     tools: Tools,
 }
 
-/// A `MICROSOFT_TEAMS` action's properties, parsed.
-pub struct TeamsConfig {
-    webhook: ChatWebhook,
-    /// Whether a firing alert's card carries the action links.
-    controls: bool,
-}
-
 impl TeamsChannel {
     pub fn new(tools: Tools) -> Self {
         TeamsChannel { tools }
@@ -62,11 +54,11 @@ impl TeamsChannel {
         &self,
         job: &DeliveryJob,
         action: &Action,
-        config: &TeamsConfig,
+        config: &ChatWebhook,
     ) -> Result<Value, Failure> {
         let scope = Scope::new(job, action);
         let templates = &self.tools.templates;
-        let own = config.webhook.templates();
+        let own = config.templates();
         if let Some(template) = &own.payload {
             return templates.render_json("payloadTemplate", template, &scope);
         }
@@ -87,12 +79,14 @@ impl TeamsChannel {
             .as_ref()
             .filter(|_| config.controls && !resolved)
         {
+            let audience = Audience::Channel(action.name.clone());
             let now = clock::now_epoch_seconds();
-            actions.extend(Control::ALL.into_iter().map(|control| {
-                let audience = Audience::Channel(action.name.clone());
-                let url = links.url(control, event.alert_key(), audience, now);
-                json!({"type": "Action.OpenUrl", "title": control.label(), "url": url})
-            }));
+            actions.extend(
+                links
+                    .for_alert(event.alert_key(), &audience, now)
+                    .into_iter()
+                    .map(|(title, url)| json!({"type": "Action.OpenUrl", "title": title, "url": url})),
+            );
         }
         let mut content = json!({
             "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
@@ -118,8 +112,8 @@ impl TeamsChannel {
     }
 
     /// Posts `payload`; a classic connector's throttling inside a 200 is a 429.
-    async fn send(&self, payload: &Value, config: &TeamsConfig) -> Result<(), Failure> {
-        let reply = config.webhook.post(&self.tools.http, payload).await?;
+    async fn send(&self, payload: &Value, config: &ChatWebhook) -> Result<(), Failure> {
+        let reply = config.post(&self.tools.http, payload).await?;
         if reply.text().contains(THROTTLED_IN_BODY) {
             return Err(Failure::transient_after(
                 Code::Http(429),
@@ -193,29 +187,20 @@ fn digest_line(job: &DeliveryJob) -> String {
 
 impl Channel for TeamsChannel {
     const TYPE: &'static str = "MICROSOFT_TEAMS";
-    const PROPERTIES: &'static [&'static str] = &[
-        "webhookUrl",
-        "subjectTemplate",
-        "bodyTemplate",
-        "payloadTemplate",
-        "controls",
-    ];
+    const PROPERTIES: &'static [&'static str] = ChatWebhook::PROPERTIES;
     const CREDENTIAL_URLS: &'static [&'static str] = ChatWebhook::CREDENTIAL_URLS;
     const DIGESTS: Option<u32> = Some(60);
-    type Config = TeamsConfig;
+    type Config = ChatWebhook;
 
-    fn configure(&self, p: &Properties) -> Result<TeamsConfig, PropertyError> {
-        Ok(TeamsConfig {
-            webhook: ChatWebhook::read(p)?,
-            controls: p.flag("controls", true)?,
-        })
+    fn configure(&self, p: &Properties) -> Result<ChatWebhook, PropertyError> {
+        ChatWebhook::read(p)
     }
 
     async fn deliver(
         &self,
         job: &DeliveryJob,
         action: &Action,
-        config: &TeamsConfig,
+        config: &ChatWebhook,
     ) -> Result<(), Failure> {
         let payload = self.card(job, action, config)?;
         self.send(&payload, config).await
@@ -225,7 +210,7 @@ impl Channel for TeamsChannel {
         &self,
         digest: &Digest,
         _: &Action,
-        config: &TeamsConfig,
+        config: &ChatWebhook,
     ) -> Result<(), Failure> {
         self.send(&digest_card(digest), config).await
     }
@@ -246,6 +231,7 @@ mod tests {
     use super::*;
     use crate::channels::tests::{action, attempt, digest, job, numbered_jobs, tag, tools};
     use crate::failure::{Code, Retry};
+    use model::alert::Control;
     use std::sync::Arc;
     use std::time::Duration;
     use wiremock::matchers::{header, method, path};

@@ -187,6 +187,16 @@ pub struct NewSilence {
     pub comment: Option<String>,
 }
 
+/// The matcher of one alert's events: its key, `tags.ans:sourceEventId` (what Slack's and the
+/// links' Silence 1 h, and `/tocsin silence <alert>`, silence).
+pub fn alert_matcher(alert_key: &str) -> SilenceMatcher {
+    SilenceMatcher {
+        property_key: format!("tags.{}", model::event::TAG_SOURCE_EVENT_ID),
+        predicate: MatchPredicate::Condition(model::config::Predicate::Equals),
+        property_value: Some(alert_key.to_owned()),
+    }
+}
+
 /// `new`, created by `created_by` at `now_ms`, as a silence — or what is wrong with it,
 /// naming the field. A start in the past is now (a silence does not reach back to events
 /// routed already).
