@@ -36,7 +36,10 @@ use crate::retry::{self, Next, RetrySchedule};
 use bus::{Bus, Queue};
 use metrics::{DeliveryOutcome, Metrics};
 use model::event::{Transition, TAG_SOURCE_EVENT_ID};
-use model::{Action, DeliveryJob, DeliveryStatus, FailureReason, IngestedEvent, SharedCatalog};
+use model::{
+    Action, ActionTypeError, DeliveryJob, DeliveryStatus, FailureReason, IngestedEvent, Prepared,
+    SharedCatalog,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -166,13 +169,7 @@ impl Flusher {
                 return;
             }
         }
-        let digest = Digest::new(&group.id, jobs);
-        let started_at_ms = clock::now_epoch_millis();
-        let clock = Instant::now();
-        let outcome = self
-            .channels
-            .attempt_digest(&digest, &group.id.action, prepared)
-            .await;
+        let (digest, started_at_ms, took, outcome) = self.send(&group, jobs, prepared).await;
         let truncated = sent.len() as u32 >= DIGEST_LIMIT;
         let interval = plan.map_or(Duration::ZERO, |p| p.interval());
         let finished_at_ms = clock::now_epoch_millis();
@@ -184,7 +181,7 @@ impl Flusher {
                 .unwrap_or("none"),
             attempt: failures.len() as u32 + 1,
             started_at_ms,
-            took: clock.elapsed(),
+            took,
             // What is left of a group larger than a digest goes at once.
             next_ms: if truncated {
                 started_at_ms
@@ -412,6 +409,24 @@ impl Flusher {
         }
     }
 
+    /// Sends `jobs` as one digest of `group` through its action (`prepared`): the digest, when
+    /// the attempt started (epoch ms), how long it took, and how it ended.
+    async fn send(
+        &self,
+        group: &Claimed,
+        jobs: Vec<DeliveryJob>,
+        prepared: Option<(&Action, &Result<Prepared, ActionTypeError>)>,
+    ) -> (Digest, i64, Duration, Result<(), Failure>) {
+        let digest = Digest::new(&group.id, jobs);
+        let started_at_ms = clock::now_epoch_millis();
+        let clock = Instant::now();
+        let outcome = self
+            .channels
+            .attempt_digest(&digest, &group.id.action, prepared)
+            .await;
+        (digest, started_at_ms, clock.elapsed(), outcome)
+    }
+
     /// Sends the firing alerts a group keeps again, and schedules the next repeat.
     async fn repeat(self: Arc<Self>, group: Claimed) {
         let catalog = self.catalog.load_full();
@@ -432,13 +447,7 @@ impl Flusher {
         let channel = action
             .and_then(|a| self.channels.type_name(&a.action_type))
             .unwrap_or("none");
-        let digest = Digest::new(&group.id, jobs);
-        let started_at_ms = clock::now_epoch_millis();
-        let clock = Instant::now();
-        let outcome = self
-            .channels
-            .attempt_digest(&digest, &group.id.action, prepared)
-            .await;
+        let (digest, started_at_ms, took, outcome) = self.send(&group, jobs, prepared).await;
         let events = digest.jobs.len();
         let next_ms = clock::now_epoch_millis() + every.as_millis() as i64;
         let attempted = Attempted {
@@ -446,7 +455,7 @@ impl Flusher {
             // Sent once, never retried: each repeat is its own first and only attempt.
             attempt: 1,
             started_at_ms,
-            took: clock.elapsed(),
+            took,
             next_ms,
             truncated: false,
             repeat: Some(every),

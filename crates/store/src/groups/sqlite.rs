@@ -123,11 +123,17 @@ impl SqliteGroups {
                          WHERE action = ?1 AND group_key = ?2",
                     )?
                     .execute(params![id.action, id.key, now_ms + lease_ms])?;
-                    let members = if repeat {
-                        firing_of(c, &id, members)?
+                    // A repeat names the latest event of each alert kept firing, oldest
+                    // first (event ids are time ordered); a digest, the members as held.
+                    let query = if repeat {
+                        "SELECT event_id, job FROM delivery_group_firing \
+                         WHERE action = ?1 AND group_key = ?2 ORDER BY event_id LIMIT ?3"
                     } else {
-                        members_of(c, &id, members)?
+                        "SELECT event_id, job FROM delivery_group_members \
+                         WHERE action = ?1 AND group_key = ?2 \
+                         ORDER BY added_at_ms, event_id LIMIT ?3"
                     };
+                    let members = members_of(c, query, &id, members)?;
                     claimed.push(Claimed {
                         id,
                         members,
@@ -253,32 +259,19 @@ fn forget_firing(c: &Connection, id: &GroupId) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The latest event of each alert the group keeps firing, oldest first (event ids are time
-/// ordered).
-fn firing_of(c: &Connection, id: &GroupId, limit: i64) -> rusqlite::Result<Vec<Member>> {
-    c.prepare_cached(
-        "SELECT event_id, job FROM delivery_group_firing WHERE action = ?1 AND group_key = ?2 \
-         ORDER BY event_id LIMIT ?3",
-    )?
-    .query_map(params![id.action, id.key, limit], |r| {
-        Ok(Member {
-            event_id: r.get(0)?,
-            job: r.get(1)?,
-        })
-    })?
-    .collect()
-}
-
-fn members_of(c: &Connection, id: &GroupId, limit: i64) -> rusqlite::Result<Vec<Member>> {
-    c.prepare_cached(
-        "SELECT event_id, job FROM delivery_group_members WHERE action = ?1 AND group_key = ?2 \
-         ORDER BY added_at_ms, event_id LIMIT ?3",
-    )?
-    .query_map(params![id.action, id.key, limit], |r| {
-        Ok(Member {
-            event_id: r.get(0)?,
-            job: r.get(1)?,
-        })
-    })?
-    .collect()
+/// The members `query` selects of group `id`, `limit` at most.
+fn members_of(
+    c: &Connection,
+    query: &str,
+    id: &GroupId,
+    limit: i64,
+) -> rusqlite::Result<Vec<Member>> {
+    c.prepare_cached(query)?
+        .query_map(params![id.action, id.key, limit], |r| {
+            Ok(Member {
+                event_id: r.get(0)?,
+                job: r.get(1)?,
+            })
+        })?
+        .collect()
 }
