@@ -213,7 +213,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             directory,
         },
         probe,
-    )?;
+    );
     let certificate = listener::Certificate::open(&settings.tls)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -267,9 +267,7 @@ fn api_routes(
         directory,
     }: ActState,
     probe: Probe,
-) -> anyhow::Result<
-    impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone,
-> {
+) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone {
     let metrics = Arc::clone(&probe.metrics);
     let config_store = Arc::clone(&probe.config);
     // The alarm sources, each with its own routes.
@@ -327,13 +325,13 @@ fn api_routes(
             metrics: Arc::clone(&metrics),
             body_limit: CONFIGURATION_BODY_LIMIT,
             act_links,
-            directory,
+            directory: Arc::clone(&directory),
         },
         auth,
         &settings.console,
         matches!(settings.tls.files(), Ok(Some(_))),
     );
-    let chat = chat::Chat::new(&settings.chat, acts, Arc::clone(&silences))?;
+    let chat = chat::Chat::new(&settings.chat, directory, acts, Arc::clone(&silences));
     let silences = router::silences::api::routes(silences, audit, auth.identify(Scope::Responder));
     // /healthz, /readyz, /openapi.json, and /metrics (consumer scope unless metrics.public).
     let metrics_guard = if settings.metrics.public {
@@ -342,8 +340,7 @@ fn api_routes(
         auth.require(Scope::Consumer).boxed()
     };
     let health = observability::routes(probe, metrics_guard);
-    Ok(auth
-        .token_endpoint()
+    auth.token_endpoint()
         .or(sources)
         .or(consumer)
         .or(operator)
@@ -357,7 +354,7 @@ fn api_routes(
         .or(crate::dead_letters::routes(Arc::clone(&bus), auth))
         .or(health)
         .recover(web::recover)
-        .with(observability::instrument(metrics)))
+        .with(observability::instrument(metrics))
 }
 
 /// The configuration file to import at start, if one is set.

@@ -20,7 +20,7 @@ pub mod settings;
 pub mod slack;
 
 use router::silences::Silences;
-use settings::{BadIdentity, ChatSettings, Directory, Identity, SlackSettings};
+use settings::{ChatSettings, Directory, Identity, SlackSettings};
 use std::sync::Arc;
 use std::time::Instant;
 use store::audit::AuditEntry;
@@ -30,7 +30,7 @@ use web::{RateLimit, RateLimiter, Scope};
 pub struct Chat {
     slack: SlackSettings,
     verifier: slack::verify::Verifier,
-    directory: Directory,
+    directory: Arc<Directory>,
     limiter: RateLimiter,
     alerts: alerts::State,
     silences: Arc<Silences>,
@@ -53,23 +53,25 @@ impl Caller {
 }
 
 impl Chat {
-    /// The chat control `settings` describe, acting through `alerts` and `silences`; `None`
-    /// when no Slack signing secret is set (the endpoints are then not served).
+    /// The chat control `settings` describe, for the users `directory` maps (read from
+    /// `settings.identities` once, shared with the action links), acting through `alerts` and
+    /// `silences`; `None` when no Slack signing secret is set (the endpoints are then not
+    /// served).
     pub fn new(
         settings: &ChatSettings,
+        directory: Arc<Directory>,
         alerts: alerts::State,
         silences: Arc<Silences>,
-    ) -> Result<Option<Arc<Chat>>, BadIdentity> {
-        let directory = Directory::read(&settings.identities)?;
+    ) -> Option<Arc<Chat>> {
         if settings.slack.signing_secret.is_empty() {
-            return Ok(None);
+            return None;
         }
         let limit = (settings.acts_per_minute > 0).then(|| RateLimit {
             per_second: f64::from(settings.acts_per_minute) / 60.0,
             burst: settings.acts_per_minute,
         });
         let limiter = RateLimiter::new(limit, directory.names());
-        Ok(Some(Arc::new(Chat {
+        Some(Arc::new(Chat {
             verifier: slack::verify::Verifier::new(&settings.slack.signing_secret),
             slack: settings.slack.clone(),
             directory,
@@ -77,7 +79,7 @@ impl Chat {
             alerts,
             silences,
             http: reqwest::Client::new(),
-        })))
+        }))
     }
 
     /// The identity `caller` acts as, if the workspace and channel are served, the user is
